@@ -1,0 +1,63 @@
+//! The board's MMIO bus: routes the hart's non-RAM accesses to devices by address.
+
+use std::io::Write;
+
+use popek_cpu::{Bus, BusFault};
+use popek_devices::clint::{self, Clint};
+use popek_devices::finisher::{self, Finisher};
+use popek_devices::uart::{self, Uart};
+use popek_devices::MmioDevice;
+
+use crate::memmap;
+
+/// All devices of the `virt` board, addressed as on QEMU's `virt`.
+pub struct VirtBus<W: Write> {
+    /// Core-local interruptor (timers and software interrupts).
+    pub clint: Clint,
+    /// The console UART.
+    pub uart: Uart<W>,
+    /// The test finisher (power off / exit status).
+    pub finisher: Finisher,
+}
+
+impl<W: Write> VirtBus<W> {
+    /// The devices of a `harts`-hart board with the console writing to `out`.
+    pub fn new(harts: usize, out: W) -> VirtBus<W> {
+        VirtBus {
+            clint: Clint::new(harts),
+            uart: Uart::new(out),
+            finisher: Finisher::new(),
+        }
+    }
+
+    fn device(&mut self, addr: u64) -> Option<(&mut dyn MmioDevice, u64)> {
+        let within = |base: u64, size: u64| addr.checked_sub(base).filter(|off| *off < size);
+        if let Some(off) = within(memmap::UART0, uart::SIZE) {
+            return Some((&mut self.uart, off));
+        }
+        if let Some(off) = within(memmap::CLINT, clint::SIZE) {
+            return Some((&mut self.clint, off));
+        }
+        if let Some(off) = within(memmap::TEST, finisher::SIZE) {
+            return Some((&mut self.finisher, off));
+        }
+        None
+    }
+}
+
+impl<W: Write> Bus for VirtBus<W> {
+    fn read(&mut self, addr: u64, size: u8) -> Result<u64, BusFault> {
+        let (dev, off) = self.device(addr).ok_or(BusFault)?;
+        Ok(dev.read(off, size))
+    }
+
+    fn write(&mut self, addr: u64, size: u8, value: u64) -> Result<(), BusFault> {
+        let (dev, off) = self.device(addr).ok_or(BusFault)?;
+        dev.write(off, size, value);
+        Ok(())
+    }
+
+    fn time(&mut self) -> u64 {
+        self.clint.mtime()
+    }
+}

@@ -1,0 +1,95 @@
+//! The board's errors: each message names the thing and the fix.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a machine from being built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    /// An image file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image is empty.
+    #[error("{} is empty: give a RISC-V ELF or a flat binary image", .0.display())]
+    Empty(PathBuf),
+    /// The file claims to be an ELF but isn't a valid one.
+    #[error("{} is not a valid ELF file: {reason}", path.display())]
+    BadElf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file is not an ELF though its name says so.
+    #[error("{} is not an ELF file (no ELF header); for a raw image, name it *.bin", .0.display())]
+    NotElf(PathBuf),
+    /// An ELF for another machine.
+    #[error("{} is an ELF for {machine}, not RISC-V: build it for riscv64 (e.g. riscv64-unknown-elf-gcc)", path.display())]
+    WrongArch {
+        /// The file.
+        path: PathBuf,
+        /// The machine it was built for.
+        machine: String,
+    },
+    /// A 32-bit RISC-V ELF.
+    #[error("{} is a 32-bit ELF; popek emulates RV64: build with -march=rv64gc -mabi=lp64d", .0.display())]
+    WrongClass(PathBuf),
+    /// An image that does not fit in RAM.
+    #[error("{} does not fit in guest RAM: {what} at {start:#x}..{end:#x} is outside RAM {ram_start:#x}..{ram_end:#x}; link it for RAM at 0x80000000 or raise --memory", path.display())]
+    OutsideRam {
+        /// The file.
+        path: PathBuf,
+        /// Which part (segment, image).
+        what: String,
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// RAM start.
+        ram_start: u64,
+        /// RAM end.
+        ram_end: u64,
+    },
+    /// Guest RAM size is unusable.
+    #[error("--memory {size} MiB is too small: popek needs at least 1 MiB of guest RAM")]
+    MemoryTooSmall {
+        /// The requested size in MiB.
+        size: u64,
+    },
+    /// Guest RAM size larger than the host has.
+    #[error("--memory {requested_mib} MiB is more than this host's {host_mib} MiB of RAM: choose a smaller --memory")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        requested_mib: u64,
+        /// Host MiB.
+        host_mib: u64,
+    },
+    /// Guest RAM size is not page-aligned.
+    #[error("--memory must be a multiple of 4 KiB")]
+    MemoryUnaligned,
+    /// Guest RAM could not be mapped.
+    #[error("cannot allocate {mib} MiB of guest RAM: {reason}")]
+    Alloc {
+        /// Requested MiB.
+        mib: u64,
+        /// The host's reason.
+        reason: String,
+    },
+    /// The hart can make no progress.
+    #[error("the guest is stuck: {trap} at pc {pc:#x} while entering its trap handler; the program ran off its code or into unmapped memory with no usable trap handler (mtvec {mtvec:#x})")]
+    GuestStuck {
+        /// The trap.
+        trap: popek_cpu::Trap,
+        /// Where.
+        pc: u64,
+        /// The M-mode trap vector.
+        mtvec: u64,
+    },
+    /// An exit a machine hart should never produce.
+    #[error("internal error: unexpected hart exit {0}")]
+    Internal(String),
+}

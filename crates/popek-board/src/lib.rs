@@ -1,0 +1,14 @@
+//! popek's `virt` board: the same memory map as QEMU's `virt` machine, so images and bare-metal
+//! programs built for it run unchanged. The board owns guest RAM, the devices and the hart(s),
+//! routes MMIO from the hart to devices ([`bus::VirtBus`]) and drives the run loop.
+
+pub mod bus;
+pub mod error;
+pub mod fdt;
+pub mod loader;
+pub mod machine;
+pub mod memmap;
+pub mod size;
+
+pub use error::BoardError;
+pub use machine::{Machine, MachineConfig, RunOutcome, RunStats};

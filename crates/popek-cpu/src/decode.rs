@@ -1,0 +1,871 @@
+//! RV64GC instruction decoder.
+//!
+//! Decoding happens once per instruction: the interpreter caches the [`Insn`] produced here, and the
+//! JIT will reuse the same decoder. Compressed (RVC) instructions expand to the same operations as
+//! their 32-bit equivalents, so the executor never sees a "C" form.
+
+/// Every operation the hart implements. `Illegal` carries nothing: the raw bits are kept in
+/// [`Insn::imm`] so the trap can report them in `mtval`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// A decode-cache slot that has not been decoded yet; [`decode`] never returns it.
+    Undecoded,
+    Illegal,
+    // RV64I
+    Lui,
+    Auipc,
+    Jal,
+    Jalr,
+    Beq,
+    Bne,
+    Blt,
+    Bge,
+    Bltu,
+    Bgeu,
+    Lb,
+    Lh,
+    Lw,
+    Ld,
+    Lbu,
+    Lhu,
+    Lwu,
+    Sb,
+    Sh,
+    Sw,
+    Sd,
+    Addi,
+    Slti,
+    Sltiu,
+    Xori,
+    Ori,
+    Andi,
+    Slli,
+    Srli,
+    Srai,
+    Add,
+    Sub,
+    Sll,
+    Slt,
+    Sltu,
+    Xor,
+    Srl,
+    Sra,
+    Or,
+    And,
+    Addiw,
+    Slliw,
+    Srliw,
+    Sraiw,
+    Addw,
+    Subw,
+    Sllw,
+    Srlw,
+    Sraw,
+    Fence,
+    FenceI,
+    Ecall,
+    Ebreak,
+    // Zicsr: imm = CSR number; for the *i forms rs1 holds the 5-bit immediate.
+    Csrrw,
+    Csrrs,
+    Csrrc,
+    Csrrwi,
+    Csrrsi,
+    Csrrci,
+    // privileged
+    Mret,
+    Sret,
+    Wfi,
+    SfenceVma,
+    // M
+    Mul,
+    Mulh,
+    Mulhsu,
+    Mulhu,
+    Div,
+    Divu,
+    Rem,
+    Remu,
+    Mulw,
+    Divw,
+    Divuw,
+    Remw,
+    Remuw,
+    // A (aq/rl are irrelevant to a sequentially consistent interpreter)
+    LrW,
+    ScW,
+    AmoswapW,
+    AmoaddW,
+    AmoxorW,
+    AmoandW,
+    AmoorW,
+    AmominW,
+    AmomaxW,
+    AmominuW,
+    AmomaxuW,
+    LrD,
+    ScD,
+    AmoswapD,
+    AmoaddD,
+    AmoxorD,
+    AmoandD,
+    AmoorD,
+    AmominD,
+    AmomaxD,
+    AmominuD,
+    AmomaxuD,
+    // F and D: `rm` holds the rounding-mode field, `rs3` the third source of fused ops.
+    Flw,
+    Fsw,
+    Fld,
+    Fsd,
+    FmaddS,
+    FmsubS,
+    FnmsubS,
+    FnmaddS,
+    FaddS,
+    FsubS,
+    FmulS,
+    FdivS,
+    FsqrtS,
+    FsgnjS,
+    FsgnjnS,
+    FsgnjxS,
+    FminS,
+    FmaxS,
+    FcvtWS,
+    FcvtWuS,
+    FcvtLS,
+    FcvtLuS,
+    FmvXW,
+    FclassS,
+    FeqS,
+    FltS,
+    FleS,
+    FcvtSW,
+    FcvtSWu,
+    FcvtSL,
+    FcvtSLu,
+    FmvWX,
+    FmaddD,
+    FmsubD,
+    FnmsubD,
+    FnmaddD,
+    FaddD,
+    FsubD,
+    FmulD,
+    FdivD,
+    FsqrtD,
+    FsgnjD,
+    FsgnjnD,
+    FsgnjxD,
+    FminD,
+    FmaxD,
+    FcvtSD,
+    FcvtDS,
+    FeqD,
+    FltD,
+    FleD,
+    FclassD,
+    FcvtWD,
+    FcvtWuD,
+    FcvtLD,
+    FcvtLuD,
+    FmvXD,
+    FcvtDW,
+    FcvtDWu,
+    FcvtDL,
+    FcvtDLu,
+    FmvDX,
+}
+
+/// A decoded instruction: compact (12 bytes) so a page of them stays cache-friendly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    /// What to do.
+    pub op: Op,
+    /// Destination register (integer or FP depending on `op`).
+    pub rd: u8,
+    /// First source register (or the 5-bit immediate of `csrr*i`).
+    pub rs1: u8,
+    /// Second source register.
+    pub rs2: u8,
+    /// Third source register of fused multiply-add.
+    pub rs3: u8,
+    /// Rounding-mode field of FP instructions.
+    pub rm: u8,
+    /// Instruction length in bytes: 2 (compressed) or 4.
+    pub len: u8,
+    /// Immediate, sign-extended; CSR number for Zicsr; raw bits for `Illegal`.
+    pub imm: i32,
+}
+
+impl Insn {
+    fn new(op: Op, rd: u32, rs1: u32, rs2: u32, imm: i32) -> Insn {
+        Insn {
+            op,
+            rd: rd as u8,
+            rs1: rs1 as u8,
+            rs2: rs2 as u8,
+            rs3: 0,
+            rm: 0,
+            len: 4,
+            imm,
+        }
+    }
+
+    /// An illegal instruction, remembering its bits for `mtval`.
+    pub fn illegal(bits: u32, len: u8) -> Insn {
+        Insn {
+            op: Op::Illegal,
+            rd: 0,
+            rs1: 0,
+            rs2: 0,
+            rs3: 0,
+            rm: 0,
+            len,
+            imm: bits as i32,
+        }
+    }
+}
+
+/// Length in bytes of the instruction whose low 16 bits are `lo`.
+#[inline]
+pub fn insn_len(lo: u16) -> u8 {
+    if lo & 3 == 3 {
+        4
+    } else {
+        2
+    }
+}
+
+#[inline]
+fn bits(x: u32, hi: u32, lo: u32) -> u32 {
+    (x >> lo) & ((1 << (hi - lo + 1)) - 1)
+}
+
+#[inline]
+fn sext(x: u32, width: u32) -> i32 {
+    let s = 32 - width;
+    ((x << s) as i32) >> s
+}
+
+/// Decode a 32-bit or 16-bit instruction (`raw` holds the parcel(s); the low two bits tell which).
+pub fn decode(raw: u32) -> Insn {
+    if raw & 3 != 3 {
+        return decode_compressed(raw as u16);
+    }
+    decode32(raw)
+}
+
+fn decode32(i: u32) -> Insn {
+    use Op::*;
+    let rd = bits(i, 11, 7);
+    let rs1 = bits(i, 19, 15);
+    let rs2 = bits(i, 24, 20);
+    let f3 = bits(i, 14, 12);
+    let f7 = bits(i, 31, 25);
+    let imm_i = (i as i32) >> 20;
+    let imm_s = (((i as i32) >> 25) << 5) | bits(i, 11, 7) as i32;
+    let imm_b = sext(
+        (bits(i, 31, 31) << 12)
+            | (bits(i, 7, 7) << 11)
+            | (bits(i, 30, 25) << 5)
+            | (bits(i, 11, 8) << 1),
+        13,
+    );
+    let imm_u = (i & 0xffff_f000) as i32;
+    let imm_j = sext(
+        (bits(i, 31, 31) << 20)
+            | (bits(i, 19, 12) << 12)
+            | (bits(i, 20, 20) << 11)
+            | (bits(i, 30, 21) << 1),
+        21,
+    );
+    let ill = Insn::illegal(i, 4);
+    let r = |op| Insn::new(op, rd, rs1, rs2, 0);
+    let iimm = |op| Insn::new(op, rd, rs1, 0, imm_i);
+    match i & 0x7f {
+        0x37 => Insn::new(Lui, rd, 0, 0, imm_u),
+        0x17 => Insn::new(Auipc, rd, 0, 0, imm_u),
+        0x6f => Insn::new(Jal, rd, 0, 0, imm_j),
+        0x67 if f3 == 0 => iimm(Jalr),
+        0x63 => {
+            let op = match f3 {
+                0 => Beq,
+                1 => Bne,
+                4 => Blt,
+                5 => Bge,
+                6 => Bltu,
+                7 => Bgeu,
+                _ => return ill,
+            };
+            Insn::new(op, 0, rs1, rs2, imm_b)
+        }
+        0x03 => {
+            let op = match f3 {
+                0 => Lb,
+                1 => Lh,
+                2 => Lw,
+                3 => Ld,
+                4 => Lbu,
+                5 => Lhu,
+                6 => Lwu,
+                _ => return ill,
+            };
+            iimm(op)
+        }
+        0x23 => {
+            let op = match f3 {
+                0 => Sb,
+                1 => Sh,
+                2 => Sw,
+                3 => Sd,
+                _ => return ill,
+            };
+            Insn::new(op, 0, rs1, rs2, imm_s)
+        }
+        0x13 => match f3 {
+            0 => iimm(Addi),
+            2 => iimm(Slti),
+            3 => iimm(Sltiu),
+            4 => iimm(Xori),
+            6 => iimm(Ori),
+            7 => iimm(Andi),
+            1 if bits(i, 31, 26) == 0 => Insn::new(Slli, rd, rs1, 0, bits(i, 25, 20) as i32),
+            5 if bits(i, 31, 26) == 0 => Insn::new(Srli, rd, rs1, 0, bits(i, 25, 20) as i32),
+            5 if bits(i, 31, 26) == 0x10 => Insn::new(Srai, rd, rs1, 0, bits(i, 25, 20) as i32),
+            _ => ill,
+        },
+        0x1b => match (f3, f7) {
+            (0, _) => iimm(Addiw),
+            (1, 0) => Insn::new(Slliw, rd, rs1, 0, rs2 as i32),
+            (5, 0) => Insn::new(Srliw, rd, rs1, 0, rs2 as i32),
+            (5, 0x20) => Insn::new(Sraiw, rd, rs1, 0, rs2 as i32),
+            _ => ill,
+        },
+        0x33 => {
+            let op = match (f7, f3) {
+                (0, 0) => Add,
+                (0x20, 0) => Sub,
+                (0, 1) => Sll,
+                (0, 2) => Slt,
+                (0, 3) => Sltu,
+                (0, 4) => Xor,
+                (0, 5) => Srl,
+                (0x20, 5) => Sra,
+                (0, 6) => Or,
+                (0, 7) => And,
+                (1, 0) => Mul,
+                (1, 1) => Mulh,
+                (1, 2) => Mulhsu,
+                (1, 3) => Mulhu,
+                (1, 4) => Div,
+                (1, 5) => Divu,
+                (1, 6) => Rem,
+                (1, 7) => Remu,
+                _ => return ill,
+            };
+            r(op)
+        }
+        0x3b => {
+            let op = match (f7, f3) {
+                (0, 0) => Addw,
+                (0x20, 0) => Subw,
+                (0, 1) => Sllw,
+                (0, 5) => Srlw,
+                (0x20, 5) => Sraw,
+                (1, 0) => Mulw,
+                (1, 4) => Divw,
+                (1, 5) => Divuw,
+                (1, 6) => Remw,
+                (1, 7) => Remuw,
+                _ => return ill,
+            };
+            r(op)
+        }
+        0x0f => match f3 {
+            0 => Insn::new(Fence, 0, 0, 0, 0),
+            1 => Insn::new(FenceI, 0, 0, 0, 0),
+            _ => ill,
+        },
+        0x73 => decode_system(i, rd, rs1, rs2, f3, f7),
+        0x2f => decode_amo(i, rd, rs1, rs2, f3),
+        0x07 => match f3 {
+            2 => iimm(Flw),
+            3 => iimm(Fld),
+            _ => ill,
+        },
+        0x27 => match f3 {
+            2 => Insn::new(Fsw, 0, rs1, rs2, imm_s),
+            3 => Insn::new(Fsd, 0, rs1, rs2, imm_s),
+            _ => ill,
+        },
+        0x43 | 0x47 | 0x4b | 0x4f => {
+            let fmt = bits(i, 26, 25);
+            let op = match (i & 0x7f, fmt) {
+                (0x43, 0) => FmaddS,
+                (0x47, 0) => FmsubS,
+                (0x4b, 0) => FnmsubS,
+                (0x4f, 0) => FnmaddS,
+                (0x43, 1) => FmaddD,
+                (0x47, 1) => FmsubD,
+                (0x4b, 1) => FnmsubD,
+                (0x4f, 1) => FnmaddD,
+                _ => return ill,
+            };
+            let mut insn = Insn::new(op, rd, rs1, rs2, 0);
+            insn.rs3 = bits(i, 31, 27) as u8;
+            insn.rm = f3 as u8;
+            insn
+        }
+        0x53 => decode_fp(i, rd, rs1, rs2, f3, f7),
+        _ => ill,
+    }
+}
+
+fn decode_system(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
+    use Op::*;
+    let ill = Insn::illegal(i, 4);
+    let csr = bits(i, 31, 20) as i32;
+    match f3 {
+        0 => {
+            if rd != 0 {
+                return ill;
+            }
+            match (f7, rs2, rs1) {
+                (0, 0, 0) => Insn::new(Ecall, 0, 0, 0, 0),
+                (0, 1, 0) => Insn::new(Ebreak, 0, 0, 0, 0),
+                (0x18, 2, 0) => Insn::new(Mret, 0, 0, 0, 0),
+                (0x08, 2, 0) => Insn::new(Sret, 0, 0, 0, 0),
+                (0x08, 5, 0) => Insn::new(Wfi, 0, 0, 0, 0),
+                (0x09, _, _) => Insn::new(SfenceVma, 0, rs1, rs2, 0),
+                _ => ill,
+            }
+        }
+        1 => Insn::new(Csrrw, rd, rs1, 0, csr),
+        2 => Insn::new(Csrrs, rd, rs1, 0, csr),
+        3 => Insn::new(Csrrc, rd, rs1, 0, csr),
+        5 => Insn::new(Csrrwi, rd, rs1, 0, csr),
+        6 => Insn::new(Csrrsi, rd, rs1, 0, csr),
+        7 => Insn::new(Csrrci, rd, rs1, 0, csr),
+        _ => ill,
+    }
+}
+
+fn decode_amo(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32) -> Insn {
+    use Op::*;
+    let f5 = bits(i, 31, 27);
+    let op = match (f3, f5) {
+        (2, 0x02) if rs2 == 0 => LrW,
+        (2, 0x03) => ScW,
+        (2, 0x01) => AmoswapW,
+        (2, 0x00) => AmoaddW,
+        (2, 0x04) => AmoxorW,
+        (2, 0x0c) => AmoandW,
+        (2, 0x08) => AmoorW,
+        (2, 0x10) => AmominW,
+        (2, 0x14) => AmomaxW,
+        (2, 0x18) => AmominuW,
+        (2, 0x1c) => AmomaxuW,
+        (3, 0x02) if rs2 == 0 => LrD,
+        (3, 0x03) => ScD,
+        (3, 0x01) => AmoswapD,
+        (3, 0x00) => AmoaddD,
+        (3, 0x04) => AmoxorD,
+        (3, 0x0c) => AmoandD,
+        (3, 0x08) => AmoorD,
+        (3, 0x10) => AmominD,
+        (3, 0x14) => AmomaxD,
+        (3, 0x18) => AmominuD,
+        (3, 0x1c) => AmomaxuD,
+        _ => return Insn::illegal(i, 4),
+    };
+    Insn::new(op, rd, rs1, rs2, 0)
+}
+
+fn decode_fp(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
+    use Op::*;
+    let op = match f7 {
+        0x00 => FaddS,
+        0x04 => FsubS,
+        0x08 => FmulS,
+        0x0c => FdivS,
+        0x01 => FaddD,
+        0x05 => FsubD,
+        0x09 => FmulD,
+        0x0d => FdivD,
+        0x2c if rs2 == 0 => FsqrtS,
+        0x2d if rs2 == 0 => FsqrtD,
+        0x10 => match f3 {
+            0 => FsgnjS,
+            1 => FsgnjnS,
+            2 => FsgnjxS,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x11 => match f3 {
+            0 => FsgnjD,
+            1 => FsgnjnD,
+            2 => FsgnjxD,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x14 => match f3 {
+            0 => FminS,
+            1 => FmaxS,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x15 => match f3 {
+            0 => FminD,
+            1 => FmaxD,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x20 if rs2 == 1 => FcvtSD,
+        0x21 if rs2 == 0 => FcvtDS,
+        0x50 => match f3 {
+            0 => FleS,
+            1 => FltS,
+            2 => FeqS,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x51 => match f3 {
+            0 => FleD,
+            1 => FltD,
+            2 => FeqD,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x60 => match rs2 {
+            0 => FcvtWS,
+            1 => FcvtWuS,
+            2 => FcvtLS,
+            3 => FcvtLuS,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x61 => match rs2 {
+            0 => FcvtWD,
+            1 => FcvtWuD,
+            2 => FcvtLD,
+            3 => FcvtLuD,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x68 => match rs2 {
+            0 => FcvtSW,
+            1 => FcvtSWu,
+            2 => FcvtSL,
+            3 => FcvtSLu,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x69 => match rs2 {
+            0 => FcvtDW,
+            1 => FcvtDWu,
+            2 => FcvtDL,
+            3 => FcvtDLu,
+            _ => return Insn::illegal(i, 4),
+        },
+        0x70 if rs2 == 0 && f3 == 0 => FmvXW,
+        0x70 if rs2 == 0 && f3 == 1 => FclassS,
+        0x71 if rs2 == 0 && f3 == 0 => FmvXD,
+        0x71 if rs2 == 0 && f3 == 1 => FclassD,
+        0x78 if rs2 == 0 && f3 == 0 => FmvWX,
+        0x79 if rs2 == 0 && f3 == 0 => FmvDX,
+        _ => return Insn::illegal(i, 4),
+    };
+    let mut insn = Insn::new(op, rd, rs1, rs2, 0);
+    insn.rm = f3 as u8;
+    insn
+}
+
+/// Expand a 16-bit RVC instruction to its 32-bit equivalent operation.
+pub fn decode_compressed(c: u16) -> Insn {
+    use Op::*;
+    let c = c as u32;
+    let ill = Insn::illegal(c, 2);
+    let mk = |op, rd: u32, rs1: u32, rs2: u32, imm: i32| {
+        let mut insn = Insn::new(op, rd, rs1, rs2, imm);
+        insn.len = 2;
+        insn
+    };
+    // Registers x8..x15 in the 3-bit fields.
+    let rdp = bits(c, 4, 2) + 8;
+    let rs1p = bits(c, 9, 7) + 8;
+    let rd = bits(c, 11, 7);
+    let rs2 = bits(c, 6, 2);
+    let f3 = bits(c, 15, 13);
+    match (c & 3, f3) {
+        (0, 0) => {
+            // c.addi4spn
+            let imm = (bits(c, 10, 7) << 6)
+                | (bits(c, 12, 11) << 4)
+                | (bits(c, 5, 5) << 3)
+                | (bits(c, 6, 6) << 2);
+            if imm == 0 {
+                return ill;
+            }
+            mk(Addi, rdp, 2, 0, imm as i32)
+        }
+        (0, 1) => mk(
+            Fld,
+            rdp,
+            rs1p,
+            0,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
+        ),
+        (0, 2) => mk(
+            Lw,
+            rdp,
+            rs1p,
+            0,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 6) << 2) | (bits(c, 5, 5) << 6)) as i32,
+        ),
+        (0, 3) => mk(
+            Ld,
+            rdp,
+            rs1p,
+            0,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
+        ),
+        (0, 5) => mk(
+            Fsd,
+            0,
+            rs1p,
+            rdp,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
+        ),
+        (0, 6) => mk(
+            Sw,
+            0,
+            rs1p,
+            rdp,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 6) << 2) | (bits(c, 5, 5) << 6)) as i32,
+        ),
+        (0, 7) => mk(
+            Sd,
+            0,
+            rs1p,
+            rdp,
+            ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
+        ),
+        (1, 0) => {
+            // c.addi (c.nop when rd = 0)
+            let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
+            mk(Addi, rd, rd, 0, imm)
+        }
+        (1, 1) => {
+            // c.addiw
+            if rd == 0 {
+                return ill;
+            }
+            let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
+            mk(Addiw, rd, rd, 0, imm)
+        }
+        (1, 2) => {
+            let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
+            mk(Addi, rd, 0, 0, imm) // c.li
+        }
+        (1, 3) => {
+            if rd == 2 {
+                // c.addi16sp
+                let imm = sext(
+                    (bits(c, 12, 12) << 9)
+                        | (bits(c, 4, 3) << 7)
+                        | (bits(c, 5, 5) << 6)
+                        | (bits(c, 2, 2) << 5)
+                        | (bits(c, 6, 6) << 4),
+                    10,
+                );
+                if imm == 0 {
+                    return ill;
+                }
+                mk(Addi, 2, 2, 0, imm)
+            } else {
+                let imm = sext((bits(c, 12, 12) << 17) | (bits(c, 6, 2) << 12), 18);
+                if imm == 0 {
+                    return ill;
+                }
+                mk(Lui, rd, 0, 0, imm)
+            }
+        }
+        (1, 4) => {
+            let shamt = ((bits(c, 12, 12) << 5) | bits(c, 6, 2)) as i32;
+            match bits(c, 11, 10) {
+                0 => mk(Srli, rs1p, rs1p, 0, shamt),
+                1 => mk(Srai, rs1p, rs1p, 0, shamt),
+                2 => mk(
+                    Andi,
+                    rs1p,
+                    rs1p,
+                    0,
+                    sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6),
+                ),
+                _ => {
+                    let op = match (bits(c, 12, 12), bits(c, 6, 5)) {
+                        (0, 0) => Sub,
+                        (0, 1) => Xor,
+                        (0, 2) => Or,
+                        (0, 3) => And,
+                        (1, 0) => Subw,
+                        (1, 1) => Addw,
+                        _ => return ill,
+                    };
+                    mk(op, rs1p, rs1p, rdp, 0)
+                }
+            }
+        }
+        (1, 5) => {
+            let imm = sext(
+                (bits(c, 12, 12) << 11)
+                    | (bits(c, 8, 8) << 10)
+                    | (bits(c, 10, 9) << 8)
+                    | (bits(c, 6, 6) << 7)
+                    | (bits(c, 7, 7) << 6)
+                    | (bits(c, 2, 2) << 5)
+                    | (bits(c, 11, 11) << 4)
+                    | (bits(c, 5, 3) << 1),
+                12,
+            );
+            mk(Jal, 0, 0, 0, imm)
+        }
+        (1, 6) | (1, 7) => {
+            let imm = sext(
+                (bits(c, 12, 12) << 8)
+                    | (bits(c, 6, 5) << 6)
+                    | (bits(c, 2, 2) << 5)
+                    | (bits(c, 11, 10) << 3)
+                    | (bits(c, 4, 3) << 1),
+                9,
+            );
+            mk(if f3 == 6 { Beq } else { Bne }, 0, rs1p, 0, imm)
+        }
+        (2, 0) => {
+            let shamt = ((bits(c, 12, 12) << 5) | bits(c, 6, 2)) as i32;
+            mk(Slli, rd, rd, 0, shamt)
+        }
+        (2, 1) => mk(
+            Fld,
+            rd,
+            2,
+            0,
+            ((bits(c, 12, 12) << 5) | (bits(c, 6, 5) << 3) | (bits(c, 4, 2) << 6)) as i32,
+        ),
+        (2, 2) => {
+            if rd == 0 {
+                return ill;
+            }
+            mk(
+                Lw,
+                rd,
+                2,
+                0,
+                ((bits(c, 12, 12) << 5) | (bits(c, 6, 4) << 2) | (bits(c, 3, 2) << 6)) as i32,
+            )
+        }
+        (2, 3) => {
+            if rd == 0 {
+                return ill;
+            }
+            mk(
+                Ld,
+                rd,
+                2,
+                0,
+                ((bits(c, 12, 12) << 5) | (bits(c, 6, 5) << 3) | (bits(c, 4, 2) << 6)) as i32,
+            )
+        }
+        (2, 4) => match (bits(c, 12, 12), rd, rs2) {
+            (0, 0, 0) => ill,
+            (0, _, 0) => mk(Jalr, 0, rd, 0, 0),   // c.jr
+            (0, _, _) => mk(Add, rd, 0, rs2, 0),  // c.mv
+            (1, 0, 0) => mk(Ebreak, 0, 0, 0, 0),  // c.ebreak
+            (1, _, 0) => mk(Jalr, 1, rd, 0, 0),   // c.jalr
+            (_, _, _) => mk(Add, rd, rd, rs2, 0), // c.add
+        },
+        (2, 5) => mk(
+            Fsd,
+            0,
+            2,
+            rs2,
+            ((bits(c, 12, 10) << 3) | (bits(c, 9, 7) << 6)) as i32,
+        ),
+        (2, 6) => mk(
+            Sw,
+            0,
+            2,
+            rs2,
+            ((bits(c, 12, 9) << 2) | (bits(c, 8, 7) << 6)) as i32,
+        ),
+        (2, 7) => mk(
+            Sd,
+            0,
+            2,
+            rs2,
+            ((bits(c, 12, 10) << 3) | (bits(c, 9, 7) << 6)) as i32,
+        ),
+        _ => ill,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_common_forms() {
+        // addi a0, a0, -1
+        let i = decode(0xfff5_0513);
+        assert_eq!((i.op, i.rd, i.rs1, i.imm, i.len), (Op::Addi, 10, 10, -1, 4));
+        // jal ra, -4
+        let i = decode(0xffdf_f0ef);
+        assert_eq!((i.op, i.rd, i.imm), (Op::Jal, 1, -4));
+        // beq a0, a1, +8
+        let i = decode(0x00b5_0463);
+        assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Beq, 10, 11, 8));
+        // sd ra, 8(sp)
+        let i = decode(0x0011_3423);
+        assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Sd, 2, 1, 8));
+        // csrrs a0, mstatus, zero
+        let i = decode(0x3000_2573);
+        assert_eq!((i.op, i.rd, i.imm), (Op::Csrrs, 10, 0x300));
+        // fmadd.d fa0, fa1, fa2, fa3, dyn
+        let i = decode(0x6ac5_f543);
+        assert_eq!(
+            (i.op, i.rd, i.rs1, i.rs2, i.rs3, i.rm),
+            (Op::FmaddD, 10, 11, 12, 13, 7)
+        );
+        assert_eq!(decode(0).op, Op::Illegal);
+        assert_eq!(decode(0xffff_ffff).op, Op::Illegal);
+    }
+
+    #[test]
+    fn decodes_compressed_forms() {
+        // c.addi sp, -16 = 0x1141
+        let i = decode(0x1141);
+        assert_eq!((i.op, i.rd, i.rs1, i.imm, i.len), (Op::Addi, 2, 2, -16, 2));
+        // c.sdsp ra, 8(sp) = 0xe406
+        let i = decode(0xe406);
+        assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Sd, 2, 1, 8));
+        // c.ldsp ra, 8(sp) = 0x60a2
+        let i = decode(0x60a2);
+        assert_eq!((i.op, i.rd, i.rs1, i.imm), (Op::Ld, 1, 2, 8));
+        // c.ret = c.jr ra = 0x8082
+        let i = decode(0x8082);
+        assert_eq!((i.op, i.rd, i.rs1, i.imm), (Op::Jalr, 0, 1, 0));
+        // c.mv a0, a1 = 0x852e
+        let i = decode(0x852e);
+        assert_eq!((i.op, i.rd, i.rs1, i.rs2), (Op::Add, 10, 0, 11));
+        // c.j -2 = 0xbffd
+        let i = decode(0xbffd);
+        assert_eq!((i.op, i.imm), (Op::Jal, -2));
+        // c.beqz a0, +0x10 = 0xc901
+        let i = decode(0xc901);
+        assert_eq!((i.op, i.rs1, i.imm), (Op::Beq, 10, 16));
+        // c.lui a0, 0x1 = 0x6505
+        let i = decode(0x6505);
+        assert_eq!((i.op, i.rd, i.imm), (Op::Lui, 10, 0x1000));
+        // c.ebreak = 0x9002
+        assert_eq!(decode(0x9002).op, Op::Ebreak);
+        // all zero is defined illegal
+        assert_eq!(decode(0x0000).op, Op::Illegal);
+    }
+}

@@ -1,0 +1,330 @@
+//! Architectural state of one hart, trap entry and interrupt selection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::csr::{self, mstatus};
+use crate::memory::Memory;
+use crate::mmu::Mmu;
+use crate::trap::{Exception, Trap};
+use crate::Exit;
+
+/// Privilege modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Priv {
+    /// User.
+    U = 0,
+    /// Supervisor.
+    S = 1,
+    /// Machine.
+    M = 3,
+}
+
+impl Priv {
+    pub(crate) fn from_bits(b: u64) -> Priv {
+        match b & 3 {
+            0 => Priv::U,
+            1 => Priv::S,
+            _ => Priv::M,
+        }
+    }
+}
+
+/// How a hart is used.
+#[derive(Clone, Debug)]
+pub struct HartConfig {
+    /// `mhartid`.
+    pub hart_id: u64,
+    /// Process-VM mode: the hart runs only U-mode code with translation off; `ecall` and exceptions
+    /// return to the caller ([`Exit::Ecall`], [`Exit::Trap`]) instead of entering a trap handler.
+    pub user_mode: bool,
+}
+
+impl HartConfig {
+    /// A hart of a system VM that starts in M-mode at reset.
+    pub fn machine(hart_id: u64) -> HartConfig {
+        HartConfig {
+            hart_id,
+            user_mode: false,
+        }
+    }
+
+    /// A hart for a process VM (see [`HartConfig::user_mode`]).
+    pub fn user() -> HartConfig {
+        HartConfig {
+            hart_id: 0,
+            user_mode: true,
+        }
+    }
+}
+
+/// Interrupt lines driven by devices (MSIP, MTIP, SEIP, MEIP bits of `mip`), shareable with device
+/// threads. The hart ORs them into `mip` whenever it looks for interrupts.
+#[derive(Debug, Default)]
+pub struct IrqPins(AtomicU64);
+
+impl IrqPins {
+    /// Raise or lower the line for `mip` bit `bit`.
+    pub fn set(&self, bit: u32, level: bool) {
+        if level {
+            self.0.fetch_or(1 << bit, Ordering::Release);
+        } else {
+            self.0.fetch_and(!(1 << bit), Ordering::Release);
+        }
+    }
+
+    /// Current levels as `mip` bits.
+    pub fn bits(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One RISC-V hart.
+pub struct Hart {
+    /// Integer registers; index 32 is a sink for writes to x0 (the decode cache points them there).
+    pub(crate) x: [u64; 33],
+    pub(crate) f: [u64; 32],
+    pub(crate) pc: u64,
+    pub(crate) prv: Priv,
+    pub(crate) csr: csr::Csrs,
+    pub(crate) mmu: Mmu,
+    pub(crate) mem: Memory,
+    pub(crate) pins: Arc<IrqPins>,
+    pub(crate) config: HartConfig,
+    /// Retired instructions (drives `minstret` and `mcycle`).
+    pub(crate) instret: u64,
+    /// LR reservation: (physical address, value loaded).
+    pub(crate) reservation: Option<(u64, u64)>,
+    /// Set when the hart must leave its inner loop after the current instruction (CSR writes,
+    /// privilege changes, code modification, MMIO).
+    pub(crate) break_loop: bool,
+    pub(crate) wfi: bool,
+    pub(crate) did_io: bool,
+    /// An exit to report at the next instruction boundary (user-mode ecall).
+    pub(crate) pending_exit: Option<Exit>,
+}
+
+impl Hart {
+    /// A hart in its reset state (M-mode, or U-mode for [`HartConfig::user`]), with `pc` = 0.
+    pub fn new(config: HartConfig, mem: Memory) -> Hart {
+        let mut csr = csr::Csrs { mhartid: config.hart_id, ..Default::default() };
+        let prv = if config.user_mode {
+            // FP state is on, as Linux sets it for every user process.
+            csr.mstatus |= mstatus::FS_INITIAL;
+            Priv::U
+        } else {
+            Priv::M
+        };
+        Hart {
+            x: [0; 33],
+            f: [0; 32],
+            pc: 0,
+            prv,
+            csr,
+            mmu: Mmu::new(),
+            mem,
+            pins: Arc::new(IrqPins::default()),
+            config,
+            instret: 0,
+            reservation: None,
+            break_loop: false,
+            wfi: false,
+            did_io: false,
+            pending_exit: None,
+        }
+    }
+
+    /// Program counter.
+    pub fn pc(&self) -> u64 {
+        self.pc
+    }
+
+    /// Set the program counter (e.g. to the entry point).
+    pub fn set_pc(&mut self, pc: u64) {
+        self.pc = pc;
+    }
+
+    /// Integer register `i` (0..32).
+    pub fn xreg(&self, i: usize) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            self.x[i]
+        }
+    }
+
+    /// Set integer register `i`; writes to x0 are ignored.
+    pub fn set_xreg(&mut self, i: usize, v: u64) {
+        if i != 0 {
+            self.x[i] = v;
+        }
+    }
+
+    /// Raw bits of FP register `i`.
+    pub fn freg(&self, i: usize) -> u64 {
+        self.f[i]
+    }
+
+    /// Set the raw bits of FP register `i`.
+    pub fn set_freg(&mut self, i: usize, v: u64) {
+        self.f[i] = v;
+    }
+
+    /// The `fcsr` register (frm and fflags).
+    pub fn fcsr(&self) -> u64 {
+        self.csr.fcsr()
+    }
+
+    /// Set `fcsr`.
+    pub fn set_fcsr(&mut self, v: u64) {
+        self.csr.set_fcsr(v);
+    }
+
+    /// Current privilege mode.
+    pub fn privilege(&self) -> Priv {
+        self.prv
+    }
+
+    /// Instructions retired so far.
+    pub fn instret(&self) -> u64 {
+        self.instret
+    }
+
+    /// The CSR file, for diagnostics.
+    pub fn csrs(&self) -> &csr::Csrs {
+        &self.csr
+    }
+
+    /// The guest RAM this hart sees.
+    pub fn memory(&self) -> &Memory {
+        &self.mem
+    }
+
+    /// The interrupt lines devices drive.
+    pub fn irq_pins(&self) -> Arc<IrqPins> {
+        self.pins.clone()
+    }
+
+    /// Forget all cached translations and decoded code, e.g. after the owner wrote guest RAM
+    /// behind the hart's back (loading an image, DMA into code).
+    pub fn flush_caches(&mut self) {
+        self.mmu.flush_all();
+    }
+
+    /// Current `mip`: software-writable bits plus device lines.
+    #[inline]
+    pub(crate) fn mip(&self) -> u64 {
+        self.csr.mip | self.pins.bits()
+    }
+
+    /// The highest-priority interrupt that is pending, enabled and not masked, per the
+    /// privileged spec's rules for delegation and global enables.
+    pub(crate) fn pending_interrupt(&self) -> Option<u64> {
+        if self.config.user_mode {
+            return None;
+        }
+        let pending = self.mip() & self.csr.mie;
+        if pending == 0 {
+            return None;
+        }
+        let m_enabled = self.prv < Priv::M || self.csr.mstatus & mstatus::MIE != 0;
+        let s_enabled =
+            self.prv < Priv::S || (self.prv == Priv::S && self.csr.mstatus & mstatus::SIE != 0);
+        let m = if m_enabled {
+            pending & !self.csr.mideleg
+        } else {
+            0
+        };
+        let s = if s_enabled {
+            pending & self.csr.mideleg
+        } else {
+            0
+        };
+        let set = if m != 0 { m } else { s };
+        // Priority: MEI, MSI, MTI, SEI, SSI, STI.
+        [11u64, 3, 7, 9, 1, 5]
+            .into_iter()
+            .find(|&b| set & (1 << b) != 0)
+    }
+
+    /// Whether any enabled interrupt is pending, ignoring global enables: WFI wakes on this.
+    pub(crate) fn wfi_should_wake(&self) -> bool {
+        self.mip() & self.csr.mie != 0
+    }
+
+    /// Enter the trap handler for exception `trap` raised by the instruction at `self.pc`.
+    /// Returns an exit for user-mode harts and for traps that cannot be delivered.
+    pub(crate) fn raise(&mut self, trap: Trap) -> Option<Exit> {
+        if self.config.user_mode {
+            return Some(Exit::Trap(trap));
+        }
+        let from = self.pc;
+        self.enter_trap(trap.cause as u64, false, trap.tval);
+        // A fetch fault at the very address we just vectored to means the handler itself is
+        // unreachable: the hart would loop forever.
+        if matches!(
+            trap.cause,
+            Exception::InstructionAccessFault | Exception::InstructionPageFault
+        ) && self.pc == from
+        {
+            return Some(Exit::DoubleFault(trap));
+        }
+        None
+    }
+
+    /// The common trap-entry sequence for exceptions and interrupts.
+    pub(crate) fn enter_trap(&mut self, cause: u64, interrupt: bool, tval: u64) {
+        let deleg = if interrupt {
+            self.csr.mideleg
+        } else {
+            self.csr.medeleg
+        };
+        let mcause = cause | if interrupt { 1 << 63 } else { 0 };
+        let s = &mut self.csr;
+        self.reservation = None;
+        if self.prv <= Priv::S && (deleg >> cause) & 1 != 0 {
+            s.scause = mcause;
+            s.sepc = self.pc;
+            s.stval = tval;
+            let mut st = s.mstatus;
+            st = set_bit(st, mstatus::SPIE, st & mstatus::SIE != 0);
+            st &= !mstatus::SIE;
+            st = set_bit(st, mstatus::SPP, self.prv == Priv::S);
+            s.mstatus = st;
+            self.pc = vector(s.stvec, cause, interrupt);
+            self.prv = Priv::S;
+        } else {
+            s.mcause = mcause;
+            s.mepc = self.pc;
+            s.mtval = tval;
+            let mut st = s.mstatus;
+            st = set_bit(st, mstatus::MPIE, st & mstatus::MIE != 0);
+            st &= !mstatus::MIE;
+            st = (st & !mstatus::MPP) | ((self.prv as u64) << mstatus::MPP_SHIFT);
+            s.mstatus = st;
+            self.pc = vector(s.mtvec, cause, interrupt);
+            self.prv = Priv::M;
+        }
+        self.mmu.set_context(self.prv, self.csr.mstatus);
+        self.break_loop = true;
+    }
+}
+
+#[inline]
+fn set_bit(v: u64, mask: u64, on: bool) -> u64 {
+    if on {
+        v | mask
+    } else {
+        v & !mask
+    }
+}
+
+fn vector(tvec: u64, cause: u64, interrupt: bool) -> u64 {
+    let base = tvec & !3;
+    if interrupt && tvec & 3 == 1 {
+        base + 4 * cause
+    } else {
+        base
+    }
+}

@@ -1,0 +1,511 @@
+//! Address translation (Sv39/48/57), the software TLB and the decode cache.
+//!
+//! The TLB maps a virtual page straight to a host pointer, per access kind and per translation
+//! context, so a RAM access that hits costs a compare and an add. Contexts separate U-mode,
+//! S-mode, S-mode with SUM and M-mode (bare) so that privilege switches and Linux toggling SUM
+//! need no flush. Pages holding decoded code never get write entries: a store to them takes the
+//! slow path, which drops the decoded page (self-modifying code and page reuse stay correct).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::csr::mstatus;
+use crate::decode::{Insn, Op};
+use crate::hart::{Hart, Priv};
+use crate::trap::{Exception, Trap};
+use crate::Bus;
+
+pub(crate) const TLB_SIZE: usize = 256;
+/// Data contexts: U, S, S with SUM, M (bare), and a never-filled one used while MXR is set.
+const DATA_CONTEXTS: usize = 5;
+const CTX_NO_CACHE: usize = 4;
+/// Decode-cache slots per 4 KiB page (one per 2-byte parcel).
+pub(crate) const SLOTS: usize = 2048;
+
+/// A page of decoded instructions, indexed by (offset / 2).
+pub(crate) type DecodedPage = [Insn; SLOTS];
+
+const UNDECODED: Insn = Insn {
+    op: Op::Undecoded,
+    rd: 0,
+    rs1: 0,
+    rs2: 0,
+    rs3: 0,
+    rm: 0,
+    len: 0,
+    imm: 0,
+};
+
+#[derive(Clone, Copy)]
+pub(crate) struct TlbEntry {
+    /// Virtual page number, or `u64::MAX` when empty.
+    pub tag: u64,
+    /// Host address minus guest virtual address.
+    pub addend: u64,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct ITlbEntry {
+    pub tag: u64,
+    pub addend: u64,
+    pub page: *mut DecodedPage,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    tag: u64::MAX,
+    addend: 0,
+};
+const IEMPTY: ITlbEntry = ITlbEntry {
+    tag: u64::MAX,
+    addend: 0,
+    page: std::ptr::null_mut(),
+};
+
+/// The kind of access being translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    fn page_fault(self, vaddr: u64) -> Trap {
+        let cause = match self {
+            Access::Read => Exception::LoadPageFault,
+            Access::Write => Exception::StorePageFault,
+            Access::Exec => Exception::InstructionPageFault,
+        };
+        Trap::new(cause, vaddr)
+    }
+
+    pub(crate) fn access_fault(self, vaddr: u64) -> Trap {
+        let cause = match self {
+            Access::Read => Exception::LoadAccessFault,
+            Access::Write => Exception::StoreAccessFault,
+            Access::Exec => Exception::InstructionAccessFault,
+        };
+        Trap::new(cause, vaddr)
+    }
+}
+
+pub(crate) struct Mmu {
+    pub read: Box<[[TlbEntry; TLB_SIZE]; DATA_CONTEXTS]>,
+    pub write: Box<[[TlbEntry; TLB_SIZE]; DATA_CONTEXTS]>,
+    pub exec: Box<[[ITlbEntry; TLB_SIZE]; 4]>,
+    /// Current data context (index into `read`/`write`).
+    pub dctx: usize,
+    /// Current fetch context (index into `exec`).
+    pub ictx: usize,
+    /// Effective privilege for loads and stores (MPRV applied).
+    pub data_priv: Priv,
+    /// Decoded code, keyed by physical page number.
+    pub decoded: HashMap<u64, Box<DecodedPage>>,
+}
+
+#[inline(always)]
+pub(crate) fn tlb_index(vaddr: u64) -> usize {
+    ((vaddr >> 12) as usize) & (TLB_SIZE - 1)
+}
+
+impl Mmu {
+    pub fn new() -> Mmu {
+        Mmu {
+            read: Box::new([[EMPTY; TLB_SIZE]; DATA_CONTEXTS]),
+            write: Box::new([[EMPTY; TLB_SIZE]; DATA_CONTEXTS]),
+            exec: Box::new([[IEMPTY; TLB_SIZE]; 4]),
+            dctx: 3,
+            ictx: 3,
+            data_priv: Priv::M,
+            decoded: HashMap::new(),
+        }
+    }
+
+    /// Drop every cached translation (satp writes, sfence.vma).
+    pub fn flush_tlb(&mut self) {
+        for c in self.read.iter_mut().chain(self.write.iter_mut()) {
+            c.fill(EMPTY);
+        }
+        for c in self.exec.iter_mut() {
+            c.fill(IEMPTY);
+        }
+    }
+
+    /// Drop translations and decoded code.
+    pub fn flush_all(&mut self) {
+        self.flush_tlb();
+        self.decoded.clear();
+    }
+
+    /// Recompute the TLB contexts after a privilege or `mstatus` change.
+    #[inline]
+    pub fn set_context(&mut self, prv: Priv, status: u64) {
+        self.ictx = prv as usize;
+        let eff = if prv == Priv::M && status & mstatus::MPRV != 0 {
+            Priv::from_bits(status >> mstatus::MPP_SHIFT)
+        } else {
+            prv
+        };
+        self.data_priv = eff;
+        self.dctx = match eff {
+            _ if status & mstatus::MXR != 0 && eff != Priv::M => CTX_NO_CACHE,
+            Priv::U => 0,
+            Priv::S if status & mstatus::SUM != 0 => 2,
+            Priv::S => 1,
+            Priv::M => 3,
+        };
+    }
+}
+
+impl Hart {
+    /// Translate `vaddr` for `access` at privilege `prv`, updating A/D bits.
+    pub(crate) fn translate(&mut self, vaddr: u64, access: Access, prv: Priv) -> Result<u64, Trap> {
+        let satp = self.csr.satp;
+        let mode = satp >> 60;
+        if prv == Priv::M || mode == 0 {
+            return Ok(vaddr);
+        }
+        let levels = match mode {
+            8 => 3,
+            9 => 4,
+            _ => 5,
+        };
+        let va_bits = 12 + 9 * levels;
+        // The address must be sign-extended from its top implemented bit.
+        let top = (vaddr as i64) >> (va_bits - 1);
+        if top != 0 && top != -1 {
+            return Err(access.page_fault(vaddr));
+        }
+        let status = self.csr.mstatus;
+        let mut table = (satp & ((1 << 44) - 1)) << 12;
+        for level in (0..levels).rev() {
+            let vpn = (vaddr >> (12 + 9 * level)) & 0x1ff;
+            let pte_addr = table + vpn * 8;
+            let pte_ptr = self
+                .mem
+                .host_ptr(pte_addr, 8)
+                .ok_or(access.access_fault(vaddr))?;
+            // SAFETY: host_ptr checked the 8 bytes lie in guest RAM; PTEs are 8-byte aligned because
+            // `table` is page aligned. Atomic because other harts walk and update the same tables.
+            let pte_atomic = unsafe { &*(pte_ptr as *const AtomicU64) };
+            let pte = pte_atomic.load(Ordering::Acquire);
+            let (v, r, w, x, u, a, d) = (
+                pte & 1 != 0,
+                pte & 2 != 0,
+                pte & 4 != 0,
+                pte & 8 != 0,
+                pte & 16 != 0,
+                pte & 64 != 0,
+                pte & 128 != 0,
+            );
+            // Reserved bits (no Svpbmt/Svnapot here) and W-without-R are invalid.
+            if !v || (!r && w) || pte >> 54 != 0 {
+                return Err(access.page_fault(vaddr));
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if !r && !x {
+                if level == 0 || a || d || u {
+                    return Err(access.page_fault(vaddr));
+                }
+                table = ppn << 12;
+                continue;
+            }
+            // Leaf: permission checks.
+            let allowed = match access {
+                Access::Exec => x && if prv == Priv::U { u } else { !u },
+                Access::Read | Access::Write => {
+                    let perm = match access {
+                        Access::Read => r || (x && status & mstatus::MXR != 0),
+                        _ => w,
+                    };
+                    let mode_ok = match prv {
+                        Priv::U => u,
+                        _ => !u || status & mstatus::SUM != 0,
+                    };
+                    perm && mode_ok
+                }
+            };
+            if !allowed {
+                return Err(access.page_fault(vaddr));
+            }
+            // A superpage's PPN must be aligned to its size.
+            let low_mask = (1u64 << (9 * level)) - 1;
+            if ppn & low_mask != 0 {
+                return Err(access.page_fault(vaddr));
+            }
+            let need = 64 | if access == Access::Write { 128 } else { 0 };
+            if pte & need != need {
+                // Hardware A/D update, atomically against concurrent walkers.
+                if pte_atomic
+                    .compare_exchange(pte, pte | need, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return self.translate(vaddr, access, prv);
+                }
+            }
+            let page = (ppn & !low_mask) | ((vaddr >> 12) & low_mask);
+            return Ok((page << 12) | (vaddr & 0xfff));
+        }
+        Err(access.page_fault(vaddr))
+    }
+
+    /// Slow path of a data access: translate, fill the TLB for RAM, and return the host pointer,
+    /// or `None` with the physical address for MMIO.
+    pub(crate) fn data_slow(
+        &mut self,
+        vaddr: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<(Option<*mut u8>, u64), Trap> {
+        let paddr = self.translate(vaddr, access, self.mmu.data_priv)?;
+        let Some(host) = self.mem.host_ptr(paddr, size) else {
+            return Ok((None, paddr));
+        };
+        let ppn = paddr >> 12;
+        if access == Access::Write && self.mmu.decoded.contains_key(&ppn) {
+            // Code is being overwritten: forget it and leave the inner loop, which may be running
+            // from that very page.
+            self.mmu.decoded.remove(&ppn);
+            for c in self.mmu.exec.iter_mut() {
+                c.fill(IEMPTY);
+            }
+            self.break_loop = true;
+        }
+        if self.mmu.dctx != CTX_NO_CACHE && self.mem.host_ptr(paddr & !0xfff, 4096).is_some() {
+            let entry = TlbEntry {
+                tag: vaddr >> 12,
+                addend: (host as u64)
+                    .wrapping_sub(paddr & 0xfff)
+                    .wrapping_sub(vaddr & !0xfff),
+            };
+            let ctx = self.mmu.dctx;
+            match access {
+                Access::Write => self.mmu.write[ctx][tlb_index(vaddr)] = entry,
+                _ => self.mmu.read[ctx][tlb_index(vaddr)] = entry,
+            }
+        }
+        Ok((Some(host), paddr))
+    }
+
+    /// Load `N` bytes at `vaddr` (any alignment).
+    #[inline(always)]
+    pub(crate) fn load<const N: usize, B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+    ) -> Result<u64, Trap> {
+        let e = self.mmu.read[self.mmu.dctx][tlb_index(vaddr)];
+        if e.tag == vaddr >> 12 && (vaddr & 0xfff) as usize <= 4096 - N {
+            let p = vaddr.wrapping_add(e.addend) as *const u8;
+            // SAFETY: the TLB entry maps this whole page into guest RAM, and the access stays in it.
+            return Ok(unsafe { read_host::<N>(p) });
+        }
+        self.load_slow(bus, vaddr, N as u64)
+    }
+
+    #[inline(never)]
+    fn load_slow<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u64) -> Result<u64, Trap> {
+        if (vaddr & 0xfff) + size > 4096 {
+            let mut v = 0u64;
+            for i in 0..size {
+                v |= self.load::<1, B>(bus, vaddr.wrapping_add(i))? << (8 * i);
+            }
+            return Ok(v);
+        }
+        match self.data_slow(vaddr, size, Access::Read)? {
+            // SAFETY: data_slow returned a pointer with `size` bytes of guest RAM behind it.
+            (Some(host), _) => Ok(unsafe { read_dyn(host, size) }),
+            (None, paddr) => {
+                if paddr & (size - 1) != 0 {
+                    return Err(Access::Read.access_fault(vaddr));
+                }
+                bus.read(paddr, size as u8)
+                    .map_err(|_| Access::Read.access_fault(vaddr))
+            }
+        }
+    }
+
+    /// Store the low `N` bytes of `value` at `vaddr` (any alignment).
+    #[inline(always)]
+    pub(crate) fn store<const N: usize, B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        value: u64,
+    ) -> Result<(), Trap> {
+        let e = self.mmu.write[self.mmu.dctx][tlb_index(vaddr)];
+        if e.tag == vaddr >> 12 && (vaddr & 0xfff) as usize <= 4096 - N {
+            let p = vaddr.wrapping_add(e.addend) as *mut u8;
+            // SAFETY: the TLB entry maps this whole page into guest RAM, and the access stays in it.
+            unsafe { write_host::<N>(p, value) };
+            return Ok(());
+        }
+        self.store_slow(bus, vaddr, N as u64, value)
+    }
+
+    #[inline(never)]
+    fn store_slow<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u64,
+        value: u64,
+    ) -> Result<(), Trap> {
+        if (vaddr & 0xfff) + size > 4096 {
+            // Check both pages before writing anything, so a fault leaves memory untouched.
+            let last = vaddr.wrapping_add(size - 1);
+            self.translate(vaddr, Access::Write, self.mmu.data_priv)?;
+            self.translate(last, Access::Write, self.mmu.data_priv)?;
+            for i in 0..size {
+                self.store::<1, B>(bus, vaddr.wrapping_add(i), value >> (8 * i))?;
+            }
+            return Ok(());
+        }
+        match self.data_slow(vaddr, size, Access::Write)? {
+            (Some(host), _) => {
+                // SAFETY: data_slow returned a pointer with `size` bytes of guest RAM behind it.
+                unsafe { write_dyn(host, size, value) };
+                Ok(())
+            }
+            (None, paddr) => {
+                if paddr & (size - 1) != 0 {
+                    return Err(Access::Write.access_fault(vaddr));
+                }
+                bus.write(paddr, size as u8, value)
+                    .map_err(|_| Access::Write.access_fault(vaddr))?;
+                self.did_io = true;
+                self.break_loop = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Host pointer for an atomic access of `size` bytes at `vaddr`: AMOs and LR/SC must be
+    /// naturally aligned and in RAM.
+    pub(crate) fn atomic_ptr(
+        &mut self,
+        vaddr: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<(*mut u8, u64), Trap> {
+        if vaddr & (size - 1) != 0 {
+            let cause = if access == Access::Read {
+                Exception::LoadMisaligned
+            } else {
+                Exception::StoreMisaligned
+            };
+            return Err(Trap::new(cause, vaddr));
+        }
+        match self.data_slow(vaddr, size, access)? {
+            (Some(host), paddr) => Ok((host, paddr)),
+            (None, _) => Err(access.access_fault(vaddr)),
+        }
+    }
+
+    /// Find (or create) the decoded page holding `pc`, with the host address of the page's start.
+    #[inline(always)]
+    pub(crate) fn fetch_page(&mut self) -> Result<(*mut DecodedPage, *const u8), Trap> {
+        let pc = self.pc;
+        let e = self.mmu.exec[self.mmu.ictx][tlb_index(pc)];
+        if e.tag == pc >> 12 {
+            return Ok((e.page, (pc & !0xfff).wrapping_add(e.addend) as *const u8));
+        }
+        self.fetch_page_slow()
+    }
+
+    #[inline(never)]
+    fn fetch_page_slow(&mut self) -> Result<(*mut DecodedPage, *const u8), Trap> {
+        let pc = self.pc;
+        let paddr = self.translate(pc, Access::Exec, self.prv)?;
+        let host = self
+            .mem
+            .host_ptr(paddr & !0xfff, 4096)
+            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
+        let ppn = paddr >> 12;
+        let page: *mut DecodedPage = match self.mmu.decoded.get_mut(&ppn) {
+            Some(p) => &mut **p,
+            None => {
+                // New code page: no write entry may point at it any more.
+                for c in self.mmu.write.iter_mut() {
+                    c.fill(EMPTY);
+                }
+                let p = self
+                    .mmu
+                    .decoded
+                    .entry(ppn)
+                    .or_insert_with(|| Box::new([UNDECODED; SLOTS]));
+                &mut **p
+            }
+        };
+        let ctx = self.mmu.ictx;
+        self.mmu.exec[ctx][tlb_index(pc)] = ITlbEntry {
+            tag: pc >> 12,
+            addend: (host as u64).wrapping_sub(pc & !0xfff),
+            page,
+        };
+        Ok((page, host))
+    }
+
+    /// Fetch and decode the 4-byte instruction that straddles a page boundary at `pc` (never
+    /// cached: each half may map anywhere).
+    pub(crate) fn fetch_straddling(&mut self) -> Result<u32, Trap> {
+        let mut parcel = [0u16; 2];
+        for (i, p) in parcel.iter_mut().enumerate() {
+            let va = self.pc.wrapping_add(2 * i as u64);
+            let pa = self.translate(va, Access::Exec, self.prv)?;
+            let host = self
+                .mem
+                .host_ptr(pa, 2)
+                .ok_or(Trap::new(Exception::InstructionAccessFault, va))?;
+            // SAFETY: host_ptr checked two bytes of guest RAM.
+            *p = unsafe { (host as *const u16).read_unaligned() };
+        }
+        Ok(parcel[0] as u32 | (parcel[1] as u32) << 16)
+    }
+}
+
+/// # Safety
+/// `p` must point at `N` readable bytes.
+#[inline(always)]
+unsafe fn read_host<const N: usize>(p: *const u8) -> u64 {
+    match N {
+        1 => *p as u64,
+        2 => (p as *const u16).read_unaligned() as u64,
+        4 => (p as *const u32).read_unaligned() as u64,
+        _ => (p as *const u64).read_unaligned(),
+    }
+}
+
+/// # Safety
+/// `p` must point at `N` writable bytes.
+#[inline(always)]
+unsafe fn write_host<const N: usize>(p: *mut u8, v: u64) {
+    match N {
+        1 => *p = v as u8,
+        2 => (p as *mut u16).write_unaligned(v as u16),
+        4 => (p as *mut u32).write_unaligned(v as u32),
+        _ => (p as *mut u64).write_unaligned(v),
+    }
+}
+
+/// # Safety
+/// `p` must point at `size` readable bytes.
+unsafe fn read_dyn(p: *const u8, size: u64) -> u64 {
+    match size {
+        1 => read_host::<1>(p),
+        2 => read_host::<2>(p),
+        4 => read_host::<4>(p),
+        _ => read_host::<8>(p),
+    }
+}
+
+/// # Safety
+/// `p` must point at `size` writable bytes.
+unsafe fn write_dyn(p: *mut u8, size: u64, v: u64) {
+    match size {
+        1 => write_host::<1>(p, v),
+        2 => write_host::<2>(p, v),
+        4 => write_host::<4>(p, v),
+        _ => write_host::<8>(p, v),
+    }
+}
