@@ -10,7 +10,7 @@ use popek_board::{Machine, MachineConfig, RunOutcome};
 
 /// popek: an efficient, isolated duplicate of a RISC-V machine.
 #[derive(Parser, Debug)]
-#[command(name = "popek", version, about, long_about = None, propagate_version = true)]
+#[command(name = "popek", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +50,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, like every other popek error; `--help` has the details.
+            let msg = e.render().to_string();
+            let text: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "popek: {} (see popek --help)",
+                text.join(" ").trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -6,7 +6,7 @@ use crate::csr::{mstatus, CsrOp};
 use crate::decode::{decode, insn_len, Insn, Op};
 use crate::fpu::{self, RoundingMode};
 use crate::hart::{Hart, Priv};
-use crate::mmu::Access;
+use crate::mmu::{Access, DecodedPage, UNDECODED};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
 
@@ -91,6 +91,19 @@ fn decode_for_cache(raw: u32) -> Insn {
     insn
 }
 
+/// Where execution continues after an instruction.
+#[derive(Clone, Copy)]
+enum Flow {
+    /// The next instruction in sequence.
+    Next(u64),
+    /// A taken branch or jump: may leave the page, and bounds the slice.
+    Jump(u64),
+    /// After a memory write: continue unless the write needs the outer loop (MMIO, code).
+    Store(u64),
+    /// Continue in the outer loop (privilege, CSR or translation changes, WFI, user ecall).
+    Leave(u64),
+}
+
 #[inline(always)]
 fn sext32(v: u64) -> u64 {
     v as i32 as i64 as u64
@@ -127,7 +140,8 @@ impl Hart {
     /// Run until `budget` instructions have retired or something needs the owner's attention.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let stop_at = self.instret.saturating_add(budget);
-        'outer: loop {
+        loop {
+            self.mmu.release_dropped_pages();
             if let Some(exit) = self.pending_exit.take() {
                 return exit;
             }
@@ -151,66 +165,109 @@ impl Hart {
                     return Exit::Wfi;
                 }
             }
-            let (page, host) = match self.fetch_page() {
-                Ok(p) => p,
-                Err(t) => {
-                    if let Some(e) = self.raise(t) {
-                        return e;
-                    }
-                    continue;
-                }
+            let result = match self.fetch_page() {
+                Ok((page, host)) => self.exec_page(bus, page, host, stop_at - self.instret),
+                Err(t) => Err(t),
             };
-            let vbase = self.pc & !0xfff;
-            loop {
-                let off = (self.pc - vbase) as usize;
-                // SAFETY: off < 4096, so off/2 < SLOTS; `page` stays alive until the loop is left
-                // (decoded pages are only dropped by stores, which set break_loop).
-                let slot = unsafe { &mut (*page)[off >> 1] };
-                let mut insn = *slot;
-                if insn.op == Op::Undecoded {
-                    // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                    let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
-                    if insn_len(lo as u16) == 2 {
-                        insn = decode_for_cache(lo);
-                        *slot = insn;
-                    } else if off + 4 <= 4096 {
-                        // SAFETY: as above, and the 4 bytes stay inside the page.
-                        let raw = unsafe { (host.add(off) as *const u32).read_unaligned() };
-                        insn = decode_for_cache(raw);
-                        *slot = insn;
-                    } else {
-                        match self.fetch_straddling() {
-                            Ok(raw) => insn = decode_for_cache(raw),
-                            Err(t) => {
-                                if let Some(e) = self.raise(t) {
-                                    return e;
-                                }
-                                continue 'outer;
-                            }
+            if let Some(slot) = self.straddle_slot.take() {
+                // SAFETY: the page the slot belongs to is still allocated: dropped pages are only
+                // released at the top of this loop.
+                unsafe { *slot = UNDECODED };
+            }
+            if let Err(t) = result {
+                if let Some(e) = self.raise(t) {
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// Execute from the decoded page `page` (guest RAM at `host`) starting at `self.pc`, until
+    /// control leaves the page, `left` instructions retire, or an instruction needs the outer
+    /// loop. `self.pc` and `instret` are up to date when it returns.
+    #[inline(never)]
+    fn exec_page<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        page: *mut DecodedPage,
+        host: *const u8,
+        left: u64,
+    ) -> Result<(), Trap> {
+        let vbase = self.pc & !0xfff;
+        let mut pc = self.pc;
+        let mut retired = 0u64;
+        let result = loop {
+            let off = pc.wrapping_sub(vbase) as usize;
+            // SAFETY: sequential flow reaches at most offset 4096 + 2 (past a straddling
+            // instruction), and the page has sentinel slots up to there; jumps out of the page
+            // leave the loop. The page stays allocated while this function runs.
+            let slot = unsafe { &mut (*page)[off >> 1] };
+            if slot.op == Op::Undecoded {
+                if off >= 4096 {
+                    break Ok(());
+                }
+                // SAFETY: host is the start of this page of guest RAM and off < 4096.
+                let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
+                if insn_len(lo as u16) == 2 {
+                    *slot = decode_for_cache(lo);
+                } else if off + 4 <= 4096 {
+                    // SAFETY: as above, and the 4 bytes stay inside the page.
+                    *slot =
+                        decode_for_cache(unsafe { (host.add(off) as *const u32).read_unaligned() });
+                } else {
+                    // Straddles into the next page, which may map anywhere: decode it for this visit
+                    // only (the outer loop clears the slot again).
+                    self.pc = pc;
+                    match self.fetch_straddling() {
+                        Ok(raw) => {
+                            *slot = decode_for_cache(raw);
+                            self.straddle_slot = Some(slot as *mut Insn);
                         }
+                        Err(t) => break Err(t),
                     }
                 }
-                if let Err(mut t) = self.step(bus, insn) {
+            }
+            match self.step(bus, slot, pc, &mut retired) {
+                Ok(Flow::Next(next)) => {
+                    pc = next;
+                    retired += 1;
+                }
+                Ok(Flow::Jump(target)) => {
+                    pc = target;
+                    retired += 1;
+                    if target.wrapping_sub(vbase) >= 4096 || retired >= left {
+                        break Ok(());
+                    }
+                }
+                Ok(Flow::Store(next)) => {
+                    pc = next;
+                    retired += 1;
+                    if self.break_loop {
+                        break Ok(());
+                    }
+                }
+                Ok(Flow::Leave(next)) => {
+                    pc = next;
+                    retired += 1;
+                    break Ok(());
+                }
+                Err(mut t) => {
                     if t.cause == Exception::IllegalInstruction {
-                        t.tval = if off + 4 > 4096 && insn.len == 4 {
+                        t.tval = if off + 4 > 4096 && slot.len == 4 {
+                            self.pc = pc;
                             self.fetch_straddling().map(u64::from).unwrap_or(0)
                         } else {
                             // SAFETY: host is the start of this page of guest RAM and off < 4096.
                             unsafe { raw_bits(host, off) }
                         };
                     }
-                    if let Some(e) = self.raise(t) {
-                        return e;
-                    }
-                    continue 'outer;
-                }
-                self.instret += 1;
-                if self.break_loop || self.pc.wrapping_sub(vbase) >= 4096 || self.instret >= stop_at
-                {
-                    continue 'outer;
+                    break Err(t);
                 }
             }
-        }
+        };
+        self.pc = pc;
+        self.instret += retired;
+        result
     }
 
     #[inline(always)]
@@ -249,9 +306,16 @@ impl Hart {
         }
     }
 
-    /// Execute one instruction at `self.pc`; on success `pc` points at the next one.
+    /// Execute instruction `i` at `pc` and say where execution goes next. `retired` counts the
+    /// instructions retired in this slice but not yet added to `instret` (counter reads need it).
     #[inline(always)]
-    fn step<B: Bus>(&mut self, bus: &mut B, i: Insn) -> Result<(), Trap> {
+    fn step<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        i: &Insn,
+        pc: u64,
+        retired: &mut u64,
+    ) -> Result<Flow, Trap> {
         use Op::*;
         let rd = i.rd as usize;
         let len = i.len as u64;
@@ -264,16 +328,16 @@ impl Hart {
         macro_rules! alu {
             ($e:expr) => {{
                 self.x[rd] = $e;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         macro_rules! branch {
             ($cond:expr) => {{
-                self.pc = if $cond {
-                    self.pc.wrapping_add(imm)
+                if $cond {
+                    Flow::Jump(pc.wrapping_add(imm))
                 } else {
-                    self.pc.wrapping_add(len)
-                };
+                    Flow::Next(pc.wrapping_add(len))
+                }
             }};
         }
         macro_rules! load {
@@ -281,14 +345,14 @@ impl Hart {
                 let a = x!(i.rs1).wrapping_add(imm);
                 let v = self.load::<$n, B>(bus, a)?;
                 self.x[rd] = $conv(v);
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         macro_rules! store {
             ($n:literal) => {{
                 let a = x!(i.rs1).wrapping_add(imm);
                 self.store::<$n, B>(bus, a, x!(i.rs2))?;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Store(pc.wrapping_add(len))
             }};
         }
         // F/D helpers: operands, result write-back with NaN boxing, flag accrual.
@@ -311,7 +375,7 @@ impl Hart {
                 self.f[rd] = box32(r);
                 self.fp_dirty();
                 self.accrue($fl);
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         macro_rules! fop_d {
@@ -323,7 +387,7 @@ impl Hart {
                 self.f[rd] = r;
                 self.fp_dirty();
                 self.accrue($fl);
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         // FP operations with an integer result.
@@ -336,7 +400,7 @@ impl Hart {
                 let r: u64 = $e;
                 self.x[rd] = r;
                 self.accrue($fl);
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         // FP operations without a rounding mode (sign injection, min/max, compares, class, moves).
@@ -346,7 +410,7 @@ impl Hart {
                 let mut $fl = 0u8;
                 $body;
                 self.accrue($fl);
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }};
         }
         macro_rules! amo {
@@ -361,23 +425,23 @@ impl Hart {
                 } else {
                     old as u64
                 };
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Store(pc.wrapping_add(len))
             }};
         }
         let sc = Ordering::SeqCst;
 
-        match i.op {
+        Ok(match i.op {
             Undecoded | Illegal => return Err(Trap::new(Exception::IllegalInstruction, 0)),
             Lui => alu!(imm),
-            Auipc => alu!(self.pc.wrapping_add(imm)),
+            Auipc => alu!(pc.wrapping_add(imm)),
             Jal => {
-                self.x[rd] = self.pc.wrapping_add(len);
-                self.pc = self.pc.wrapping_add(imm);
+                self.x[rd] = pc.wrapping_add(len);
+                Flow::Jump(pc.wrapping_add(imm))
             }
             Jalr => {
                 let target = x!(i.rs1).wrapping_add(imm) & !1;
-                self.x[rd] = self.pc.wrapping_add(len);
-                self.pc = target;
+                self.x[rd] = pc.wrapping_add(len);
+                Flow::Jump(target)
             }
             Beq => branch!(x!(i.rs1) == x!(i.rs2)),
             Bne => branch!(x!(i.rs1) != x!(i.rs2)),
@@ -483,19 +547,14 @@ impl Hart {
                     sext32((a % b) as u64)
                 })
             }
-            Fence => self.pc = self.pc.wrapping_add(len),
-            FenceI => {
-                // Stores to decoded code already dropped it; leave the loop so the next fetch sees
-                // the current state of memory.
-                self.pc = self.pc.wrapping_add(len);
-                self.break_loop = true;
-            }
+            Fence => Flow::Next(pc.wrapping_add(len)),
+            // Stores to decoded code already dropped it; leave the loop so the next fetch sees
+            // the current state of memory.
+            FenceI => Flow::Leave(pc.wrapping_add(len)),
             Ecall => {
                 if self.config.user_mode {
-                    self.pc = self.pc.wrapping_add(len);
                     self.pending_exit = Some(Exit::Ecall);
-                    self.break_loop = true;
-                    return Ok(());
+                    return Ok(Flow::Leave(pc.wrapping_add(len)));
                 }
                 let cause = match self.prv {
                     Priv::U => Exception::EcallFromU,
@@ -504,7 +563,7 @@ impl Hart {
                 };
                 return Err(Trap::new(cause, 0));
             }
-            Ebreak => return Err(Trap::new(Exception::Breakpoint, self.pc)),
+            Ebreak => return Err(Trap::new(Exception::Breakpoint, pc)),
             Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => {
                 let (op, operand, write) = match i.op {
                     Csrrw => (CsrOp::Write, x!(i.rs1), true),
@@ -514,9 +573,12 @@ impl Hart {
                     Csrrsi => (CsrOp::Set, i.rs1 as u64, i.rs1 != 0),
                     _ => (CsrOp::Clear, i.rs1 as u64, i.rs1 != 0),
                 };
+                // Counters read here must include everything retired before this instruction.
+                self.instret += *retired;
+                *retired = 0;
                 let old = self.csr_access(bus, i.imm as u16 & 0xfff, op, operand, write, 0)?;
                 self.x[rd] = old;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Leave(pc.wrapping_add(len))
             }
             Mret => {
                 if self.prv != Priv::M {
@@ -536,7 +598,7 @@ impl Hart {
                 }
                 self.csr.mstatus = st;
                 self.set_priv(new);
-                self.pc = self.csr.mepc;
+                Flow::Leave(self.csr.mepc)
             }
             Sret => {
                 if self.prv == Priv::U
@@ -559,7 +621,7 @@ impl Hart {
                 st &= !(mstatus::SPP | mstatus::MPRV);
                 self.csr.mstatus = st;
                 self.set_priv(new);
-                self.pc = self.csr.sepc;
+                Flow::Leave(self.csr.sepc)
             }
             Wfi => {
                 if self.prv == Priv::U
@@ -567,11 +629,10 @@ impl Hart {
                 {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
-                self.pc = self.pc.wrapping_add(len);
                 if !self.wfi_should_wake() {
                     self.wfi = true;
-                    self.break_loop = true;
                 }
+                Flow::Leave(pc.wrapping_add(len))
             }
             SfenceVma => {
                 if self.prv == Priv::U
@@ -580,8 +641,7 @@ impl Hart {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
                 self.mmu.flush_tlb();
-                self.pc = self.pc.wrapping_add(len);
-                self.break_loop = true;
+                Flow::Leave(pc.wrapping_add(len))
             }
             LrW | LrD => {
                 let size = if i.op == LrW { 4 } else { 8 };
@@ -597,7 +657,7 @@ impl Hart {
                 };
                 self.reservation = Some((a, v));
                 self.x[rd] = v;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }
             ScW | ScD => {
                 let size = if i.op == ScW { 4 } else { 8 };
@@ -624,7 +684,7 @@ impl Hart {
                     _ => false,
                 };
                 self.x[rd] = (!ok) as u64;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Store(pc.wrapping_add(len))
             }
             AmoswapW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a.swap(v as u32, sc)),
             AmoaddW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
@@ -661,24 +721,24 @@ impl Hart {
                 let v = self.load::<4, B>(bus, x!(i.rs1).wrapping_add(imm))?;
                 self.f[rd] = box32(v as u32);
                 self.fp_dirty();
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }
             Fld => {
                 self.fp_on()?;
                 let v = self.load::<8, B>(bus, x!(i.rs1).wrapping_add(imm))?;
                 self.f[rd] = v;
                 self.fp_dirty();
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Next(pc.wrapping_add(len))
             }
             Fsw => {
                 self.fp_on()?;
                 self.store::<4, B>(bus, x!(i.rs1).wrapping_add(imm), self.f[i.rs2 as usize])?;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Store(pc.wrapping_add(len))
             }
             Fsd => {
                 self.fp_on()?;
                 self.store::<8, B>(bus, x!(i.rs1).wrapping_add(imm), self.f[i.rs2 as usize])?;
-                self.pc = self.pc.wrapping_add(len);
+                Flow::Store(pc.wrapping_add(len))
             }
 
             // Single precision.
@@ -830,8 +890,7 @@ impl Hart {
                 self.f[rd] = x!(i.rs1);
                 self.fp_dirty();
             }),
-        }
-        Ok(())
+        })
     }
 
     /// Switch privilege mode and the TLB contexts that go with it.

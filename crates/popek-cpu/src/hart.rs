@@ -103,12 +103,17 @@ pub struct Hart {
     pub(crate) did_io: bool,
     /// An exit to report at the next instruction boundary (user-mode ecall).
     pub(crate) pending_exit: Option<Exit>,
+    /// A decode-cache slot holding a page-straddling instruction for one visit only.
+    pub(crate) straddle_slot: Option<*mut crate::decode::Insn>,
 }
 
 impl Hart {
     /// A hart in its reset state (M-mode, or U-mode for [`HartConfig::user`]), with `pc` = 0.
     pub fn new(config: HartConfig, mem: Memory) -> Hart {
-        let mut csr = csr::Csrs { mhartid: config.hart_id, ..Default::default() };
+        let mut csr = csr::Csrs {
+            mhartid: config.hart_id,
+            ..Default::default()
+        };
         let prv = if config.user_mode {
             // FP state is on, as Linux sets it for every user process.
             csr.mstatus |= mstatus::FS_INITIAL;
@@ -132,6 +137,7 @@ impl Hart {
             wfi: false,
             did_io: false,
             pending_exit: None,
+            straddle_slot: None,
         }
     }
 

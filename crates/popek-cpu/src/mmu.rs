@@ -19,13 +19,14 @@ pub(crate) const TLB_SIZE: usize = 256;
 /// Data contexts: U, S, S with SUM, M (bare), and a never-filled one used while MXR is set.
 const DATA_CONTEXTS: usize = 5;
 const CTX_NO_CACHE: usize = 4;
-/// Decode-cache slots per 4 KiB page (one per 2-byte parcel).
-pub(crate) const SLOTS: usize = 2048;
+/// Decode-cache slots per 4 KiB page (one per 2-byte parcel), plus two sentinels that stop
+/// sequential execution running off the page's end.
+pub(crate) const SLOTS: usize = 2048 + 2;
 
 /// A page of decoded instructions, indexed by (offset / 2).
 pub(crate) type DecodedPage = [Insn; SLOTS];
 
-const UNDECODED: Insn = Insn {
+pub(crate) const UNDECODED: Insn = Insn {
     op: Op::Undecoded,
     rd: 0,
     rs1: 0,
@@ -101,6 +102,9 @@ pub(crate) struct Mmu {
     pub data_priv: Priv,
     /// Decoded code, keyed by physical page number.
     pub decoded: HashMap<u64, Box<DecodedPage>>,
+    /// Decoded pages dropped while the interpreter may still point into them; freed between
+    /// slices.
+    dropped: Vec<Box<DecodedPage>>,
 }
 
 #[inline(always)]
@@ -118,6 +122,7 @@ impl Mmu {
             ictx: 3,
             data_priv: Priv::M,
             decoded: HashMap::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -134,7 +139,24 @@ impl Mmu {
     /// Drop translations and decoded code.
     pub fn flush_all(&mut self) {
         self.flush_tlb();
-        self.decoded.clear();
+        self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+    }
+
+    /// Forget the decoded code of physical page `ppn` (it is being written).
+    pub fn drop_code_page(&mut self, ppn: u64) {
+        if let Some(p) = self.decoded.remove(&ppn) {
+            self.dropped.push(p);
+            for c in self.exec.iter_mut() {
+                c.fill(IEMPTY);
+            }
+        }
+    }
+
+    /// Free dropped decoded pages; only called when no instruction is executing.
+    pub fn release_dropped_pages(&mut self) {
+        if !self.dropped.is_empty() {
+            self.dropped.clear();
+        }
     }
 
     /// Recompute the TLB contexts after a privilege or `mstatus` change.
@@ -265,10 +287,7 @@ impl Hart {
         if access == Access::Write && self.mmu.decoded.contains_key(&ppn) {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
             // from that very page.
-            self.mmu.decoded.remove(&ppn);
-            for c in self.mmu.exec.iter_mut() {
-                c.fill(IEMPTY);
-            }
+            self.mmu.drop_code_page(ppn);
             self.break_loop = true;
         }
         if self.mmu.dctx != CTX_NO_CACHE && self.mem.host_ptr(paddr & !0xfff, 4096).is_some() {
@@ -422,21 +441,7 @@ impl Hart {
             .host_ptr(paddr & !0xfff, 4096)
             .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
         let ppn = paddr >> 12;
-        let page: *mut DecodedPage = match self.mmu.decoded.get_mut(&ppn) {
-            Some(p) => &mut **p,
-            None => {
-                // New code page: no write entry may point at it any more.
-                for c in self.mmu.write.iter_mut() {
-                    c.fill(EMPTY);
-                }
-                let p = self
-                    .mmu
-                    .decoded
-                    .entry(ppn)
-                    .or_insert_with(|| Box::new([UNDECODED; SLOTS]));
-                &mut **p
-            }
-        };
+        let page = self.mark_code_page(ppn);
         let ctx = self.mmu.ictx;
         self.mmu.exec[ctx][tlb_index(pc)] = ITlbEntry {
             tag: pc >> 12,
@@ -444,6 +449,23 @@ impl Hart {
             page,
         };
         Ok((page, host))
+    }
+
+    /// The decoded page for physical page `ppn`, created if needed; from then on stores to the
+    /// page take the slow path, which drops the decoded code.
+    fn mark_code_page(&mut self, ppn: u64) -> *mut DecodedPage {
+        if let Some(p) = self.mmu.decoded.get_mut(&ppn) {
+            return &mut **p;
+        }
+        // New code page: no write entry may point at it any more.
+        for c in self.mmu.write.iter_mut() {
+            c.fill(EMPTY);
+        }
+        &mut **self
+            .mmu
+            .decoded
+            .entry(ppn)
+            .or_insert_with(|| Box::new([UNDECODED; SLOTS]))
     }
 
     /// Fetch and decode the 4-byte instruction that straddles a page boundary at `pc` (never
@@ -457,6 +479,10 @@ impl Hart {
                 .mem
                 .host_ptr(pa, 2)
                 .ok_or(Trap::new(Exception::InstructionAccessFault, va))?;
+            if i == 1 {
+                // Writes to the second page must also end execution of the cached instruction.
+                self.mark_code_page(pa >> 12);
+            }
             // SAFETY: host_ptr checked two bytes of guest RAM.
             *p = unsafe { (host as *const u16).read_unaligned() };
         }

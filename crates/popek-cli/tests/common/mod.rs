@@ -1,0 +1,93 @@
+//! Helpers shared by popek's integration tests: building the bare-metal programs and running
+//! popek and QEMU on them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The popek binary under test.
+pub fn popek() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_popek"))
+}
+
+/// Run a command with a timeout (via coreutils `timeout`), stdin closed, capturing output.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut t = Command::new("timeout");
+    t.arg("-k")
+        .arg("5")
+        .arg(format!("{}", limit.as_secs()))
+        .arg(&prog)
+        .args(&args);
+    t.stdin(Stdio::null());
+    let out = t
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog:?}: {e}"));
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "{prog:?} {args:?} timed out after {limit:?}"
+    );
+    out
+}
+
+/// Build every program in tests/baremetal once per test binary; returns the output directory.
+pub fn baremetal_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("baremetal");
+        let status = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(repo().join("tests/baremetal"))
+            .arg(format!("OUT={}", out.display()))
+            .status()
+            .expect("running make: install build tools with scripts/install-deps");
+        assert!(status.success(), "building tests/baremetal failed (is gcc-riscv64-unknown-elf installed? run scripts/install-deps)");
+        out
+    })
+}
+
+/// Assemble and link a tiny bare-metal program from assembly source, at `text` address.
+pub fn build_asm(name: &str, source: &str, text: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("asm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("{name}.S"));
+    let elf = dir.join(format!("{name}.elf"));
+    std::fs::write(&src, source).unwrap();
+    let status = Command::new("riscv64-unknown-elf-gcc")
+        .args([
+            "-march=rv64gc",
+            "-mabi=lp64d",
+            "-nostdlib",
+            "-nostartfiles",
+            "-static",
+        ])
+        .arg(format!("-Wl,-N,-Ttext=0x{text:x}"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&src)
+        .status()
+        .expect("running riscv64-unknown-elf-gcc: install it with scripts/install-deps");
+    assert!(status.success(), "assembling {name}");
+    elf
+}
+
+/// Text of a process's stdout and stderr.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

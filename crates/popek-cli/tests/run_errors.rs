@@ -1,0 +1,126 @@
+//! `popek run` refuses bad input with one clear line and a non-zero status, never a panic.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Run popek with `args`; return (status, stderr) after checking the error is one clean line.
+fn fails(args: &[&str]) -> (i32, String) {
+    let out = run_with_timeout(popek().args(args), Duration::from_secs(30));
+    let (stdout, stderr) = text(&out);
+    let code = out.status.code().expect("popek was killed by a signal");
+    assert_ne!(code, 0, "popek {args:?} should fail; stdout: {stdout}");
+    assert!(!stderr.contains("panicked"), "popek panicked: {stderr}");
+    let line = stderr.trim();
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "expected one error line, got: {stderr}"
+    );
+    (code, line.to_string())
+}
+
+#[test]
+fn missing_file() {
+    let (_, e) = fails(&["run", "--bios", "/nonexistent/prog.elf"]);
+    assert!(
+        e.contains("cannot read /nonexistent/prog.elf") && e.contains("No such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn not_an_elf() {
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("text.elf");
+    std::fs::write(&p, "hello, I am text\n").unwrap();
+    let (_, e) = fails(&["run", "--bios", p.to_str().unwrap()]);
+    assert!(e.contains("is not an ELF file"), "{e}");
+}
+
+#[test]
+fn empty_file() {
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty.bin");
+    std::fs::write(&p, "").unwrap();
+    let (_, e) = fails(&["run", "--bios", p.to_str().unwrap()]);
+    assert!(e.contains("is empty"), "{e}");
+}
+
+#[test]
+fn wrong_architecture() {
+    // The host's own binaries are x86-64 ELFs.
+    let (_, e) = fails(&["run", "--bios", "/bin/true"]);
+    assert!(e.contains("not RISC-V") && e.contains("X86_64"), "{e}");
+}
+
+#[test]
+fn thirty_two_bit_elf() {
+    let hello = baremetal_dir().join("hello.elf");
+    let mut data = std::fs::read(hello).unwrap();
+    data[4] = 1; // ELFCLASS32
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("class32.elf");
+    std::fs::write(&p, data).unwrap();
+    let (_, e) = fails(&["run", "--bios", p.to_str().unwrap()]);
+    assert!(e.contains("32-bit ELF"), "{e}");
+}
+
+#[test]
+fn not_linked_for_ram() {
+    let elf = build_asm("lowlink", ".globl _start\n_start: j _start\n", 0x2000_0000);
+    let (_, e) = fails(&["run", "--bios", elf.to_str().unwrap()]);
+    assert!(
+        e.contains("does not fit in guest RAM") && e.contains("0x20000000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn image_larger_than_ram() {
+    let elf = build_asm(
+        "bigbss",
+        ".globl _start\n_start: j _start\n.bss\n.space 0x3000000\n",
+        0x8000_0000,
+    );
+    let (_, e) = fails(&["run", "--memory", "16M", "--bios", elf.to_str().unwrap()]);
+    assert!(
+        e.contains("does not fit in guest RAM") && e.contains("raise --memory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn runs_off_the_end_of_ram() {
+    // Jump past the end of 128 MiB of RAM with no trap handler installed.
+    let elf = build_asm(
+        "offend",
+        ".globl _start\n_start: li t0, 0x88000000\n jr t0\n",
+        0x8000_0000,
+    );
+    let (_, e) = fails(&["run", "--bios", elf.to_str().unwrap()]);
+    assert!(
+        e.contains("the guest is stuck") && e.contains("instruction access fault"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_memory_sizes() {
+    let hello = baremetal_dir().join("hello.elf");
+    let h = hello.to_str().unwrap();
+    let (_, e) = fails(&["run", "--memory", "12Q", "--bios", h]);
+    assert!(e.contains("bad size '12Q'"), "{e}");
+    let (_, e) = fails(&["run", "--memory", "512K", "--bios", h]);
+    assert!(e.contains("too small"), "{e}");
+    let (_, e) = fails(&["run", "--memory", "64T", "--bios", h]);
+    assert!(e.contains("more than this host's"), "{e}");
+}
+
+#[test]
+fn version_and_help() {
+    let out = run_with_timeout(popek().arg("--version"), Duration::from_secs(10));
+    assert!(out.status.success());
+    assert!(text(&out).0.starts_with("popek "), "{:?}", text(&out));
+    let out = run_with_timeout(popek().args(["run", "--help"]), Duration::from_secs(10));
+    assert!(out.status.success());
+    assert!(text(&out).0.contains("--bios"));
+}
