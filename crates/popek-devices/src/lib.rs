@@ -5,8 +5,10 @@
 //! the CPU is executed, so an interpreter, a JIT or a hardware-virtualization engine can drive the
 //! same models.
 
+pub mod boot_timer;
 pub mod clint;
 pub mod finisher;
+pub mod plic;
 pub mod uart;
 
 /// A device mapped into guest-physical address space.
