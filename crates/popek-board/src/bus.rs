@@ -3,8 +3,10 @@
 use std::io::Write;
 
 use popek_cpu::{Bus, BusFault};
+use popek_devices::boot_timer::{self, BootTimer};
 use popek_devices::clint::{self, Clint};
 use popek_devices::finisher::{self, Finisher};
+use popek_devices::plic::{self, Plic};
 use popek_devices::uart::{self, Uart};
 use popek_devices::MmioDevice;
 
@@ -14,10 +16,14 @@ use crate::memmap;
 pub struct VirtBus<W: Write> {
     /// Core-local interruptor (timers and software interrupts).
     pub clint: Clint,
+    /// Platform-level interrupt controller.
+    pub plic: Plic,
     /// The console UART.
     pub uart: Uart<W>,
     /// The test finisher (power off / exit status).
     pub finisher: Finisher,
+    /// Boot-time signal from the guest.
+    pub boot_timer: BootTimer,
 }
 
 impl<W: Write> VirtBus<W> {
@@ -25,8 +31,17 @@ impl<W: Write> VirtBus<W> {
     pub fn new(harts: usize, out: W) -> VirtBus<W> {
         VirtBus {
             clint: Clint::new(harts),
+            plic: Plic::new(harts),
             uart: Uart::new(out),
             finisher: Finisher::new(),
+            boot_timer: BootTimer::new(),
+        }
+    }
+
+    /// Move device interrupt events into the PLIC.
+    pub fn route_interrupts(&mut self) {
+        if self.uart.irq().take() {
+            self.plic.pulse(memmap::UART0_IRQ as usize);
         }
     }
 
@@ -35,11 +50,17 @@ impl<W: Write> VirtBus<W> {
         if let Some(off) = within(memmap::UART0, uart::SIZE) {
             return Some((&mut self.uart, off));
         }
+        if let Some(off) = within(memmap::PLIC, plic::SIZE) {
+            return Some((&mut self.plic, off));
+        }
         if let Some(off) = within(memmap::CLINT, clint::SIZE) {
             return Some((&mut self.clint, off));
         }
         if let Some(off) = within(memmap::TEST, finisher::SIZE) {
             return Some((&mut self.finisher, off));
+        }
+        if let Some(off) = within(memmap::BOOT_TIMER, boot_timer::SIZE) {
+            return Some((&mut self.boot_timer, off));
         }
         None
     }

@@ -54,6 +54,33 @@ pub enum BoardError {
         /// RAM end.
         ram_end: u64,
     },
+    /// A kernel file that popek cannot boot.
+    #[error("{} is not a riscv64 kernel Image: it is {what}", path.display())]
+    NotKernel {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: String,
+    },
+    /// No firmware to run before the kernel.
+    #[error("no firmware to boot the kernel with: pass --bios fw_dynamic.bin (Debian's opensbi package) or build the default guest (guests/build-default)")]
+    NoFirmware,
+    /// Nothing to run at all.
+    #[error(
+        "nothing to run: give --bios PROG for a bare-metal program or --kernel IMAGE for Linux"
+    )]
+    NothingToRun,
+    /// The pieces of the boot image overlap.
+    #[error("{what} does not fit in {mib} MiB of guest RAM: raise --memory")]
+    TooBigForRam {
+        /// What did not fit.
+        what: String,
+        /// RAM size in MiB.
+        mib: u64,
+    },
+    /// Unsupported CPU count.
+    #[error("--cpus {0}: popek runs 1 to {1} harts")]
+    BadCpus(u32, u32),
     /// Guest RAM size is unusable.
     #[error("--memory {size} MiB is too small: popek needs at least 1 MiB of guest RAM")]
     MemoryTooSmall {

@@ -4,13 +4,27 @@
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
 use crate::memmap;
-use popek_devices::{clint, finisher, uart};
+use popek_devices::{boot_timer, clint, finisher, plic, uart};
+
+/// What the device tree describes beyond the fixed board.
+#[derive(Clone, Debug, Default)]
+pub struct FdtParams {
+    /// Number of harts.
+    pub harts: u32,
+    /// RAM size in bytes.
+    pub memory: u64,
+    /// Kernel command line.
+    pub bootargs: String,
+    /// Physical range of the initial RAM disk, if one was loaded.
+    pub initrd: Option<(u64, u64)>,
+}
 
 /// The ISA string of popek's harts.
 pub const ISA: &str = "rv64imafdc_zicntr_zicsr_zifencei";
 
-/// Build the device tree for a machine with `harts` harts and `memory` bytes of RAM.
-pub fn build(harts: u32, memory: u64, bootargs: &str) -> FdtWriterResult<Vec<u8>> {
+/// Build the device tree.
+pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
+    let (harts, memory) = (p.harts, p.memory);
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
     fdt.property_u32("#address-cells", 2)?;
@@ -20,7 +34,11 @@ pub fn build(harts: u32, memory: u64, bootargs: &str) -> FdtWriterResult<Vec<u8>
 
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("stdout-path", &format!("/soc/serial@{:x}", memmap::UART0))?;
-    fdt.property_string("bootargs", bootargs)?;
+    fdt.property_string("bootargs", &p.bootargs)?;
+    if let Some((start, end)) = p.initrd {
+        fdt.property_u64("linux,initrd-start", start)?;
+        fdt.property_u64("linux,initrd-end", end)?;
+    }
     fdt.end_node(chosen)?;
 
     let mem = fdt.begin_node(&format!("memory@{:x}", memmap::DRAM))?;
@@ -87,7 +105,33 @@ pub fn build(harts: u32, memory: u64, bootargs: &str) -> FdtWriterResult<Vec<u8>
     fdt.property_string("compatible", "ns16550a")?;
     fdt.property_array_u64("reg", &[memmap::UART0, uart::SIZE])?;
     fdt.property_u32("clock-frequency", 0x38_4000)?;
+    fdt.property_u32("interrupts", memmap::UART0_IRQ)?;
+    fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
     fdt.end_node(serial)?;
+
+    let timer = fdt.begin_node(&format!("boot-timer@{:x}", memmap::BOOT_TIMER))?;
+    fdt.property_string("compatible", "popek,boot-timer")?;
+    fdt.property_array_u64("reg", &[memmap::BOOT_TIMER, boot_timer::SIZE])?;
+    fdt.end_node(timer)?;
+
+    let plic_node = fdt.begin_node(&format!("plic@{:x}", memmap::PLIC))?;
+    fdt.property_u32("phandle", PLIC_PHANDLE)?;
+    fdt.property_u32("riscv,ndev", plic::NUM_SOURCES as u32 - 1)?;
+    fdt.property_array_u64("reg", &[memmap::PLIC, plic::SIZE])?;
+    let mut ext = Vec::new();
+    for h in 0..harts {
+        // Each hart's M-mode (11) and S-mode (9) external interrupt, in context order.
+        ext.extend_from_slice(&[intc_phandle(h), 11, intc_phandle(h), 9]);
+    }
+    fdt.property_array_u32("interrupts-extended", &ext)?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
+    )?;
+    fdt.property_u32("#address-cells", 0)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.end_node(plic_node)?;
 
     let clint_node = fdt.begin_node(&format!("clint@{:x}", memmap::CLINT))?;
     fdt.property_string_list(
@@ -109,6 +153,7 @@ pub fn build(harts: u32, memory: u64, bootargs: &str) -> FdtWriterResult<Vec<u8>
 }
 
 const TEST_PHANDLE: u32 = 1;
+const PLIC_PHANDLE: u32 = 2;
 
 fn intc_phandle(hart: u32) -> u32 {
     0x100 + hart
@@ -127,7 +172,12 @@ mod tests {
 
     #[test]
     fn builds_a_valid_blob() {
-        let blob = build(1, 128 << 20, "").unwrap();
+        let blob = build(&FdtParams {
+            harts: 1,
+            memory: 128 << 20,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(&blob[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
         assert_eq!(load_address(128 << 20, blob.len() as u64), 0x87e0_0000);
     }

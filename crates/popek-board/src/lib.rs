@@ -3,6 +3,7 @@
 //! routes MMIO from the hart to devices ([`bus::VirtBus`]) and drives the run loop.
 
 pub mod bus;
+pub mod console;
 pub mod error;
 pub mod fdt;
 pub mod loader;

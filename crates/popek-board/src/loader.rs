@@ -127,3 +127,56 @@ fn load_elf(path: &Path, data: &[u8], mem: &Memory) -> Result<LoadedImage, Board
         end,
     })
 }
+
+/// Load a Linux kernel `Image` for RISC-V at `addr` (which must be 2 MiB aligned); returns the
+/// end of the memory it occupies (its `image_size`, which covers BSS).
+pub fn load_kernel(path: &Path, mem: &Memory, addr: u64) -> Result<u64, BoardError> {
+    let data = std::fs::read(path).map_err(|source| BoardError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let not_kernel = |what: &str| BoardError::NotKernel {
+        path: path.to_owned(),
+        what: what.to_string(),
+    };
+    if data.len() >= 0x206 && &data[0x202..0x206] == b"HdrS" {
+        return Err(not_kernel("an x86 kernel (bzImage)"));
+    }
+    if data.len() >= 0x3c && &data[0x38..0x3c] == b"ARMd" {
+        return Err(not_kernel("an arm64 kernel Image"));
+    }
+    if data.starts_with(&[0x1f, 0x8b]) {
+        return Err(not_kernel(
+            "gzip-compressed (decompress it: popek boots the uncompressed Image)",
+        ));
+    }
+    if data.starts_with(b"\x7fELF") {
+        return Err(not_kernel("an ELF (vmlinux); give the kernel's Image file"));
+    }
+    let riscv =
+        data.len() >= 0x40 && (&data[0x30..0x35] == b"RISCV" || &data[0x38..0x3c] == b"RSC\x05");
+    if !riscv {
+        return Err(not_kernel("something else (it has no RISC-V Image header)"));
+    }
+    let image_size = u64::from_le_bytes(data[16..24].try_into().unwrap_or_default());
+    let size = image_size.max(data.len() as u64);
+    let end = addr + size;
+    if mem.host_ptr(addr, size).is_none() {
+        return Err(outside(path, mem, "the kernel".into(), addr, end));
+    }
+    mem.write(addr, &data)
+        .ok_or_else(|| outside(path, mem, "the kernel".into(), addr, end))?;
+    Ok(end)
+}
+
+/// Load a file (an initial RAM disk) at `addr`; returns its end.
+pub fn load_blob(path: &Path, mem: &Memory, addr: u64) -> Result<u64, BoardError> {
+    let data = std::fs::read(path).map_err(|source| BoardError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let end = addr + data.len() as u64;
+    mem.write(addr, &data)
+        .ok_or_else(|| outside(path, mem, "the initrd".into(), addr, end))?;
+    Ok(end)
+}

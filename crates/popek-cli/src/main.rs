@@ -1,14 +1,17 @@
 //! `popek`: run RISC-V machines and programs on any x86_64 Linux host.
 
+mod guest;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use popek_board::console::RawTerminal;
 use popek_board::size::parse_size;
 use popek_board::{Machine, MachineConfig, RunOutcome};
 
-/// popek: an efficient, isolated duplicate of a RISC-V machine.
+/// popek: an efficient, isolated duplicate of a RISC-V machine
 #[derive(Parser, Debug)]
 #[command(name = "popek", version, propagate_version = true)]
 struct Cli {
@@ -20,26 +23,50 @@ struct Cli {
 enum Command {
     /// Run a 64-bit RISC-V `virt` machine (same memory map as QEMU's `-M virt`).
     ///
+    /// With no image options, boots the default guest (Debian's riscv64 kernel and a busybox
+    /// initramfs, built by guests/build-default) to a shell; `popek run -- CMD ARGS...` runs CMD in
+    /// it instead and exits with its status. Leave the console with `poweroff` or Ctrl-A x.
+    ///
     /// With --bios alone, runs a bare-metal program in M-mode from the start of RAM, exactly as
-    /// `qemu-system-riscv64 -M virt -bios prog.elf -nographic` would; the UART is the terminal, and
-    /// popek exits with the status the program writes to the test finisher.
+    /// `qemu-system-riscv64 -M virt -bios prog.elf -nographic` would; popek exits with the status
+    /// the program writes to the test finisher.
     Run(RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Firmware or bare-metal program: a RISC-V ELF (loaded by physical address) or a flat
-    /// binary (loaded at 0x80000000).
+    /// Firmware (e.g. OpenSBI's fw_dynamic.bin) or a bare-metal program: a RISC-V ELF (loaded by
+    /// physical address) or a flat binary (loaded at 0x80000000).
     #[arg(long, value_name = "FILE")]
-    bios: PathBuf,
+    bios: Option<PathBuf>,
 
-    /// Guest RAM size, e.g. 128M or 2G.
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
-    memory: u64,
+    /// Linux kernel Image to boot (uncompressed, as Debian's linux-image-riscv64 ships it).
+    #[arg(long, value_name = "IMAGE")]
+    kernel: Option<PathBuf>,
 
-    /// Print guest instructions executed and the run time to stderr at exit.
+    /// Initial RAM disk for the kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "CMDLINE", requires = "kernel")]
+    append: Option<String>,
+
+    /// Guest RAM size, e.g. 512M or 2G [default: 128M for --bios alone, 512M for Linux].
+    #[arg(long, short = 'm', value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+
+    /// Number of harts.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u32,
+
+    /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
     stats: bool,
+
+    /// Command to run in the default guest instead of a shell (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -80,15 +107,52 @@ fn main() -> ExitCode {
     }
 }
 
+fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
+    let linux = args.kernel.is_some() || args.bios.is_none();
+    let memory = args
+        .memory
+        .unwrap_or(if linux { 512 << 20 } else { 128 << 20 });
+    let mut config = MachineConfig {
+        memory,
+        cpus: args.cpus,
+        bios: args.bios.clone(),
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        append: args.append.clone().unwrap_or_default(),
+    };
+    if args.kernel.is_none() && args.bios.is_none() {
+        let g = guest::default_guest()?;
+        config.kernel = Some(g.kernel);
+        config.initrd = Some(g.initrd);
+        config.bios = Some(g.firmware);
+        config.append = guest::DEFAULT_APPEND.to_string();
+    } else if args.kernel.is_some() && args.bios.is_none() {
+        // Like QEMU, boot kernels through OpenSBI by default: the default guest's copy.
+        config.bios = guest::default_firmware();
+    }
+    if !args.command.is_empty() {
+        if config.kernel.is_none() {
+            anyhow::bail!("a command after `--` needs a Linux guest: drop --bios or add --kernel");
+        }
+        config.append = format!("{} {}", config.append, guest::command_arg(&args.command))
+            .trim()
+            .to_string();
+    }
+    Ok(config)
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
-            let config = MachineConfig {
-                memory: args.memory,
-                bios: args.bios,
-            };
+            let config = machine_config(&args)?;
             let mut machine = Machine::new(&config)?;
-            let outcome = machine.run().context("running the machine")?;
+            let outcome = {
+                let terminal = RawTerminal::enter();
+                if terminal.is_active() {
+                    machine.enable_escapes();
+                }
+                machine.run().context("running the machine")?
+            };
             if args.stats {
                 let s = machine.stats();
                 let secs = s.elapsed.as_secs_f64();
@@ -98,10 +162,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     secs,
                     s.instructions as f64 / secs.max(1e-9) / 1e6
                 );
+                if let Some(b) = s.boot {
+                    eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
+                }
             }
             match outcome {
                 // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).
                 RunOutcome::Exit(code) => Ok(code as u8),
+                RunOutcome::Quit => {
+                    eprintln!("popek: terminated (Ctrl-A x)");
+                    Ok(0)
+                }
             }
         }
     }

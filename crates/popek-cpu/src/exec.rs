@@ -141,6 +141,7 @@ impl Hart {
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let stop_at = self.instret.saturating_add(budget);
         loop {
+            self.sync_page_perms();
             self.mmu.release_dropped_pages();
             if let Some(exit) = self.pending_exit.take() {
                 return exit;

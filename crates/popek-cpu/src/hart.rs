@@ -105,7 +105,13 @@ pub struct Hart {
     pub(crate) pending_exit: Option<Exit>,
     /// A decode-cache slot holding a page-straddling instruction for one visit only.
     pub(crate) straddle_slot: Option<*mut crate::decode::Insn>,
+    /// The page-permission generation this hart's caches reflect (process VMs).
+    pub(crate) perms_seen: u64,
 }
+
+// SAFETY: the raw pointers in a Hart point into its own decode cache (owned through `mmu`) and
+// into guest RAM, which is Send + Sync; moving a hart to another thread moves all of it.
+unsafe impl Send for Hart {}
 
 impl Hart {
     /// A hart in its reset state (M-mode, or U-mode for [`HartConfig::user`]), with `pc` = 0.
@@ -138,6 +144,7 @@ impl Hart {
             did_io: false,
             pending_exit: None,
             straddle_slot: None,
+            perms_seen: 0,
         }
     }
 
@@ -216,6 +223,27 @@ impl Hart {
     /// behind the hart's back (loading an image, DMA into code).
     pub fn flush_caches(&mut self) {
         self.mmu.flush_all();
+    }
+
+    /// Forget translations and decoded code for guest addresses `start..start+len`, after the
+    /// owner changed what is mapped there (mmap, munmap, mprotect, writes behind the hart's back).
+    pub fn invalidate_range(&mut self, start: u64, len: u64) {
+        self.mmu.invalidate_range(start, len);
+    }
+
+    /// Apply page-permission changes made by other threads since this hart last looked.
+    pub(crate) fn sync_page_perms(&mut self) {
+        let Some(perms) = self.mem.page_perms() else {
+            return;
+        };
+        if perms.generation() == self.perms_seen {
+            return;
+        }
+        let (changes, generation) = perms.changes_since(self.perms_seen);
+        self.perms_seen = generation;
+        for (start, len) in changes {
+            self.mmu.invalidate_range(start, len);
+        }
     }
 
     /// Current `mip`: software-writable bits plus device lines.

@@ -1,6 +1,8 @@
 //! Guest RAM as the hart sees it: host memory regions at guest-physical addresses.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Errors describing RAM layouts the hart cannot use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,10 +61,104 @@ impl RamRegion {
     }
 }
 
+/// Page permissions of a process VM's address space, kept by the OS layer (mmap, mprotect,
+/// munmap) and checked by user-mode harts whenever they fill their TLB.
+///
+/// One byte per 4 KiB page ([`PagePerms::READ`] | [`PagePerms::WRITE`] | [`PagePerms::EXEC`]); the
+/// table is allocated zeroed and lazily by the host, so a sparse address space costs little. Every
+/// change is logged so harts on other threads drop stale translations and decoded code.
+#[derive(Debug)]
+pub struct PagePerms {
+    table: Box<[AtomicU8]>,
+    changes: Mutex<Vec<(u64, u64)>>,
+    generation: AtomicU64,
+}
+
+impl PagePerms {
+    /// Readable page.
+    pub const READ: u8 = 1;
+    /// Writable page.
+    pub const WRITE: u8 = 2;
+    /// Executable page.
+    pub const EXEC: u8 = 4;
+    /// The change log is compacted past this many entries (harts then flush everything).
+    const MAX_LOG: usize = 4096;
+
+    /// A table for addresses `0..span`, all pages inaccessible.
+    pub fn new(span: u64) -> Arc<PagePerms> {
+        let pages = (span >> 12) as usize;
+        let table: Vec<AtomicU8> = std::iter::repeat_with(|| AtomicU8::new(0))
+            .take(pages)
+            .collect();
+        Arc::new(PagePerms {
+            table: table.into_boxed_slice(),
+            changes: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Permissions of the page holding `addr` (0 outside the table).
+    #[inline]
+    pub fn get(&self, addr: u64) -> u8 {
+        self.table
+            .get((addr >> 12) as usize)
+            .map_or(0, |p| p.load(Ordering::Acquire))
+    }
+
+    /// Set the permissions of every page in `start..start+len` (page-aligned) and tell harts.
+    pub fn set(&self, start: u64, len: u64, perms: u8) {
+        let first = (start >> 12) as usize;
+        let last = (((start + len + 0xfff) >> 12) as usize).min(self.table.len());
+        for p in self.table.get(first..last).unwrap_or(&[]) {
+            p.store(perms, Ordering::Release);
+        }
+        let mut log = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= Self::MAX_LOG {
+            log.clear();
+            log.push((0, u64::MAX));
+        }
+        log.push((start, len));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether every page of `start..start+len` has all of `need`.
+    pub fn check(&self, start: u64, len: u64, need: u8) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        let (first, last) = ((start >> 12) as usize, ((end - 1) >> 12) as usize);
+        last < self.table.len()
+            && self.table[first..=last]
+                .iter()
+                .all(|p| p.load(Ordering::Acquire) & need == need)
+    }
+
+    /// Changes since `seen` (a generation number), and the current generation.
+    pub(crate) fn changes_since(&self, seen: u64) -> (Vec<(u64, u64)>, u64) {
+        let log = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::Acquire);
+        let fresh = (generation - seen) as usize;
+        if fresh > log.len() {
+            return (vec![(0, u64::MAX)], generation);
+        }
+        (log[log.len() - fresh..].to_vec(), generation)
+    }
+
+    /// The current generation, cheap to poll.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
 /// The set of RAM regions of a machine.
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     regions: Vec<RamRegion>,
+    perms: Option<Arc<PagePerms>>,
 }
 
 impl Memory {
@@ -79,7 +175,22 @@ impl Memory {
                 return Err(MemoryError::Overlap(w[0].base, w[1].base));
             }
         }
-        Ok(Memory { regions })
+        Ok(Memory {
+            regions,
+            perms: None,
+        })
+    }
+
+    /// Add a page-permission table (process VMs): user-mode harts then fault on any access the
+    /// table does not allow.
+    pub fn with_page_perms(mut self, perms: Arc<PagePerms>) -> Memory {
+        self.perms = Some(perms);
+        self
+    }
+
+    /// The page-permission table, if any.
+    pub fn page_perms(&self) -> Option<&Arc<PagePerms>> {
+        self.perms.as_ref()
     }
 
     /// The regions, sorted by base address.

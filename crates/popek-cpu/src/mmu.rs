@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::csr::mstatus;
 use crate::decode::{Insn, Op};
 use crate::hart::{Hart, Priv};
+use crate::memory::PagePerms;
 use crate::trap::{Exception, Trap};
 use crate::Bus;
 
@@ -152,6 +153,28 @@ impl Mmu {
         }
     }
 
+    /// Forget translations and the decoded code of every page overlapping `start..start+len`.
+    pub fn invalidate_range(&mut self, start: u64, len: u64) {
+        self.flush_tlb();
+        let first = start >> 12;
+        let last = start.saturating_add(len).saturating_sub(1) >> 12;
+        if len == u64::MAX || last - first > self.decoded.len() as u64 {
+            let doomed: Vec<u64> = self
+                .decoded
+                .keys()
+                .copied()
+                .filter(|p| (first..=last).contains(p))
+                .collect();
+            for p in doomed {
+                self.drop_code_page(p);
+            }
+        } else {
+            for p in first..=last {
+                self.drop_code_page(p);
+            }
+        }
+    }
+
     /// Free dropped decoded pages; only called when no instruction is executing.
     pub fn release_dropped_pages(&mut self) {
         if !self.dropped.is_empty() {
@@ -185,6 +208,16 @@ impl Hart {
         let satp = self.csr.satp;
         let mode = satp >> 60;
         if prv == Priv::M || mode == 0 {
+            if let Some(perms) = self.mem.page_perms() {
+                let need = match access {
+                    Access::Read => PagePerms::READ,
+                    Access::Write => PagePerms::WRITE,
+                    Access::Exec => PagePerms::EXEC,
+                };
+                if perms.get(vaddr) & need == 0 {
+                    return Err(access.access_fault(vaddr));
+                }
+            }
             return Ok(vaddr);
         }
         let levels = match mode {

@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn priority_and_threshold() {
         let mut p = Plic::new(1);
-        p.write(1 * 4, 4, 1);
+        p.write(4, 4, 1);
         p.write(2 * 4, 4, 5);
         p.write(ENABLE, 4, 0b110);
         p.pulse(1);
