@@ -1,12 +1,19 @@
-//! A `virt` machine: RAM, devices, one hart, and the loop that runs them.
+//! A `virt` machine: RAM, devices, harts, and the loops that run them.
+//!
+//! Each hart runs on its own host thread in slices of [`SLICE`] instructions; devices sit
+//! behind one lock that harts take only for MMIO and between slices. A hart in WFI parks its
+//! thread until its timer is due or another thread (an IPI, console input) unparks it.
 
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Stdout, Write};
 use std::path::PathBuf;
 use std::ptr::NonNull;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use popek_cpu::{Exit, Hart, HartConfig, Memory, RamRegion};
+use popek_cpu::{Bus, BusFault, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
+use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -41,7 +48,7 @@ pub struct MachineConfig {
 }
 
 /// Most harts a machine may have.
-pub const MAX_CPUS: u32 = 1;
+pub const MAX_CPUS: u32 = 32;
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +62,7 @@ pub enum RunOutcome {
 /// Counters for `--stats` and benchmarks.
 #[derive(Clone, Copy, Debug)]
 pub struct RunStats {
-    /// Guest instructions retired.
+    /// Guest instructions retired (all harts).
     pub instructions: u64,
     /// Wall-clock time spent running.
     pub elapsed: Duration,
@@ -63,20 +70,357 @@ pub struct RunStats {
     pub boot: Option<Duration>,
 }
 
+type Console = BufWriter<Stdout>;
+
+/// Why the harts stopped.
+#[derive(Debug)]
+enum Stop {
+    Exit(u32),
+    Quit,
+    Reset,
+}
+
+/// State shared by the hart threads and the console thread.
+struct Shared {
+    bus: Mutex<Devices>,
+    pins: Vec<Arc<IrqPins>>,
+    clock: MtimeClock,
+    stopping: AtomicBool,
+    stop: Mutex<Option<Result<Stop, BoardError>>>,
+    threads: Mutex<Vec<Thread>>,
+}
+
+/// The devices plus console input waiting for room in the UART.
+struct Devices {
+    bus: VirtBus<Console>,
+    pending_input: Vec<u8>,
+    escapes: Option<EscapeFilter>,
+    last_flush: Instant,
+}
+
+impl Shared {
+    fn devices(&self) -> MutexGuard<'_, Devices> {
+        self.bus.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record why the machine stops (the first reason wins) and wake every hart.
+    fn stop(&self, why: Result<Stop, BoardError>) {
+        let mut s = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(why);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        drop(s);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            t.unpark();
+        }
+    }
+}
+
+impl Devices {
+    /// Propagate device state to every hart's interrupt lines and feed waiting console input.
+    fn update(&mut self, pins: &[Arc<IrqPins>]) {
+        if !self.pending_input.is_empty() {
+            let n = self.bus.uart.receive(&self.pending_input);
+            self.pending_input.drain(..n);
+        }
+        self.bus.route_interrupts();
+        for (h, p) in pins.iter().enumerate() {
+            p.set(7, self.bus.clint.timer_pending(h));
+            p.set(3, self.bus.clint.software_pending(h));
+            p.set(11, self.bus.plic.context_pending(2 * h));
+            p.set(9, self.bus.plic.context_pending(2 * h + 1));
+        }
+    }
+
+    fn flush(&mut self) {
+        // A closed stdout (e.g. `popek ... | head`) must not stop the guest.
+        let _ = self.bus.uart.output().flush();
+        self.last_flush = Instant::now();
+    }
+}
+
+/// A hart's view of the bus: MMIO takes the device lock; `time` is lock-free.
+struct HartBus<'a> {
+    shared: &'a Shared,
+}
+
+impl Bus for HartBus<'_> {
+    fn read(&mut self, addr: u64, size: u8) -> Result<u64, BusFault> {
+        self.shared.devices().bus.read(addr, size)
+    }
+
+    fn write(&mut self, addr: u64, size: u8, value: u64) -> Result<(), BusFault> {
+        self.shared.devices().bus.write(addr, size, value)
+    }
+
+    fn time(&mut self) -> u64 {
+        self.shared.clock.now()
+    }
+}
+
 /// One machine, ready to run.
 pub struct Machine {
-    hart: Hart,
-    bus: VirtBus<std::io::BufWriter<std::io::Stdout>>,
-    // Keeps guest RAM mapped for as long as the hart holds pointers into it.
+    harts: Vec<Hart>,
+    shared: Arc<Shared>,
+    // Keeps guest RAM mapped for as long as the harts hold pointers into it.
     _ram: GuestMemoryMmap,
-    input: Receiver<Vec<u8>>,
-    pending_input: Vec<u8>,
-    /// Ctrl-A escapes, interpreted only when the console is an interactive terminal.
-    escapes: Option<EscapeFilter>,
-    quit: bool,
     stats: RunStats,
     boot: BootState,
     config: MachineConfig,
+}
+
+fn host_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+fn new_harts(config: &MachineConfig, mem: &Memory, boot: &BootState) -> Vec<Hart> {
+    (0..config.cpus as u64)
+        .map(|h| {
+            let mut hart = Hart::new(HartConfig::machine(h, config.cpus > 1), mem.clone());
+            reset_hart(&mut hart, boot);
+            hart
+        })
+        .collect()
+}
+
+impl Machine {
+    /// Allocate RAM, create devices and harts, and load firmware, kernel and initrd.
+    pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
+        let size = config.memory;
+        if size < 1 << 20 {
+            return Err(BoardError::MemoryTooSmall { size: size >> 20 });
+        }
+        if size & 0xfff != 0 {
+            return Err(BoardError::MemoryUnaligned);
+        }
+        if let Some(host) = host_memory_bytes() {
+            if size > host {
+                return Err(BoardError::MemoryTooLarge {
+                    requested_mib: size >> 20,
+                    host_mib: host >> 20,
+                });
+            }
+        }
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(BoardError::BadCpus(config.cpus, MAX_CPUS));
+        }
+        let alloc_err = |e: String| BoardError::Alloc {
+            mib: size >> 20,
+            reason: e,
+        };
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(memmap::MROM), memmap::MROM_SIZE as usize),
+            (GuestAddress(memmap::DRAM), size as usize),
+        ])
+        .map_err(|e| alloc_err(e.to_string()))?;
+        let mut regions = Vec::new();
+        for (base, len) in [(memmap::MROM, memmap::MROM_SIZE), (memmap::DRAM, size)] {
+            let host = ram
+                .get_host_address(GuestAddress(base))
+                .map_err(|e| alloc_err(e.to_string()))?;
+            let host = NonNull::new(host).ok_or_else(|| alloc_err("null mapping".into()))?;
+            // SAFETY: `ram` owns this mapping and lives in the Machine next to the harts, the only
+            // users of the region; the mapping is never resized.
+            regions.push(unsafe { RamRegion::new(base, len, host) });
+        }
+        let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
+        let boot = load_boot_images(config, &mem)?;
+        let harts = new_harts(config, &mem, &boot);
+        let bus = VirtBus::new(
+            config.cpus as usize,
+            BufWriter::with_capacity(1 << 16, std::io::stdout()),
+        );
+        let shared = Arc::new(Shared {
+            clock: bus.clint.clock(),
+            pins: harts.iter().map(|h| h.irq_pins()).collect(),
+            bus: Mutex::new(Devices {
+                bus,
+                pending_input: Vec::new(),
+                escapes: None,
+                last_flush: Instant::now(),
+            }),
+            stopping: AtomicBool::new(false),
+            stop: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+        });
+        spawn_console_reader(shared.clone());
+        Ok(Machine {
+            harts,
+            shared,
+            _ram: ram,
+            stats: RunStats {
+                instructions: 0,
+                elapsed: Duration::ZERO,
+                boot: None,
+            },
+            boot,
+            config: config.clone(),
+        })
+    }
+
+    /// Interpret QEMU's Ctrl-A escapes in console input (for interactive terminals).
+    pub fn enable_escapes(&mut self) {
+        self.shared.devices().escapes = Some(EscapeFilter::default());
+    }
+
+    /// Run until the guest powers off or exits (a guest reset reloads the images and goes on).
+    pub fn run(&mut self) -> Result<RunOutcome, BoardError> {
+        let start = Instant::now();
+        let result = loop {
+            match self.run_harts() {
+                Ok(Stop::Reset) => {
+                    if let Err(e) = self.reset() {
+                        break Err(e);
+                    }
+                }
+                Ok(Stop::Exit(code)) => break Ok(RunOutcome::Exit(code)),
+                Ok(Stop::Quit) => break Ok(RunOutcome::Quit),
+                Err(e) => break Err(e),
+            }
+        };
+        let mut devices = self.shared.devices();
+        devices.flush();
+        self.stats = RunStats {
+            instructions: self.harts.iter().map(|h| h.instret()).sum(),
+            elapsed: start.elapsed(),
+            boot: devices.bus.boot_timer.ready_after(),
+        };
+        result
+    }
+
+    /// Run every hart on its own thread until one of them (or the console) stops the machine.
+    fn run_harts(&mut self) -> Result<Stop, BoardError> {
+        let shared = &*self.shared;
+        shared.stopping.store(false, Ordering::SeqCst);
+        *shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        shared.devices().update(&shared.pins);
+        std::thread::scope(|s| {
+            for (i, hart) in self.harts.iter_mut().enumerate() {
+                std::thread::Builder::new()
+                    .name(format!("hart{i}"))
+                    .spawn_scoped(s, move || {
+                        shared
+                            .threads
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(std::thread::current());
+                        hart_loop(hart, i, shared);
+                    })
+                    .expect("spawning a hart thread");
+            }
+        });
+        let why = shared.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        why.unwrap_or_else(|| {
+            Err(BoardError::Internal(
+                "harts stopped without a reason".into(),
+            ))
+        })
+    }
+
+    /// Power-cycle: reload the boot images, reset devices and harts (QEMU's system reset).
+    fn reset(&mut self) -> Result<(), BoardError> {
+        let mem = self.harts[0].memory().clone();
+        self.boot = load_boot_images(&self.config, &mem)?;
+        self.harts = new_harts(&self.config, &mem, &self.boot);
+        let mut devices = self.shared.devices();
+        devices.flush();
+        devices.bus = VirtBus::new(
+            self.config.cpus as usize,
+            BufWriter::with_capacity(1 << 16, std::io::stdout()),
+        );
+        drop(devices);
+        let pins: Vec<_> = self.harts.iter().map(|h| h.irq_pins()).collect();
+        // The pins belong to the new harts; the shared list must follow them.
+        Arc::get_mut(&mut self.shared)
+            .map(|s| s.pins = pins)
+            .ok_or_else(|| BoardError::Internal("machine state still shared during reset".into()))
+    }
+
+    /// Counters of the last run.
+    pub fn stats(&self) -> RunStats {
+        self.stats
+    }
+}
+
+/// One hart's thread: run slices, then let the devices catch up.
+fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
+    let mut bus = HartBus { shared };
+    while !shared.stopping.load(Ordering::Acquire) {
+        let exit = hart.run(&mut bus, SLICE);
+        let mut devices = shared.devices();
+        match exit {
+            Exit::Budget | Exit::Io | Exit::Wfi => {}
+            Exit::DoubleFault(trap) => {
+                drop(devices);
+                let mtvec = hart.csrs().mtvec;
+                shared.stop(Err(BoardError::GuestStuck {
+                    trap,
+                    pc: hart.pc(),
+                    mtvec,
+                }));
+                return;
+            }
+            Exit::Ecall | Exit::Trap(_) => {
+                drop(devices);
+                shared.stop(Err(BoardError::Internal(format!("{exit:?}"))));
+                return;
+            }
+        }
+        match devices.bus.finisher.take_request() {
+            Some(FinisherRequest::Exit(code)) => {
+                drop(devices);
+                shared.stop(Ok(Stop::Exit(code)));
+                return;
+            }
+            Some(FinisherRequest::Reset) => {
+                drop(devices);
+                shared.stop(Ok(Stop::Reset));
+                return;
+            }
+            None => {}
+        }
+        devices.update(&shared.pins);
+        if exit == Exit::Wfi || devices.last_flush.elapsed() >= FLUSH_EVERY {
+            devices.flush();
+        }
+        let wait = (exit == Exit::Wfi).then(|| {
+            devices
+                .bus
+                .clint
+                .until_timer(idx)
+                .min(Duration::from_millis(100))
+        });
+        drop(devices);
+        if exit == Exit::Io {
+            // An IPI or interrupt-controller change may concern another hart.
+            shared.wake_all();
+        }
+        if let Some(wait) = wait {
+            std::thread::park_timeout(wait);
+        }
+    }
 }
 
 /// Register state at reset.
@@ -156,238 +500,43 @@ fn write_fw_dynamic_info(mem: &Memory, next: u64) -> Result<u64, BoardError> {
     Ok(addr)
 }
 
-fn host_memory_bytes() -> Option<u64> {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
-}
-
-impl Machine {
-    /// Allocate RAM, create devices and the hart, and load firmware, kernel and initrd.
-    pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
-        let size = config.memory;
-        if size < 1 << 20 {
-            return Err(BoardError::MemoryTooSmall { size: size >> 20 });
-        }
-        if size & 0xfff != 0 {
-            return Err(BoardError::MemoryUnaligned);
-        }
-        if let Some(host) = host_memory_bytes() {
-            if size > host {
-                return Err(BoardError::MemoryTooLarge {
-                    requested_mib: size >> 20,
-                    host_mib: host >> 20,
-                });
-            }
-        }
-        if config.cpus == 0 || config.cpus > MAX_CPUS {
-            return Err(BoardError::BadCpus(config.cpus, MAX_CPUS));
-        }
-        let alloc_err = |e: String| BoardError::Alloc {
-            mib: size >> 20,
-            reason: e,
-        };
-        let ram = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(memmap::MROM), memmap::MROM_SIZE as usize),
-            (GuestAddress(memmap::DRAM), size as usize),
-        ])
-        .map_err(|e| alloc_err(e.to_string()))?;
-        let mut regions = Vec::new();
-        for (base, len) in [(memmap::MROM, memmap::MROM_SIZE), (memmap::DRAM, size)] {
-            let host = ram
-                .get_host_address(GuestAddress(base))
-                .map_err(|e| alloc_err(e.to_string()))?;
-            let host = NonNull::new(host).ok_or_else(|| alloc_err("null mapping".into()))?;
-            // SAFETY: `ram` owns this mapping and lives in the Machine next to the hart, which is
-            // the only user of the region; the mapping is never resized.
-            regions.push(unsafe { RamRegion::new(base, len, host) });
-        }
-        let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
-        let boot = load_boot_images(config, &mem)?;
-        let mut hart = Hart::new(HartConfig::machine(0), mem);
-        reset_hart(&mut hart, &boot);
-        let bus = VirtBus::new(
-            config.cpus as usize,
-            std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
-        );
-        Ok(Machine {
-            hart,
-            bus,
-            _ram: ram,
-            input: spawn_stdin_reader(),
-            pending_input: Vec::new(),
-            escapes: None,
-            quit: false,
-            stats: RunStats {
-                instructions: 0,
-                elapsed: Duration::ZERO,
-                boot: None,
-            },
-            boot,
-            config: config.clone(),
-        })
-    }
-
-    /// Run until the guest powers off or exits.
-    pub fn run(&mut self) -> Result<RunOutcome, BoardError> {
-        let start = Instant::now();
-        let mut last_flush = Instant::now();
-        self.update_irq_lines();
-        let result = loop {
-            let exit = self.hart.run(&mut self.bus, SLICE);
-            match exit {
-                Exit::Budget | Exit::Io => {}
-                Exit::Wfi => {
-                    self.flush_console();
-                    let wait = self
-                        .bus
-                        .clint
-                        .until_timer(0)
-                        .min(Duration::from_millis(100));
-                    self.wait_input(wait);
-                }
-                Exit::DoubleFault(trap) => {
-                    break Err(BoardError::GuestStuck {
-                        trap,
-                        pc: self.hart.pc(),
-                        mtvec: self.hart.csrs().mtvec,
-                    });
-                }
-                Exit::Ecall | Exit::Trap(_) => {
-                    break Err(BoardError::Internal(format!("{exit:?}")))
-                }
-            }
-            match self.bus.finisher.take_request() {
-                Some(FinisherRequest::Exit(code)) => break Ok(RunOutcome::Exit(code)),
-                Some(FinisherRequest::Reset) => {
-                    if let Err(e) = self.reset() {
-                        break Err(e);
-                    }
-                }
-                None => {}
-            }
-            self.update_irq_lines();
-            self.feed_input();
-            if self.quit {
-                break Ok(RunOutcome::Quit);
-            }
-            if last_flush.elapsed() >= FLUSH_EVERY {
-                self.flush_console();
-                last_flush = Instant::now();
-            }
-        };
-        self.flush_console();
-        self.stats = RunStats {
-            instructions: self.hart.instret(),
-            elapsed: start.elapsed(),
-            boot: self.bus.boot_timer.ready_after(),
-        };
-        result
-    }
-
-    /// Interpret QEMU's Ctrl-A escapes in console input (for interactive terminals).
-    pub fn enable_escapes(&mut self) {
-        self.escapes = Some(EscapeFilter::default());
-    }
-
-    fn take_input(&mut self, bytes: Vec<u8>) {
-        match self.escapes.as_mut().map(|f| f.filter(&bytes)) {
-            None => self.pending_input.extend_from_slice(&bytes),
-            Some(Escape::Input(b)) => self.pending_input.extend_from_slice(&b),
-            Some(Escape::Quit) => self.quit = true,
-        }
-    }
-
-    /// Power-cycle: reload the boot images, reset devices and the hart (QEMU's system reset).
-    fn reset(&mut self) -> Result<(), BoardError> {
-        self.flush_console();
-        self.boot = load_boot_images(&self.config, self.hart.memory())?;
-        self.bus = VirtBus::new(
-            self.config.cpus as usize,
-            std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
-        );
-        reset_hart(&mut self.hart, &self.boot);
-        Ok(())
-    }
-
-    /// Counters of the last run.
-    pub fn stats(&self) -> RunStats {
-        self.stats
-    }
-
-    fn update_irq_lines(&mut self) {
-        self.bus.route_interrupts();
-        let pins = self.hart.irq_pins();
-        pins.set(7, self.bus.clint.timer_pending(0));
-        pins.set(3, self.bus.clint.software_pending(0));
-        pins.set(11, self.bus.plic.context_pending(0));
-        pins.set(9, self.bus.plic.context_pending(1));
-    }
-
-    fn flush_console(&mut self) {
-        // A closed stdout (e.g. `popek ... | head`) must not stop the guest.
-        let _ = self.bus.uart.output().flush();
-    }
-
-    fn feed_input(&mut self) {
-        while let Ok(bytes) = self.input.try_recv() {
-            self.take_input(bytes);
-        }
-        if !self.pending_input.is_empty() {
-            let n = self.bus.uart.receive(&self.pending_input);
-            self.pending_input.drain(..n);
-        }
-    }
-
-    /// Sleep for at most `wait`, waking early if console input arrives.
-    fn wait_input(&mut self, wait: Duration) {
-        if !self.pending_input.is_empty() {
-            return;
-        }
-        match self.input.recv_timeout(wait) {
-            Ok(bytes) => self.take_input(bytes),
-            Err(RecvTimeoutError::Timeout) => {}
-            // Stdin closed: nothing will ever arrive, so just sleep.
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-        }
-    }
-}
-
 /// Put the hart in the state QEMU's reset vector leaves it in: M-mode at the image entry with
 /// a0 = hart id and a1 = the device tree.
 fn reset_hart(hart: &mut Hart, boot: &BootState) {
-    let mem = hart.memory().clone();
-    *hart = Hart::new(HartConfig::machine(0), mem);
     hart.set_pc(boot.entry);
-    hart.set_xreg(10, 0);
+    hart.set_xreg(10, hart.csrs().mhartid);
     hart.set_xreg(11, boot.fdt);
     hart.set_xreg(12, boot.fw_info);
 }
 
-/// Read stdin on its own thread so the run loop never blocks on the console.
-fn spawn_stdin_reader() -> Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
+/// Read stdin on its own thread: console input reaches the UART (and wakes the harts) even
+/// while every hart sleeps in WFI.
+fn spawn_console_reader(shared: Arc<Shared>) {
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             loop {
-                match stdin.read(&mut buf) {
+                let n = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
+                    Ok(n) => n,
+                };
+                let mut devices = shared.devices();
+                let input = match devices.escapes.as_mut().map(|f| f.filter(&buf[..n])) {
+                    None => buf[..n].to_vec(),
+                    Some(Escape::Input(b)) => b,
+                    Some(Escape::Quit) => {
+                        drop(devices);
+                        shared.stop(Ok(Stop::Quit));
+                        continue;
                     }
-                }
+                };
+                devices.pending_input.extend_from_slice(&input);
+                devices.update(&shared.pins);
+                drop(devices);
+                shared.wake_all();
             }
         })
         .expect("spawning the console thread");
-    rx
 }

@@ -551,7 +551,12 @@ impl Hart {
             Fence => Flow::Next(pc.wrapping_add(len)),
             // Stores to decoded code already dropped it; leave the loop so the next fetch sees
             // the current state of memory.
-            FenceI => Flow::Leave(pc.wrapping_add(len)),
+            FenceI => {
+                if self.config.smp {
+                    self.mmu.flush_all();
+                }
+                Flow::Leave(pc.wrapping_add(len))
+            }
             Ecall => {
                 if self.config.user_mode {
                     self.pending_exit = Some(Exit::Ecall);

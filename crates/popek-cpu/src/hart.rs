@@ -39,14 +39,18 @@ pub struct HartConfig {
     /// Process-VM mode: the hart runs only U-mode code with translation off; `ecall` and exceptions
     /// return to the caller ([`Exit::Ecall`], [`Exit::Trap`]) instead of entering a trap handler.
     pub user_mode: bool,
+    /// Other harts may modify code this hart has decoded: `fence.i` then drops the whole decode
+    /// cache (a hart only sees its own stores to code).
+    pub smp: bool,
 }
 
 impl HartConfig {
-    /// A hart of a system VM that starts in M-mode at reset.
-    pub fn machine(hart_id: u64) -> HartConfig {
+    /// A hart of a system VM that starts in M-mode at reset; `smp` if it has sibling harts.
+    pub fn machine(hart_id: u64, smp: bool) -> HartConfig {
         HartConfig {
             hart_id,
             user_mode: false,
+            smp,
         }
     }
 
@@ -55,6 +59,7 @@ impl HartConfig {
         HartConfig {
             hart_id: 0,
             user_mode: true,
+            smp: false,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The SiFive CLINT (ACLINT MSWI + MTIMER) of QEMU's `virt`: per-hart software-interrupt and
 //! timer-compare registers plus the shared 10 MHz `mtime` counter.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::MmioDevice;
@@ -12,14 +14,29 @@ pub const SIZE: u64 = 0x10000;
 const MTIMECMP: u64 = 0x4000;
 const MTIME: u64 = 0xbff8;
 
+/// The shared `mtime` counter, readable without the CLINT (harts read it for the `time` CSR on
+/// their own threads).
+#[derive(Clone, Debug)]
+pub struct MtimeClock {
+    start: Instant,
+    /// Added to the host clock so guest writes to `mtime` stick.
+    offset: Arc<AtomicU64>,
+}
+
+impl MtimeClock {
+    /// Current `mtime`, derived from the host's monotonic clock.
+    pub fn now(&self) -> u64 {
+        let ns = self.start.elapsed().as_nanos() as u64;
+        (ns / (1_000_000_000 / TIMEBASE_HZ)).wrapping_add(self.offset.load(Ordering::Relaxed))
+    }
+}
+
 /// Core-local interruptor for `harts` harts.
 #[derive(Debug)]
 pub struct Clint {
     msip: Vec<bool>,
     mtimecmp: Vec<u64>,
-    start: Instant,
-    /// Added to the host clock so guest writes to `mtime` stick.
-    offset: u64,
+    clock: MtimeClock,
 }
 
 impl Clint {
@@ -28,15 +45,21 @@ impl Clint {
         Clint {
             msip: vec![false; harts],
             mtimecmp: vec![u64::MAX; harts],
-            start: Instant::now(),
-            offset: 0,
+            clock: MtimeClock {
+                start: Instant::now(),
+                offset: Arc::new(AtomicU64::new(0)),
+            },
         }
     }
 
-    /// Current `mtime`, derived from the host's monotonic clock.
+    /// Current `mtime`.
     pub fn mtime(&self) -> u64 {
-        let ns = self.start.elapsed().as_nanos() as u64;
-        (ns / (1_000_000_000 / TIMEBASE_HZ)).wrapping_add(self.offset)
+        self.clock.now()
+    }
+
+    /// A handle on `mtime` for other threads.
+    pub fn clock(&self) -> MtimeClock {
+        self.clock.clone()
     }
 
     /// Level of hart `hart`'s machine software interrupt (MSIP).
@@ -102,7 +125,9 @@ impl MmioDevice for Clint {
         } else if (MTIME..MTIME + 8).contains(&offset) {
             let now = self.mtime();
             let new = Self::reg64(value, offset, size, now);
-            self.offset = self.offset.wrapping_add(new.wrapping_sub(now));
+            self.clock
+                .offset
+                .fetch_add(new.wrapping_sub(now), Ordering::Relaxed);
         }
     }
 }

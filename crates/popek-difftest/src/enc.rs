@@ -124,7 +124,7 @@ fn cr(r: u32) -> u32 {
 
 /// c.addi4spn rd', sp, nzuimm (multiple of 4, 4..=1020).
 pub fn c_addi4spn(rd: u32, imm: u32) -> u16 {
-    debug_assert!(imm != 0 && imm % 4 == 0 && imm < 1024);
+    debug_assert!(imm != 0 && imm.is_multiple_of(4) && imm < 1024);
     (bits(imm, 5, 4) << 11
         | bits(imm, 9, 6) << 7
         | bit(imm, 2) << 6
@@ -134,7 +134,7 @@ pub fn c_addi4spn(rd: u32, imm: u32) -> u16 {
 
 /// CL/CS word form (c.lw/c.sw): f3 = 2 or 6; imm multiple of 4, < 128.
 pub fn c_lsw(f3: u32, r: u32, rs1: u32, imm: u32) -> u16 {
-    debug_assert!(imm % 4 == 0 && imm < 128);
+    debug_assert!(imm.is_multiple_of(4) && imm < 128);
     (f3 << 13
         | bits(imm, 5, 3) << 10
         | cr(rs1) << 7
@@ -145,7 +145,7 @@ pub fn c_lsw(f3: u32, r: u32, rs1: u32, imm: u32) -> u16 {
 
 /// CL/CS double form (c.ld/c.sd/c.fld/c.fsd): f3 = 1, 3, 5, 7; imm multiple of 8, < 256.
 pub fn c_lsd(f3: u32, r: u32, rs1: u32, imm: u32) -> u16 {
-    debug_assert!(imm % 8 == 0 && imm < 256);
+    debug_assert!(imm.is_multiple_of(8) && imm < 256);
     (f3 << 13 | bits(imm, 5, 3) << 10 | cr(rs1) << 7 | bits(imm, 7, 6) << 5 | cr(r) << 2) as u16
 }
 
@@ -218,10 +218,10 @@ pub fn c_bz(bnez: bool, rs1: u32, off: i32) -> u16 {
 /// c.lwsp (f3 2), c.ldsp (3), c.fldsp (1).
 pub fn c_lsp(f3: u32, rd: u32, imm: u32) -> u16 {
     let enc = if f3 == 2 {
-        debug_assert!(imm % 4 == 0 && imm < 256);
+        debug_assert!(imm.is_multiple_of(4) && imm < 256);
         bit(imm, 5) << 12 | bits(imm, 4, 2) << 4 | bits(imm, 7, 6) << 2
     } else {
-        debug_assert!(imm % 8 == 0 && imm < 512);
+        debug_assert!(imm.is_multiple_of(8) && imm < 512);
         bit(imm, 5) << 12 | bits(imm, 4, 3) << 5 | bits(imm, 8, 6) << 2
     };
     (f3 << 13 | enc | r5(rd) << 7 | 2) as u16
@@ -230,10 +230,10 @@ pub fn c_lsp(f3: u32, rd: u32, imm: u32) -> u16 {
 /// c.swsp (f3 6), c.sdsp (7), c.fsdsp (5).
 pub fn c_ssp(f3: u32, rs2: u32, imm: u32) -> u16 {
     let enc = if f3 == 6 {
-        debug_assert!(imm % 4 == 0 && imm < 256);
+        debug_assert!(imm.is_multiple_of(4) && imm < 256);
         bits(imm, 5, 2) << 9 | bits(imm, 7, 6) << 7
     } else {
-        debug_assert!(imm % 8 == 0 && imm < 512);
+        debug_assert!(imm.is_multiple_of(8) && imm < 512);
         bits(imm, 5, 3) << 10 | bits(imm, 8, 6) << 7
     };
     (f3 << 13 | enc | r5(rs2) << 2 | 2) as u16

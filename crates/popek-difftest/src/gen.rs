@@ -9,8 +9,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_90be_c0de)
+        Rng(seed ^ 0x005e_ed0f_90be_c0de)
     }
+    #[allow(clippy::should_implement_trait)] // an infinite generator, not an iterator
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -77,6 +78,7 @@ pub enum Enc {
 }
 
 impl Enc {
+    #[allow(clippy::len_without_is_empty)] // an encoding is never empty
     pub fn len(self) -> u64 {
         match self {
             Enc::W(_) => 4,
@@ -1173,7 +1175,7 @@ impl Gen {
             2 => {
                 // AMO or LR to an unmapped, aligned address
                 let t = self.rd_nz();
-                let a = (self.rng.range(0, 0xfff0) & !7) as i64;
+                let a = self.rng.range(0, 0xfff0) & !7;
                 self.w(
                     u_type(LUI, t, (a >> 12) as u32),
                     format!("lui {}, {:#x}", xn(t), a >> 12),
