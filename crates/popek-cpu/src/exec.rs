@@ -102,6 +102,8 @@ enum Flow {
     Store(u64),
     /// Continue in the outer loop (privilege, CSR or translation changes, WFI, user ecall).
     Leave(u64),
+    /// The slot is not decoded yet: decode it and dispatch again.
+    Decode,
 }
 
 #[inline(always)]
@@ -202,33 +204,35 @@ impl Hart {
             // SAFETY: sequential flow reaches at most offset 4096 + 2 (past a straddling
             // instruction), and the page has sentinel slots up to there; jumps out of the page
             // leave the loop. The page stays allocated while this function runs.
-            let slot = unsafe { &mut (*page)[off >> 1] };
-            if slot.op == Op::Undecoded {
-                if off >= 4096 {
-                    break Ok(());
-                }
-                // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
-                if insn_len(lo as u16) == 2 {
-                    *slot = decode_for_cache(lo);
-                } else if off + 4 <= 4096 {
-                    // SAFETY: as above, and the 4 bytes stay inside the page.
-                    *slot =
-                        decode_for_cache(unsafe { (host.add(off) as *const u32).read_unaligned() });
-                } else {
-                    // Straddles into the next page, which may map anywhere: decode it for this visit
-                    // only (the outer loop clears the slot again).
-                    self.pc = pc;
-                    match self.fetch_straddling() {
-                        Ok(raw) => {
-                            *slot = decode_for_cache(raw);
-                            self.straddle_slot = Some(slot as *mut Insn);
-                        }
-                        Err(t) => break Err(t),
-                    }
-                }
-            }
+            let slot = unsafe { (*page).get_unchecked_mut(off >> 1) };
             match self.step(bus, slot, pc, &mut retired) {
+                Ok(Flow::Decode) => {
+                    if off >= 4096 {
+                        break Ok(());
+                    }
+                    // SAFETY: host is the start of this page of guest RAM and off < 4096.
+                    let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
+                    if insn_len(lo as u16) == 2 {
+                        *slot = decode_for_cache(lo);
+                    } else if off + 4 <= 4096 {
+                        // SAFETY: as above, and the 4 bytes stay inside the page.
+                        *slot = decode_for_cache(unsafe {
+                            (host.add(off) as *const u32).read_unaligned()
+                        });
+                    } else {
+                        // Straddles into the next page, which may map anywhere: decode it for this visit
+                        // only (the outer loop clears the slot again).
+                        self.pc = pc;
+                        match self.fetch_straddling() {
+                            Ok(raw) => {
+                                *slot = decode_for_cache(raw);
+                                self.straddle_slot = Some(slot as *mut Insn);
+                            }
+                            Err(t) => break Err(t),
+                        }
+                    }
+                    // Dispatch the freshly decoded instruction (nothing retired yet).
+                }
                 Ok(Flow::Next(next)) => {
                     pc = next;
                     retired += 1;
@@ -432,7 +436,8 @@ impl Hart {
         let sc = Ordering::SeqCst;
 
         Ok(match i.op {
-            Undecoded | Illegal => return Err(Trap::new(Exception::IllegalInstruction, 0)),
+            Undecoded => Flow::Decode,
+            Illegal => return Err(Trap::new(Exception::IllegalInstruction, 0)),
             Lui => alu!(imm),
             Auipc => alu!(pc.wrapping_add(imm)),
             Jal => {

@@ -85,11 +85,31 @@ impl IrqPins {
     }
 }
 
+/// A register file indexed by masking, so the interpreter's register accesses need no bounds
+/// checks: `N` is a power of two at least as large as every register number the decoder emits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegFile<const N: usize>(pub [u64; N]);
+
+impl<const N: usize> std::ops::Index<usize> for RegFile<N> {
+    type Output = u64;
+    #[inline(always)]
+    fn index(&self, i: usize) -> &u64 {
+        &self.0[i & (N - 1)]
+    }
+}
+
+impl<const N: usize> std::ops::IndexMut<usize> for RegFile<N> {
+    #[inline(always)]
+    fn index_mut(&mut self, i: usize) -> &mut u64 {
+        &mut self.0[i & (N - 1)]
+    }
+}
+
 /// One RISC-V hart.
 pub struct Hart {
     /// Integer registers; index 32 is a sink for writes to x0 (the decode cache points them there).
-    pub(crate) x: [u64; 33],
-    pub(crate) f: [u64; 32],
+    pub(crate) x: RegFile<64>,
+    pub(crate) f: RegFile<32>,
     pub(crate) pc: u64,
     pub(crate) prv: Priv,
     pub(crate) csr: csr::Csrs,
@@ -133,8 +153,8 @@ impl Hart {
             Priv::M
         };
         Hart {
-            x: [0; 33],
-            f: [0; 32],
+            x: RegFile([0; 64]),
+            f: RegFile([0; 32]),
             pc: 0,
             prv,
             csr,

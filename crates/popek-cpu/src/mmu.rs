@@ -92,9 +92,9 @@ impl Access {
 }
 
 pub(crate) struct Mmu {
-    pub read: Box<[[TlbEntry; TLB_SIZE]; DATA_CONTEXTS]>,
-    pub write: Box<[[TlbEntry; TLB_SIZE]; DATA_CONTEXTS]>,
-    pub exec: Box<[[ITlbEntry; TLB_SIZE]; 4]>,
+    pub read: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
+    pub write: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
+    pub exec: [[ITlbEntry; TLB_SIZE]; 4],
     /// Current data context (index into `read`/`write`).
     pub dctx: usize,
     /// Current fetch context (index into `exec`).
@@ -116,9 +116,9 @@ pub(crate) fn tlb_index(vaddr: u64) -> usize {
 impl Mmu {
     pub fn new() -> Mmu {
         Mmu {
-            read: Box::new([[EMPTY; TLB_SIZE]; DATA_CONTEXTS]),
-            write: Box::new([[EMPTY; TLB_SIZE]; DATA_CONTEXTS]),
-            exec: Box::new([[IEMPTY; TLB_SIZE]; 4]),
+            read: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
+            write: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
+            exec: [[IEMPTY; TLB_SIZE]; 4],
             dctx: 3,
             ictx: 3,
             data_priv: Priv::M,
