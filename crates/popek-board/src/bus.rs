@@ -38,6 +38,17 @@ impl<W: Write> VirtBus<W> {
         }
     }
 
+    /// Reset the devices as a power cycle does: interrupt controller and timers cleared (the
+    /// `mtime` clock keeps running, so it stays monotonic), no pending finisher request. The UART
+    /// keeps its console; the guest reprograms it when it boots.
+    pub fn reset(&mut self) {
+        let harts = self.plic.harts();
+        self.plic = Plic::new(harts);
+        self.clint.reset();
+        self.finisher = Finisher::new();
+        self.boot_timer = BootTimer::new();
+    }
+
     /// Move device interrupt events into the PLIC.
     pub fn route_interrupts(&mut self) {
         if self.uart.irq().take() {
@@ -69,11 +80,14 @@ impl<W: Write> VirtBus<W> {
 impl<W: Write> Bus for VirtBus<W> {
     fn read(&mut self, addr: u64, size: u8) -> Result<u64, BusFault> {
         let (dev, off) = self.device(addr).ok_or(BusFault)?;
-        Ok(dev.read(off, size))
+        let v = dev.read(off, size);
+        tracing::trace!("mmio read {addr:#x}/{size} = {v:#x}");
+        Ok(v)
     }
 
     fn write(&mut self, addr: u64, size: u8, value: u64) -> Result<(), BusFault> {
         let (dev, off) = self.device(addr).ok_or(BusFault)?;
+        tracing::trace!("mmio write {addr:#x}/{size} = {value:#x}");
         dev.write(off, size, value);
         Ok(())
     }

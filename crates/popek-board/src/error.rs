@@ -39,7 +39,7 @@ pub enum BoardError {
     #[error("{} is a 32-bit ELF; popek emulates RV64: build with -march=rv64gc -mabi=lp64d", .0.display())]
     WrongClass(PathBuf),
     /// An image that does not fit in RAM.
-    #[error("{} does not fit in guest RAM: {what} at {start:#x}..{end:#x} is outside RAM {ram_start:#x}..{ram_end:#x}; link it for RAM at 0x80000000 or raise --memory", path.display())]
+    #[error("{} does not fit in guest RAM: {what} at {start:#x}..{end:#x} is outside RAM {ram_start:#x}..{ram_end:#x}: raise --memory, or link the program for RAM at 0x80000000", path.display())]
     OutsideRam {
         /// The file.
         path: PathBuf,

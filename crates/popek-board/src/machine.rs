@@ -70,7 +70,30 @@ pub struct RunStats {
     pub boot: Option<Duration>,
 }
 
-type Console = BufWriter<Stdout>;
+/// Console output: buffered, and flushed by the run loop (every [`FLUSH_EVERY`], on WFI and at
+/// exit) rather than by the UART model, which would flush after every byte.
+pub struct Console(BufWriter<Stdout>);
+
+impl Console {
+    fn new() -> Console {
+        Console(BufWriter::with_capacity(1 << 16, std::io::stdout()))
+    }
+
+    /// Write buffered output to stdout.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Why the harts stopped.
 #[derive(Debug)]
@@ -144,7 +167,7 @@ impl Devices {
 
     fn flush(&mut self) {
         // A closed stdout (e.g. `popek ... | head`) must not stop the guest.
-        let _ = self.bus.uart.output().flush();
+        let _ = self.bus.uart.output().sync();
         self.last_flush = Instant::now();
     }
 }
@@ -243,10 +266,7 @@ impl Machine {
         let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
         let boot = load_boot_images(config, &mem)?;
         let harts = new_harts(config, &mem, &boot);
-        let bus = VirtBus::new(
-            config.cpus as usize,
-            BufWriter::with_capacity(1 << 16, std::io::stdout()),
-        );
+        let bus = VirtBus::new(config.cpus as usize, Console::new());
         let shared = Arc::new(Shared {
             clock: bus.clint.clock(),
             pins: harts.iter().map(|h| h.irq_pins()).collect(),
@@ -343,19 +363,14 @@ impl Machine {
     fn reset(&mut self) -> Result<(), BoardError> {
         let mem = self.harts[0].memory().clone();
         self.boot = load_boot_images(&self.config, &mem)?;
-        self.harts = new_harts(&self.config, &mem, &self.boot);
+        for hart in &mut self.harts {
+            hart.reset();
+            reset_hart(hart, &self.boot);
+        }
         let mut devices = self.shared.devices();
         devices.flush();
-        devices.bus = VirtBus::new(
-            self.config.cpus as usize,
-            BufWriter::with_capacity(1 << 16, std::io::stdout()),
-        );
-        drop(devices);
-        let pins: Vec<_> = self.harts.iter().map(|h| h.irq_pins()).collect();
-        // The pins belong to the new harts; the shared list must follow them.
-        Arc::get_mut(&mut self.shared)
-            .map(|s| s.pins = pins)
-            .ok_or_else(|| BoardError::Internal("machine state still shared during reset".into()))
+        devices.bus.reset();
+        Ok(())
     }
 
     /// Counters of the last run.
@@ -402,6 +417,20 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
             None => {}
         }
         devices.update(&shared.pins);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let c = hart.csrs();
+            tracing::trace!(
+                "hart{idx} {exit:?} pc={:#x} priv={:?} mip={:#x} pins={:#x} mie={:#x} mstatus={:#x} scause={:#x} sepc={:#x}",
+                hart.pc(),
+                hart.privilege(),
+                c.mip,
+                shared.pins[idx].bits(),
+                c.mie,
+                c.mstatus,
+                c.scause,
+                c.sepc
+            );
+        }
         if exit == Exit::Wfi || devices.last_flush.elapsed() >= FLUSH_EVERY {
             devices.flush();
         }

@@ -1,5 +1,6 @@
 //! `popek`: run RISC-V machines and programs on any x86_64 Linux host.
 
+mod exec;
 mod guest;
 
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ enum Command {
     /// `qemu-system-riscv64 -M virt -bios prog.elf -nographic` would; popek exits with the status
     /// the program writes to the test finisher.
     Run(RunArgs),
+
+    /// Run one riscv64 Linux program (static or dynamic ELF) in user mode, like qemu-riscv64 but
+    /// sandboxed: every path it uses resolves inside --root, and sockets need --allow-net.
+    Exec(exec::ExecArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,6 +148,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Exec(args) => Ok(exec::run(args)),
         Command::Run(args) => {
             let config = machine_config(&args)?;
             let mut machine = Machine::new(&config)?;

@@ -185,10 +185,17 @@ impl Hart {
         }
         let old = self.csr_read(bus, num).ok_or(illegal)?;
         if write {
+            // Read-modify-write of mip/sip works on the software-writable bits only: a device's
+            // interrupt line (e.g. SEIP from the PLIC) seen by the read must not be latched into
+            // the software bit by the write.
+            let base = match num {
+                addr::MIP | addr::SIP => self.csr.mip,
+                _ => old,
+            };
             let new = match op {
                 CsrOp::Write => operand,
-                CsrOp::Set => old | operand,
-                CsrOp::Clear => old & !operand,
+                CsrOp::Set => base | operand,
+                CsrOp::Clear => base & !operand,
             };
             self.csr_write(num, new).ok_or(illegal)?;
             // Interrupt enables, privilege-related fields and translation may have changed.

@@ -173,6 +173,15 @@ impl Hart {
         }
     }
 
+    /// Return to the reset state (system reset): registers and CSRs cleared, M-mode (or U-mode
+    /// for process VMs), caches dropped. Memory and interrupt lines stay connected.
+    pub fn reset(&mut self) {
+        let fresh = Hart::new(self.config.clone(), self.mem.clone());
+        let pins = self.pins.clone();
+        *self = fresh;
+        self.pins = pins;
+    }
+
     /// Program counter.
     pub fn pc(&self) -> u64 {
         self.pc

@@ -52,6 +52,12 @@ impl Clint {
         }
     }
 
+    /// Clear software interrupts and timer compares (system reset); `mtime` keeps counting.
+    pub fn reset(&mut self) {
+        self.msip.fill(false);
+        self.mtimecmp.fill(u64::MAX);
+    }
+
     /// Current `mtime`.
     pub fn mtime(&self) -> u64 {
         self.clock.now()

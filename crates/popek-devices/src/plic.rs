@@ -116,6 +116,11 @@ impl Plic {
         }
     }
 
+    /// Number of harts served.
+    pub fn harts(&self) -> usize {
+        self.threshold.len() / 2
+    }
+
     fn contexts(&self) -> usize {
         self.threshold.len()
     }

@@ -30,6 +30,12 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         .arg(format!("{}", limit.as_secs()))
         .arg(&prog)
         .args(&args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
     t.stdin(Stdio::null());
     let out = t
         .output()

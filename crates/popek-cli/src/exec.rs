@@ -1,0 +1,80 @@
+//! `popek exec`: run one riscv64 Linux program in user mode, confined to a root directory.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use popek_linux::ExecConfig;
+
+/// Arguments of `popek exec`.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Directory the program sees as `/`: every path it uses resolves inside it (symlinks and
+    /// `..` cannot leave it). Dynamic programs need their loader and libraries in it.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+
+    /// Add or replace a variable in the program's environment (which starts as popek's own).
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<OsString>,
+
+    /// Allow the program to create sockets (denied by default).
+    #[arg(long)]
+    allow_net: bool,
+
+    /// argv[0] for the program, when it differs from PROG (used by the program's own execve).
+    #[arg(long, value_name = "NAME", hide = true, allow_hyphen_values = true)]
+    argv0: Option<OsString>,
+
+    /// The riscv64 program (a path inside the root, or a name found in PATH there).
+    #[arg(value_name = "PROG")]
+    prog: OsString,
+
+    /// Arguments for the program.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<OsString>,
+}
+
+/// Run the program; returns popek's exit status if it could not be started (otherwise the process
+/// ends with the program's status).
+pub fn run(args: ExecArgs) -> u8 {
+    let mut env: Vec<OsString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut s = k;
+            s.push("=");
+            s.push(v);
+            s
+        })
+        .collect();
+    for e in args.env {
+        let key: Vec<u8> = {
+            use std::os::unix::ffi::OsStrExt;
+            let b = e.as_bytes();
+            b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())].to_vec()
+        };
+        env.retain(|old| {
+            use std::os::unix::ffi::OsStrExt;
+            let b = old.as_bytes();
+            !(b.starts_with(&key) && b.get(key.len()) == Some(&b'='))
+        });
+        env.push(e);
+    }
+    let config = ExecConfig {
+        root: args.root,
+        env,
+        allow_net: args.allow_net,
+        prog: args.prog,
+        args: args.args,
+        argv0: args.argv0,
+    };
+    match popek_linux::exec(config) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("popek: {e}");
+            e.exit_status()
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `popek run` boots Debian's riscv64 kernel (the default guest built by guests/build-default)
+//! and behaves like a machine: commands run, their output streams out, exit statuses come back.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// The default guest; the suite fails (never skips) when it was not built.
+fn guest() -> PathBuf {
+    let dir = std::env::var_os("POPEK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
+                });
+            cache.join("popek/guests/default")
+        });
+    assert!(
+        dir.join("VERSION").is_file(),
+        "the default guest is missing in {}: run guests/build-default (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Run `popek run ARGS`, returning (stdout, stderr, status).
+fn popek_run(args: &[&str]) -> (String, String, i32) {
+    guest();
+    let out = run_with_timeout(popek().arg("run").args(args), LIMIT);
+    let (o, e) = text(&out);
+    assert!(!e.contains("panicked"), "popek panicked: {e}");
+    (
+        o,
+        e,
+        out.status.code().expect("popek was killed by a signal"),
+    )
+}
+
+#[test]
+fn boots_to_the_ready_line_and_runs_a_command() {
+    let (out, err, status) = popek_run(&["--", "uname", "-m"]);
+    assert!(
+        out.contains("popek-guest: ready"),
+        "no ready line; stdout: {out}\nstderr: {err}"
+    );
+    assert!(
+        out.lines().any(|l| l.trim() == "riscv64"),
+        "uname -m output missing: {out}"
+    );
+    assert_eq!(status, 0, "stderr: {err}");
+}
+
+#[test]
+fn command_exit_status_is_popeks() {
+    let (out, err, status) = popek_run(&["--", "sh", "-c", "exit 7"]);
+    assert_eq!(status, 7, "stdout: {out}\nstderr: {err}");
+}
+
+#[test]
+fn streams_a_megabyte_of_output() {
+    let (out, err, status) = popek_run(&[
+        "--",
+        "sh",
+        "-c",
+        "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo done",
+    ]);
+    assert_eq!(status, 0, "stderr: {err}");
+    let after_ready = out
+        .split("popek-guest: ready")
+        .nth(1)
+        .expect("no ready line");
+    let xs = after_ready.bytes().filter(|&b| b == b'x').count();
+    assert_eq!(xs, 1 << 20, "expected 1 MiB of x");
+    assert!(out.contains("done"));
+}
+
+#[test]
+fn memory_size_reaches_the_guest() {
+    let (out, err, status) = popek_run(&[
+        "--memory",
+        "256M",
+        "--",
+        "grep",
+        "MemTotal",
+        "/proc/meminfo",
+    ]);
+    assert_eq!(status, 0, "stderr: {err}");
+    let kb: u64 = out
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out}"));
+    assert!(
+        (180_000..=262_144).contains(&kb),
+        "MemTotal {kb} kB for 256M"
+    );
+}
+
+#[test]
+fn two_cpus_are_visible() {
+    let (out, err, status) = popek_run(&["--cpus", "2", "--", "nproc"]);
+    assert_eq!(status, 0, "stderr: {err}");
+    assert!(
+        out.lines().any(|l| l.trim() == "2"),
+        "nproc did not print 2: {out}"
+    );
+}
+
+#[test]
+fn poweroff_from_the_guest_exits_zero() {
+    let (out, err, status) = popek_run(&["--", "poweroff", "-f"]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+}
+
+#[test]
+fn reboot_from_the_guest_boots_again() {
+    // The guest reboots forever (it runs `reboot -f` at every boot); two ready lines prove that
+    // the reset reloaded and restarted the machine. `timeout` ends it.
+    guest();
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "120"])
+        .arg(env!("CARGO_BIN_EXE_popek"))
+        .args(["run", "--", "reboot", "-f"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let boots = text.matches("popek-guest: ready").count();
+    assert!(
+        boots >= 2,
+        "expected the guest to boot twice within 120 s; got {boots}: {text}"
+    );
+}
+
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = popek();
+    cmd.arg("run").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    let (o, e) = text(&out);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "popek {args:?} should fail: {o}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one error line expected: {e}");
+    e
+}
+
+#[test]
+fn bad_kernels_and_options() {
+    let g = guest();
+    let fw = g.join("fw_dynamic.bin");
+    let fw = fw.to_str().unwrap();
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+
+    let e = fails(&["--bios", fw, "--kernel", "/nonexistent/Image"], &[]);
+    assert!(e.contains("cannot read /nonexistent/Image"), "{e}");
+
+    let mut bz = vec![0u8; 0x400];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let bz_path = tmp.join("bzImage");
+    std::fs::write(&bz_path, bz).unwrap();
+    let e = fails(&["--bios", fw, "--kernel", bz_path.to_str().unwrap()], &[]);
+    assert!(e.contains("x86 kernel (bzImage)"), "{e}");
+
+    let kernel = g.join("Image");
+    let k = kernel.to_str().unwrap();
+    let e = fails(
+        &[
+            "--bios",
+            fw,
+            "--kernel",
+            k,
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        &[],
+    );
+    assert!(e.contains("cannot read /nonexistent/initrd"), "{e}");
+
+    let e = fails(&["--bios", fw, "--kernel", k, "--memory", "8M"], &[]);
+    assert!(
+        e.contains("does not fit") || e.contains("raise --memory"),
+        "{e}"
+    );
+
+    let e = fails(&["--memory", "100T"], &[]);
+    assert!(e.contains("more than this host's"), "{e}");
+
+    let e = fails(&["--cpus", "0"], &[]);
+    assert!(e.contains("--cpus 0"), "{e}");
+    let e = fails(&["--cpus", "999"], &[]);
+    assert!(e.contains("--cpus 999"), "{e}");
+
+    let e = fails(&[], &[("POPEK_GUEST_DIR", "/nonexistent/guest")]);
+    assert!(
+        e.contains("default guest is not built") && e.contains("guests/build-default"),
+        "{e}"
+    );
+}

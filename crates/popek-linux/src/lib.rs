@@ -1,0 +1,146 @@
+//! popek's process VM: run one riscv64 Linux program (static or dynamic ELF) in user mode on an
+//! x86_64 Linux host, like `qemu-riscv64`, but with every path the guest names confined to a root
+//! directory (`openat2(2)` with `RESOLVE_IN_ROOT`).
+//!
+//! The guest's address space is one host reservation: guest address `g` lives at host
+//! `base + g`, so guest buffers go to host syscalls without copying. Guest threads are host
+//! threads, each with its own [`popek_cpu::Hart`] over the shared memory; `fork` is a host fork;
+//! `execve` re-executes popek itself.
+
+mod elf;
+mod fs;
+mod mm;
+mod names;
+mod process;
+mod signal;
+mod syscall;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+
+pub use names::syscall_name;
+
+/// What to run and how: the parsed `popek exec` command line.
+#[derive(Clone, Debug, Default)]
+pub struct ExecConfig {
+    /// The directory every guest path resolves in (the guest's `/`).
+    pub root: PathBuf,
+    /// The guest's environment, `K=V` strings in order.
+    pub env: Vec<OsString>,
+    /// Let the guest create sockets.
+    pub allow_net: bool,
+    /// The program, as a path inside `root` (relative paths start at the guest's working
+    /// directory; a bare name is looked up in the guest's PATH).
+    pub prog: OsString,
+    /// Arguments after the program name.
+    pub args: Vec<OsString>,
+    /// `argv[0]` if it differs from `prog` (execve passes it through).
+    pub argv0: Option<OsString>,
+}
+
+/// Why a program could not be started. Each one prints as a single line naming the program.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The root directory does not exist or cannot be opened.
+    #[error("{root}: cannot open the root directory: {source}")]
+    RootMissing {
+        /// The root as given.
+        root: String,
+        /// Why it could not be opened.
+        source: io::Error,
+    },
+    /// The program is not in the root.
+    #[error("{prog}: no such file in {root}")]
+    NotFound {
+        /// The program as given.
+        prog: String,
+        /// The root.
+        root: String,
+    },
+    /// The program exists but cannot be read or executed.
+    #[error("{prog}: {source}")]
+    Io {
+        /// The program.
+        prog: String,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The file is not an ELF executable (nor a `#!` script).
+    #[error("{prog}: not an ELF executable")]
+    NotElf {
+        /// The program.
+        prog: String,
+    },
+    /// An ELF file for another machine.
+    #[error("{prog}: {what} program: popek exec runs only 64-bit RISC-V (riscv64) programs")]
+    WrongArch {
+        /// The program.
+        prog: String,
+        /// What it is, e.g. "x86-64".
+        what: String,
+    },
+    /// A malformed ELF file.
+    #[error("{prog}: malformed ELF file: {why}")]
+    BadElf {
+        /// The program.
+        prog: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The dynamic loader named by PT_INTERP is not in the root.
+    #[error(
+        "{prog}: needs {interp} which is not in {root}: give --root with the program's sysroot"
+    )]
+    InterpMissing {
+        /// The program.
+        prog: String,
+        /// The interpreter path.
+        interp: String,
+        /// The root.
+        root: String,
+    },
+    /// The host refused the guest address space or another resource.
+    #[error("cannot set up the process: {0}")]
+    Host(io::Error),
+}
+
+impl Error {
+    /// The exit status popek reports for this error: 127 for a missing file, 126 for a file that
+    /// cannot be run (as shells do), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Error::NotFound { .. } | Error::InterpMissing { .. } | Error::RootMissing { .. } => 127,
+            Error::NotElf { .. }
+            | Error::WrongArch { .. }
+            | Error::BadElf { .. }
+            | Error::Io { .. } => 126,
+            Error::Host(_) => 1,
+        }
+    }
+}
+
+/// A guest-visible error number (positive `errno` value; syscalls return its negation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The host's `errno` after a failed libc call.
+    pub fn last() -> Errno {
+        Errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+}
+
+/// Exit status of popek when the guest makes a syscall popek does not implement (EX_OSERR).
+pub const EXIT_UNSUPPORTED: i32 = 71;
+
+/// Run the program. Never returns once the guest has started: popek's process exits with the
+/// guest's status (or dies of the guest's fatal signal). Returns only if the program cannot be
+/// loaded.
+pub fn exec(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
+    process::start(config)
+}

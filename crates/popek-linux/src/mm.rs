@@ -1,0 +1,445 @@
+//! The guest address space: one big host reservation, guest address `g` at host `base + g`, with
+//! the guest's mappings (VMAs) and the page-permission table the harts check.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use popek_cpu::{Memory, PagePerms, RamRegion};
+
+use crate::Errno;
+
+/// Size of the guest address space: 256 GiB, enough for PIE programs at 0x2aaaaaa000 and a
+/// top-down mmap area below the stack.
+pub const SPAN: u64 = 1 << 38;
+/// The guest page size.
+pub const PAGE: u64 = 4096;
+/// Top of the initial stack mapping.
+pub const STACK_TOP: u64 = SPAN - PAGE;
+/// Size of the initial stack mapping (RLIMIT_STACK's usual 8 MiB, mapped up front).
+pub const STACK_SIZE: u64 = 8 << 20;
+/// Where top-down mmap allocation starts, below the stack and a guard gap.
+pub const MMAP_TOP: u64 = STACK_TOP - STACK_SIZE - (1 << 30);
+/// Load address of PIE (ET_DYN) main programs, as Linux uses on riscv64.
+pub const PIE_BASE: u64 = 0x2a_aaaa_a000;
+
+/// Guest PROT_* bits (same values as PagePerms).
+pub const PROT_READ: u8 = 1;
+/// Guest PROT_WRITE.
+pub const PROT_WRITE: u8 = 2;
+/// Guest PROT_EXEC.
+pub const PROT_EXEC: u8 = 4;
+
+/// Round up to a page.
+pub fn page_up(x: u64) -> u64 {
+    x.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+/// Round down to a page.
+pub fn page_down(x: u64) -> u64 {
+    x & !(PAGE - 1)
+}
+
+/// One guest mapping.
+#[derive(Clone, Copy, Debug)]
+struct Vma {
+    end: u64,
+    prot: u8,
+    /// A MAP_SHARED mapping of a file opened read-only: host pages are read-only, so the guest
+    /// may never gain write permission.
+    shared_ro: bool,
+}
+
+/// The host base pointer, shareable between threads.
+#[derive(Clone, Copy, Debug)]
+pub struct HostBase(pub usize);
+
+impl HostBase {
+    /// Host pointer of guest address `g` (the caller checked the range).
+    pub fn ptr(self, g: u64) -> *mut u8 {
+        (self.0 as u64 + g) as *mut u8
+    }
+}
+
+/// The guest's mappings; kept behind a mutex by the process.
+#[derive(Debug)]
+pub struct Mm {
+    base: HostBase,
+    perms: Arc<PagePerms>,
+    vmas: BTreeMap<u64, Vma>,
+    /// Start of the heap (page aligned, just above the main program).
+    pub brk_start: u64,
+    /// Current program break.
+    pub brk: u64,
+}
+
+/// Translate guest PROT bits into page permissions: on RISC-V a writable page is also readable.
+fn perms_of(prot: u8) -> u8 {
+    let mut p = prot & 7;
+    if p & PROT_WRITE != 0 {
+        p |= PROT_READ;
+    }
+    p
+}
+
+impl Mm {
+    /// Reserve the host address space and build the hart's view of it.
+    pub fn new() -> io::Result<(Mm, Memory)> {
+        // SAFETY: a fresh anonymous PROT_NONE reservation; nothing else refers to that range.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SPAN as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let perms = PagePerms::new(SPAN);
+        // SAFETY: the reservation stays for the life of the process (it is never unmapped), and
+        // the page-permission table keeps harts off pages that are not host-accessible yet.
+        let region = unsafe { RamRegion::new(0, SPAN, base) };
+        let mem = Memory::new(vec![region])
+            .map_err(io::Error::other)?
+            .with_page_perms(perms.clone());
+        Ok((
+            Mm {
+                base: HostBase(p as usize),
+                perms,
+                vmas: BTreeMap::new(),
+                brk_start: 0,
+                brk: 0,
+            },
+            mem,
+        ))
+    }
+
+    /// The host base.
+    pub fn base(&self) -> HostBase {
+        self.base
+    }
+
+    /// The page-permission table.
+    pub fn perms(&self) -> &Arc<PagePerms> {
+        &self.perms
+    }
+
+    /// Whether any part of `start..end` is mapped.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.vmas
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, v)| v.end > start)
+    }
+
+    /// Whether all of `start..end` is mapped.
+    fn fully_mapped(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for (&s, v) in self.vmas.range(..end) {
+            if v.end <= at {
+                continue;
+            }
+            if s > at {
+                return false;
+            }
+            at = v.end;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
+
+    /// A free, page-aligned range of `len` bytes, searching down from the mmap area's top.
+    pub fn find_free(&self, len: u64) -> Option<u64> {
+        let mut top = MMAP_TOP;
+        for (&s, v) in self.vmas.range(..MMAP_TOP).rev() {
+            if v.end <= top && top - v.end >= len {
+                return Some(top - len);
+            }
+            top = top.min(s);
+        }
+        let low = 1 << 20;
+        (top >= low + len).then(|| top - len)
+    }
+
+    /// Remove `start..end` from the VMA map, splitting mappings that straddle it.
+    fn cut(&mut self, start: u64, end: u64) -> Vec<(u64, Vma)> {
+        let keys: Vec<u64> = self
+            .vmas
+            .range(..end)
+            .rev()
+            .take_while(|(_, v)| v.end > start)
+            .map(|(&k, _)| k)
+            .collect();
+        let mut removed = Vec::new();
+        for k in keys {
+            let v = self.vmas.remove(&k).unwrap_or(Vma {
+                end: k,
+                prot: 0,
+                shared_ro: false,
+            });
+            if k < start {
+                self.vmas.insert(k, Vma { end: start, ..v });
+            }
+            if v.end > end {
+                self.vmas.insert(end, v);
+            }
+            removed.push((
+                k.max(start),
+                Vma {
+                    end: v.end.min(end),
+                    ..v
+                },
+            ));
+        }
+        removed
+    }
+
+    /// Map fresh zeroed memory at `addr..addr+len` with guest protection `prot`.
+    pub fn map_anon(&mut self, addr: u64, len: u64, prot: u8, shared: bool) -> Result<(), Errno> {
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        self.host_map(
+            addr,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )?;
+        self.record(addr, len, prot, false);
+        Ok(())
+    }
+
+    /// Map `len` bytes of host file `fd` from `offset` at `addr`. Pages past the end of a regular
+    /// file are mapped anonymous (zeros) so that no access can raise SIGBUS in the host.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_file(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: u8,
+        fd: i32,
+        offset: u64,
+        shared: bool,
+    ) -> Result<(), Errno> {
+        // SAFETY: fstat writes into the zeroed struct we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(Errno::last());
+        }
+        let mut file_len = len;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            let avail = page_up((st.st_size as u64).saturating_sub(offset));
+            file_len = len.min(avail);
+        }
+        let mut shared_ro = false;
+        let mut host_prot = libc::PROT_READ | libc::PROT_WRITE;
+        if shared {
+            // SAFETY: F_GETFL takes no pointer.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if fl < 0 {
+                return Err(Errno::last());
+            }
+            if fl & libc::O_ACCMODE != libc::O_RDWR {
+                if prot & PROT_WRITE != 0 {
+                    return Err(Errno(libc::EACCES));
+                }
+                host_prot = libc::PROT_READ;
+                shared_ro = true;
+            }
+        }
+        if file_len > 0 {
+            let flags = if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+            self.host_map(addr, file_len, host_prot, flags, fd, offset as i64)?;
+        }
+        if file_len < len {
+            self.host_map(
+                addr + file_len,
+                len - file_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )?;
+        }
+        self.record(addr, len, prot, shared_ro);
+        Ok(())
+    }
+
+    fn host_map(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        off: i64,
+    ) -> Result<(), Errno> {
+        if addr.checked_add(len).is_none_or(|e| e > SPAN) {
+            return Err(Errno(libc::ENOMEM));
+        }
+        // SAFETY: the range lies inside our reservation (checked above); MAP_FIXED replaces only
+        // our own pages, which stay host-accessible as the hart requires.
+        let p = unsafe {
+            libc::mmap(
+                self.base.ptr(addr) as *mut libc::c_void,
+                len as usize,
+                prot,
+                flags | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, addr: u64, len: u64, prot: u8, shared_ro: bool) {
+        let end = addr + len;
+        self.cut(addr, end);
+        self.vmas.insert(
+            addr,
+            Vma {
+                end,
+                prot,
+                shared_ro,
+            },
+        );
+        self.perms.set(addr, len, perms_of(prot));
+    }
+
+    /// Unmap `addr..addr+len`: the guest loses access; host pages are replaced by fresh anonymous
+    /// memory (never made inaccessible, since another hart may still hold a stale translation).
+    pub fn unmap(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        if addr.checked_add(len).is_none_or(|e| e > SPAN) {
+            return Err(Errno(libc::EINVAL));
+        }
+        let removed = self.cut(addr, addr + len);
+        self.perms.set(addr, len, 0);
+        for (s, v) in removed {
+            self.host_map(
+                s,
+                v.end - s,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Change the guest protection of `addr..addr+len`.
+    pub fn protect(&mut self, addr: u64, len: u64, prot: u8) -> Result<(), Errno> {
+        let end = addr.checked_add(len).ok_or(Errno(libc::ENOMEM))?;
+        if !self.fully_mapped(addr, end) {
+            return Err(Errno(libc::ENOMEM));
+        }
+        let pieces: Vec<(u64, Vma)> = self
+            .vmas
+            .range(..end)
+            .filter(|(_, v)| v.end > addr)
+            .map(|(&k, v)| (k, *v))
+            .collect();
+        if prot & PROT_WRITE != 0 && pieces.iter().any(|(_, v)| v.shared_ro) {
+            return Err(Errno(libc::EACCES));
+        }
+        for (s, v) in self.cut(addr, end) {
+            self.vmas.insert(s, Vma { prot, ..v });
+        }
+        self.perms.set(addr, len, perms_of(prot));
+        Ok(())
+    }
+
+    /// Guest protection of the mapping holding `addr`, if any.
+    pub fn prot_at(&self, addr: u64) -> Option<u8> {
+        self.vmas
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, v)| v.end > addr)
+            .map(|(_, v)| v.prot)
+    }
+
+    /// mremap: shrink in place, grow in place when the space after is free, or move (copying
+    /// the contents) when `may_move`.
+    pub fn remap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        may_move: bool,
+    ) -> Result<u64, Errno> {
+        let old_len = page_up(old_len);
+        let new_len = page_up(new_len);
+        if !old.is_multiple_of(PAGE) || new_len == 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let old_end = old.checked_add(old_len).ok_or(Errno(libc::EINVAL))?;
+        if !self.fully_mapped(old, old_end) {
+            return Err(Errno(libc::EFAULT));
+        }
+        let prot = self.prot_at(old).unwrap_or(0);
+        if new_len <= old_len {
+            if new_len < old_len {
+                self.unmap(old + new_len, old_len - new_len)?;
+            }
+            return Ok(old);
+        }
+        let grow_end = old.checked_add(new_len).ok_or(Errno(libc::ENOMEM))?;
+        if grow_end <= SPAN && !self.overlaps(old_end, grow_end) {
+            self.map_anon(old_end, new_len - old_len, prot, false)?;
+            return Ok(old);
+        }
+        if !may_move {
+            return Err(Errno(libc::ENOMEM));
+        }
+        let new = self.find_free(new_len).ok_or(Errno(libc::ENOMEM))?;
+        self.map_anon(new, new_len, prot, false)?;
+        // SAFETY: both ranges are inside the reservation, host-mapped RW and disjoint.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.ptr(old), self.base.ptr(new), old_len as usize)
+        };
+        self.unmap(old, old_len)?;
+        Ok(new)
+    }
+
+    /// The brk syscall: move the break, mapping or unmapping heap pages.
+    pub fn set_brk(&mut self, want: u64) -> u64 {
+        if want < self.brk_start {
+            return self.brk;
+        }
+        let (cur, new) = (page_up(self.brk), page_up(want));
+        if new > cur {
+            if new > MMAP_TOP
+                || self.overlaps(cur, new)
+                || self
+                    .map_anon(cur, new - cur, PROT_READ | PROT_WRITE, false)
+                    .is_err()
+            {
+                return self.brk;
+            }
+        } else if new < cur && self.unmap(new, cur - new).is_err() {
+            return self.brk;
+        }
+        self.brk = want;
+        want
+    }
+}
