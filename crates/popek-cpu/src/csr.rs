@@ -324,7 +324,8 @@ impl Hart {
                 if matches!(mode, 0 | 8 | 9 | 10) {
                     // MODE, a 16-bit ASID and a 44-bit PPN: every bit is implemented.
                     c.satp = v;
-                    self.mmu.flush_all();
+                    // Decoded code is keyed by physical page, so only translations go.
+                    self.mmu.flush_tlb();
                 }
             }
             MSTATUS => {
