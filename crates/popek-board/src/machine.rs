@@ -68,6 +68,11 @@ pub struct RunStats {
     pub elapsed: Duration,
     /// When the guest signalled the boot timer, if it did.
     pub boot: Option<Duration>,
+    /// Bytes of guest RAM the host has actually backed (touched by the guest or the loaders),
+    /// so popek's own memory is the process's RSS minus this.
+    pub guest_resident: u64,
+    /// Bytes held by the harts' decode caches at the end of the run.
+    pub decode_cache: u64,
 }
 
 /// Console output: buffered, and flushed by the run loop (every [`FLUSH_EVERY`], on WFI and at
@@ -289,6 +294,8 @@ impl Machine {
                 instructions: 0,
                 elapsed: Duration::ZERO,
                 boot: None,
+                guest_resident: 0,
+                decode_cache: 0,
             },
             boot,
             config: config.clone(),
@@ -321,6 +328,8 @@ impl Machine {
             instructions: self.harts.iter().map(|h| h.instret()).sum(),
             elapsed: start.elapsed(),
             boot: devices.bus.boot_timer.ready_after(),
+            guest_resident: resident_bytes(&self._ram),
+            decode_cache: self.harts.iter().map(|h| h.decode_cache_bytes()).sum(),
         };
         result
     }
@@ -377,6 +386,27 @@ impl Machine {
     pub fn stats(&self) -> RunStats {
         self.stats
     }
+}
+
+/// How much of guest RAM is resident in host memory (mincore over every region).
+fn resident_bytes(ram: &GuestMemoryMmap) -> u64 {
+    use vm_memory::GuestMemoryRegion;
+    let page = 4096usize;
+    let mut total = 0u64;
+    for region in ram.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host+len` is this region's live mapping (page aligned, owned by `ram`);
+        // `vec` has one byte per page as mincore requires.
+        let rc = unsafe { libc::mincore(host as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            total += vec.iter().filter(|b| **b & 1 != 0).count() as u64 * page as u64;
+        }
+    }
+    total
 }
 
 /// One hart's thread: run slices, then let the devices catch up.

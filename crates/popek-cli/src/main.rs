@@ -168,6 +168,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     secs,
                     s.instructions as f64 / secs.max(1e-9) / 1e6
                 );
+                eprintln!(
+                    "popek: guest RAM resident: {} KiB; decode cache: {} KiB",
+                    s.guest_resident >> 10,
+                    s.decode_cache >> 10
+                );
                 if let Some(b) = s.boot {
                     eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
                 }

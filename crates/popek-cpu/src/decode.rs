@@ -181,27 +181,27 @@ pub enum Op {
     FmvDX,
 }
 
-/// A decoded instruction: compact (12 bytes) so a page of them stays cache-friendly.
+/// A decoded instruction: 8 bytes, so a page of them stays cache-friendly.
+///
+/// Fields that few operations need are packed: the length is bit 7 of `rd` (set for a
+/// 2-byte compressed instruction), and FP arithmetic, which has no immediate, keeps its
+/// rounding mode and third source register in `imm` (see [`Insn::rm`], [`Insn::rs3`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct Insn {
     /// What to do.
     pub op: Op,
-    /// Destination register (integer or FP depending on `op`).
-    pub rd: u8,
+    rd: u8,
     /// First source register (or the 5-bit immediate of `csrr*i`).
     pub rs1: u8,
     /// Second source register.
     pub rs2: u8,
-    /// Third source register of fused multiply-add.
-    pub rs3: u8,
-    /// Rounding-mode field of FP instructions.
-    pub rm: u8,
-    /// Instruction length in bytes: 2 (compressed) or 4.
-    pub len: u8,
-    /// Immediate, sign-extended; CSR number for Zicsr; raw bits for `Illegal`.
+    /// Immediate, sign-extended; CSR number for Zicsr; raw bits for `Illegal`; rm and rs3 for
+    /// FP arithmetic.
     pub imm: i32,
 }
+
+const COMPRESSED: u8 = 0x80;
 
 impl Insn {
     fn new(op: Op, rd: u32, rs1: u32, rs2: u32, imm: i32) -> Insn {
@@ -210,25 +210,71 @@ impl Insn {
             rd: rd as u8,
             rs1: rs1 as u8,
             rs2: rs2 as u8,
-            rs3: 0,
-            rm: 0,
-            len: 4,
             imm,
+        }
+    }
+
+    /// A slot that holds no instruction yet (decode caches start with these).
+    pub const fn undecoded() -> Insn {
+        Insn {
+            op: Op::Undecoded,
+            rd: 0,
+            rs1: 0,
+            rs2: 0,
+            imm: 0,
         }
     }
 
     /// An illegal instruction, remembering its bits for `mtval`.
     pub fn illegal(bits: u32, len: u8) -> Insn {
-        Insn {
-            op: Op::Illegal,
-            rd: 0,
-            rs1: 0,
-            rs2: 0,
-            rs3: 0,
-            rm: 0,
-            len,
-            imm: bits as i32,
+        let mut i = Insn::new(Op::Illegal, 0, 0, 0, bits as i32);
+        if len == 2 {
+            i.rd |= COMPRESSED;
         }
+        i
+    }
+
+    /// Destination register (integer or FP depending on `op`).
+    #[inline(always)]
+    pub fn rd(&self) -> u8 {
+        self.rd & !COMPRESSED
+    }
+
+    /// Redirect the destination register (keeps the length).
+    #[inline]
+    pub fn set_rd(&mut self, rd: u8) {
+        self.rd = (self.rd & COMPRESSED) | rd;
+    }
+
+    /// Instruction length in bytes: 2 (compressed) or 4.
+    #[inline(always)]
+    pub fn byte_len(&self) -> u8 {
+        if self.rd & COMPRESSED != 0 {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Rounding-mode field of FP instructions.
+    #[inline(always)]
+    pub fn rm(&self) -> u8 {
+        (self.imm & 7) as u8
+    }
+
+    /// Third source register of fused multiply-add.
+    #[inline(always)]
+    pub fn rs3(&self) -> u8 {
+        ((self.imm >> 3) & 31) as u8
+    }
+
+    fn set_fp_fields(&mut self, rm: u32, rs3: u32) {
+        self.imm = (rm | (rs3 << 3)) as i32;
+    }
+
+    fn compressed(mut self) -> Insn {
+        self.rd |= COMPRESSED;
+        self
     }
 }
 
@@ -418,8 +464,7 @@ fn decode32(i: u32) -> Insn {
                 _ => return ill,
             };
             let mut insn = Insn::new(op, rd, rs1, rs2, 0);
-            insn.rs3 = bits(i, 31, 27) as u8;
-            insn.rm = f3 as u8;
+            insn.set_fp_fields(f3, bits(i, 31, 27));
             insn
         }
         0x53 => decode_fp(i, rd, rs1, rs2, f3, f7),
@@ -573,7 +618,7 @@ fn decode_fp(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
         _ => return Insn::illegal(i, 4),
     };
     let mut insn = Insn::new(op, rd, rs1, rs2, 0);
-    insn.rm = f3 as u8;
+    insn.set_fp_fields(f3, 0);
     insn
 }
 
@@ -582,11 +627,8 @@ pub fn decode_compressed(c: u16) -> Insn {
     use Op::*;
     let c = c as u32;
     let ill = Insn::illegal(c, 2);
-    let mk = |op, rd: u32, rs1: u32, rs2: u32, imm: i32| {
-        let mut insn = Insn::new(op, rd, rs1, rs2, imm);
-        insn.len = 2;
-        insn
-    };
+    let mk =
+        |op, rd: u32, rs1: u32, rs2: u32, imm: i32| Insn::new(op, rd, rs1, rs2, imm).compressed();
     // Registers x8..x15 in the 3-bit fields.
     let rdp = bits(c, 4, 2) + 8;
     let rs1p = bits(c, 9, 7) + 8;
@@ -814,10 +856,13 @@ mod tests {
     fn decodes_common_forms() {
         // addi a0, a0, -1
         let i = decode(0xfff5_0513);
-        assert_eq!((i.op, i.rd, i.rs1, i.imm, i.len), (Op::Addi, 10, 10, -1, 4));
+        assert_eq!(
+            (i.op, i.rd(), i.rs1, i.imm, i.byte_len()),
+            (Op::Addi, 10, 10, -1, 4)
+        );
         // jal ra, -4
         let i = decode(0xffdf_f0ef);
-        assert_eq!((i.op, i.rd, i.imm), (Op::Jal, 1, -4));
+        assert_eq!((i.op, i.rd(), i.imm), (Op::Jal, 1, -4));
         // beq a0, a1, +8
         let i = decode(0x00b5_0463);
         assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Beq, 10, 11, 8));
@@ -826,11 +871,11 @@ mod tests {
         assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Sd, 2, 1, 8));
         // csrrs a0, mstatus, zero
         let i = decode(0x3000_2573);
-        assert_eq!((i.op, i.rd, i.imm), (Op::Csrrs, 10, 0x300));
+        assert_eq!((i.op, i.rd(), i.imm), (Op::Csrrs, 10, 0x300));
         // fmadd.d fa0, fa1, fa2, fa3, dyn
         let i = decode(0x6ac5_f543);
         assert_eq!(
-            (i.op, i.rd, i.rs1, i.rs2, i.rs3, i.rm),
+            (i.op, i.rd(), i.rs1, i.rs2, i.rs3(), i.rm()),
             (Op::FmaddD, 10, 11, 12, 13, 7)
         );
         assert_eq!(decode(0).op, Op::Illegal);
@@ -841,19 +886,22 @@ mod tests {
     fn decodes_compressed_forms() {
         // c.addi sp, -16 = 0x1141
         let i = decode(0x1141);
-        assert_eq!((i.op, i.rd, i.rs1, i.imm, i.len), (Op::Addi, 2, 2, -16, 2));
+        assert_eq!(
+            (i.op, i.rd(), i.rs1, i.imm, i.byte_len()),
+            (Op::Addi, 2, 2, -16, 2)
+        );
         // c.sdsp ra, 8(sp) = 0xe406
         let i = decode(0xe406);
         assert_eq!((i.op, i.rs1, i.rs2, i.imm), (Op::Sd, 2, 1, 8));
         // c.ldsp ra, 8(sp) = 0x60a2
         let i = decode(0x60a2);
-        assert_eq!((i.op, i.rd, i.rs1, i.imm), (Op::Ld, 1, 2, 8));
+        assert_eq!((i.op, i.rd(), i.rs1, i.imm), (Op::Ld, 1, 2, 8));
         // c.ret = c.jr ra = 0x8082
         let i = decode(0x8082);
-        assert_eq!((i.op, i.rd, i.rs1, i.imm), (Op::Jalr, 0, 1, 0));
+        assert_eq!((i.op, i.rd(), i.rs1, i.imm), (Op::Jalr, 0, 1, 0));
         // c.mv a0, a1 = 0x852e
         let i = decode(0x852e);
-        assert_eq!((i.op, i.rd, i.rs1, i.rs2), (Op::Add, 10, 0, 11));
+        assert_eq!((i.op, i.rd(), i.rs1, i.rs2), (Op::Add, 10, 0, 11));
         // c.j -2 = 0xbffd
         let i = decode(0xbffd);
         assert_eq!((i.op, i.imm), (Op::Jal, -2));
@@ -862,7 +910,7 @@ mod tests {
         assert_eq!((i.op, i.rs1, i.imm), (Op::Beq, 10, 16));
         // c.lui a0, 0x1 = 0x6505
         let i = decode(0x6505);
-        assert_eq!((i.op, i.rd, i.imm), (Op::Lui, 10, 0x1000));
+        assert_eq!((i.op, i.rd(), i.imm), (Op::Lui, 10, 0x1000));
         // c.ebreak = 0x9002
         assert_eq!(decode(0x9002).op, Op::Ebreak);
         // all zero is defined illegal

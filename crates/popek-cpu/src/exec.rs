@@ -85,8 +85,8 @@ fn writes_xreg(op: Op) -> bool {
 /// Decode for the cache: writes to x0 go to the sink register 32, so execution never checks rd.
 fn decode_for_cache(raw: u32) -> Insn {
     let mut insn = decode(raw);
-    if insn.rd == 0 && writes_xreg(insn.op) {
-        insn.rd = 32;
+    if insn.rd() == 0 && writes_xreg(insn.op) {
+        insn.set_rd(32);
     }
     insn
 }
@@ -258,7 +258,7 @@ impl Hart {
                 }
                 Err(mut t) => {
                     if t.cause == Exception::IllegalInstruction {
-                        t.tval = if off + 4 > 4096 && slot.len == 4 {
+                        t.tval = if off + 4 > 4096 && slot.byte_len() == 4 {
                             self.pc = pc;
                             self.fetch_straddling().map(u64::from).unwrap_or(0)
                         } else {
@@ -322,8 +322,8 @@ impl Hart {
         retired: &mut u64,
     ) -> Result<Flow, Trap> {
         use Op::*;
-        let rd = i.rd as usize;
-        let len = i.len as u64;
+        let rd = i.rd() as usize;
+        let len = i.byte_len() as u64;
         let imm = i.imm as i64 as u64;
         macro_rules! x {
             ($r:expr) => {
@@ -374,7 +374,7 @@ impl Hart {
         macro_rules! fop_s {
             (|$rm:ident, $fl:ident| $e:expr) => {{
                 self.fp_on()?;
-                let $rm = self.rounding(i.rm)?;
+                let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u32 = $e;
                 self.f[rd] = box32(r);
@@ -386,7 +386,7 @@ impl Hart {
         macro_rules! fop_d {
             (|$rm:ident, $fl:ident| $e:expr) => {{
                 self.fp_on()?;
-                let $rm = self.rounding(i.rm)?;
+                let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u64 = $e;
                 self.f[rd] = r;
@@ -400,7 +400,7 @@ impl Hart {
             (|$rm:ident, $fl:ident| $e:expr) => {{
                 self.fp_on()?;
                 #[allow(unused_variables)]
-                let $rm = self.rounding(i.rm)?;
+                let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u64 = $e;
                 self.x[rd] = r;
@@ -759,26 +759,26 @@ impl Hart {
             FdivS => fop_s!(|rm, fl| fpu::f32_div(fs!(i.rs1), fs!(i.rs2), rm, &mut fl)),
             FsqrtS => fop_s!(|rm, fl| fpu::f32_sqrt(fs!(i.rs1), rm, &mut fl)),
             FmaddS => {
-                fop_s!(|rm, fl| fpu::f32_fma(fs!(i.rs1), fs!(i.rs2), fs!(i.rs3), rm, &mut fl))
+                fop_s!(|rm, fl| fpu::f32_fma(fs!(i.rs1), fs!(i.rs2), fs!(i.rs3()), rm, &mut fl))
             }
             FmsubS => fop_s!(|rm, fl| fpu::f32_fma(
                 fs!(i.rs1),
                 fs!(i.rs2),
-                fs!(i.rs3) ^ (1 << 31),
+                fs!(i.rs3()) ^ (1 << 31),
                 rm,
                 &mut fl
             )),
             FnmsubS => fop_s!(|rm, fl| fpu::f32_fma(
                 fs!(i.rs1) ^ (1 << 31),
                 fs!(i.rs2),
-                fs!(i.rs3),
+                fs!(i.rs3()),
                 rm,
                 &mut fl
             )),
             FnmaddS => fop_s!(|rm, fl| fpu::f32_fma(
                 fs!(i.rs1) ^ (1 << 31),
                 fs!(i.rs2),
-                fs!(i.rs3) ^ (1 << 31),
+                fs!(i.rs3()) ^ (1 << 31),
                 rm,
                 &mut fl
             )),
@@ -833,26 +833,26 @@ impl Hart {
             FdivD => fop_d!(|rm, fl| fpu::f64_div(fd!(i.rs1), fd!(i.rs2), rm, &mut fl)),
             FsqrtD => fop_d!(|rm, fl| fpu::f64_sqrt(fd!(i.rs1), rm, &mut fl)),
             FmaddD => {
-                fop_d!(|rm, fl| fpu::f64_fma(fd!(i.rs1), fd!(i.rs2), fd!(i.rs3), rm, &mut fl))
+                fop_d!(|rm, fl| fpu::f64_fma(fd!(i.rs1), fd!(i.rs2), fd!(i.rs3()), rm, &mut fl))
             }
             FmsubD => fop_d!(|rm, fl| fpu::f64_fma(
                 fd!(i.rs1),
                 fd!(i.rs2),
-                fd!(i.rs3) ^ (1 << 63),
+                fd!(i.rs3()) ^ (1 << 63),
                 rm,
                 &mut fl
             )),
             FnmsubD => fop_d!(|rm, fl| fpu::f64_fma(
                 fd!(i.rs1) ^ (1 << 63),
                 fd!(i.rs2),
-                fd!(i.rs3),
+                fd!(i.rs3()),
                 rm,
                 &mut fl
             )),
             FnmaddD => fop_d!(|rm, fl| fpu::f64_fma(
                 fd!(i.rs1) ^ (1 << 63),
                 fd!(i.rs2),
-                fd!(i.rs3) ^ (1 << 63),
+                fd!(i.rs3()) ^ (1 << 63),
                 rm,
                 &mut fl
             )),

@@ -243,6 +243,11 @@ impl Hart {
         &self.csr
     }
 
+    /// Bytes of host memory held by this hart's decode cache (for memory accounting).
+    pub fn decode_cache_bytes(&self) -> u64 {
+        (self.mmu.decoded.len() * std::mem::size_of::<crate::mmu::DecodedPage>()) as u64
+    }
+
     /// The guest RAM this hart sees.
     pub fn memory(&self) -> &Memory {
         &self.mem

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
-use crate::decode::{Insn, Op};
+use crate::decode::Insn;
 use crate::hart::{Hart, Priv};
 use crate::memory::PagePerms;
 use crate::trap::{Exception, Trap};
@@ -24,19 +24,13 @@ const CTX_NO_CACHE: usize = 4;
 /// sequential execution running off the page's end.
 pub(crate) const SLOTS: usize = 2048 + 2;
 
+/// Most decoded pages a hart keeps (16 KiB each, so 6 MiB); past this the cache starts over.
+const MAX_DECODED_PAGES: usize = 384;
+
 /// A page of decoded instructions, indexed by (offset / 2).
 pub(crate) type DecodedPage = [Insn; SLOTS];
 
-pub(crate) const UNDECODED: Insn = Insn {
-    op: Op::Undecoded,
-    rd: 0,
-    rs1: 0,
-    rs2: 0,
-    rs3: 0,
-    rm: 0,
-    len: 0,
-    imm: 0,
-};
+pub(crate) const UNDECODED: Insn = Insn::undecoded();
 
 #[derive(Clone, Copy)]
 pub(crate) struct TlbEntry {
@@ -141,6 +135,14 @@ impl Mmu {
     pub fn flush_all(&mut self) {
         self.flush_tlb();
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+    }
+
+    /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
+    pub fn evict_decoded(&mut self) {
+        self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+        for c in self.exec.iter_mut() {
+            c.fill(IEMPTY);
+        }
     }
 
     /// Forget the decoded code of physical page `ppn` (it is being written).
@@ -474,6 +476,11 @@ impl Hart {
             .host_ptr(paddr & !0xfff, 4096)
             .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
         let ppn = paddr >> 12;
+        if self.mmu.decoded.len() >= MAX_DECODED_PAGES && !self.mmu.decoded.contains_key(&ppn) {
+            // Bound popek's own memory: start the decode cache afresh (nothing executes from it
+            // now; the pages are freed at the next slice boundary).
+            self.mmu.evict_decoded();
+        }
         let page = self.mark_code_page(ppn);
         let ctx = self.mmu.ictx;
         self.mmu.exec[ctx][tlb_index(pc)] = ITlbEntry {
