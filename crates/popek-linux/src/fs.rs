@@ -199,6 +199,15 @@ impl Sandbox {
         self.openat2(abs, flags, mode)
     }
 
+    /// The guest path execve should load for `abs`: the running program for /proc/self/exe (the
+    /// re-executed popek cannot resolve that link: it has no program yet), `abs` otherwise.
+    pub fn exec_path(&self, abs: &[u8]) -> Vec<u8> {
+        if normalize(abs) == b"/proc/self/exe" {
+            return self.exe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        abs.to_vec()
+    }
+
     /// Host paths that stand in for guest paths the root cannot provide itself.
     fn special_open(&self, abs: &[u8], flags: i32) -> Result<Option<i32>, Errno> {
         let abs = &normalize(abs)[..];

@@ -1257,6 +1257,7 @@ fn execve_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<i64, Stop> {
         (libc::AT_FDCWD as u64, a[0], a[1], a[2])
     };
     let abs = path_at(t, dfd, path)?;
+    let abs = t.sh.sb.exec_path(&abs);
     let argv = t.cstr_array(argv)?;
     let envp = t.cstr_array(envp)?;
     // Check what the kernel would before replacing ourselves.
