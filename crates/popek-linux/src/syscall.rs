@@ -909,10 +909,14 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         // --- network ---
         198 => {
             if !t.sh.config.allow_net {
-                if !t
-                    .sh
-                    .net_warned
-                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                // Unix-domain sockets are refused too (abstract ones would reach the host), but
+                // without the note: glibc probes nscd's socket in every user lookup.
+                const AF_UNIX: u64 = 1;
+                if a[0] != AF_UNIX
+                    && !t
+                        .sh
+                        .net_warned
+                        .swap(true, std::sync::atomic::Ordering::SeqCst)
                 {
                     eprintln!(
                         "popek: {}: network access denied (run with --allow-net to allow sockets)",
