@@ -24,8 +24,8 @@ const CTX_NO_CACHE: usize = 4;
 /// sequential execution running off the page's end.
 pub(crate) const SLOTS: usize = 2048 + 2;
 
-/// Most decoded pages a hart keeps (16 KiB each, so 6 MiB); past this the cache starts over.
-const MAX_DECODED_PAGES: usize = 384;
+/// Most decoded pages a hart keeps (24 KiB each, so 6 MiB); past this the cache starts over.
+const MAX_DECODED_PAGES: usize = 256;
 
 /// A page of decoded instructions, indexed by (offset / 2).
 pub(crate) type DecodedPage = [Insn; SLOTS];
