@@ -21,6 +21,8 @@ pub struct FdtParams {
 
 /// The ISA string of popek's harts.
 pub const ISA: &str = "rv64imafdc_zicntr_zicsr_zifencei";
+/// The same, as the list of `riscv,isa-extensions`.
+const ISA_EXTENSIONS: [&str; 9] = ["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"];
 
 /// Build the device tree.
 pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
@@ -57,6 +59,12 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
         fdt.property_string("status", "okay")?;
         fdt.property_string("compatible", "riscv")?;
         fdt.property_string("riscv,isa", ISA)?;
+        // The modern form, so kernels need not parse the deprecated string.
+        fdt.property_string("riscv,isa-base", "rv64i")?;
+        fdt.property_string_list(
+            "riscv,isa-extensions",
+            ISA_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        )?;
         fdt.property_string("mmu-type", "riscv,sv57")?;
         let intc = fdt.begin_node("interrupt-controller")?;
         fdt.property_u32("#interrupt-cells", 1)?;

@@ -199,7 +199,10 @@ impl Hart {
         let vbase = self.pc & !0xfff;
         let mut pc = self.pc;
         let mut retired = 0u64;
-        let result = loop {
+        // The dispatch is replicated: each copy has its own indirect jump, so the host's branch
+        // predictor sees consecutive guest instructions at different sites.
+        macro_rules! one {
+            ($exec:lifetime) => {{
             let off = pc.wrapping_sub(vbase) as usize;
             // SAFETY: sequential flow reaches at most offset 4096 + 2 (past a straddling
             // instruction), and the page has sentinel slots up to there; jumps out of the page
@@ -208,7 +211,7 @@ impl Hart {
             match self.step(bus, slot, pc, &mut retired) {
                 Ok(Flow::Decode) => {
                     if off >= 4096 {
-                        break Ok(());
+                        break $exec Ok(());
                     }
                     // SAFETY: host is the start of this page of guest RAM and off < 4096.
                     let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
@@ -228,7 +231,7 @@ impl Hart {
                                 *slot = decode_for_cache(raw);
                                 self.straddle_slot = Some(slot as *mut Insn);
                             }
-                            Err(t) => break Err(t),
+                            Err(t) => break $exec Err(t),
                         }
                     }
                     // Dispatch the freshly decoded instruction (nothing retired yet).
@@ -241,20 +244,20 @@ impl Hart {
                     pc = target;
                     retired += 1;
                     if target.wrapping_sub(vbase) >= 4096 || retired >= left {
-                        break Ok(());
+                        break $exec Ok(());
                     }
                 }
                 Ok(Flow::Store(next)) => {
                     pc = next;
                     retired += 1;
                     if self.break_loop {
-                        break Ok(());
+                        break $exec Ok(());
                     }
                 }
                 Ok(Flow::Leave(next)) => {
                     pc = next;
                     retired += 1;
-                    break Ok(());
+                    break $exec Ok(());
                 }
                 Err(mut t) => {
                     if t.cause == Exception::IllegalInstruction {
@@ -266,9 +269,16 @@ impl Hart {
                             unsafe { raw_bits(host, off) }
                         };
                     }
-                    break Err(t);
+                    break $exec Err(t);
                 }
             }
+            }};
+        }
+        let result = 'exec: loop {
+            one!('exec);
+            one!('exec);
+            one!('exec);
+            one!('exec);
         };
         self.pc = pc;
         self.instret += retired;
