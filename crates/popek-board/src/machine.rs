@@ -201,7 +201,7 @@ pub struct Machine {
     harts: Vec<Hart>,
     shared: Arc<Shared>,
     // Keeps guest RAM mapped for as long as the harts hold pointers into it.
-    _ram: GuestMemoryMmap,
+    ram: GuestMemoryMmap,
     stats: RunStats,
     boot: BootState,
     config: MachineConfig,
@@ -289,7 +289,7 @@ impl Machine {
         Ok(Machine {
             harts,
             shared,
-            _ram: ram,
+            ram,
             stats: RunStats {
                 instructions: 0,
                 elapsed: Duration::ZERO,
@@ -328,7 +328,7 @@ impl Machine {
             instructions: self.harts.iter().map(|h| h.instret()).sum(),
             elapsed: start.elapsed(),
             boot: devices.bus.boot_timer.ready_after(),
-            guest_resident: resident_bytes(&self._ram),
+            guest_resident: resident_bytes(&self.ram),
             decode_cache: self.harts.iter().map(|h| h.decode_cache_bytes()).sum(),
         };
         result
