@@ -9,6 +9,7 @@ use popek_devices::finisher::{self, Finisher};
 use popek_devices::plic::{self, Plic};
 use popek_devices::uart::{self, Uart};
 use popek_devices::MmioDevice;
+use popek_virtio::mmio::{self as virtio_mmio, VirtioMmio};
 
 use crate::memmap;
 
@@ -24,6 +25,8 @@ pub struct VirtBus<W: Write> {
     pub finisher: Finisher,
     /// Boot-time signal from the guest.
     pub boot_timer: BootTimer,
+    /// virtio-mmio transports, slot 0 first.
+    pub virtio: Vec<VirtioMmio>,
 }
 
 impl<W: Write> VirtBus<W> {
@@ -35,6 +38,7 @@ impl<W: Write> VirtBus<W> {
             uart: Uart::new(out),
             finisher: Finisher::new(),
             boot_timer: BootTimer::new(),
+            virtio: Vec::new(),
         }
     }
 
@@ -47,6 +51,9 @@ impl<W: Write> VirtBus<W> {
         self.clint.reset();
         self.finisher = Finisher::new();
         self.boot_timer = BootTimer::new();
+        for v in &mut self.virtio {
+            v.reset();
+        }
     }
 
     /// Move device interrupt events into the PLIC.
@@ -54,12 +61,24 @@ impl<W: Write> VirtBus<W> {
         if self.uart.irq().take() {
             self.plic.pulse(memmap::UART0_IRQ as usize);
         }
+        for (slot, v) in self.virtio.iter().enumerate() {
+            let irq = memmap::VIRTIO_IRQ0 as usize + slot;
+            self.plic.set_level(irq, v.signals().pending());
+        }
     }
 
     fn device(&mut self, addr: u64) -> Option<(&mut dyn MmioDevice, u64)> {
         let within = |base: u64, size: u64| addr.checked_sub(base).filter(|off| *off < size);
         if let Some(off) = within(memmap::UART0, uart::SIZE) {
             return Some((&mut self.uart, off));
+        }
+        if let Some(off) = within(
+            memmap::VIRTIO0,
+            memmap::VIRTIO_STRIDE * self.virtio.len() as u64,
+        ) {
+            let slot = (off / memmap::VIRTIO_STRIDE) as usize;
+            let v = &mut self.virtio[slot];
+            return Some((v, off % virtio_mmio::SIZE));
         }
         if let Some(off) = within(memmap::PLIC, plic::SIZE) {
             return Some((&mut self.plic, off));

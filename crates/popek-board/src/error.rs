@@ -5,6 +5,12 @@ use std::path::PathBuf;
 /// Everything that can stop a machine from being built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
+    /// A disk image could not be used.
+    #[error(transparent)]
+    Disk(#[from] popek_virtio::blk::BlockError),
+    /// More virtio devices than the board has slots.
+    #[error("too many virtio devices: the board has {0} slots (disks, network, entropy, vsock together)")]
+    TooManyDevices(usize),
     /// An image file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {

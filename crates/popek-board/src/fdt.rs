@@ -17,6 +17,8 @@ pub struct FdtParams {
     pub bootargs: String,
     /// Physical range of the initial RAM disk, if one was loaded.
     pub initrd: Option<(u64, u64)>,
+    /// Number of virtio-mmio transports in use (slots `0..n`).
+    pub virtio: usize,
 }
 
 /// The ISA string of popek's harts.
@@ -116,6 +118,17 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     fdt.property_u32("interrupts", memmap::UART0_IRQ)?;
     fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
     fdt.end_node(serial)?;
+
+    for slot in 0..p.virtio {
+        let base = memmap::VIRTIO0 + slot as u64 * memmap::VIRTIO_STRIDE;
+        let node = fdt.begin_node(&format!("virtio_mmio@{base:x}"))?;
+        fdt.property_string("compatible", "virtio,mmio")?;
+        fdt.property_array_u64("reg", &[base, memmap::VIRTIO_STRIDE])?;
+        fdt.property_u32("interrupts", memmap::VIRTIO_IRQ0 + slot as u32)?;
+        fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
+        fdt.property_null("dma-coherent")?;
+        fdt.end_node(node)?;
+    }
 
     let timer = fdt.begin_node(&format!("boot-timer@{:x}", memmap::BOOT_TIMER))?;
     fdt.property_string("compatible", "popek,boot-timer")?;

@@ -12,4 +12,4 @@ pub mod memmap;
 pub mod size;
 
 pub use error::BoardError;
-pub use machine::{Machine, MachineConfig, RunOutcome, RunStats};
+pub use machine::{DiskConfig, Machine, MachineConfig, RunOutcome, RunStats};

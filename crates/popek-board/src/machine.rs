@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use popek_cpu::{Bus, BusFault, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
+use popek_virtio::blk::Block;
+use popek_virtio::mmio::VirtioMmio;
+use popek_virtio::rng::Rng;
+use popek_virtio::{GuestWriteHook, Signals, VirtioDevice};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::bus::VirtBus;
@@ -45,6 +49,57 @@ pub struct MachineConfig {
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
     pub append: String,
+    /// virtio-blk disks, in slot order (the first is the guest's `/dev/vda`).
+    pub disks: Vec<DiskConfig>,
+    /// Whether the machine has a virtio-rng entropy source.
+    pub rng: bool,
+}
+
+/// One `--disk PATH[,readonly]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file (or block device).
+    pub path: PathBuf,
+    /// The guest may not write it.
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DiskConfig, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(
+                "expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly"
+                    .into(),
+            );
+        }
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            readonly: false,
+        };
+        for opt in parts {
+            match opt {
+                "readonly" | "ro" | "readonly=on" => disk.readonly = true,
+                "readonly=off" | "rw" => disk.readonly = false,
+                other => {
+                    return Err(format!(
+                        "unknown disk option '{other}' (the only option is readonly)"
+                    ))
+                }
+            }
+        }
+        Ok(disk)
+    }
+}
+
+impl MachineConfig {
+    /// Number of virtio-mmio transports the configuration asks for.
+    pub fn virtio_devices(&self) -> usize {
+        self.disks.len() + self.rng as usize
+    }
 }
 
 /// Most harts a machine may have.
@@ -115,7 +170,24 @@ struct Shared {
     clock: MtimeClock,
     stopping: AtomicBool,
     stop: Mutex<Option<Result<Stop, BoardError>>>,
-    threads: Mutex<Vec<Thread>>,
+    threads: Arc<HartThreads>,
+}
+
+/// The hart threads, so anything (a device thread, the console) can wake them without taking
+/// the device lock.
+#[derive(Default)]
+struct HartThreads(Mutex<Vec<Thread>>);
+
+impl HartThreads {
+    fn list(&self) -> MutexGuard<'_, Vec<Thread>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        for t in self.list().iter() {
+            t.unpark();
+        }
+    }
 }
 
 /// The devices plus console input waiting for room in the UART.
@@ -143,14 +215,7 @@ impl Shared {
     }
 
     fn wake_all(&self) {
-        for t in self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            t.unpark();
-        }
+        self.threads.wake_all();
     }
 }
 
@@ -271,7 +336,9 @@ impl Machine {
         let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
         let boot = load_boot_images(config, &mem)?;
         let harts = new_harts(config, &mem, &boot);
-        let bus = VirtBus::new(config.cpus as usize, Console::new());
+        let mut bus = VirtBus::new(config.cpus as usize, Console::new());
+        let threads = Arc::new(HartThreads::default());
+        bus.virtio = virtio_devices(config, &ram, &mem, &threads)?;
         let shared = Arc::new(Shared {
             clock: bus.clint.clock(),
             pins: harts.iter().map(|h| h.irq_pins()).collect(),
@@ -283,7 +350,7 @@ impl Machine {
             }),
             stopping: AtomicBool::new(false),
             stop: Mutex::new(None),
-            threads: Mutex::new(Vec::new()),
+            threads,
         });
         spawn_console_reader(shared.clone());
         Ok(Machine {
@@ -339,22 +406,14 @@ impl Machine {
         let shared = &*self.shared;
         shared.stopping.store(false, Ordering::SeqCst);
         *shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        shared
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        shared.threads.list().clear();
         shared.devices().update(&shared.pins);
         std::thread::scope(|s| {
             for (i, hart) in self.harts.iter_mut().enumerate() {
                 std::thread::Builder::new()
                     .name(format!("hart{i}"))
                     .spawn_scoped(s, move || {
-                        shared
-                            .threads
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(std::thread::current());
+                        shared.threads.list().push(std::thread::current());
                         hart_loop(hart, i, shared);
                     })
                     .expect("spawning a hart thread");
@@ -446,7 +505,11 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
             }
             None => {}
         }
+        let pins_before = shared.pins[idx].bits();
         devices.update(&shared.pins);
+        // A line that just changed may be the interrupt a waiting hart needs: look again
+        // before sleeping.
+        let pins_changed = shared.pins[idx].bits() != pins_before;
         if tracing::enabled!(tracing::Level::TRACE) {
             let c = hart.csrs();
             tracing::trace!(
@@ -464,7 +527,7 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
         if exit == Exit::Wfi || devices.last_flush.elapsed() >= FLUSH_EVERY {
             devices.flush();
         }
-        let wait = (exit == Exit::Wfi).then(|| {
+        let wait = (exit == Exit::Wfi && !pins_changed).then(|| {
             devices
                 .bus
                 .clint
@@ -480,6 +543,35 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
             std::thread::park_timeout(wait);
         }
     }
+}
+
+/// Create the configured virtio devices, slot by slot: disks, then the entropy source.
+fn virtio_devices(
+    config: &MachineConfig,
+    ram: &GuestMemoryMmap,
+    mem: &Memory,
+    threads: &Arc<HartThreads>,
+) -> Result<Vec<VirtioMmio>, BoardError> {
+    if config.virtio_devices() > memmap::VIRTIO_SLOTS {
+        return Err(BoardError::TooManyDevices(memmap::VIRTIO_SLOTS));
+    }
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        devices.push(Box::new(Block::open(&disk.path, disk.readonly)?));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    let log = mem.dma_log().clone();
+    let wrote: GuestWriteHook = Arc::new(move |start, len| log.record(start, len));
+    Ok(devices
+        .into_iter()
+        .map(|d| {
+            let threads = threads.clone();
+            let signals = Signals::new(Box::new(move || threads.wake_all()));
+            VirtioMmio::new(d, ram.clone(), signals, wrote.clone())
+        })
+        .collect())
 }
 
 /// Register state at reset.
@@ -505,6 +597,7 @@ fn load_boot_images(config: &MachineConfig, mem: &Memory) -> Result<BootState, B
         memory: size,
         bootargs: config.append.clone(),
         initrd: None,
+        virtio: config.virtio_devices(),
     };
     let (entry, fw_info, used_end) = match (&config.kernel, &config.bios) {
         (None, None) => return Err(BoardError::NothingToRun),

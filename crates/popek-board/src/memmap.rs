@@ -19,3 +19,11 @@ pub const UART0: u64 = 0x1000_0000;
 pub const UART0_IRQ: u32 = 10;
 /// Start of RAM.
 pub const DRAM: u64 = 0x8000_0000;
+/// First virtio-mmio transport; the others follow every [`VIRTIO_STRIDE`] bytes.
+pub const VIRTIO0: u64 = 0x1000_1000;
+/// Distance between virtio-mmio transports.
+pub const VIRTIO_STRIDE: u64 = 0x1000;
+/// Number of virtio-mmio slots (as on QEMU's `virt`).
+pub const VIRTIO_SLOTS: usize = 8;
+/// PLIC source of the first virtio-mmio transport (slot `n` has `VIRTIO_IRQ0 + n`).
+pub const VIRTIO_IRQ0: u32 = 1;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use popek_board::console::RawTerminal;
 use popek_board::size::parse_size;
-use popek_board::{Machine, MachineConfig, RunOutcome};
+use popek_board::{DiskConfig, Machine, MachineConfig, RunOutcome};
 
 /// popek: an efficient, isolated duplicate of a RISC-V machine
 #[derive(Parser, Debug)]
@@ -64,6 +64,15 @@ struct RunArgs {
     /// Number of harts.
     #[arg(long, default_value_t = 1, value_name = "N")]
     cpus: u32,
+
+    /// Attach a raw disk image as a virtio-blk disk (repeatable; the first is the guest's
+    /// /dev/vda). Append ,readonly to refuse the guest's writes.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<DiskConfig>,
+
+    /// Leave out the virtio-rng entropy source Linux guests get by default.
+    #[arg(long)]
+    no_rng: bool,
 
     /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
@@ -124,6 +133,8 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
         append: args.append.clone().unwrap_or_default(),
+        disks: args.disk.clone(),
+        rng: linux && !args.no_rng,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;

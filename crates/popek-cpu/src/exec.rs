@@ -144,6 +144,7 @@ impl Hart {
         let stop_at = self.instret.saturating_add(budget);
         loop {
             self.sync_page_perms();
+            self.sync_dma_writes();
             self.mmu.release_dropped_pages();
             if let Some(exit) = self.pending_exit.take() {
                 return exit;

@@ -132,6 +132,8 @@ pub struct Hart {
     pub(crate) straddle_slot: Option<*mut crate::decode::Insn>,
     /// The page-permission generation this hart's caches reflect (process VMs).
     pub(crate) perms_seen: u64,
+    /// Generation of the memory's DMA log last applied.
+    pub(crate) dma_seen: u64,
 }
 
 // SAFETY: the raw pointers in a Hart point into its own decode cache (owned through `mmu`) and
@@ -170,6 +172,7 @@ impl Hart {
             pending_exit: None,
             straddle_slot: None,
             perms_seen: 0,
+            dma_seen: 0,
         }
     }
 
@@ -275,13 +278,26 @@ impl Hart {
         let Some(perms) = self.mem.page_perms() else {
             return;
         };
-        if perms.generation() == self.perms_seen {
+        if perms.log().generation() == self.perms_seen {
             return;
         }
-        let (changes, generation) = perms.changes_since(self.perms_seen);
+        let (changes, generation) = perms.log().changes_since(self.perms_seen);
         self.perms_seen = generation;
         for (start, len) in changes {
             self.mmu.invalidate_range(start, len);
+        }
+    }
+
+    /// Drop decoded code of pages devices wrote since this hart last looked.
+    pub(crate) fn sync_dma_writes(&mut self) {
+        let log = self.mem.dma_log();
+        if log.generation() == self.dma_seen {
+            return;
+        }
+        let (changes, generation) = log.changes_since(self.dma_seen);
+        self.dma_seen = generation;
+        for (start, len) in changes {
+            self.mmu.drop_code_range(start, len);
         }
     }
 

@@ -16,7 +16,7 @@ mod mmu;
 mod trap;
 
 pub use hart::{Hart, HartConfig, IrqPins, Priv};
-pub use memory::{Memory, MemoryError, PagePerms, RamRegion};
+pub use memory::{ChangeLog, Memory, MemoryError, PagePerms, RamRegion};
 pub use trap::{Exception, Interrupt, Trap};
 
 /// Why [`Hart::run`] returned.

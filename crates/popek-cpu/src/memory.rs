@@ -70,48 +70,23 @@ impl RamRegion {
 #[derive(Debug)]
 pub struct PagePerms {
     table: Box<[AtomicU8]>,
+    log: ChangeLog,
+}
+
+/// Guest-physical (or, for process VMs, virtual) ranges changed behind the harts' backs, with a
+/// generation number harts poll cheaply and compare with the last one they applied.
+#[derive(Debug, Default)]
+pub struct ChangeLog {
     changes: Mutex<Vec<(u64, u64)>>,
     generation: AtomicU64,
 }
 
-impl PagePerms {
-    /// Readable page.
-    pub const READ: u8 = 1;
-    /// Writable page.
-    pub const WRITE: u8 = 2;
-    /// Executable page.
-    pub const EXEC: u8 = 4;
-    /// The change log is compacted past this many entries (harts then flush everything).
+impl ChangeLog {
+    /// The log is compacted past this many entries (harts then flush everything).
     const MAX_LOG: usize = 4096;
 
-    /// A table for addresses `0..span`, all pages inaccessible.
-    pub fn new(span: u64) -> Arc<PagePerms> {
-        let pages = (span >> 12) as usize;
-        let table: Vec<AtomicU8> = std::iter::repeat_with(|| AtomicU8::new(0))
-            .take(pages)
-            .collect();
-        Arc::new(PagePerms {
-            table: table.into_boxed_slice(),
-            changes: Mutex::new(Vec::new()),
-            generation: AtomicU64::new(0),
-        })
-    }
-
-    /// Permissions of the page holding `addr` (0 outside the table).
-    #[inline]
-    pub fn get(&self, addr: u64) -> u8 {
-        self.table
-            .get((addr >> 12) as usize)
-            .map_or(0, |p| p.load(Ordering::Acquire))
-    }
-
-    /// Set the permissions of every page in `start..start+len` (page-aligned) and tell harts.
-    pub fn set(&self, start: u64, len: u64, perms: u8) {
-        let first = (start >> 12) as usize;
-        let last = (((start + len + 0xfff) >> 12) as usize).min(self.table.len());
-        for p in self.table.get(first..last).unwrap_or(&[]) {
-            p.store(perms, Ordering::Release);
-        }
+    /// Record that `start..start+len` changed.
+    pub fn record(&self, start: u64, len: u64) {
         let mut log = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         if log.len() >= Self::MAX_LOG {
             log.clear();
@@ -119,21 +94,6 @@ impl PagePerms {
         }
         log.push((start, len));
         self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Whether every page of `start..start+len` has all of `need`.
-    pub fn check(&self, start: u64, len: u64, need: u8) -> bool {
-        if len == 0 {
-            return true;
-        }
-        let Some(end) = start.checked_add(len) else {
-            return false;
-        };
-        let (first, last) = ((start >> 12) as usize, ((end - 1) >> 12) as usize);
-        last < self.table.len()
-            && self.table[first..=last]
-                .iter()
-                .all(|p| p.load(Ordering::Acquire) & need == need)
     }
 
     /// Changes since `seen` (a generation number), and the current generation.
@@ -154,11 +114,70 @@ impl PagePerms {
     }
 }
 
+impl PagePerms {
+    /// Readable page.
+    pub const READ: u8 = 1;
+    /// Writable page.
+    pub const WRITE: u8 = 2;
+    /// Executable page.
+    pub const EXEC: u8 = 4;
+    /// A table for addresses `0..span`, all pages inaccessible.
+    pub fn new(span: u64) -> Arc<PagePerms> {
+        let pages = (span >> 12) as usize;
+        let table: Vec<AtomicU8> = std::iter::repeat_with(|| AtomicU8::new(0))
+            .take(pages)
+            .collect();
+        Arc::new(PagePerms {
+            table: table.into_boxed_slice(),
+            log: ChangeLog::default(),
+        })
+    }
+
+    /// Permissions of the page holding `addr` (0 outside the table).
+    #[inline]
+    pub fn get(&self, addr: u64) -> u8 {
+        self.table
+            .get((addr >> 12) as usize)
+            .map_or(0, |p| p.load(Ordering::Acquire))
+    }
+
+    /// Set the permissions of every page in `start..start+len` (page-aligned) and tell harts.
+    pub fn set(&self, start: u64, len: u64, perms: u8) {
+        let first = (start >> 12) as usize;
+        let last = (((start + len + 0xfff) >> 12) as usize).min(self.table.len());
+        for p in self.table.get(first..last).unwrap_or(&[]) {
+            p.store(perms, Ordering::Release);
+        }
+        self.log.record(start, len);
+    }
+
+    /// Whether every page of `start..start+len` has all of `need`.
+    pub fn check(&self, start: u64, len: u64, need: u8) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        let (first, last) = ((start >> 12) as usize, ((end - 1) >> 12) as usize);
+        last < self.table.len()
+            && self.table[first..=last]
+                .iter()
+                .all(|p| p.load(Ordering::Acquire) & need == need)
+    }
+
+    /// The log of permission changes.
+    pub(crate) fn log(&self) -> &ChangeLog {
+        &self.log
+    }
+}
+
 /// The set of RAM regions of a machine.
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     regions: Vec<RamRegion>,
     perms: Option<Arc<PagePerms>>,
+    dma: Arc<ChangeLog>,
 }
 
 impl Memory {
@@ -178,7 +197,14 @@ impl Memory {
         Ok(Memory {
             regions,
             perms: None,
+            dma: Arc::default(),
         })
+    }
+
+    /// The log of guest-physical ranges devices wrote directly (DMA): harts drop decoded code
+    /// of those pages before they next fetch, so code read from a disk runs as read.
+    pub fn dma_log(&self) -> &Arc<ChangeLog> {
+        &self.dma
     }
 
     /// Add a page-permission table (process VMs): user-mode harts then fault on any access the

@@ -158,6 +158,14 @@ impl Mmu {
     /// Forget translations and the decoded code of every page overlapping `start..start+len`.
     pub fn invalidate_range(&mut self, start: u64, len: u64) {
         self.flush_tlb();
+        self.drop_code_range(start, len);
+    }
+
+    /// Forget the decoded code of every page overlapping `start..start+len`.
+    pub fn drop_code_range(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
         let first = start >> 12;
         let last = start.saturating_add(len).saturating_sub(1) >> 12;
         if len == u64::MAX || last - first > self.decoded.len() as u64 {

@@ -1,0 +1,192 @@
+//! popek's virtio devices over the virtio-mmio transport (virtio 1.x, modern interface only).
+//!
+//! The transport ([`mmio::VirtioMmio`]) sees register accesses, like every popek device, and
+//! the devices see guest memory through `vm-memory` and their queues through `virtio-queue`.
+//! Nothing here knows how the CPU is executed: the interpreter, a JIT or a hardware
+//! virtualization engine drive the same models. A device tells the machine about interrupts
+//! through [`Signals`], whose `kick` hook the board provides.
+
+pub mod blk;
+pub mod chain;
+pub mod mmio;
+
+pub mod rng;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Guest memory as devices see it.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// Virtio device types (virtio 1.2, section 5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// Feature bits shared by every device type.
+pub mod features {
+    /// Indirect descriptor tables (`VIRTIO_RING_F_INDIRECT_DESC`).
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// `used_event`/`avail_event` notification suppression (`VIRTIO_RING_F_EVENT_IDX`).
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// The modern (1.x) interface; popek offers nothing else.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Called after a device wrote guest memory directly, with the guest-physical range: the
+/// machine forgets whatever it derived from those bytes (decoded instructions).
+pub type GuestWriteHook = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Interrupt state of one device, shared between the transport (which the guest reads and
+/// acknowledges) and whichever thread does the device's work.
+pub struct Signals {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    kick: Box<dyn Fn() + Send + Sync>,
+}
+
+/// `InterruptStatus` bit: a used buffer was added to a queue.
+pub const INT_USED_RING: u32 = 1;
+/// `InterruptStatus` bit: the configuration (or device status) changed.
+pub const INT_CONFIG: u32 = 2;
+
+impl Signals {
+    /// Interrupt state whose changes call `kick`, which must make the machine re-read
+    /// [`Signals::pending`] soon; it is called from device threads and from inside MMIO
+    /// accesses, so it must not take the machine's device lock.
+    pub fn new(kick: Box<dyn Fn() + Send + Sync>) -> Arc<Signals> {
+        Arc::new(Signals {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            kick,
+        })
+    }
+
+    /// Tell the driver that a queue has new used buffers.
+    pub fn used_buffer(&self) {
+        self.status.fetch_or(INT_USED_RING, Ordering::AcqRel);
+        (self.kick)();
+    }
+
+    /// Put the device in the failed state the driver sees as `DEVICE_NEEDS_RESET` (the guest
+    /// broke the protocol, or the backend failed): the device does nothing until reset.
+    pub fn fail(&self, why: &str) {
+        tracing::warn!("virtio device needs reset: {why}");
+        self.needs_reset.store(true, Ordering::Release);
+        self.status.fetch_or(INT_CONFIG, Ordering::AcqRel);
+        (self.kick)();
+    }
+
+    /// Whether the device is in the failed state.
+    pub fn failed(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// The level of the device's interrupt line.
+    pub fn pending(&self) -> bool {
+        self.status() != 0
+    }
+
+    fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
+    }
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`.
+pub struct Activation {
+    /// Guest memory.
+    pub mem: GuestMem,
+    /// The queues, configured and ready (one per entry of [`VirtioDevice::queue_sizes`]; a
+    /// queue the driver left unused is not ready).
+    pub queues: Vec<Queue>,
+    /// Features both sides agreed on.
+    pub features: u64,
+    /// Interrupts and failure reporting.
+    pub signals: Arc<Signals>,
+    /// Report direct writes to guest memory.
+    pub wrote: GuestWriteHook,
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID.
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue (a power of two).
+    fn queue_sizes(&self) -> &[u16];
+    /// Features the device offers (must include [`features::VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Read the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the device-specific configuration space (ignored by default: most of it is
+    /// read-only).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Start working on the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), String>;
+    /// The driver made buffers available on queue `index`.
+    fn notify(&mut self, index: u16);
+    /// Stop all work and drop the queues (the driver reset the device).
+    fn reset(&mut self);
+}
+
+/// Serve every request available on `queue`: parse each chain, let `serve` carry it out
+/// (returning how many bytes it wrote into the chain), put it in the used ring, and signal the
+/// driver if it asked to be. With `EVENT_IDX` this also re-arms notifications, so the driver
+/// keeps kicking. An error is a protocol violation: the caller fails the device.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    signals: &Signals,
+    mut serve: impl FnMut(chain::Chain) -> Result<u32, String>,
+) -> Result<(), String> {
+    use virtio_queue::QueueT;
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(mem).map_err(|e| e.to_string())?;
+        while let Some(dc) = queue.pop_descriptor_chain(mem) {
+            let head = dc.head_index();
+            let parsed = chain::Chain::parse(dc, mem).map_err(|e| e.to_string())?;
+            let used = serve(parsed)?;
+            queue.add_used(mem, head, used).map_err(|e| e.to_string())?;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem).map_err(|e| e.to_string())? {
+            break;
+        }
+    }
+    if used_any && queue.needs_notification(mem).map_err(|e| e.to_string())? {
+        signals.used_buffer();
+    }
+    Ok(())
+}
+
+/// Read `data.len()` bytes at `offset` of a little-endian configuration image, zero past its end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
