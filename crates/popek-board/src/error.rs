@@ -8,6 +8,15 @@ pub enum BoardError {
     /// A disk image could not be used.
     #[error(transparent)]
     Disk(#[from] popek_virtio::blk::BlockError),
+    /// The user-mode network could not start (e.g. a --publish port is taken).
+    #[error(transparent)]
+    UserNet(#[from] popek_usernet::UserNetError),
+    /// A tap device could not be opened.
+    #[error(transparent)]
+    Tap(#[from] popek_virtio::tap::TapError),
+    /// The vsock device's host socket could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] popek_virtio::vsock::VsockError),
     /// More virtio devices than the board has slots.
     #[error("too many virtio devices: the board has {0} slots (disks, network, entropy, vsock together)")]
     TooManyDevices(usize),

@@ -12,4 +12,7 @@ pub mod memmap;
 pub mod size;
 
 pub use error::BoardError;
-pub use machine::{DiskConfig, Machine, MachineConfig, RunOutcome, RunStats};
+pub use machine::{
+    parse_mac, DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome,
+    RunStats, VsockConfig, DEFAULT_MAC,
+};

@@ -17,7 +17,10 @@ use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
 use popek_virtio::blk::Block;
 use popek_virtio::mmio::VirtioMmio;
+use popek_virtio::net::{Net, NetBackend};
 use popek_virtio::rng::Rng;
+use popek_virtio::tap::Tap;
+use popek_virtio::vsock::Vsock;
 use popek_virtio::{GuestWriteHook, Signals, VirtioDevice};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -53,6 +56,117 @@ pub struct MachineConfig {
     pub disks: Vec<DiskConfig>,
     /// Whether the machine has a virtio-rng entropy source.
     pub rng: bool,
+    /// The virtio-net card, if any.
+    pub net: Option<NetConfig>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
+/// connects to `path` and writes `CONNECT <port>`; the guest's connections to host port P go
+/// to the listener at `<path>_<P>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// The host socket.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<VsockConfig, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("expected PATH[,cid=N], e.g. --vsock /tmp/vm.sock".into());
+        }
+        let mut v = VsockConfig {
+            cid: 3,
+            path: PathBuf::from(path),
+        };
+        for opt in parts {
+            match opt.strip_prefix("cid=") {
+                Some(n) => {
+                    v.cid = n
+                        .parse()
+                        .map_err(|_| format!("cid={n} is not a number (guest CIDs start at 3)"))?
+                }
+                None => {
+                    return Err(format!(
+                        "unknown vsock option '{opt}' (the only option is cid=)"
+                    ))
+                }
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// A network card and what it is connected to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+    /// Where its frames go.
+    pub backend: NetBackendConfig,
+}
+
+/// The host side of a network card.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// popek's user-mode stack (NAT, DHCP, DNS), with these host ports forwarded to the guest.
+    User {
+        /// `--publish` forwards.
+        publish: Vec<popek_usernet::Publish>,
+    },
+    /// A host tap interface.
+    Tap {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The MAC address cards get unless told otherwise (QEMU's default).
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// Parse `52:54:00:12:34:56`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!(
+            "'{s}' is not a MAC address (like 52:54:00:12:34:56)"
+        ));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "{s} is a multicast address; a card needs a unicast one (first byte even)"
+        ));
+    }
+    Ok(mac)
+}
+
+/// A network backend for virtio-net: popek's user-mode stack.
+struct UserNetBackend(popek_usernet::UserNet);
+
+impl NetBackend for UserNetBackend {
+    fn send(&mut self, frame: &[u8]) {
+        self.0.send(frame);
+    }
+
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        self.0.recv()
+    }
+
+    fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.0.wake_fd()
+    }
 }
 
 /// One `--disk PATH[,readonly]`.
@@ -98,7 +212,10 @@ impl std::str::FromStr for DiskConfig {
 impl MachineConfig {
     /// Number of virtio-mmio transports the configuration asks for.
     pub fn virtio_devices(&self) -> usize {
-        self.disks.len() + self.rng as usize
+        self.disks.len()
+            + self.net.is_some() as usize
+            + self.rng as usize
+            + self.vsock.is_some() as usize
     }
 }
 
@@ -545,7 +662,8 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
     }
 }
 
-/// Create the configured virtio devices, slot by slot: disks, then the entropy source.
+/// Create the configured virtio devices, slot by slot: disks, the network card, the entropy
+/// source, then vsock.
 fn virtio_devices(
     config: &MachineConfig,
     ram: &GuestMemoryMmap,
@@ -559,8 +677,24 @@ fn virtio_devices(
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.readonly)?));
     }
+    if let Some(net) = &config.net {
+        let backend: Box<dyn NetBackend> = match &net.backend {
+            NetBackendConfig::User { publish } => {
+                let user = popek_usernet::UserNet::start(popek_usernet::UserNetConfig {
+                    guest_mac: net.mac,
+                    publish: publish.clone(),
+                })?;
+                Box::new(UserNetBackend(user))
+            }
+            NetBackendConfig::Tap { name } => Box::new(Tap::open(name)?),
+        };
+        devices.push(Box::new(Net::new(net.mac, backend)));
+    }
     if config.rng {
         devices.push(Box::new(Rng::new()));
+    }
+    if let Some(v) = &config.vsock {
+        devices.push(Box::new(Vsock::new(v.cid, v.path.clone())?));
     }
     let log = mem.dma_log().clone();
     let wrote: GuestWriteHook = Arc::new(move |start, len| log.record(start, len));

@@ -10,7 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use popek_board::console::RawTerminal;
 use popek_board::size::parse_size;
-use popek_board::{DiskConfig, Machine, MachineConfig, RunOutcome};
+use popek_board::{
+    parse_mac, DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome,
+    VsockConfig, DEFAULT_MAC,
+};
 
 /// popek: an efficient, isolated duplicate of a RISC-V machine
 #[derive(Parser, Debug)]
@@ -69,6 +72,22 @@ struct RunArgs {
     /// /dev/vda). Append ,readonly to refuse the guest's writes.
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<DiskConfig>,
+
+    /// Give the guest a virtio-net card: `user` (popek's user-mode network: NAT, DHCP, DNS; no
+    /// root needed) or `tap=NAME` (a host tap interface); `,mac=52:54:00:..` sets its address.
+    #[arg(long, value_name = "user|tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    net: Option<NetConfig>,
+
+    /// Forward a host TCP port to the guest, as docker does: HOST:GUEST or ADDR:HOST:GUEST
+    /// (repeatable; implies --net user).
+    #[arg(long, short = 'p', value_name = "HOST:GUEST")]
+    publish: Vec<popek_usernet::Publish>,
+
+    /// Give the guest a virtio-vsock device whose host side is the unix socket PATH: host
+    /// clients connect to PATH and write "CONNECT <port>"; the guest's connections to host
+    /// port P reach a listener at PATH_P. The guest's CID is 3 unless cid= says otherwise.
+    #[arg(long, value_name = "PATH[,cid=N]")]
+    vsock: Option<VsockConfig>,
 
     /// Leave out the virtio-rng entropy source Linux guests get by default.
     #[arg(long)]
@@ -135,6 +154,8 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         append: args.append.clone().unwrap_or_default(),
         disks: args.disk.clone(),
         rng: linux && !args.no_rng,
+        net: net_config(args)?,
+        vsock: args.vsock.clone(),
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -155,6 +176,55 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
             .to_string();
     }
     Ok(config)
+}
+
+/// Parse `--net user|tap=NAME[,mac=MAC]`.
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let backend = match kind {
+        "user" => NetBackendConfig::User {
+            publish: Vec::new(),
+        },
+        _ => match kind.strip_prefix("tap=") {
+            Some(name) if !name.is_empty() => NetBackendConfig::Tap {
+                name: name.to_string(),
+            },
+            _ => return Err(format!("unknown network '{kind}': use user or tap=NAME")),
+        },
+    };
+    let mut mac = DEFAULT_MAC;
+    for opt in parts {
+        match opt.strip_prefix("mac=") {
+            Some(m) => mac = parse_mac(m)?,
+            None => {
+                return Err(format!(
+                    "unknown network option '{opt}' (the only option is mac=)"
+                ))
+            }
+        }
+    }
+    Ok(NetConfig { mac, backend })
+}
+
+/// The network card: --net, with --publish forwards added to (or implying) the user network.
+fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
+    let mut net = args.net.clone();
+    if !args.publish.is_empty() {
+        let n = net.get_or_insert(NetConfig {
+            mac: DEFAULT_MAC,
+            backend: NetBackendConfig::User {
+                publish: Vec::new(),
+            },
+        });
+        match &mut n.backend {
+            NetBackendConfig::User { publish } => publish.extend(args.publish.iter().copied()),
+            NetBackendConfig::Tap { .. } => {
+                anyhow::bail!("--publish forwards ports of the user network; it does not apply to --net tap (drop one of them)")
+            }
+        }
+    }
+    Ok(net)
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {

@@ -4,43 +4,7 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::time::Duration;
-
-const LIMIT: Duration = Duration::from_secs(300);
-
-/// The default guest; the suite fails (never skips) when it was not built.
-fn guest() -> PathBuf {
-    let dir = std::env::var_os("POPEK_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
-                });
-            cache.join("popek/guests/default")
-        });
-    assert!(
-        dir.join("VERSION").is_file(),
-        "the default guest is missing in {}: run guests/build-default (scripts/test does)",
-        dir.display()
-    );
-    dir
-}
-
-/// Run `popek run ARGS`, returning (stdout, stderr, status).
-fn popek_run(args: &[&str]) -> (String, String, i32) {
-    guest();
-    let out = run_with_timeout(popek().arg("run").args(args), LIMIT);
-    let (o, e) = text(&out);
-    assert!(!e.contains("panicked"), "popek panicked: {e}");
-    (
-        o,
-        e,
-        out.status.code().expect("popek was killed by a signal"),
-    )
-}
 
 #[test]
 fn boots_to_the_ready_line_and_runs_a_command() {

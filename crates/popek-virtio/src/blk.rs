@@ -159,7 +159,7 @@ impl Block {
                 size,
             });
         }
-        if size % SECTOR != 0 {
+        if !size.is_multiple_of(SECTOR) {
             tracing::warn!(
                 "disk image {} is not a whole number of sectors; its last {} bytes are not visible",
                 path.display(),
@@ -313,7 +313,7 @@ impl Disk {
                     return (S_IOERR, 0);
                 }
                 let segments = chain::gather(mem, &chain.readable);
-                if segments.is_empty() || segments.len() % 16 != 0 {
+                if segments.is_empty() || !segments.len().is_multiple_of(16) {
                     return (S_IOERR, 0);
                 }
                 for seg in segments.chunks_exact(16) {
@@ -343,7 +343,7 @@ impl Disk {
 
     /// Byte offset of `sector` if `len` bytes from there are inside the disk and whole sectors.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
-        if len % SECTOR != 0 {
+        if !len.is_multiple_of(SECTOR) {
             return None;
         }
         let end = sector.checked_add(len / SECTOR)?;
@@ -538,4 +538,5 @@ impl Drop for Block {
 }
 
 #[cfg(test)]
-mod tests {}
+#[path = "blk_tests.rs"]
+mod tests;

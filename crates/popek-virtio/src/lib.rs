@@ -9,8 +9,12 @@
 pub mod blk;
 pub mod chain;
 pub mod mmio;
-
+pub mod net;
 pub mod rng;
+pub mod tap;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -162,7 +166,7 @@ pub fn drain_queue(
     let mut used_any = false;
     loop {
         queue.disable_notification(mem).map_err(|e| e.to_string())?;
-        while let Some(dc) = queue.pop_descriptor_chain(mem) {
+        while let Some(dc) = next_chain(queue, mem)? {
             let head = dc.head_index();
             let parsed = chain::Chain::parse(dc, mem).map_err(|e| e.to_string())?;
             let used = serve(parsed)?;
@@ -177,6 +181,19 @@ pub fn drain_queue(
         signals.used_buffer();
     }
     Ok(())
+}
+
+/// The next available chain of `queue`; an error when the driver's available index is
+/// impossible (more than a queue's worth ahead), which a retry would never fix.
+pub fn next_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMem,
+) -> Result<Option<virtio_queue::DescriptorChain<&'a GuestMem>>, String> {
+    use virtio_queue::QueueOwnedT;
+    let mut iter = queue
+        .iter(mem)
+        .map_err(|e| format!("available ring: {e}"))?;
+    Ok(iter.next())
 }
 
 /// Read `data.len()` bytes at `offset` of a little-endian configuration image, zero past its end.

@@ -97,3 +97,39 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// How long one boot of the default guest may take.
+pub const LIMIT: Duration = Duration::from_secs(300);
+
+/// The default guest; the suite fails (never skips) when it was not built.
+pub fn guest() -> PathBuf {
+    let dir = std::env::var_os("POPEK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
+                });
+            cache.join("popek/guests/default")
+        });
+    assert!(
+        dir.join("VERSION").is_file(),
+        "the default guest is missing in {}: run guests/build-default (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Run `popek run ARGS`, returning (stdout, stderr, status).
+pub fn popek_run(args: &[&str]) -> (String, String, i32) {
+    guest();
+    let out = run_with_timeout(popek().arg("run").args(args), LIMIT);
+    let (o, e) = text(&out);
+    assert!(!e.contains("panicked"), "popek panicked: {e}");
+    (
+        o,
+        e,
+        out.status.code().expect("popek was killed by a signal"),
+    )
+}

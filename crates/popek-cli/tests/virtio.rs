@@ -1,0 +1,497 @@
+//! virtio devices seen from a real guest (the default guest, Debian's kernel): disks the guest
+//! reads and writes, checked on the host; a network it configures by DHCP and uses both ways;
+//! its entropy source; and the errors bad disks and networks give.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("virtio");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A 32 MiB ext4 image holding `files` (name, contents).
+fn ext4_image(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let img = scratch(name);
+    let src = scratch(&format!("{name}.d"));
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).unwrap();
+    for (f, body) in files {
+        std::fs::write(src.join(f), body).unwrap();
+    }
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(st.success());
+    img
+}
+
+/// A file's contents inside an ext4 image, read on the host with debugfs.
+fn debugfs_cat(img: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat /{file}")])
+        .arg(img)
+        .output()
+        .expect("debugfs (e2fsprogs) is needed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn guest_reads_and_writes_an_ext4_disk() {
+    let img = ext4_image("rw.img", &[("hello.txt", "made on the host\n")]);
+    let disk = format!("{}", img.display());
+    let (out, err, status) = popek_run(&[
+        "--disk",
+        &disk,
+        "--",
+        "sh",
+        "-c",
+        "mount /dev/vda /mnt && cat /mnt/hello.txt && \
+         seq 1 20000 > /mnt/numbers.txt && md5sum /mnt/numbers.txt && umount /mnt",
+    ]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("made on the host"), "stdout: {out}");
+    let written = debugfs_cat(&img, "numbers.txt");
+    let expected: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    assert!(
+        written == expected,
+        "numbers.txt in the image differs ({} bytes, want {})",
+        written.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn readonly_disk_refuses_writes_and_stays_unchanged() {
+    let img = ext4_image("ro.img", &[("keep.txt", "unchanged\n")]);
+    let before = sha256(&img);
+    let disk = format!("{},readonly", img.display());
+    let (out, err, status) = popek_run(&[
+        "--disk",
+        &disk,
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/block/vda/ro; mount -o ro /dev/vda /mnt && cat /mnt/keep.txt; \
+         if dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync 2>/dev/null; \
+         then echo WRITE-OK; else echo WRITE-REFUSED; fi",
+    ]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.lines().any(|l| l.trim() == "1"),
+        "vda not read-only: {out}"
+    );
+    assert!(out.contains("unchanged"), "stdout: {out}");
+    assert!(out.contains("WRITE-REFUSED"), "stdout: {out}");
+    assert_eq!(sha256(&img), before, "a read-only image changed");
+}
+
+#[test]
+fn raw_disk_sectors_round_trip_and_discard() {
+    let img = scratch("raw.img");
+    std::fs::write(&img, vec![0xa5u8; 8 << 20]).unwrap();
+    let disk = format!("{}", img.display());
+    // Write a pattern at 1 MiB, drop the guest's caches and read it back, then discard the
+    // fifth MiB.
+    let (out, err, status) = popek_run(&[
+        "--disk",
+        &disk,
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/block/vda/size; \
+         printf 'popek-sector-data' | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null; \
+         echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 17; echo; \
+         blkdiscard -o 4194304 -l 1048576 /dev/vda && echo DISCARD-OK; sync",
+    ]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.lines().any(|l| l.trim() == "16384"),
+        "size in sectors: {out}"
+    );
+    assert!(out.contains("popek-sector-data"), "stdout: {out}");
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(data.len(), 8 << 20, "the image changed size");
+    assert_eq!(&data[1 << 20..(1 << 20) + 17], b"popek-sector-data");
+    // The rest of the block keeps its bytes (the guest read, modified and wrote it back).
+    assert_eq!(data[(1 << 20) + 17], 0xa5, "bytes after the write changed");
+    assert!(out.contains("DISCARD-OK"), "blkdiscard failed: {out}");
+    assert!(
+        data[4 << 20..5 << 20].iter().all(|&b| b == 0),
+        "a discarded range does not read back as zeros"
+    );
+    assert!(
+        data[5 << 20..].iter().all(|&b| b == 0xa5),
+        "bytes outside the guest's writes changed"
+    );
+}
+
+#[test]
+fn disk_errors_name_the_image_and_the_fix() {
+    let missing = scratch("missing.img");
+    let out = run_with_timeout(
+        popek()
+            .arg("run")
+            .arg("--disk")
+            .arg(&missing)
+            .args(["--", "true"]),
+        Duration::from_secs(60),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("cannot open disk image") && err.contains("missing.img"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+
+    // An image another process holds (as a second popek would) is refused.
+    let img = ext4_image("locked.img", &[]);
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&img)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock (util-linux)");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run_with_timeout(
+        popek()
+            .arg("run")
+            .arg("--disk")
+            .arg(&img)
+            .args(["--", "true"]),
+        Duration::from_secs(60),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("in use by another process") && err.contains("locked.img"),
+        "stderr: {err}"
+    );
+
+    let empty = scratch("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let out = run_with_timeout(
+        popek()
+            .arg("run")
+            .arg("--disk")
+            .arg(&empty)
+            .args(["--", "true"]),
+        Duration::from_secs(60),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("at least one 512-byte sector"),
+        "stderr: {err}"
+    );
+
+    let out = run_with_timeout(
+        popek()
+            .args(["run", "--disk", "x.img,fast", "--", "true"])
+            .current_dir(std::env::temp_dir()),
+        Duration::from_secs(60),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("unknown disk option 'fast'"), "stderr: {err}");
+}
+
+/// A one-shot HTTP server on the host's loopback; returns its port and the thread serving.
+fn http_server(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut req = [0u8; 1024];
+        let _ = conn.read(&mut req);
+        let reply = format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(reply.as_bytes()).unwrap();
+    });
+    (port, t)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn user_network_dhcp_outbound_http_and_published_port() {
+    guest();
+    let (port, server) = http_server("hello from the host's loopback\n");
+    let published = free_port();
+    let script = format!(
+        "ip link set eth0 up && udhcpc -i eth0 -n -q -s /bin/true 2>&1 | grep -o 'lease of [0-9.]*'; \
+         ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2; \
+         wget -q -O - http://10.0.2.2:{port}/; \
+         mkdir -p /www && echo served-by-the-guest > /www/index.html && httpd -p 8080 -h /www && \
+         echo GUEST-HTTPD-UP; sleep 30"
+    );
+    let mut child = popek()
+        .arg("run")
+        .args(["--net", "user", "--publish", &format!("{published}:8080")])
+        .args(["--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut fetched = None;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if fetched.is_none() && String::from_utf8_lossy(&seen).contains("GUEST-HTTPD-UP") {
+                let mut c = TcpStream::connect(("127.0.0.1", published)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+                let mut reply = String::new();
+                let _ = c.read_to_string(&mut reply);
+                fetched = Some(reply);
+            }
+        }
+        (String::from_utf8_lossy(&seen).into_owned(), fetched)
+    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("popek run with --net user timed out");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (out, fetched) = reader.join().unwrap();
+    server.join().unwrap();
+    assert!(status.success(), "stdout: {out}");
+    assert!(out.contains("lease of 10.0.2.15"), "no DHCP lease: {out}");
+    assert!(
+        out.contains("hello from the host's loopback"),
+        "outbound HTTP failed: {out}"
+    );
+    let fetched = fetched.expect("the guest's web server never came up");
+    assert!(
+        fetched.contains("served-by-the-guest"),
+        "published port returned: {fetched}"
+    );
+}
+
+#[test]
+fn entropy_source_feeds_the_guest() {
+    let (out, err, status) = popek_run(&[
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | gzip -c | wc -c",
+    ]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("virtio_rng"), "stdout: {out}");
+    // 4 KiB of random bytes do not compress.
+    let size: usize = out
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .expect("no byte count");
+    assert!(size > 4000, "hwrng output compressed to {size} bytes");
+}
+
+#[test]
+fn network_errors_are_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = run_with_timeout(
+        popek()
+            .arg("run")
+            .args(["--publish", &format!("{port}:80"), "--", "true"]),
+        Duration::from_secs(60),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(&port.to_string()), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+
+    let out = run_with_timeout(
+        popek().args(["run", "--net", "bridge", "--", "true"]),
+        Duration::from_secs(60),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("use user or tap=NAME"), "stderr: {err}");
+}
+
+/// An ext4 image holding the guest side of the vsock test, built from tests/guest/vsock.c.
+fn vsock_tool_image() -> PathBuf {
+    let dir = scratch("vsock-tool.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("riscv64-linux-gnu-gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(dir.join("vsock"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock.c"))
+        .status()
+        .expect("riscv64-linux-gnu-gcc is needed (scripts/install-deps)");
+    assert!(st.success(), "building tests/guest/vsock.c failed");
+    let img = scratch("vsock-tool.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&dir)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    img
+}
+
+/// Run popek with `args`, calling `on_line` for each line of its console output (on a reader
+/// thread) until it exits; returns the whole output and the exit status.
+fn popek_watch(
+    args: &[String],
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> (String, std::process::ExitStatus) {
+    let mut child = popek()
+        .arg("run")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            on_line(&line);
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("popek run {args:?} timed out");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (reader.join().unwrap(), status)
+}
+
+#[test]
+fn vsock_connections_in_both_directions() {
+    guest();
+    let tool = vsock_tool_image();
+    let sock = scratch("vm.vsock");
+    let _ = std::fs::remove_file(&sock);
+    // The host's listener for the guest's connection to host port 5000.
+    let host_listener = std::os::unix::net::UnixListener::bind(format!("{}_5000", sock.display()))
+        .or_else(|_| {
+            let _ = std::fs::remove_file(format!("{}_5000", sock.display()));
+            std::os::unix::net::UnixListener::bind(format!("{}_5000", sock.display()))
+        })
+        .unwrap();
+    let host_side = std::thread::spawn(move || {
+        let (mut c, _) = host_listener.accept().unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        c.write_all(format!("host got [{got}]").as_bytes()).unwrap();
+        got
+    });
+    let script = "mount -o ro /dev/vda /mnt && /mnt/vsock connect 5000 guest-to-host && \
+                  /mnt/vsock listen 1234";
+    let args: Vec<String> = [
+        "--disk",
+        &format!("{},readonly", tool.display()),
+        "--vsock",
+        &sock.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let sock_path = sock.clone();
+    let client = std::thread::spawn(move || {
+        // Wait for the guest to listen, then connect the Firecracker way.
+        rx.recv().unwrap();
+        let mut c = std::os::unix::net::UnixStream::connect(&sock_path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.write_all(b"CONNECT 1234\n").unwrap();
+        let mut ok = Vec::new();
+        let mut b = [0u8; 1];
+        while c.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            ok.push(b[0]);
+        }
+        c.write_all(b"ping-from-host\n").unwrap();
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        (String::from_utf8_lossy(&ok).into_owned(), reply)
+    });
+    let (out, status) = popek_watch(&args, move |line| {
+        if line.starts_with("LISTENING") {
+            let _ = tx.send(line.to_string());
+        }
+    });
+    assert!(status.success(), "stdout: {out}");
+    assert_eq!(host_side.join().unwrap(), "guest-to-host");
+    assert!(
+        out.contains("REPLY host got [guest-to-host]"),
+        "the guest's connection got no reply: {out}"
+    );
+    let (ok, reply) = client.join().unwrap();
+    assert!(ok.starts_with("OK "), "CONNECT answered {ok:?}");
+    assert_eq!(reply, "pong:ping-from-host\n");
+    assert!(out.contains("SERVED ping-from-host"), "stdout: {out}");
+}
