@@ -254,16 +254,19 @@ fn user_network_dhcp_outbound_http_and_published_port() {
     guest();
     let (port, server) = http_server("hello from the host's loopback\n");
     let published = free_port();
+    let done_port = free_port();
     let script = format!(
         "ip link set eth0 up && udhcpc -i eth0 -n -q -s /bin/true 2>&1 | grep -o 'lease of [0-9.]*'; \
          ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2; \
          wget -q -O - http://10.0.2.2:{port}/; \
          mkdir -p /www && echo served-by-the-guest > /www/index.html && httpd -p 8080 -h /www && \
-         echo GUEST-HTTPD-UP; sleep 30"
+         {{ timeout 120 nc -l -p 8081 >/dev/null & }}; \
+         until netstat -ltn | grep -q ':8081 '; do sleep 0.2; done; echo GUEST-HTTPD-UP && wait"
     );
     let mut child = popek()
         .arg("run")
         .args(["--net", "user", "--publish", &format!("{published}:8080")])
+        .args(["--publish", &format!("{done_port}:8081")])
         .args(["--", "sh", "-c", &script])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -287,6 +290,13 @@ fn user_network_dhcp_outbound_http_and_published_port() {
                 let mut reply = String::new();
                 let _ = c.read_to_string(&mut reply);
                 fetched = Some(reply);
+                // Let the guest finish: a byte to its listener, then wait for it to close.
+                let mut done = TcpStream::connect(("127.0.0.1", done_port)).unwrap();
+                done.set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                done.write_all(b"x").unwrap();
+                done.shutdown(std::net::Shutdown::Write).unwrap();
+                let _ = done.read_to_end(&mut Vec::new());
             }
         }
         (String::from_utf8_lossy(&seen).into_owned(), fetched)
@@ -494,4 +504,161 @@ fn vsock_connections_in_both_directions() {
     assert!(ok.starts_with("OK "), "CONNECT answered {ok:?}");
     assert_eq!(reply, "pong:ping-from-host\n");
     assert!(out.contains("SERVED ping-from-host"), "stdout: {out}");
+}
+
+/// Run `ip ARGS...`, panicking with its error output on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace that is deleted (with its tap) when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn md5(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn tap_network_in_a_namespace_carries_data_both_ways() {
+    guest();
+    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&uid).trim(),
+        "0",
+        "this test creates a network namespace and a tap device: run the suite as root (CI does)"
+    );
+    let ns = Netns(format!("popek-tap-{}", std::process::id()));
+    let _ = Command::new("ip").args(["netns", "del", &ns.0]).status();
+    ip(&["netns", "add", &ns.0]);
+    let in_ns = |args: &[&str]| {
+        let mut v = vec!["netns", "exec", &ns.0];
+        v.extend_from_slice(args);
+        ip(&v)
+    };
+    in_ns(&["ip", "link", "set", "lo", "up"]);
+    in_ns(&["ip", "tuntap", "add", "ptap0", "mode", "tap"]);
+    in_ns(&["ip", "addr", "add", "10.0.3.1/24", "dev", "ptap0"]);
+    in_ns(&["ip", "link", "set", "ptap0", "up"]);
+
+    // The namespace's side: a 1 MiB file served over HTTP at 10.0.3.1:8000.
+    let www = scratch("tap-www");
+    let _ = std::fs::remove_dir_all(&www);
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    let blob_md5 = md5(&blob);
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ])
+        .args(["--bind", "10.0.3.1", "--directory"])
+        .arg(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+
+    let script = "ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 && \
+                  wget -q -O /tmp/blob http://10.0.3.1:8000/blob && md5sum /tmp/blob && \
+                  mkdir -p /www && head -c 1048576 /dev/urandom > /www/up && md5sum /www/up && \
+                  httpd -p 80 -h /www && \
+                  { timeout 120 nc -l -p 81 >/dev/null & }; \
+                  until netstat -ltn | grep -q ':81 '; do sleep 0.2; done; echo GUEST-SERVING && wait";
+    let ns_name = ns.0.clone();
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+    let f = fetched.clone();
+    let args: Vec<String> = ["--net", "tap=ptap0", "--", "sh", "-c", script]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut cmd = vec!["netns".to_string(), "exec".into(), ns.0.clone()];
+    cmd.push(env!("CARGO_BIN_EXE_popek").into());
+    cmd.push("run".into());
+    cmd.extend(args);
+    let mut child = Command::new("ip")
+        .args(&cmd)
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if line.contains("GUEST-SERVING") {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns_name, "python3", "-c"])
+                    .arg("import socket,sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen('http://10.0.3.2/up', timeout=60).read()); d = socket.create_connection(('10.0.3.2', 81), timeout=60); d.sendall(b'x'); d.shutdown(socket.SHUT_WR); d.recv(1)")
+                    .output()
+                    .unwrap();
+                *f.lock().unwrap() = Some(out.stdout);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("popek run --net tap timed out");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = reader.join().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(status.success(), "stdout: {out}");
+    assert!(
+        out.contains(&format!("{blob_md5}  /tmp/blob")),
+        "namespace -> guest: the guest's md5 differs from {blob_md5}: {out}"
+    );
+    let up = fetched
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the guest's web server never came up");
+    assert_eq!(up.len(), 1 << 20, "guest -> namespace: short download");
+    assert!(
+        out.contains(&format!("{}  /www/up", md5(&up))),
+        "guest -> namespace: the md5 of what arrived is not the guest's: {out}"
+    );
 }
