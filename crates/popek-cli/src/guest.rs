@@ -5,6 +5,10 @@ use std::path::PathBuf;
 /// Kernel command line of the default guest.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 quiet";
 
+/// Kernel command line of the Debian guest: the default guest's kernel and initramfs, with the
+/// root file system on the first disk.
+pub const DEBIAN_APPEND: &str = "console=ttyS0 root=/dev/vda rw";
+
 /// The files of a prepared guest.
 pub struct Guest {
     /// Kernel Image.
@@ -26,6 +30,30 @@ pub fn guest_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     cache.join("popek/guests/default")
+}
+
+/// Where guests/build-debian puts the Debian system: `$POPEK_GUEST_DIR_DEBIAN`, else
+/// `$XDG_CACHE_HOME/popek/guests/debian`, else `~/.cache/popek/guests/debian`.
+pub fn debian_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("POPEK_GUEST_DIR_DEBIAN") {
+        return PathBuf::from(d);
+    }
+    guest_dir()
+        .parent()
+        .map(|p| p.join("debian"))
+        .unwrap_or_else(|| PathBuf::from("debian"))
+}
+
+/// The Debian guest's disk image, or an error saying how to build it.
+pub fn debian_disk() -> anyhow::Result<PathBuf> {
+    let dir = debian_dir();
+    if !dir.join("VERSION").is_file() {
+        anyhow::bail!(
+            "the Debian guest is not built yet (looked in {}): run guests/build-debian",
+            dir.display()
+        );
+    }
+    Ok(dir.join("disk.img"))
 }
 
 /// The default guest, or an error saying how to build it.

@@ -43,6 +43,12 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
+    /// A prepared guest to boot instead of --kernel/--bios: `default` (Debian's kernel and a
+    /// busybox shell, from guests/build-default) or `debian` (a whole Debian system on a disk,
+    /// from guests/build-debian: systemd, a login on the console, the user network).
+    #[arg(value_name = "GUEST", value_parser = ["default", "debian"], conflicts_with_all = ["kernel", "bios"])]
+    guest: Option<String>,
+
     /// Firmware (e.g. OpenSBI's fw_dynamic.bin) or a bare-metal program: a RISC-V ELF (loaded by
     /// physical address) or a flat binary (loaded at 0x80000000).
     #[arg(long, value_name = "FILE")]
@@ -142,9 +148,14 @@ fn main() -> ExitCode {
 
 fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
     let linux = args.kernel.is_some() || args.bios.is_none();
-    let memory = args
-        .memory
-        .unwrap_or(if linux { 512 << 20 } else { 128 << 20 });
+    let debian = args.guest.as_deref() == Some("debian");
+    let memory = args.memory.unwrap_or(if debian {
+        1 << 30
+    } else if linux {
+        512 << 20
+    } else {
+        128 << 20
+    });
     let mut config = MachineConfig {
         memory,
         cpus: args.cpus,
@@ -163,6 +174,27 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         config.initrd = Some(g.initrd);
         config.bios = Some(g.firmware);
         config.append = guest::DEFAULT_APPEND.to_string();
+        if debian {
+            if !args.command.is_empty() {
+                anyhow::bail!("the Debian guest boots to a login prompt; a command after `--` needs the default guest");
+            }
+            config.disks.insert(
+                0,
+                DiskConfig {
+                    path: guest::debian_disk()?,
+                    readonly: false,
+                },
+            );
+            config.append = guest::DEBIAN_APPEND.to_string();
+            if config.net.is_none() {
+                config.net = Some(NetConfig {
+                    mac: DEFAULT_MAC,
+                    backend: NetBackendConfig::User {
+                        publish: Vec::new(),
+                    },
+                });
+            }
+        }
     } else if args.kernel.is_some() && args.bios.is_none() {
         // Like QEMU, boot kernels through OpenSBI by default: the default guest's copy.
         config.bios = guest::default_firmware();

@@ -21,13 +21,20 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A 32 MiB ext4 image holding `files` (name, contents).
 fn ext4_image(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    ext4_image_with(name, |dir| {
+        for (f, body) in files {
+            std::fs::write(dir.join(f), body).unwrap();
+        }
+    })
+}
+
+/// A 32 MiB ext4 image of the directory `fill` populates.
+fn ext4_image_with(name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
     let img = scratch(name);
     let src = scratch(&format!("{name}.d"));
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(&src).unwrap();
-    for (f, body) in files {
-        std::fs::write(src.join(f), body).unwrap();
-    }
+    fill(&src);
     std::fs::File::create(&img)
         .unwrap()
         .set_len(32 << 20)
@@ -52,13 +59,28 @@ fn debugfs_cat(img: &Path, file: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
+/// The hex digest `tool` (sha256sum, md5sum) prints for `data`.
+fn digest(tool: &str, data: &[u8]) -> String {
+    let mut child = Command::new(tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
         .unwrap()
         .to_string()
+}
+
+fn sha256(path: &Path) -> String {
+    digest("sha256sum", &std::fs::read(path).unwrap())
+}
+
+fn md5(data: &[u8]) -> String {
+    digest("md5sum", data)
 }
 
 #[test]
@@ -151,19 +173,26 @@ fn raw_disk_sectors_round_trip_and_discard() {
     );
 }
 
-#[test]
-fn disk_errors_name_the_image_and_the_fix() {
-    let missing = scratch("missing.img");
+/// `popek run ARGS -- true` that must fail: returns its exit status and stderr.
+fn fails_with(args: &[&str]) -> (Option<i32>, String) {
     let out = run_with_timeout(
         popek()
             .arg("run")
-            .arg("--disk")
-            .arg(&missing)
-            .args(["--", "true"]),
+            .args(args)
+            .args(["--", "true"])
+            .current_dir(std::env::temp_dir()),
         Duration::from_secs(60),
     );
     let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "popek panicked: {err}");
+    (out.status.code(), err)
+}
+
+#[test]
+fn disk_errors_name_the_image_and_the_fix() {
+    let missing = scratch("missing.img");
+    let (code, err) = fails_with(&["--disk", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(
         err.contains("cannot open disk image") && err.contains("missing.img"),
         "stderr: {err}"
@@ -179,18 +208,10 @@ fn disk_errors_name_the_image_and_the_fix() {
         .spawn()
         .expect("flock (util-linux)");
     std::thread::sleep(Duration::from_millis(300));
-    let out = run_with_timeout(
-        popek()
-            .arg("run")
-            .arg("--disk")
-            .arg(&img)
-            .args(["--", "true"]),
-        Duration::from_secs(60),
-    );
+    let (code, err) = fails_with(&["--disk", img.to_str().unwrap()]);
     let _ = holder.kill();
     let _ = holder.wait();
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(
         err.contains("in use by another process") && err.contains("locked.img"),
         "stderr: {err}"
@@ -198,29 +219,15 @@ fn disk_errors_name_the_image_and_the_fix() {
 
     let empty = scratch("empty.img");
     std::fs::write(&empty, b"").unwrap();
-    let out = run_with_timeout(
-        popek()
-            .arg("run")
-            .arg("--disk")
-            .arg(&empty)
-            .args(["--", "true"]),
-        Duration::from_secs(60),
-    );
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let (code, err) = fails_with(&["--disk", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(
         err.contains("at least one 512-byte sector"),
         "stderr: {err}"
     );
 
-    let out = run_with_timeout(
-        popek()
-            .args(["run", "--disk", "x.img,fast", "--", "true"])
-            .current_dir(std::env::temp_dir()),
-        Duration::from_secs(60),
-    );
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let (code, err) = fails_with(&["--disk", "x.img,fast"]);
+    assert_eq!(code, Some(2), "stderr: {err}");
     assert!(err.contains("unknown disk option 'fast'"), "stderr: {err}");
 }
 
@@ -263,56 +270,40 @@ fn user_network_dhcp_outbound_http_and_published_port() {
          {{ timeout 120 nc -l -p 8081 >/dev/null & }}; \
          until netstat -ltn | grep -q ':8081 '; do sleep 0.2; done; echo GUEST-HTTPD-UP && wait"
     );
-    let mut child = popek()
-        .arg("run")
-        .args(["--net", "user", "--publish", &format!("{published}:8080")])
-        .args(["--publish", &format!("{done_port}:8081")])
-        .args(["--", "sh", "-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut fetched = None;
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if fetched.is_none() && String::from_utf8_lossy(&seen).contains("GUEST-HTTPD-UP") {
-                let mut c = TcpStream::connect(("127.0.0.1", published)).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-                let mut reply = String::new();
-                let _ = c.read_to_string(&mut reply);
-                fetched = Some(reply);
-                // Let the guest finish: a byte to its listener, then wait for it to close.
-                let mut done = TcpStream::connect(("127.0.0.1", done_port)).unwrap();
-                done.set_read_timeout(Some(Duration::from_secs(60)))
-                    .unwrap();
-                done.write_all(b"x").unwrap();
-                done.shutdown(std::net::Shutdown::Write).unwrap();
-                let _ = done.read_to_end(&mut Vec::new());
-            }
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let f = fetched.clone();
+    let args: Vec<String> = [
+        "--net",
+        "user",
+        "--publish",
+        &format!("{published}:8080"),
+        "--publish",
+        &format!("{done_port}:8081"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, status) = popek_watch(&args, move |line| {
+        if line.contains("GUEST-HTTPD-UP") {
+            let mut c = TcpStream::connect(("127.0.0.1", published)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            let mut reply = String::new();
+            let _ = c.read_to_string(&mut reply);
+            *f.lock().unwrap() = Some(reply);
+            // Let the guest finish: a byte to its listener, then wait for it to close.
+            let mut done = TcpStream::connect(("127.0.0.1", done_port)).unwrap();
+            done.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            done.write_all(b"x").unwrap();
+            done.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = done.read_to_end(&mut Vec::new());
         }
-        (String::from_utf8_lossy(&seen).into_owned(), fetched)
     });
-    let deadline = std::time::Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("popek run with --net user timed out");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let (out, fetched) = reader.join().unwrap();
     server.join().unwrap();
     assert!(status.success(), "stdout: {out}");
     assert!(out.contains("lease of 10.0.2.15"), "no DHCP lease: {out}");
@@ -320,7 +311,11 @@ fn user_network_dhcp_outbound_http_and_published_port() {
         out.contains("hello from the host's loopback"),
         "outbound HTTP failed: {out}"
     );
-    let fetched = fetched.expect("the guest's web server never came up");
+    let fetched = fetched
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the guest's web server never came up");
     assert!(
         fetched.contains("served-by-the-guest"),
         "published port returned: {fetched}"
@@ -350,62 +345,52 @@ fn entropy_source_feeds_the_guest() {
 fn network_errors_are_one_line() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = run_with_timeout(
-        popek()
-            .arg("run")
-            .args(["--publish", &format!("{port}:80"), "--", "true"]),
-        Duration::from_secs(60),
-    );
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let (code, err) = fails_with(&["--publish", &format!("{port}:80")]);
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(err.contains(&port.to_string()), "stderr: {err}");
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
 
-    let out = run_with_timeout(
-        popek().args(["run", "--net", "bridge", "--", "true"]),
-        Duration::from_secs(60),
-    );
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let (code, err) = fails_with(&["--net", "bridge"]);
+    assert_eq!(code, Some(2), "stderr: {err}");
     assert!(err.contains("use user or tap=NAME"), "stderr: {err}");
+
+    let (code, err) = fails_with(&["--net", "tap=a-name-too-long-for-linux"]);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(
+        err.contains("'a-name-too-long-for-linux' is not a valid interface name"),
+        "stderr: {err}"
+    );
 }
 
 /// An ext4 image holding the guest side of the vsock test, built from tests/guest/vsock.c.
 fn vsock_tool_image() -> PathBuf {
-    let dir = scratch("vsock-tool.d");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let st = Command::new("riscv64-linux-gnu-gcc")
-        .args(["-O2", "-static", "-o"])
-        .arg(dir.join("vsock"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock.c"))
-        .status()
-        .expect("riscv64-linux-gnu-gcc is needed (scripts/install-deps)");
-    assert!(st.success(), "building tests/guest/vsock.c failed");
-    let img = scratch("vsock-tool.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&dir)
-        .arg(&img)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    img
+    ext4_image_with("vsock-tool.img", |dir| {
+        let st = Command::new("riscv64-linux-gnu-gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(dir.join("vsock"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock.c"))
+            .status()
+            .expect("riscv64-linux-gnu-gcc is needed (scripts/install-deps)");
+        assert!(st.success(), "building tests/guest/vsock.c failed");
+    })
 }
 
 /// Run popek with `args`, calling `on_line` for each line of its console output (on a reader
 /// thread) until it exits; returns the whole output and the exit status.
 fn popek_watch(
     args: &[String],
+    on_line: impl FnMut(&str) + Send + 'static,
+) -> (String, std::process::ExitStatus) {
+    watch(popek().arg("run").args(args), on_line)
+}
+
+/// Run `cmd`, calling `on_line` for each line of its stdout (on a reader thread) until it
+/// exits within [`LIMIT`]; returns the whole output and the exit status.
+fn watch(
+    cmd: &mut Command,
     mut on_line: impl FnMut(&str) + Send + 'static,
 ) -> (String, std::process::ExitStatus) {
-    let mut child = popek()
-        .arg("run")
-        .args(args)
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .stdin(std::process::Stdio::null())
@@ -429,7 +414,7 @@ fn popek_watch(
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("popek run {args:?} timed out");
+            panic!("{cmd:?} timed out");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -528,21 +513,6 @@ impl Drop for Netns {
     }
 }
 
-fn md5(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn tap_network_in_a_namespace_carries_data_both_ways() {
     guest();
@@ -600,50 +570,19 @@ fn tap_network_in_a_namespace_carries_data_both_ways() {
     let ns_name = ns.0.clone();
     let fetched = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
     let f = fetched.clone();
-    let args: Vec<String> = ["--net", "tap=ptap0", "--", "sh", "-c", script]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut cmd = vec!["netns".to_string(), "exec".into(), ns.0.clone()];
-    cmd.push(env!("CARGO_BIN_EXE_popek").into());
-    cmd.push("run".into());
-    cmd.extend(args);
-    let mut child = Command::new("ip")
-        .args(&cmd)
-        .stdout(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            let Ok(line) = line else { break };
-            if line.contains("GUEST-SERVING") {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &ns_name, "python3", "-c"])
-                    .arg("import socket,sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen('http://10.0.3.2/up', timeout=60).read()); d = socket.create_connection(('10.0.3.2', 81), timeout=60); d.sendall(b'x'); d.shutdown(socket.SHUT_WR); d.recv(1)")
-                    .output()
-                    .unwrap();
-                *f.lock().unwrap() = Some(out.stdout);
-            }
-            all.push_str(&line);
-            all.push('\n');
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_popek"), "run"])
+        .args(["--net", "tap=ptap0", "--", "sh", "-c", script]);
+    let (out, status) = watch(&mut cmd, move |line| {
+        if line.contains("GUEST-SERVING") {
+            let got = Command::new("ip")
+                .args(["netns", "exec", &ns_name, "python3", "-c"])
+                .arg("import socket,sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen('http://10.0.3.2/up', timeout=60).read()); d = socket.create_connection(('10.0.3.2', 81), timeout=60); d.sendall(b'x'); d.shutdown(socket.SHUT_WR); d.recv(1)")
+                .output()
+                .unwrap();
+            *f.lock().unwrap() = Some(got.stdout);
         }
-        all
     });
-    let deadline = std::time::Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("popek run --net tap timed out");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = reader.join().unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(status.success(), "stdout: {out}");
