@@ -42,6 +42,28 @@ fn expect(lines: &mpsc::Receiver<String>, seen: &mut String, what: &str, limit: 
     }
 }
 
+/// `text` without terminal escape sequences (systemd and iproute2 colour their output).
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[test]
 fn debian_boots_to_login_networks_writes_and_powers_off() {
     let src = debian_dir();
@@ -96,7 +118,7 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
     expect(&lines, &mut seen, "# ", Duration::from_secs(120));
     stdin
         .write_all(
-            b"systemctl is-system-running --wait; ip -4 -o addr show scope global; \
+            b"systemctl is-system-running --wait; ip -color=never -4 -o addr show scope global; \
               echo debian-guest-was-here > /root/written.txt; sync; echo WROTE-IT\n",
         )
         .unwrap();
@@ -119,7 +141,7 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
     }
     assert_eq!(status.code(), Some(0), "console:\n{seen}");
     assert!(
-        seen.contains("10.0.2.15/24"),
+        strip_escapes(&seen).contains("10.0.2.15/24"),
         "no address from the user network's DHCP; console:\n{seen}"
     );
     let out = Command::new("debugfs")
