@@ -103,7 +103,8 @@ struct RunArgs {
     #[arg(long)]
     stats: bool,
 
-    /// Command to run in the default guest instead of a shell (after `--`).
+    /// Command to run in the guest instead of a shell or login (after `--`); popek exits with
+    /// its status.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
@@ -175,9 +176,6 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         config.bios = Some(g.firmware);
         config.append = guest::DEFAULT_APPEND.to_string();
         if debian {
-            if !args.command.is_empty() {
-                anyhow::bail!("the Debian guest boots to a login prompt; a command after `--` needs the default guest");
-            }
             config.disks.insert(
                 0,
                 DiskConfig {
