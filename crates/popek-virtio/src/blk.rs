@@ -9,15 +9,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::chain::{self, Chain, Segment};
 use crate::drain_queue;
 use crate::{
-    device_type, features, read_config_bytes, Activation, GuestMem, GuestWriteHook, Signals,
+    device_type, features, read_config_bytes, Activation, GuestMem, GuestWriteHook, SingleQueue,
     VirtioDevice,
 };
 
@@ -84,14 +82,7 @@ pub enum BlockError {
 /// An open disk image, and the queue it serves once the driver is ready.
 pub struct Block {
     disk: Disk,
-    active: Option<Active>,
-}
-
-struct Active {
-    mem: GuestMem,
-    queue: Queue,
-    signals: Arc<Signals>,
-    wrote: GuestWriteHook,
+    active: Option<SingleQueue>,
 }
 
 /// The image itself: what requests act on.
@@ -196,7 +187,7 @@ impl Block {
     }
 }
 
-fn serve_queue(disk: &mut Disk, a: &mut Active) -> Result<(), String> {
+fn serve_queue(disk: &mut Disk, a: &mut SingleQueue) -> Result<(), String> {
     let (mem, wrote) = (&a.mem, &a.wrote);
     drain_queue(&mut a.queue, mem, &a.signals, |chain| {
         disk.request(mem, chain, wrote).map_err(|e| e.to_string())
@@ -503,18 +494,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), String> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or("virtio-blk: request queue not set up")?;
-        self.active = Some(Active {
-            mem: a.mem,
-            queue,
-            signals: a.signals,
-            wrote: a.wrote,
-        });
+        self.active = Some(a.single_queue("virtio-blk")?);
         // Requests made available before DRIVER_OK are served now.
         self.process();
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use virtio_queue::{Queue, QueueT};

@@ -19,7 +19,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// Guest memory as devices see it.
@@ -129,6 +129,37 @@ pub struct Activation {
     pub signals: Arc<Signals>,
     /// Report direct writes to guest memory.
     pub wrote: GuestWriteHook,
+}
+
+/// What a device with a single queue works with once active.
+pub struct SingleQueue {
+    /// Guest memory.
+    pub mem: GuestMem,
+    /// The device's one queue.
+    pub queue: Queue,
+    /// Interrupts and failure reporting.
+    pub signals: Arc<Signals>,
+    /// Report direct writes to guest memory.
+    pub wrote: GuestWriteHook,
+}
+
+impl Activation {
+    /// The state of a single-queue device (`name` is for the error): its first queue must be
+    /// ready.
+    pub fn single_queue(self, name: &str) -> Result<SingleQueue, String> {
+        let queue = self
+            .queues
+            .into_iter()
+            .next()
+            .filter(|q| q.ready())
+            .ok_or_else(|| format!("{name}: request queue not set up"))?;
+        Ok(SingleQueue {
+            mem: self.mem,
+            queue,
+            signals: self.signals,
+            wrote: self.wrote,
+        })
+    }
 }
 
 /// A virtio device behind the MMIO transport.

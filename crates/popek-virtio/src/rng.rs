@@ -1,12 +1,8 @@
 //! virtio-rng: the guest's entropy source is the host's `getrandom` (virtio 1.2, section 5.4).
 
-use std::sync::Arc;
-
-use virtio_queue::{Queue, QueueT};
-
 use crate::chain;
 use crate::drain_queue;
-use crate::{device_type, features, Activation, GuestMem, GuestWriteHook, Signals, VirtioDevice};
+use crate::{device_type, features, Activation, SingleQueue, VirtioDevice};
 
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request (bounds the work one notification causes).
@@ -15,7 +11,7 @@ const MAX_REQUEST: usize = 64 << 10;
 /// The entropy device.
 #[derive(Default)]
 pub struct Rng {
-    active: Option<(GuestMem, Queue, Arc<Signals>, GuestWriteHook)>,
+    active: Option<SingleQueue>,
 }
 
 impl Rng {
@@ -25,7 +21,13 @@ impl Rng {
     }
 
     fn process(&mut self) -> Result<(), String> {
-        let Some((mem, queue, signals, wrote)) = self.active.as_mut() else {
+        let Some(SingleQueue {
+            mem,
+            queue,
+            signals,
+            wrote,
+        }) = self.active.as_mut()
+        else {
             return Ok(());
         };
         let mem = &*mem;
@@ -84,20 +86,14 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), String> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or("virtio-rng: request queue not set up")?;
-        self.active = Some((a.mem, queue, a.signals, a.wrote));
+        self.active = Some(a.single_queue("virtio-rng")?);
         Ok(())
     }
 
     fn notify(&mut self, _index: u16) {
         if let Err(e) = self.process() {
-            if let Some((_, _, signals, _)) = &self.active {
-                signals.fail(&e);
+            if let Some(active) = &self.active {
+                active.signals.fail(&e);
             }
         }
     }
