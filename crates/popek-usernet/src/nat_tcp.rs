@@ -74,6 +74,33 @@ struct Conn {
     host_failed: bool,
 }
 
+impl Conn {
+    /// A connection whose guest side is still in its handshake (until `now` plus the connect
+    /// timeout), with both host directions open: `key` for an outbound flow, `local_port` for a
+    /// published one.
+    fn new(
+        handle: SocketHandle,
+        host: TcpStream,
+        key: Option<FlowKey>,
+        local_port: Option<u16>,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            handle,
+            host,
+            key,
+            local_port,
+            handshake_deadline: Some(now + CONNECT_TIMEOUT),
+            established: false,
+            rd_ready: true,
+            wr_ready: true,
+            host_eof: false,
+            host_wr_shut: false,
+            host_failed: false,
+        }
+    }
+}
+
 /// What a poll entry of the TCP side is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TcpToken {
@@ -265,22 +292,8 @@ impl TcpNat {
             reset_host(&host);
             return;
         }
-        self.conns.insert(
-            id,
-            Conn {
-                handle,
-                host,
-                key: Some(p.key),
-                local_port: None,
-                handshake_deadline: Some(now + CONNECT_TIMEOUT),
-                established: false,
-                rd_ready: true,
-                wr_ready: true,
-                host_eof: false,
-                host_wr_shut: false,
-                host_failed: false,
-            },
-        );
+        self.conns
+            .insert(id, Conn::new(handle, host, Some(p.key), None, now));
     }
 
     /// Refuses host connects that took too long; returns the next deadline.
@@ -376,22 +389,8 @@ impl TcpNat {
             tracing::debug!(%peer, guest_port, "usernet: --publish connection");
             let handle = net.sockets.add(s);
             let id = self.id();
-            self.conns.insert(
-                id,
-                Conn {
-                    handle,
-                    host: stream,
-                    key: None,
-                    local_port: Some(port),
-                    handshake_deadline: Some(now + CONNECT_TIMEOUT),
-                    established: false,
-                    rd_ready: true,
-                    wr_ready: true,
-                    host_eof: false,
-                    host_wr_shut: false,
-                    host_failed: false,
-                },
-            );
+            self.conns
+                .insert(id, Conn::new(handle, stream, None, Some(port), now));
         }
     }
 
