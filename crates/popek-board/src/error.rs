@@ -97,10 +97,10 @@ pub enum BoardError {
     #[error("--cpus {0}: popek runs 1 to {1} harts")]
     BadCpus(u32, u32),
     /// Guest RAM size is unusable.
-    #[error("--memory {size} MiB is too small: popek needs at least 1 MiB of guest RAM")]
+    #[error("--memory {} is too small: popek needs at least 1 MiB of guest RAM", crate::size::show_size(*.bytes))]
     MemoryTooSmall {
-        /// The requested size in MiB.
-        size: u64,
+        /// The requested size in bytes.
+        bytes: u64,
     },
     /// Guest RAM size larger than the host has.
     #[error("--memory {requested_mib} MiB is more than this host's {host_mib} MiB of RAM: choose a smaller --memory")]
@@ -134,4 +134,7 @@ pub enum BoardError {
     /// An exit a machine hart should never produce.
     #[error("internal error: unexpected hart exit {0}")]
     Internal(String),
+    /// popek's jail could not be set up.
+    #[error("cannot set up the sandbox: {0}")]
+    Jail(String),
 }

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod console;
 pub mod error;
 pub mod fdt;
+pub mod jail;
 pub mod loader;
 pub mod machine;
 pub mod memmap;

@@ -60,6 +60,9 @@ pub struct MachineConfig {
     pub net: Option<NetConfig>,
     /// The virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// Confine popek's own threads (seccomp, Landlock; see [`crate::jail`]): the console
+    /// reader and the user network's threads from their start, the rest at [`Machine::run`].
+    pub jail: bool,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -387,6 +390,8 @@ pub struct Machine {
     stats: RunStats,
     boot: BootState,
     config: MachineConfig,
+    /// Whether the main thread entered the jail (once: the filter stays for good).
+    jailed: bool,
 }
 
 fn host_memory_bytes() -> Option<u64> {
@@ -415,7 +420,7 @@ impl Machine {
     pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
         let size = config.memory;
         if size < 1 << 20 {
-            return Err(BoardError::MemoryTooSmall { size: size >> 20 });
+            return Err(BoardError::MemoryTooSmall { bytes: size });
         }
         if size & 0xfff != 0 {
             return Err(BoardError::MemoryUnaligned);
@@ -469,7 +474,7 @@ impl Machine {
             stop: Mutex::new(None),
             threads,
         });
-        spawn_console_reader(shared.clone());
+        spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
             harts,
             shared,
@@ -483,6 +488,7 @@ impl Machine {
             },
             boot,
             config: config.clone(),
+            jailed: false,
         })
     }
 
@@ -493,6 +499,11 @@ impl Machine {
 
     /// Run until the guest powers off or exits (a guest reset reloads the images and goes on).
     pub fn run(&mut self) -> Result<RunOutcome, BoardError> {
+        if self.config.jail && !self.jailed {
+            let status = crate::jail::main_thread(&self.config)?;
+            tracing::info!("Landlock file-system rules: {status:?}");
+            self.jailed = true;
+        }
         let start = Instant::now();
         let result = loop {
             match self.run_harts() {
@@ -683,6 +694,7 @@ fn virtio_devices(
                 let user = popek_usernet::UserNet::start(popek_usernet::UserNetConfig {
                     guest_mac: net.mac,
                     publish: publish.clone(),
+                    thread_start: config.jail.then_some(crate::jail::net_thread as fn()),
                 })?;
                 Box::new(UserNetBackend(user))
             }
@@ -797,10 +809,13 @@ fn reset_hart(hart: &mut Hart, boot: &BootState) {
 
 /// Read stdin on its own thread: console input reaches the UART (and wakes the harts) even
 /// while every hart sleeps in WFI.
-fn spawn_console_reader(shared: Arc<Shared>) {
+fn spawn_console_reader(shared: Arc<Shared>, jail: bool) {
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if jail {
+                crate::jail::console_thread();
+            }
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             loop {

@@ -13,19 +13,41 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'T' => 1 << 40,
                 _ => {
                     return Err(format!(
-                        "bad size '{s}': use a number with an optional K, M, G or T suffix"
+                        "bad size '{s}': use a number of MiB, or one with a B, K, M, G or T suffix"
                     ))
                 }
             };
             (&t[..i], m)
         }
-        _ => (t, 1),
+        // A bare number is MiB, as with QEMU's -m.
+        _ => (t, 1 << 20),
     };
     let n: u64 = num.parse().map_err(|_| {
-        format!("bad size '{s}': use a number with an optional K, M, G or T suffix")
+        format!("bad size '{s}': use a number of MiB, or one with a B, K, M, G or T suffix")
     })?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// A size as a person would write it: `1 byte`, `512 KiB`, `16 MiB`, `2 GiB` (the largest
+/// unit that divides it, so nothing is rounded away).
+pub fn show_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    if bytes == 1 {
+        "1 byte".into()
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 #[cfg(test)]
@@ -36,9 +58,21 @@ mod tests {
     fn parses_suffixes() {
         assert_eq!(parse_size("128M"), Ok(128 << 20));
         assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096"), Ok(4096 << 20));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("1"), Ok(1 << 20));
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn shows_sizes_without_rounding() {
+        assert_eq!(show_size(1), "1 byte");
+        assert_eq!(show_size(1000), "1000 bytes");
+        assert_eq!(show_size(512 << 10), "512 KiB");
+        assert_eq!(show_size(16 << 20), "16 MiB");
+        assert_eq!(show_size((1 << 20) + 4096), "1028 KiB");
+        assert_eq!(show_size(2 << 30), "2 GiB");
     }
 }

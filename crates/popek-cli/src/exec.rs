@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use popek_board::size::parse_size;
 use popek_linux::ExecConfig;
 
 /// Arguments of `popek exec`.
@@ -13,9 +14,28 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR", default_value = "/")]
     root: PathBuf,
 
-    /// Add or replace a variable in the program's environment (which starts as popek's own).
+    /// Add or replace a variable in the program's environment (which starts as popek's own,
+    /// or empty with --clear-env).
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<OsString>,
+
+    /// Start the program's environment empty: it gets only the --env variables.
+    #[arg(long)]
+    clear_env: bool,
+
+    /// The most memory the program's writable mappings may take, e.g. 512M or 8G; past it
+    /// mmap, brk and mprotect fail with ENOMEM (per process the program forks).
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    memory: u64,
+
+    /// Pass host descriptor N (above 2) to the program; 0, 1 and 2 always are, every other
+    /// descriptor popek inherited is closed (repeatable).
+    #[arg(long = "pass-fd", value_name = "N")]
+    pass_fd: Vec<i32>,
+
+    /// Host pid of the guest's first process, when a guest execve re-executes popek.
+    #[arg(long, value_name = "PID", hide = true)]
+    guest_root: Option<i32>,
 
     /// Allow the program to create sockets (denied by default).
     #[arg(long)]
@@ -41,14 +61,18 @@ pub struct ExecArgs {
 /// Run the program; returns popek's exit status if it could not be started (otherwise the process
 /// ends with the program's status).
 pub fn run(args: ExecArgs) -> u8 {
-    let mut env: Vec<OsString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut s = k;
-            s.push("=");
-            s.push(v);
-            s
-        })
-        .collect();
+    let mut env: Vec<OsString> = if args.clear_env {
+        Vec::new()
+    } else {
+        std::env::vars_os()
+            .map(|(k, v)| {
+                let mut s = k;
+                s.push("=");
+                s.push(v);
+                s
+            })
+            .collect()
+    };
     for e in args.env {
         let key: Vec<u8> = {
             use std::os::unix::ffi::OsStrExt;
@@ -69,6 +93,9 @@ pub fn run(args: ExecArgs) -> u8 {
         prog: args.prog,
         args: args.args,
         argv0: args.argv0,
+        memory_limit: args.memory,
+        pass_fds: args.pass_fd,
+        guest_root: args.guest_root,
     };
     match popek_linux::exec(config) {
         Ok(never) => match never {},

@@ -66,7 +66,7 @@ struct RunArgs {
     #[arg(long, value_name = "CMDLINE", requires = "kernel")]
     append: Option<String>,
 
-    /// Guest RAM size, e.g. 512M or 2G [default: 128M for --bios alone, 512M for Linux].
+    /// Guest RAM size, e.g. 512M or 2G; a bare number is MiB, as with QEMU [default: 128M for --bios alone, 512M for Linux].
     #[arg(long, short = 'm', value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
 
@@ -168,6 +168,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         rng: linux && !args.no_rng,
         net: net_config(args)?,
         vsock: args.vsock.clone(),
+        jail: true,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;

@@ -75,7 +75,9 @@ macro_rules! baremetal_tests {
     };
 }
 
-baremetal_tests!(hello, traps, delegation, interrupts, paging, counters, atomics_fp, exit_code);
+baremetal_tests!(
+    hello, traps, delegation, interrupts, paging, counters, atomics_fp, exit_code, fail_zero
+);
 
 #[test]
 fn flat_binary_runs_like_the_elf() {

@@ -24,6 +24,7 @@ const PROGS: &[&str] = &[
     "hwprobe",
     "unsupported",
     "restart",
+    "hostile",
 ];
 
 fn require(tool: &str) {
@@ -371,6 +372,22 @@ fn bad_root() -> &'static Path {
         r[4] = 1;
         std::fs::write(bad.join("bin/rv32"), r).unwrap();
         std::fs::write(bad.join("bin/truncated"), &hello[..200]).unwrap();
+        let mut p = hello.clone();
+        p[32..40].copy_from_slice(&0x8000_0000_0000_0000u64.to_le_bytes());
+        std::fs::write(bad.join("bin/phoff"), p).unwrap();
+        // The dynamic program with its PT_INTERP string replaced.
+        let dynamic = std::fs::read(root().join("bin/hello-dyn")).unwrap();
+        let interp = b"/lib/ld-linux-riscv64-lp64d.so.1";
+        let at = dynamic
+            .windows(interp.len())
+            .position(|w| w == interp)
+            .unwrap();
+        for (name, with) in [("interp-slash", &b"/"[..]), ("interp-empty", &b""[..])] {
+            let mut d = dynamic.clone();
+            d[at..at + interp.len()].fill(0);
+            d[at..at + with.len()].copy_from_slice(with);
+            std::fs::write(bad.join("bin").join(name), d).unwrap();
+        }
         bad
     })
 }
@@ -414,6 +431,21 @@ fn exec_bad_inputs() {
     for (prog, code, msg) in cases {
         let (s, err) = popek_in(bad, prog);
         assert_eq!((s, err.as_str()), (*code, msg.as_str()), "{prog}");
+    }
+    for (prog, why) in [
+        ("/bin/phoff", "program headers past the end of the file"),
+        (
+            "/bin/interp-slash",
+            "its interpreter / is not a regular file",
+        ),
+        ("/bin/interp-empty", "PT_INTERP names no interpreter"),
+    ] {
+        let (s, err) = popek_in(bad, prog);
+        assert_eq!(
+            (s, err),
+            (126, format!("popek: {prog}: malformed ELF file: {why}\n")),
+            "{prog}"
+        );
     }
     let (s, err) = popek_in(bad, "/bin/truncated");
     assert_eq!(s, 126);
@@ -471,4 +503,243 @@ fn exec_garbage_never_panics() {
         assert!(!err.contains("panicked"), "{name}: {err}");
         assert_ne!(status(&o), 101, "{name}: {err}");
     }
+}
+
+/// The x86-64 shared object a hostile guest tries to get the host's loader to run: its
+/// constructor creates `marker` (outside the root). Built with the host's cc.
+fn evil_so(marker: &Path) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = dir.join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <fcntl.h>\n#include <unistd.h>\n\
+             __attribute__((constructor)) static void evil(void) {{\n\
+             close(open(\"{}\", O_CREAT | O_WRONLY, 0644)); }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let so = root().join("evil.so");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "building evil.so failed");
+    so
+}
+
+/// Escape 1: a guest execve re-executes popek; the guest's loader variables must never reach the
+/// host's dynamic loader (LD_PRELOAD by host path, by /proc/self/fd/N and relative; LD_AUDIT,
+/// LD_LIBRARY_PATH, GLIBC_TUNABLES). The guest still sees its own environment.
+#[test]
+fn exec_execve_keeps_loader_variables_from_the_host() {
+    let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("evil-marker");
+    let so = evil_so(&marker);
+    // The object works: preloaded into a host program, it creates the marker.
+    let _ = std::fs::remove_file(&marker);
+    let st = Command::new("/bin/true")
+        .env("LD_PRELOAD", &so)
+        .status()
+        .unwrap();
+    assert!(
+        st.success() && marker.exists(),
+        "evil.so did not run natively"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    for prog in ["hostile", "hostile-dyn"] {
+        let p = popek(prog, &["preload", so.to_str().unwrap()]);
+        let out = text(&p.stdout);
+        assert_eq!(status(&p), 0, "{out}{}", text(&p.stderr));
+        assert!(out.contains("argv[1]=after-exec\n"), "{out}");
+        assert!(out.contains("env POPEK_GUEST_VAR=kept\n"), "{out}");
+        assert!(out.contains("env count=5\n"), "{out}");
+        assert!(
+            !marker.exists(),
+            "{prog}: the host's loader ran the guest's shared object"
+        );
+    }
+}
+
+/// Escape 2: signals, limits and scheduler calls reach only the guest's own processes. Runs in a
+/// PID namespace the test creates, with a victim process that is not the guest's.
+#[test]
+fn exec_signals_stay_inside_the_guest() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root for its PID namespace (CI runs as root)"
+    );
+    let popek_bin = env!("CARGO_BIN_EXE_popek");
+    for prog in ["hostile", "hostile-dyn"] {
+        let script = format!(
+            "sleep 30 & v=$!; {popek_bin} exec --root {} /bin/{prog} signals $v; \
+             kill -0 $v && echo victim-alive; kill $v",
+            root().display()
+        );
+        let mut c = Command::new("unshare");
+        c.args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(&script);
+        let o = run(&mut c);
+        assert_eq!(
+            text(&o.stdout),
+            "kill victim 0: ESRCH\n\
+             kill victim TERM: ESRCH\n\
+             kill 1 TERM: ESRCH\n\
+             tkill victim: ESRCH\n\
+             tgkill victim: ESRCH\n\
+             prlimit victim: ESRCH\n\
+             setaffinity victim: ESRCH\n\
+             getpgid victim: ESRCH\n\
+             getsid victim: ESRCH\n\
+             prlimit self: ok\n\
+             kill 0 USR1: ok\n\
+             kill -pgrp USR2: ok\n\
+             kill -victim's group: ESRCH\n\
+             own signals: usr1=1 usr2=1\n\
+             kill child KILL: ok\n\
+             child: killed by 9\n\
+             kill -1 KILL: ok\n\
+             child 1: killed by 9\n\
+             child 2: killed by 9\n\
+             kill -1 again: ESRCH\n\
+             caller alive\n\
+             victim-alive\n",
+            "{prog}: {}",
+            text(&o.stderr)
+        );
+    }
+}
+
+/// Escape 3: no device nodes; set-uid and set-gid bits are dropped however they are asked for.
+#[test]
+fn exec_no_device_nodes_or_setid_bits() {
+    for prog in ["hostile", "hostile-dyn"] {
+        let p = popek(prog, &["nodes"]);
+        assert_eq!(
+            text(&p.stdout),
+            "mknod char 1:11: EPERM\n\
+             mknod block 8:0: EPERM\n\
+             mknod fifo: ok\n\
+             mknod file 04755: ok\n\
+             mknod'd file: 0755\n\
+             open O_CREAT 06755: ok\n\
+             created file: 0755\n\
+             fchmod 06755: ok\n\
+             after fchmod: 0755\n\
+             chmod 04755: ok\n\
+             after chmod: 0755\n\
+             fchmodat 02755: ok\n\
+             after fchmodat: 0755\n",
+            "{prog}: {}",
+            text(&p.stderr)
+        );
+        assert!(!root().join("tmp/kmsg").exists() && !root().join("tmp/sda").exists());
+    }
+}
+
+/// Descriptors the caller did not name with --pass-fd are closed before the guest starts.
+#[test]
+fn exec_inherited_descriptors_are_not_passed() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    let fd = file.as_raw_fd();
+    for (extra, want) in [
+        (&[][..], "inherited:\n"),
+        (&["--pass-fd", "7"][..], "inherited: 7\n"),
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popek"));
+        c.arg("exec")
+            .args(extra)
+            .arg("--root")
+            .arg(root())
+            .args(["/bin/hostile", "fds"]);
+        // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                for target in [7, 9] {
+                    if libc::dup2(fd, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let o = c.stdin(Stdio::null()).output().unwrap();
+        assert_eq!(text(&o.stdout), want, "{}", text(&o.stderr));
+    }
+}
+
+/// A guest allocating without bound gets ENOMEM at its --memory limit, not the host's OOM.
+#[test]
+fn exec_memory_limit() {
+    let mut c = common::popek();
+    c.arg("exec")
+        .arg("--root")
+        .arg(root())
+        .args(["--memory", "256M", "/bin/hostile", "memory"]);
+    let o = run(&mut c);
+    let out = text(&o.stdout);
+    let mib: u64 = out
+        .strip_prefix("allocated ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}{}", text(&o.stderr)));
+    assert!((128..256).contains(&mib), "{out}");
+    assert_eq!(status(&o), 0);
+    // The default limit (4 GiB) refuses one 8 GiB writable mapping; reserving address space
+    // (PROT_NONE) costs nothing until it is made writable.
+    let p = popek("hostile", &["bigmap"]);
+    assert_eq!(
+        text(&p.stdout),
+        "mmap 8 GiB: ENOMEM\n\
+         mmap 8 GiB PROT_NONE: ok\n\
+         mprotect all of it writable: ENOMEM\n\
+         mprotect 1 MiB writable: ok\n"
+    );
+}
+
+/// popek exec runs under its seccomp filter with no-new-privileges, whatever the guest does.
+#[test]
+fn exec_popek_is_jailed() {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .arg("exec")
+        .arg("--root")
+        .arg(root())
+        .args(["/bin/hostile", "wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert!(child.wait().unwrap().success());
 }

@@ -110,7 +110,15 @@ fn bad_memory_sizes() {
     let (_, e) = fails(&["run", "--memory", "12Q", "--bios", h]);
     assert!(e.contains("bad size '12Q'"), "{e}");
     let (_, e) = fails(&["run", "--memory", "512K", "--bios", h]);
-    assert!(e.contains("too small"), "{e}");
+    assert_eq!(
+        e,
+        "popek: error: --memory 512 KiB is too small: popek needs at least 1 MiB of guest RAM"
+    );
+    let (_, e) = fails(&["run", "--memory", "1B", "--bios", h]);
+    assert!(e.contains("--memory 1 byte is too small"), "{e}");
+    // A bare number is MiB, as with QEMU's -m: 1 is enough RAM to try, but not for this image.
+    let (_, e) = fails(&["run", "--memory", "1", "--bios", h]);
+    assert!(!e.contains("too small") && !e.contains("0 MiB"), "{e}");
     let (_, e) = fails(&["run", "--memory", "64T", "--bios", h]);
     assert!(e.contains("more than this host's"), "{e}");
 }

@@ -45,11 +45,8 @@ impl MmioDevice for Finisher {
         let value = value as u32;
         self.request = match value & 0xffff {
             0x5555 => Some(FinisherRequest::Exit(0)),
-            // QEMU treats FAIL with code 0 as exit status 1.
-            0x3333 => Some(FinisherRequest::Exit(match value >> 16 {
-                0 => 1,
-                c => c,
-            })),
+            // FAIL exits with its code, 0 included, as qemu-system-riscv64 7.2 (the reference).
+            0x3333 => Some(FinisherRequest::Exit(value >> 16)),
             0x7777 => Some(FinisherRequest::Reset),
             _ => self.request,
         };
@@ -68,6 +65,8 @@ mod tests {
         assert_eq!(f.take_request(), None);
         f.write(0, 4, (7 << 16) | 0x3333);
         assert_eq!(f.take_request(), Some(FinisherRequest::Exit(7)));
+        f.write(0, 4, 0x3333);
+        assert_eq!(f.take_request(), Some(FinisherRequest::Exit(0)));
         f.write(0, 4, 0x7777);
         assert_eq!(f.take_request(), Some(FinisherRequest::Reset));
         f.write(0, 4, 0x1234);

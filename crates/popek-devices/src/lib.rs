@@ -8,6 +8,7 @@
 pub mod boot_timer;
 pub mod clint;
 pub mod finisher;
+pub mod guest_warn;
 pub mod plic;
 pub mod uart;
 

@@ -185,6 +185,9 @@ fn load_elf(
     if phentsize != 56 || phnum == 0 || phnum > 256 {
         return Err(bad(prog, "bad program header table"));
     }
+    if phoff.checked_add(phnum * 56).is_none_or(|e| e > file_size) {
+        return Err(bad(prog, "program headers past the end of the file"));
+    }
     let table = pread(fd, phoff, (phnum * 56) as usize).map_err(io)?;
     if table.len() as u64 != phnum * 56 {
         return Err(bad(prog, "program headers past the end of the file"));
@@ -250,6 +253,9 @@ fn load_elf(
             while s.last() == Some(&0) {
                 s.pop();
             }
+            if s.is_empty() || s.contains(&0) {
+                return Err(bad(prog, "PT_INTERP names no interpreter"));
+            }
             interp = Some(s);
         }
     }
@@ -311,6 +317,15 @@ fn load_elf(
         },
         interp,
     ))
+}
+
+fn is_regular(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat writes into the zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on our descriptor.
+    unsafe {
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+    }
 }
 
 /// Open a guest path for execution, mapping errors to the messages of the spec.
@@ -384,8 +399,20 @@ pub fn load_program(
                             root: sb.root_display.clone(),
                         })
                     }
+                    Err(Error::Io { source, .. }) => {
+                        return Err(Error::BadElf {
+                            prog,
+                            why: format!("its interpreter {ipn} cannot be read: {source}"),
+                        })
+                    }
                     r => r?,
                 };
+                if !is_regular(&ifd) {
+                    return Err(Error::BadElf {
+                        prog,
+                        why: format!("its interpreter {ipn} is not a regular file"),
+                    });
+                }
                 Some(load_elf(mm, &ifd, &ipn, None)?.0)
             }
         };

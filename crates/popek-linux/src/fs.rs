@@ -12,6 +12,16 @@ use std::sync::Mutex;
 
 use crate::Errno;
 
+/// Host device files a root without a /dev of its own gets (opened on the host by path).
+pub const HOST_DEVICES: [&[u8]; 6] = [
+    b"/dev/null",
+    b"/dev/zero",
+    b"/dev/urandom",
+    b"/dev/random",
+    b"/dev/full",
+    b"/dev/tty",
+];
+
 /// The guest's view of the file system.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -215,18 +225,23 @@ impl Sandbox {
             let exe = self.exe.lock().unwrap_or_else(|e| e.into_inner()).clone();
             return self.openat2(&exe, flags, 0).map(Some);
         } else if let Some(n) = self.self_fd_number(abs) {
-            Some(format!("/proc/self/fd/{n}").into_bytes())
-        } else if !self.has_dev
-            && matches!(
-                abs,
-                b"/dev/null"
-                    | b"/dev/zero"
-                    | b"/dev/urandom"
-                    | b"/dev/random"
-                    | b"/dev/full"
-                    | b"/dev/tty"
-            )
-        {
+            let c = cstr(format!("/proc/self/fd/{n}").as_bytes())?;
+            // SAFETY: c is a valid C string.
+            let fd = unsafe { libc::open(c.as_ptr(), flags & !libc::O_CREAT, 0) };
+            if fd >= 0 || Errno::last() != Errno(libc::EACCES) {
+                return check(fd as libc::c_long).map(|fd| Some(fd as i32));
+            }
+            // Landlock refuses to reopen a file outside the root (a terminal, a file the caller
+            // redirected in): the guest already holds it, so give it a duplicate instead.
+            let cmd = if flags & libc::O_CLOEXEC != 0 {
+                libc::F_DUPFD_CLOEXEC
+            } else {
+                libc::F_DUPFD
+            };
+            // SAFETY: F_DUPFD on the guest's own descriptor with an integer argument.
+            let fd = unsafe { libc::fcntl(n, cmd, 0) };
+            return check(fd as libc::c_long).map(|fd| Some(fd as i32));
+        } else if !self.has_dev && HOST_DEVICES.contains(&abs) {
             Some(abs.to_vec())
         } else {
             None

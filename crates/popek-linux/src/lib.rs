@@ -11,6 +11,7 @@ mod elf;
 mod fs;
 mod mm;
 mod names;
+mod pids;
 mod process;
 mod signal;
 mod syscall;
@@ -37,7 +38,19 @@ pub struct ExecConfig {
     pub args: Vec<OsString>,
     /// `argv[0]` if it differs from `prog` (execve passes it through).
     pub argv0: Option<OsString>,
+    /// The most memory the guest's writable mappings may take, in bytes (`--memory`); past it
+    /// the guest gets ENOMEM.
+    pub memory_limit: u64,
+    /// Descriptors above 2 the caller passes to the program (`--pass-fd`); all others are
+    /// closed before the program starts.
+    pub pass_fds: Vec<i32>,
+    /// Set when a guest's execve re-executed popek: the host pid of the guest's first process.
+    /// Such a popek is already jailed and its descriptors are the guest's own.
+    pub guest_root: Option<i32>,
 }
+
+/// The default `--memory` of `popek exec`: 4 GiB of writable mappings per guest process.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// Why a program could not be started. Each one prints as a single line naming the program.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +116,9 @@ pub enum Error {
     /// The host refused the guest address space or another resource.
     #[error("cannot set up the process: {0}")]
     Host(io::Error),
+    /// The jail (seccomp, Landlock, descriptors) could not be set up.
+    #[error("cannot set up the sandbox: {0}")]
+    Jail(#[from] popek_jail::JailError),
 }
 
 impl Error {
@@ -115,7 +131,7 @@ impl Error {
             | Error::WrongArch { .. }
             | Error::BadElf { .. }
             | Error::Io { .. } => 126,
-            Error::Host(_) => 1,
+            Error::Host(_) | Error::Jail(_) => 1,
         }
     }
 }

@@ -49,6 +49,18 @@ struct Vma {
     /// A MAP_SHARED mapping of a file opened read-only: host pages are read-only, so the guest
     /// may never gain write permission.
     shared_ro: bool,
+    /// A MAP_SHARED mapping of a file: its pages are the file's (page cache), never charged to
+    /// the memory limit.
+    shared_file: bool,
+}
+
+impl Vma {
+    /// Whether the mapping counts against the memory limit: only writable memory that is not
+    /// a shared file can grow the host's anonymous memory (read-only and PROT_NONE pages are
+    /// never touched for writing, so they stay the shared zero page or the page cache).
+    fn charged(&self) -> bool {
+        self.prot & PROT_WRITE != 0 && !self.shared_file
+    }
 }
 
 /// The host base pointer, shareable between threads.
@@ -72,6 +84,11 @@ pub struct Mm {
     pub brk_start: u64,
     /// Current program break.
     pub brk: u64,
+    /// Bytes of charged mappings (see [`Vma::charged`]).
+    committed: u64,
+    /// The most `committed` may reach (`popek exec --memory`); beyond it mmap, mprotect, mremap
+    /// and brk fail with ENOMEM, as under Linux's strict overcommit.
+    limit: u64,
 }
 
 /// Translate guest PROT bits into page permissions: on RISC-V a writable page is also readable.
@@ -85,7 +102,7 @@ fn perms_of(prot: u8) -> u8 {
 
 impl Mm {
     /// Reserve the host address space and build the hart's view of it.
-    pub fn new() -> io::Result<(Mm, Memory)> {
+    pub fn new(limit: u64) -> io::Result<(Mm, Memory)> {
         // SAFETY: a fresh anonymous PROT_NONE reservation; nothing else refers to that range.
         let p = unsafe {
             libc::mmap(
@@ -115,6 +132,8 @@ impl Mm {
                 vmas: BTreeMap::new(),
                 brk_start: 0,
                 brk: 0,
+                committed: 0,
+                limit,
             },
             mem,
         ))
@@ -184,6 +203,7 @@ impl Mm {
                 end: k,
                 prot: 0,
                 shared_ro: false,
+                shared_file: false,
             });
             if k < start {
                 self.vmas.insert(k, Vma { end: start, ..v });
@@ -191,15 +211,47 @@ impl Mm {
             if v.end > end {
                 self.vmas.insert(end, v);
             }
-            removed.push((
-                k.max(start),
-                Vma {
-                    end: v.end.min(end),
-                    ..v
-                },
-            ));
+            let piece = Vma {
+                end: v.end.min(end),
+                ..v
+            };
+            if piece.charged() {
+                self.committed -= piece.end - k.max(start);
+            }
+            removed.push((k.max(start), piece));
         }
         removed
+    }
+
+    /// Bytes of charged mappings inside `start..end`.
+    fn charged_in(&self, start: u64, end: u64) -> u64 {
+        self.vmas
+            .range(..end)
+            .rev()
+            .take_while(|(_, v)| v.end > start)
+            .filter(|(_, v)| v.charged())
+            .map(|(&k, v)| v.end.min(end) - k.max(start))
+            .sum()
+    }
+
+    /// Fail with ENOMEM if replacing `addr..addr+len` by a mapping that is (`charge`) or is not
+    /// charged would take the guest past its memory limit.
+    fn admit(&self, addr: u64, len: u64, charge: bool) -> Result<(), Errno> {
+        if !charge {
+            return Ok(());
+        }
+        let end = addr.saturating_add(len);
+        let after = self.committed - self.charged_in(addr, end) + len;
+        if after > self.limit {
+            return Err(Errno(libc::ENOMEM));
+        }
+        Ok(())
+    }
+
+    /// Bytes the guest's writable mappings take.
+    #[cfg(test)]
+    pub fn committed(&self) -> u64 {
+        self.committed
     }
 
     /// Map fresh zeroed memory at `addr..addr+len` with guest protection `prot`.
@@ -209,6 +261,7 @@ impl Mm {
         } else {
             libc::MAP_PRIVATE
         };
+        self.admit(addr, len, prot & PROT_WRITE != 0)?;
         self.host_map(
             addr,
             len,
@@ -217,7 +270,7 @@ impl Mm {
             -1,
             0,
         )?;
-        self.record(addr, len, prot, false);
+        self.record(addr, len, prot, false, false);
         Ok(())
     }
 
@@ -246,6 +299,7 @@ impl Mm {
         }
         let mut shared_ro = false;
         let mut host_prot = libc::PROT_READ | libc::PROT_WRITE;
+        self.admit(addr, len, prot & PROT_WRITE != 0 && !shared)?;
         if shared {
             // SAFETY: F_GETFL takes no pointer.
             let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -278,7 +332,7 @@ impl Mm {
                 0,
             )?;
         }
-        self.record(addr, len, prot, shared_ro);
+        self.record(addr, len, prot, shared_ro, shared);
         Ok(())
     }
 
@@ -312,17 +366,19 @@ impl Mm {
         Ok(())
     }
 
-    fn record(&mut self, addr: u64, len: u64, prot: u8, shared_ro: bool) {
+    fn record(&mut self, addr: u64, len: u64, prot: u8, shared_ro: bool, shared_file: bool) {
         let end = addr + len;
         self.cut(addr, end);
-        self.vmas.insert(
-            addr,
-            Vma {
-                end,
-                prot,
-                shared_ro,
-            },
-        );
+        let vma = Vma {
+            end,
+            prot,
+            shared_ro,
+            shared_file,
+        };
+        if vma.charged() {
+            self.committed += len;
+        }
+        self.vmas.insert(addr, vma);
         self.perms.set(addr, len, perms_of(prot));
     }
 
@@ -362,8 +418,22 @@ impl Mm {
         if prot & PROT_WRITE != 0 && pieces.iter().any(|(_, v)| v.shared_ro) {
             return Err(Errno(libc::EACCES));
         }
+        if prot & PROT_WRITE != 0 {
+            let newly: u64 = pieces
+                .iter()
+                .filter(|(_, v)| !v.shared_file && !v.charged())
+                .map(|(k, v)| v.end.min(end) - (*k).max(addr))
+                .sum();
+            if self.committed + newly > self.limit {
+                return Err(Errno(libc::ENOMEM));
+            }
+        }
         for (s, v) in self.cut(addr, end) {
-            self.vmas.insert(s, Vma { prot, ..v });
+            let v = Vma { prot, ..v };
+            if v.charged() {
+                self.committed += v.end - s;
+            }
+            self.vmas.insert(s, v);
         }
         self.perms.set(addr, len, perms_of(prot));
         Ok(())
@@ -441,5 +511,51 @@ impl Mm {
         }
         self.brk = want;
         want
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn writable_mappings_are_charged_until_the_limit() {
+        let (mut mm, _mem) = Mm::new(8 * MIB).unwrap();
+        let a = mm.find_free(4 * MIB).unwrap();
+        mm.map_anon(a, 4 * MIB, PROT_READ | PROT_WRITE, false)
+            .unwrap();
+        assert_eq!(mm.committed(), 4 * MIB);
+        // Read-only and PROT_NONE mappings cost nothing.
+        let b = mm.find_free(64 * MIB).unwrap();
+        mm.map_anon(b, 64 * MIB, 0, false).unwrap();
+        assert_eq!(mm.committed(), 4 * MIB);
+        // Past the limit: ENOMEM, and nothing changes.
+        let c = mm.find_free(8 * MIB).unwrap();
+        assert_eq!(
+            mm.map_anon(c, 8 * MIB, PROT_WRITE, false),
+            Err(Errno(libc::ENOMEM))
+        );
+        assert_eq!(
+            mm.protect(b, 8 * MIB, PROT_READ | PROT_WRITE),
+            Err(Errno(libc::ENOMEM))
+        );
+        assert_eq!(mm.prot_at(b), Some(0));
+        mm.protect(b, 4 * MIB, PROT_READ | PROT_WRITE).unwrap();
+        assert_eq!(mm.committed(), 8 * MIB);
+        // Dropping write access, unmapping and replacing mappings give the charge back.
+        mm.protect(b, 2 * MIB, PROT_READ).unwrap();
+        assert_eq!(mm.committed(), 6 * MIB);
+        mm.unmap(a + MIB, MIB).unwrap();
+        assert_eq!(mm.committed(), 5 * MIB);
+        mm.map_anon(a, MIB, PROT_READ, false).unwrap();
+        assert_eq!(mm.committed(), 4 * MIB);
+        // Growing the heap is charged too.
+        mm.brk_start = 1 << 30;
+        mm.brk = 1 << 30;
+        assert_eq!(mm.set_brk((1 << 30) + 8 * MIB), 1 << 30);
+        assert_eq!(mm.set_brk((1 << 30) + 2 * MIB), (1 << 30) + 2 * MIB);
+        assert_eq!(mm.committed(), 6 * MIB);
     }
 }

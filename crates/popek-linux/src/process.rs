@@ -11,6 +11,7 @@ use popek_cpu::{Bus, BusFault, Exception, Exit, Hart, HartConfig, Memory, PagePe
 use crate::elf;
 use crate::fs::Sandbox;
 use crate::mm::{self, HostBase, Mm, PAGE};
+use crate::pids::GuestPids;
 use crate::signal::{self, Action, FrameRegs, HOST_PENDING};
 use crate::syscall;
 use crate::{Errno, Error, ExecConfig};
@@ -39,6 +40,8 @@ pub struct Shared {
     pub threads: AtomicUsize,
     /// Whether the "networking is off" note was printed.
     pub net_warned: AtomicBool,
+    /// The guest's processes: the only ones it may signal or otherwise name.
+    pub pids: GuestPids,
 }
 
 /// One guest thread: a hart and its per-thread kernel state.
@@ -124,8 +127,44 @@ fn resolve_prog(sb: &Sandbox, prog: &[u8], env: &[Vec<u8>]) -> Vec<u8> {
         .unwrap_or_else(|_| prog.to_vec())
 }
 
+/// Jail this process before anything of the guest's is read: descriptors, Landlock, seccomp.
+/// A popek re-executed by a guest's execve inherited all of it (and its descriptors are the
+/// guest's), so it only names its thread kind for the SIGSYS reporter.
+fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
+    let kind = popek_jail::ThreadKind::Exec {
+        allow_net: config.allow_net,
+    };
+    if config.guest_root.is_some() {
+        popek_jail::report_as(kind)?;
+        return Ok(());
+    }
+    popek_jail::close_inherited_fds(&config.pass_fds).map_err(Error::Host)?;
+    let rules = popek_jail::FsRules {
+        trees: vec![config.root.clone()],
+        // Ancestry of pids the guest names (crate::pids); never a guest path.
+        read: vec!["/proc".into()],
+        exec: popek_jail::FsRules::self_exec_files(),
+        read_write: Vec::new(),
+        devices: crate::fs::HOST_DEVICES
+            .iter()
+            .map(|d| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(d)))
+            .collect(),
+        deny_tcp: !config.allow_net,
+        scoped: true,
+        ..popek_jail::FsRules::default()
+    };
+    let status = rules.apply()?;
+    if status != popek_jail::FsStatus::Full {
+        // The seccomp filter and the syscall layer's own checks still hold.
+        tracing::info!("Landlock file-system rules {status:?} on this kernel");
+    }
+    popek_jail::restrict_thread(kind)?;
+    Ok(())
+}
+
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
+    enter_jail(&config)?;
     let sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
         root: config.root.display().to_string(),
         source,
@@ -139,7 +178,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         .map(os_bytes)
         .unwrap_or_else(|| prog_arg.clone())];
     argv.extend(config.args.iter().map(os_bytes));
-    let (mut mmv, memory) = Mm::new().map_err(Error::Host)?;
+    let (mut mmv, memory) = Mm::new(config.memory_limit).map_err(Error::Host)?;
     let program = elf::load_program(&sb, &mut mmv, path, argv).map_err(|e| match e {
         Error::NotFound { root, .. } => Error::NotFound {
             prog: config.prog.to_string_lossy().into_owned(),
@@ -176,6 +215,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         }
     }
     signal::mirror_action(libc::SIGPIPE as u32, &Action::default());
+    let config_root = config.guest_root;
     let sh = Arc::new(Shared {
         mm: Mutex::new(mmv),
         base,
@@ -188,6 +228,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         trampoline,
         threads: AtomicUsize::new(1),
         net_warned: AtomicBool::new(false),
+        pids: GuestPids::new(config_root),
     });
     let mut hart = Hart::new(user_config(), memory);
     hart.set_pc(entry);
@@ -653,12 +694,21 @@ impl Thread {
     }
 }
 
-/// The re-exec command line for a guest execve: popek itself with the same root and options.
-pub fn reexec_args(sh: &Shared, path: &[u8], argv: &[Vec<u8>]) -> Vec<Vec<u8>> {
+/// The re-exec command line for a guest execve: popek itself with the same root and options,
+/// and the guest's environment as `--env` arguments: popek is started with an empty host
+/// environment, so nothing the guest chose (LD_PRELOAD, LD_LIBRARY_PATH, GLIBC_TUNABLES...)
+/// ever reaches the host's dynamic loader.
+pub fn reexec_args(sh: &Shared, path: &[u8], argv: &[Vec<u8>], envp: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut a: Vec<Vec<u8>> = vec![b"popek".to_vec(), b"exec".to_vec(), b"--root".to_vec()];
     a.push(sh.config.root.clone().into_os_string().into_vec());
     if sh.config.allow_net {
         a.push(b"--allow-net".to_vec());
+    }
+    a.push(format!("--memory={}", sh.config.memory_limit).into_bytes());
+    a.push(format!("--guest-root={}", sh.pids.root()).into_bytes());
+    a.push(b"--clear-env".to_vec());
+    for e in envp {
+        a.push([b"--env=".as_slice(), e].concat());
     }
     if let Some(a0) = argv.first() {
         a.push(b"--argv0".to_vec());

@@ -50,8 +50,10 @@ pub fn bit(sig: u32) -> u64 {
 
 /// Signals the guest cannot block or catch.
 pub const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
-/// Signals popek raises itself from guest faults and never mirrors onto the host.
-pub const SYNCHRONOUS: u64 = (1 << (libc::SIGSEGV - 1))
+/// Signals popek raises itself from guest faults and never mirrors onto the host. SIGSYS is
+/// among them because the host's belongs to popek's jail (it reports blocked host calls).
+pub const SYNCHRONOUS: u64 = (1 << (libc::SIGSYS - 1))
+    | (1 << (libc::SIGSEGV - 1))
     | (1 << (libc::SIGBUS - 1))
     | (1 << (libc::SIGILL - 1))
     | (1 << (libc::SIGFPE - 1))

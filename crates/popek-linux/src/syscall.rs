@@ -186,7 +186,7 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         56 => {
             // openat
             let abs = path_at(t, a[0], a[1])?;
-            t.sh.sb.open(&abs, a[2] as i32, a[3] as u32)? as i64
+            t.sh.sb.open(&abs, a[2] as i32, no_setid(a[3]) as u32)? as i64
         }
         57 => h!(SYS_close, fd(t, a[0])?)?,
         436 => {
@@ -367,9 +367,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             h!(SYS_mkdirat, d.as_raw_fd(), last.as_ptr(), a[2])?
         }
         33 => {
+            // mknodat: files, FIFOs and sockets; never device nodes (as in an unprivileged
+            // container: a node for the host's disk or kernel log would be a way out).
+            let mode = a[2] as u32;
+            if !matches!(mode & S_IFMT, 0 | S_IFREG | S_IFIFO | S_IFSOCK) {
+                return Err(Errno(EPERM).into());
+            }
             let abs = path_at(t, a[0], a[1])?;
             let (d, last) = t.sh.sb.parent(&abs)?;
-            h!(SYS_mknodat, d.as_raw_fd(), last.as_ptr(), a[2], a[3])?
+            h!(SYS_mknodat, d.as_raw_fd(), last.as_ptr(), no_setid(a[2]), 0)?
         }
         35 => {
             let abs = path_at(t, a[0], a[1])?;
@@ -420,12 +426,12 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
                 )?
             }
         }
-        52 => h!(SYS_fchmod, fd(t, a[0])?, a[1])?,
+        52 => h!(SYS_fchmod, fd(t, a[0])?, no_setid(a[1]))?,
         53 => {
             let abs = path_at(t, a[0], a[1])?;
             let f = t.sh.sb.open_path(&abs, false)?;
             let p = cs(format!("/proc/self/fd/{}", f.as_raw_fd()).as_bytes())?;
-            h!(SYS_fchmodat, AT_FDCWD, p.as_ptr(), a[2])?
+            h!(SYS_fchmodat, AT_FDCWD, p.as_ptr(), no_setid(a[2]))?
         }
         55 => h!(SYS_fchown, fd(t, a[0])?, a[1], a[2])?,
         54 => {
@@ -685,9 +691,14 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         147 => h!(SYS_setresuid, a[0], a[1], a[2])?,
         149 => h!(SYS_setresgid, a[0], a[1], a[2])?,
         158 => h!(SYS_getgroups, a[0], t.ptr(a[1], a[0] * 4, W)?)?,
-        154 => h!(SYS_setpgid, a[0], a[1])?,
-        155 => h!(SYS_getpgid, a[0])?,
-        156 => h!(SYS_getsid, a[0])?,
+        154 => {
+            t.sh.pids.check_task(a[0] as i32)?;
+            h!(SYS_setpgid, a[0], a[1])?
+        }
+        155 | 156 => {
+            t.sh.pids.check_task(a[0] as i32)?;
+            h!(if nr == 155 { SYS_getpgid } else { SYS_getsid }, a[0])?
+        }
         157 => h!(SYS_setsid)?,
         166 => h!(SYS_umask, a[0])?,
         160 => {
@@ -725,6 +736,7 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             }
         }
         261 => {
+            t.sh.pids.check_task(a[0] as i32)?;
             let new = if matches!(a[1] as u32, RLIMIT_AS | RLIMIT_DATA | RLIMIT_STACK) {
                 std::ptr::null_mut()
             } else {
@@ -734,11 +746,8 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         }
         165 => h!(SYS_getrusage, a[0], t.ptr(a[1], 144, W)?)?,
         153 => h!(SYS_times, t.opt_ptr(a[0], 32, W)?)?,
-        123 => h!(SYS_sched_getaffinity, a[0], a[1], t.ptr(a[2], a[1], W)?)?,
-        122 => h!(SYS_sched_setaffinity, a[0], a[1], t.ptr(a[2], a[1], R)?)?,
+        120..=123 => sched_(t, nr, a)?,
         124 => h!(SYS_sched_yield)?,
-        120 => h!(SYS_sched_getscheduler, a[0])?,
-        121 => h!(SYS_sched_getparam, a[0], t.ptr(a[1], 4, W)?)?,
         168 => h!(
             SYS_getcpu,
             t.opt_ptr(a[0], 4, W)?,
@@ -881,30 +890,7 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             t.sigreturn();
             return Ok(None);
         }
-        129..=131 => {
-            // kill(pid, sig), tkill(tid, sig), tgkill(tgid, tid, sig)
-            let sig = if nr == 131 { a[2] } else { a[1] } as u32;
-            if sig > 64 {
-                return Err(Errno(EINVAL).into());
-            }
-            // SAFETY: getpid cannot fail.
-            let me = unsafe { getpid() } as i64;
-            let target_self = match nr {
-                129 => a[0] as i32 as i64 == me,
-                130 => a[0] as i32 == t.tid,
-                _ => a[1] as i32 == t.tid,
-            };
-            if sig != 0 && target_self && signal::bit(sig) & signal::SYNCHRONOUS != 0 {
-                t.pending |= signal::bit(sig);
-                0
-            } else {
-                match nr {
-                    129 => h!(SYS_kill, a[0], a[1])?,
-                    130 => h!(SYS_tkill, a[0], a[1])?,
-                    _ => h!(SYS_tgkill, a[0], a[1], a[2])?,
-                }
-            }
-        }
+        129..=131 => kill_(t, nr, a)?,
 
         // --- network ---
         198 => {
@@ -1285,13 +1271,12 @@ fn execve_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<i64, Stop> {
     if n < 4 || !crate::elf::is_runnable(&head[..n as usize]) {
         return Err(Errno(libc::ENOEXEC).into());
     }
-    let args = process::reexec_args(&t.sh, &abs, &argv);
+    let args = process::reexec_args(&t.sh, &abs, &argv, &envp);
     let cargs: Vec<CString> = args.iter().map(|s| cs(s)).collect::<Result<_, _>>()?;
-    let cenv: Vec<CString> = envp.iter().map(|s| cs(s)).collect::<Result<_, _>>()?;
     let mut pa: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     pa.push(std::ptr::null());
-    let mut pe: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
-    pe.push(std::ptr::null());
+    // The host environment of the new popek is empty: the guest's travels in `args`.
+    let pe: [*const libc::c_char; 1] = [std::ptr::null()];
     let exe = std::env::current_exe()
         .map(|p| p.as_os_str().as_bytes().to_vec())
         .unwrap_or_else(|_| b"/proc/self/exe".to_vec());
@@ -1307,6 +1292,70 @@ fn execve_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<i64, Stop> {
     // SAFETY: valid NULL-terminated arrays of C strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), pa.as_ptr(), pe.as_ptr()) };
     Err(Errno::last().into())
+}
+
+/// Drop set-uid and set-gid bits from a mode the guest asks for: a set-uid file made by a guest
+/// that runs as root would be a privilege for whoever runs it on the host later.
+fn no_setid(mode: u64) -> u64 {
+    mode & !((libc::S_ISUID | libc::S_ISGID) as u64)
+}
+
+/// kill(pid, sig), tkill(tid, sig), tgkill(tgid, tid, sig): only the guest's own processes and
+/// threads (crate::pids); signals a guest sends itself synchronously stay inside popek.
+fn kill_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
+    use libc::*;
+    let sig = if nr == 131 { a[2] } else { a[1] } as u32;
+    if sig > 64 {
+        return Err(Errno(EINVAL));
+    }
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { getpid() };
+    let target_self = match nr {
+        129 => a[0] as i32 == me,
+        130 => a[0] as i32 == t.tid,
+        _ => a[1] as i32 == t.tid && a[0] as i32 == me,
+    };
+    if sig != 0 && target_self && signal::bit(sig) & signal::SYNCHRONOUS != 0 {
+        t.pending |= signal::bit(sig);
+        return Ok(0);
+    }
+    match nr {
+        129 => {
+            let pid = a[0] as i32;
+            if pid > 0 {
+                t.sh.pids.signal(pid, sig)?;
+            } else {
+                t.sh.pids.signal_many(pid, sig)?;
+            }
+            Ok(0)
+        }
+        // tkill names a thread of any process; popek lets it name only this process's threads
+        // (the kernel checks the thread belongs to the group).
+        130 => h!(SYS_tgkill, me, a[0] as i32, sig),
+        _ => {
+            let (tgid, tid) = (a[0] as i32, a[1] as i32);
+            if tgid <= 0 || tid <= 0 {
+                return Err(Errno(EINVAL));
+            }
+            if tgid != me && !t.sh.pids.is_guest(tgid) {
+                return Err(Errno(ESRCH));
+            }
+            h!(SYS_tgkill, tgid, tid, sig)
+        }
+    }
+}
+
+/// sched_getscheduler, sched_getparam, sched_setaffinity, sched_getaffinity: the guest's own
+/// tasks only.
+fn sched_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
+    use libc::*;
+    t.sh.pids.check_task(a[0] as i32)?;
+    match nr {
+        120 => h!(SYS_sched_getscheduler, a[0]),
+        121 => h!(SYS_sched_getparam, a[0], t.ptr(a[1], 4, W)?),
+        122 => h!(SYS_sched_setaffinity, a[0], a[1], t.ptr(a[2], a[1], R)?),
+        _ => h!(SYS_sched_getaffinity, a[0], a[1], t.ptr(a[2], a[1], W)?),
+    }
 }
 
 fn hwprobe(t: &mut Thread, a: [u64; 6]) -> Res {

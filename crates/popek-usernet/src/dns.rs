@@ -239,8 +239,12 @@ pub(crate) struct Resolver {
 }
 
 impl Resolver {
-    /// Starts the workers with a lookup function ([`lookup_host`] but in tests).
-    pub fn start_with(lookup: fn(&str) -> Lookup) -> io::Result<Resolver> {
+    /// Starts the workers with a lookup function ([`lookup_host`] but in tests), each running
+    /// `thread_start` first.
+    pub fn start_with(
+        lookup: fn(&str) -> Lookup,
+        thread_start: Option<fn()>,
+    ) -> io::Result<Resolver> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUE);
         let (done_tx, done) = mpsc::channel::<Done>();
         let event = Arc::new(EventFd::new(EFD_NONBLOCK)?);
@@ -251,26 +255,31 @@ impl Resolver {
             let event = Arc::clone(&event);
             std::thread::Builder::new()
                 .name(format!("popek-usernet-dns{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let rx = job_rx.lock().unwrap_or_else(|e| e.into_inner());
-                        match rx.recv() {
-                            Ok(job) => job,
-                            Err(_) => return, // the stack is gone
-                        }
-                    };
-                    let result = lookup(&job.query.name);
-                    tracing::debug!(name = %job.query.name, ?result, "usernet: DNS lookup");
-                    if done_tx
-                        .send(Done {
-                            job,
-                            lookup: result,
-                        })
-                        .is_err()
-                    {
-                        return;
+                .spawn(move || {
+                    if let Some(hook) = thread_start {
+                        hook();
                     }
-                    let _ = event.write(1);
+                    loop {
+                        let job = {
+                            let rx = job_rx.lock().unwrap_or_else(|e| e.into_inner());
+                            match rx.recv() {
+                                Ok(job) => job,
+                                Err(_) => return, // the stack is gone
+                            }
+                        };
+                        let result = lookup(&job.query.name);
+                        tracing::debug!(name = %job.query.name, ?result, "usernet: DNS lookup");
+                        if done_tx
+                            .send(Done {
+                                job,
+                                lookup: result,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let _ = event.write(1);
+                    }
                 })?;
         }
         Ok(Resolver { jobs, done, event })
@@ -422,7 +431,7 @@ mod tests {
             }
             Lookup::NotFound
         }
-        let r = Resolver::start_with(fake).unwrap();
+        let r = Resolver::start_with(fake, None).unwrap();
         let job = |name: &str| {
             let Parsed::Resolve(query) = parse_query(&query(9, name, TYPE_A)) else {
                 panic!()

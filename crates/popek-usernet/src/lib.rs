@@ -81,7 +81,7 @@ impl Default for Policy {
 
 /// How the user-mode network is set up: what the guest NIC is and which host ports lead
 /// into the guest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct UserNetConfig {
     /// The guest NIC's MAC address (default 52:54:00:12:34:56), for the device to present in
     /// its config space. The stack itself learns the guest's MAC from its frames (ARP, and the
@@ -90,6 +90,9 @@ pub struct UserNetConfig {
     /// Host port to guest port TCP forwards, like `docker -p`; every listener is bound by
     /// [`UserNet::start`], so a port already in use is reported there.
     pub publish: Vec<Publish>,
+    /// Run first on each of the stack's threads (the stack and the DNS workers), so the
+    /// embedding program can confine them (popek's jail) before they touch guest traffic.
+    pub thread_start: Option<fn()>,
 }
 
 impl Default for UserNetConfig {
@@ -97,6 +100,7 @@ impl Default for UserNetConfig {
         UserNetConfig {
             guest_mac: DEFAULT_GUEST_MAC,
             publish: Vec::new(),
+            thread_start: None,
         }
     }
 }
@@ -283,15 +287,22 @@ impl UserNet {
             what: "eventfd",
             error,
         })?);
-        let resolver =
-            dns::Resolver::start_with(policy.lookup).map_err(|error| UserNetError::Resource {
+        let hook = config.thread_start;
+        let resolver = dns::Resolver::start_with(policy.lookup, hook).map_err(|error| {
+            UserNetError::Resource {
                 what: "DNS resolver thread",
                 error,
-            })?;
+            }
+        })?;
         let stack = stack::Stack::new(Arc::clone(&shared), listeners, resolver, policy);
         let thread = std::thread::Builder::new()
             .name("popek-usernet".into())
-            .spawn(move || stack.run())
+            .spawn(move || {
+                if let Some(hook) = hook {
+                    hook();
+                }
+                stack.run()
+            })
             .map_err(|error| UserNetError::Resource {
                 what: "stack thread",
                 error,

@@ -209,7 +209,7 @@ impl TcpNat {
             return;
         };
         if self.full() {
-            tracing::warn!("usernet: too many TCP connections, refusing one");
+            popek_devices::guest_warn!("usernet: too many TCP connections, refusing one");
             net.dev.rx.push_back(frame);
             return;
         }
@@ -352,7 +352,7 @@ impl TcpNat {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // E.g. EMFILE: the client stays in the backlog for a later try.
-                    tracing::warn!(error = %e, "usernet: accept failed on a --publish port");
+                    popek_devices::guest_warn!(error = %e, "usernet: accept failed on a --publish port");
                     if let Some(p) = self.listener_pause.get_mut(idx) {
                         *p = Some(now + ACCEPT_BACKOFF);
                     }
@@ -360,7 +360,7 @@ impl TcpNat {
                 }
             };
             if self.full() {
-                tracing::warn!(%peer, "usernet: too many TCP connections, dropping a --publish client");
+                popek_devices::guest_warn!(%peer, "usernet: too many TCP connections, dropping a --publish client");
                 reset_host(&stream);
                 continue;
             }

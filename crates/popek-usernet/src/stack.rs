@@ -287,7 +287,9 @@ impl Stack {
                         client: src,
                     };
                     if let Err(job) = self.resolver.submit(job) {
-                        tracing::warn!("usernet: too many DNS lookups waiting, answering SERVFAIL");
+                        popek_devices::guest_warn!(
+                            "usernet: too many DNS lookups waiting, answering SERVFAIL"
+                        );
                         let m = dns::response(&job.query, &dns::Lookup::TryAgain);
                         self.shared.push_to_guest(udp_frame(
                             src_mac,

@@ -260,7 +260,7 @@ impl Disk {
                         (S_OK, n as u32)
                     }
                     Err(e) => {
-                        tracing::warn!("virtio-blk: read at sector {sector}: {e}");
+                        popek_devices::guest_warn!("virtio-blk: read at sector {sector}: {e}");
                         (S_IOERR, 0)
                     }
                 }
@@ -275,7 +275,7 @@ impl Disk {
                 match self.transfer(mem, &chain.readable, offset, true) {
                     Ok(_) => (S_OK, 0),
                     Err(e) => {
-                        tracing::warn!("virtio-blk: write at sector {sector}: {e}");
+                        popek_devices::guest_warn!("virtio-blk: write at sector {sector}: {e}");
                         (S_IOERR, 0)
                     }
                 }
@@ -287,7 +287,7 @@ impl Disk {
                 match self.file.sync_data() {
                     Ok(()) => (S_OK, 0),
                     Err(e) => {
-                        tracing::warn!("virtio-blk: flush: {e}");
+                        popek_devices::guest_warn!("virtio-blk: flush: {e}");
                         (S_IOERR, 0)
                     }
                 }
@@ -418,7 +418,7 @@ impl Disk {
             Ok(()) => S_OK,
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => S_UNSUPP,
             Err(e) => {
-                tracing::warn!("virtio-blk: discard: {e}");
+                popek_devices::guest_warn!("virtio-blk: discard: {e}");
                 S_IOERR
             }
         }
@@ -441,7 +441,7 @@ impl Disk {
             let n = (len - done).min(zeros.len() as u64) as usize;
             use std::os::unix::fs::FileExt;
             if let Err(e) = self.file.write_all_at(&zeros[..n], offset + done) {
-                tracing::warn!("virtio-blk: write zeroes: {e}");
+                popek_devices::guest_warn!("virtio-blk: write zeroes: {e}");
                 return S_IOERR;
             }
             done += n as u64;

@@ -85,7 +85,7 @@ impl Signals {
     /// Put the device in the failed state the driver sees as `DEVICE_NEEDS_RESET` (the guest
     /// broke the protocol, or the backend failed): the device does nothing until reset.
     pub fn fail(&self, why: &str) {
-        tracing::warn!("virtio device needs reset: {why}");
+        popek_devices::guest_warn!("virtio device needs reset: {why}");
         self.needs_reset.store(true, Ordering::Release);
         self.status.fetch_or(INT_CONFIG, Ordering::AcqRel);
         (self.kick)();

@@ -125,7 +125,7 @@ impl VirtioMmio {
         }
         let new = value & !self.status;
         if value & self.status != self.status {
-            tracing::warn!(
+            popek_devices::guest_warn!(
                 "virtio: driver cleared status bits ({:#x} -> {value:#x})",
                 self.status
             );
@@ -136,7 +136,7 @@ impl VirtioMmio {
             if self.driver_features & !offered != 0
                 || self.driver_features & features::VERSION_1 == 0
             {
-                tracing::warn!(
+                popek_devices::guest_warn!(
                     "virtio: driver features {:#x} not acceptable (offered {offered:#x})",
                     self.driver_features
                 );
@@ -253,7 +253,9 @@ impl VirtioMmio {
                     if (v as usize) < self.handed_over.len() {
                         self.device.notify(v as u16);
                     } else {
-                        tracing::warn!("virtio: notify of queue {v}, which does not exist");
+                        popek_devices::guest_warn!(
+                            "virtio: notify of queue {v}, which does not exist"
+                        );
                     }
                 }
             }

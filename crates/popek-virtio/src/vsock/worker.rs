@@ -501,7 +501,7 @@ impl Worker {
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != ErrorKind::Interrupted {
-                tracing::warn!("virtio-vsock: poll: {err}");
+                popek_devices::guest_warn!("virtio-vsock: poll: {err}");
                 std::thread::sleep(Duration::from_millis(10));
             }
             return;
@@ -566,7 +566,7 @@ impl Worker {
                         continue;
                     }
                     if self.clients.len() >= MAX_CLIENTS {
-                        tracing::warn!(
+                        popek_devices::guest_warn!(
                             "virtio-vsock: too many host clients without a CONNECT line; dropping the oldest"
                         );
                         self.clients.pop_front();
@@ -581,7 +581,7 @@ impl Worker {
                     if e.kind() != ErrorKind::WouldBlock {
                         // Out of descriptors, most likely: the listener stays readable, so
                         // pause rather than spin.
-                        tracing::warn!("virtio-vsock: accept: {e}");
+                        popek_devices::guest_warn!("virtio-vsock: accept: {e}");
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     return;
@@ -593,7 +593,9 @@ impl Worker {
     /// A host client asked for the guest's `port`: send the guest a connection request.
     fn host_connect(&mut self, stream: UnixStream, port: u32) {
         if self.conns.len() >= MAX_CONNS {
-            tracing::warn!("virtio-vsock: {MAX_CONNS} connections open; refusing a host client");
+            popek_devices::guest_warn!(
+                "virtio-vsock: {MAX_CONNS} connections open; refusing a host client"
+            );
             return;
         }
         let local = loop {
@@ -837,7 +839,7 @@ impl Worker {
                     return;
                 }
                 if c.to_host.len() + h.len as usize > BUF_ALLOC as usize {
-                    tracing::warn!(
+                    popek_devices::guest_warn!(
                         "virtio-vsock: {k:?}: the guest sent more than its credit; reset"
                     );
                     self.kill(k);
@@ -888,7 +890,9 @@ impl Worker {
             return;
         }
         if self.conns.len() >= MAX_CONNS {
-            tracing::warn!("virtio-vsock: {MAX_CONNS} connections open; refusing the guest's");
+            popek_devices::guest_warn!(
+                "virtio-vsock: {MAX_CONNS} connections open; refusing the guest's"
+            );
             self.reply_rst(h);
             return;
         }
