@@ -134,6 +134,9 @@ pub enum BoardError {
     /// An exit a machine hart should never produce.
     #[error("internal error: unexpected hart exit {0}")]
     Internal(String),
+    /// The guest never signalled that it was ready.
+    #[error("the guest was not ready after {0} s (its console's last lines are above; --verbose shows all of it, --ready-timeout waits longer)")]
+    NotReady(u64),
     /// popek's jail could not be set up.
     #[error("cannot set up the sandbox: {0}")]
     Jail(String),

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod console;
+pub mod console_out;
 pub mod error;
 pub mod fdt;
 pub mod jail;

@@ -4,7 +4,7 @@
 //! behind one lock that harts take only for MMIO and between slices. A hart in WFI parks its
 //! thread until its timer is due or another thread (an IPI, console input) unparks it.
 
-use std::io::{BufWriter, Read, Stdout, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ use popek_cpu::{Bus, BusFault, Exit, Hart, HartConfig, IrqPins, Memory, RamRegio
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
 use popek_virtio::blk::Block;
+use popek_virtio::console::Console as VirtioConsole;
 use popek_virtio::mmio::VirtioMmio;
 use popek_virtio::net::{Net, NetBackend};
 use popek_virtio::rng::Rng;
@@ -26,6 +27,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::bus::VirtBus;
 use crate::console::{Escape, EscapeFilter};
+use crate::console_out::Console;
 use crate::error::BoardError;
 use crate::fdt::{self, FdtParams};
 use crate::loader::{load_blob, load_image, load_kernel};
@@ -63,6 +65,13 @@ pub struct MachineConfig {
     /// Confine popek's own threads (seccomp, Landlock; see [`crate::jail`]): the console
     /// reader and the user network's threads from their start, the rest at [`Machine::run`].
     pub jail: bool,
+    /// Give the guest two output-only virtio consoles (its /dev/hvc0 and /dev/hvc1) writing to
+    /// popek's stdout and stderr: how `popek run -- CMD` returns CMD's output exactly.
+    pub command_output: bool,
+    /// Hold the UART console's output until the guest signals it is ready (then drop it), and
+    /// stop with [`BoardError::NotReady`] if that takes longer than this (`popek run -- CMD`
+    /// without `--verbose`).
+    pub quiet_boot: Option<Duration>,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -219,6 +228,7 @@ impl MachineConfig {
             + self.net.is_some() as usize
             + self.rng as usize
             + self.vsock.is_some() as usize
+            + 2 * self.command_output as usize
     }
 }
 
@@ -248,31 +258,6 @@ pub struct RunStats {
     pub guest_resident: u64,
     /// Bytes held by the harts' decode caches at the end of the run.
     pub decode_cache: u64,
-}
-
-/// Console output: buffered, and flushed by the run loop (every [`FLUSH_EVERY`], on WFI and at
-/// exit) rather than by the UART model, which would flush after every byte.
-pub struct Console(BufWriter<Stdout>);
-
-impl Console {
-    fn new() -> Console {
-        Console(BufWriter::with_capacity(1 << 16, std::io::stdout()))
-    }
-
-    /// Write buffered output to stdout.
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Why the harts stopped.
@@ -458,7 +443,12 @@ impl Machine {
         let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
         let boot = load_boot_images(config, &mem)?;
         let harts = new_harts(config, &mem, &boot);
-        let mut bus = VirtBus::new(config.cpus as usize, Console::new());
+        let console = if config.quiet_boot.is_some() {
+            Console::held()
+        } else {
+            Console::new()
+        };
+        let mut bus = VirtBus::new(config.cpus as usize, console);
         let threads = Arc::new(HartThreads::default());
         bus.virtio = virtio_devices(config, &ram, &mem, &threads)?;
         let shared = Arc::new(Shared {
@@ -490,6 +480,17 @@ impl Machine {
             config: config.clone(),
             jailed: false,
         })
+    }
+
+    /// Whether the guest signalled that it is ready (its boot timer).
+    pub fn guest_ready(&self) -> bool {
+        self.shared.devices().bus.boot_timer.ready_after().is_some()
+    }
+
+    /// The last `lines` lines of console output held back while the guest was not ready yet
+    /// (see [`MachineConfig::quiet_boot`]); None once it was ready or when nothing was held.
+    pub fn console_tail(&self, lines: usize) -> Option<String> {
+        self.shared.devices().bus.uart.output().tail(lines)
     }
 
     /// Interpret QEMU's Ctrl-A escapes in console input (for interactive terminals).
@@ -546,6 +547,9 @@ impl Machine {
                     })
                     .expect("spawning a hart thread");
             }
+            if let Some(limit) = self.config.quiet_boot {
+                watch_readiness(shared, limit);
+            }
         });
         let why = shared.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
         why.unwrap_or_else(|| {
@@ -596,6 +600,24 @@ fn resident_bytes(ram: &GuestMemoryMmap) -> u64 {
     total
 }
 
+/// While the harts run: stop the machine with [`BoardError::NotReady`] if the guest has not
+/// signalled its boot timer `limit` after the machine started.
+fn watch_readiness(shared: &Shared, limit: Duration) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        let devices = shared.devices();
+        if devices.bus.boot_timer.ready_after().is_some() {
+            return;
+        }
+        let waited = devices.bus.boot_timer.since_start();
+        drop(devices);
+        if waited >= limit {
+            shared.stop(Err(BoardError::NotReady(limit.as_secs())));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One hart's thread: run slices, then let the devices catch up.
 fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
     let mut bus = HartBus { shared };
@@ -619,6 +641,9 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
                 shared.stop(Err(BoardError::Internal(format!("{exit:?}"))));
                 return;
             }
+        }
+        if devices.bus.uart.output().holding() && devices.bus.boot_timer.ready_after().is_some() {
+            devices.bus.uart.output().release();
         }
         match devices.bus.finisher.take_request() {
             Some(FinisherRequest::Exit(code)) => {
@@ -707,6 +732,10 @@ fn virtio_devices(
     }
     if let Some(v) = &config.vsock {
         devices.push(Box::new(Vsock::new(v.cid, v.path.clone())?));
+    }
+    if config.command_output {
+        devices.push(Box::new(VirtioConsole::new(Box::new(std::io::stdout()))));
+        devices.push(Box::new(VirtioConsole::new(Box::new(std::io::stderr()))));
     }
     let log = mem.dma_log().clone();
     let wrote: GuestWriteHook = Arc::new(move |start, len| log.record(start, len));

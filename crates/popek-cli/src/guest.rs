@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::image::{self, ImageName};
+
 /// Kernel command line of the default guest.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 quiet";
 
@@ -22,49 +24,17 @@ pub struct Guest {
 /// Where the default guest lives: `$POPEK_GUEST_DIR`, else `$XDG_CACHE_HOME/popek/guests/default`,
 /// else `~/.cache/popek/guests/default` (the same rule as guests/build-default).
 pub fn guest_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("POPEK_GUEST_DIR") {
-        return PathBuf::from(d);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("popek/guests/default")
+    image::image_dir(ImageName::Default)
 }
 
-/// Where guests/build-debian puts the Debian system: `$POPEK_GUEST_DIR_DEBIAN`, else
-/// `$XDG_CACHE_HOME/popek/guests/debian`, else `~/.cache/popek/guests/debian`.
-pub fn debian_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("POPEK_GUEST_DIR_DEBIAN") {
-        return PathBuf::from(d);
-    }
-    guest_dir()
-        .parent()
-        .map(|p| p.join("debian"))
-        .unwrap_or_else(|| PathBuf::from("debian"))
-}
-
-/// The Debian guest's disk image, or an error saying how to build it.
+/// The Debian guest's disk image, built first if it is missing.
 pub fn debian_disk() -> anyhow::Result<PathBuf> {
-    let dir = debian_dir();
-    if !dir.join("VERSION").is_file() {
-        anyhow::bail!(
-            "the Debian guest is not built yet (looked in {}): run guests/build-debian",
-            dir.display()
-        );
-    }
-    Ok(dir.join("disk.img"))
+    Ok(image::ensure(ImageName::Debian)?.join("disk.img"))
 }
 
-/// The default guest, or an error saying how to build it.
+/// The default guest, built first if it is missing.
 pub fn default_guest() -> anyhow::Result<Guest> {
-    let dir = guest_dir();
-    if !dir.join("VERSION").is_file() {
-        anyhow::bail!(
-            "the default guest is not built yet (looked in {}): run guests/build-default, or scripts/run which builds it",
-            dir.display()
-        );
-    }
+    let dir = image::ensure(ImageName::Default)?;
     Ok(Guest {
         kernel: dir.join("Image"),
         initrd: dir.join("initramfs.cpio.gz"),

@@ -2,6 +2,7 @@
 
 mod exec;
 mod guest;
+mod image;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ enum Command {
     /// Run one riscv64 Linux program (static or dynamic ELF) in user mode, like qemu-riscv64 but
     /// sandboxed: every path it uses resolves inside --root, and sockets need --allow-net.
     Exec(exec::ExecArgs),
+
+    /// Build, list and remove the guest images `popek run` boots (kept in ~/.cache/popek).
+    #[command(subcommand)]
+    Image(image::ImageCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +107,16 @@ struct RunArgs {
     /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
     stats: bool,
+
+    /// With `-- CMD`: also show the firmware's and the kernel's console output (by default
+    /// only CMD's stdout and stderr are shown).
+    #[arg(long, short = 'v')]
+    verbose: bool,
+
+    /// With `-- CMD`: how long the guest may take to get ready before popek gives up and shows
+    /// the end of its console.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    ready_timeout: u64,
 
     /// Command to run in the guest instead of a shell or login (after `--`); popek exits with
     /// its status.
@@ -169,6 +184,8 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         net: net_config(args)?,
         vsock: args.vsock.clone(),
         jail: true,
+        command_output: false,
+        quiet_boot: None,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -201,6 +218,16 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
     if !args.command.is_empty() {
         if config.kernel.is_none() {
             anyhow::bail!("a command after `--` needs a Linux guest: drop --bios or add --kernel");
+        }
+        let prepared = args.kernel.is_none() && args.bios.is_none();
+        // The prepared guests' init puts CMD's stdout and stderr on the two consoles; then only
+        // CMD's output is shown unless --verbose.
+        config.command_output = prepared;
+        if prepared && !args.verbose {
+            config.quiet_boot = Some(std::time::Duration::from_secs(args.ready_timeout));
+            if debian {
+                config.append.push_str(" quiet");
+            }
         }
         config.append = format!("{} {}", config.append, guest::command_arg(&args.command))
             .trim()
@@ -261,6 +288,7 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Exec(args) => Ok(exec::run(args)),
+        Command::Image(cmd) => image::run(cmd),
         Command::Run(args) => {
             let config = machine_config(&args)?;
             let mut machine = Machine::new(&config)?;
@@ -269,8 +297,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if terminal.is_active() {
                     machine.enable_escapes();
                 }
-                machine.run().context("running the machine")?
+                machine.run()
             };
+            let quiet = config.quiet_boot.is_some();
+            if quiet && !machine.guest_ready() {
+                // The guest never got to CMD: what its console said is the only clue.
+                if let Some(tail) = machine.console_tail(20).filter(|t| !t.is_empty()) {
+                    eprintln!("{tail}");
+                }
+            }
+            let outcome = outcome.context("running the machine")?;
+            if quiet && !machine.guest_ready() {
+                let status = match outcome {
+                    RunOutcome::Exit(code) => format!("exit status {code}"),
+                    RunOutcome::Quit => "Ctrl-A x".to_string(),
+                };
+                anyhow::bail!(
+                    "the guest stopped ({status}) before it was ready to run the command; its console's last lines are above (--verbose shows all of it)"
+                );
+            }
             if args.stats {
                 let s = machine.stats();
                 let secs = s.elapsed.as_secs_f64();

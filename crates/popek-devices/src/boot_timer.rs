@@ -28,6 +28,11 @@ impl BootTimer {
     pub fn ready_after(&self) -> Option<Duration> {
         self.ready
     }
+
+    /// Time since the machine started.
+    pub fn since_start(&self) -> Duration {
+        self.start.elapsed()
+    }
 }
 
 impl Default for BootTimer {

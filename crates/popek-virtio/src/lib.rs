@@ -8,6 +8,7 @@
 
 pub mod blk;
 pub mod chain;
+pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -31,6 +32,8 @@ pub mod device_type {
     pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
     /// Socket device.
