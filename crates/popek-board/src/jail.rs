@@ -4,7 +4,7 @@
 //! - the main thread, then every hart and the virtio workers harts start: `Vmm`, reading only the
 //!   boot images (a guest reset reloads them) and nothing else of the host's files;
 //! - the user network's stack and DNS threads: `Net`, reading only the resolver's files and the
-//!   system libraries its NSS modules come from;
+//!   library directories its NSS modules come from;
 //! - the console reader: `Console`, no files at all.
 
 use std::path::{Path, PathBuf};
@@ -43,24 +43,13 @@ fn resolver_files() -> Vec<PathBuf> {
     v
 }
 
-/// The directory of popek's libc: NSS modules (libnss_*) are loaded from there on demand.
-fn libc_dir() -> Option<PathBuf> {
-    FsRules::self_exec_files()
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so"))
-        })
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-}
-
 /// The hook the user network runs first on each of its threads.
 pub fn net_thread() {
     let kind = ThreadKind::Net;
     let rules = FsRules {
         read: resolver_files(),
-        exec: libc_dir().into_iter().collect(),
+        // NSS modules (libnss_*) load on demand from the libraries' directories.
+        exec: FsRules::self_exec_files(),
         ..FsRules::default()
     };
     or_die(kind, rules.apply().map(|_| ()));

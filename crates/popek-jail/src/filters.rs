@@ -279,47 +279,43 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, secco
 }
 
 /// The BPF programs for `kind`, in the order to install them: for kinds that only start
-/// threads, the filter turning `clone3` into ENOSYS; then the allow-list (anything else traps).
+/// threads, the argument checks (a `clone` without CLONE_THREAD traps, and so does a `Vmm`
+/// `socket` other than AF_UNIX) and the filter turning `clone3` into ENOSYS; then the
+/// allow-list itself ([`crate::tree`]; anything else traps), last because it does not allow
+/// seccomp(2).
 pub fn compile(kind: ThreadKind) -> Result<Vec<BpfProgram>, JailError> {
     let err = |e: seccompiler::Error| JailError::Filter {
         kind: kind.name(),
         why: e.to_string(),
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allow_list(kind)
-        .into_iter()
-        .map(|nr| (nr, Vec::new()))
-        .collect();
+    let mut progs = Vec::new();
     if !kind.forks() {
         let thread = CLONE_THREAD as u64;
-        rules.insert(
+        let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::from([(
             SYS_clone,
             vec![SeccompRule::new(vec![
-                cond(0, SeccompCmpOp::MaskedEq(thread), thread).map_err(err)?
+                cond(0, SeccompCmpOp::MaskedEq(thread), 0).map_err(err)?
             ])
             .map_err(|e| err(e.into()))?],
-        );
+        )]);
         if kind == ThreadKind::Vmm {
             // vsock's host side: unix sockets only (the user network has its own threads).
-            rules.insert(
+            denied.insert(
                 SYS_socket,
                 vec![SeccompRule::new(vec![
-                    cond(0, SeccompCmpOp::Eq, AF_UNIX as u64).map_err(err)?
+                    cond(0, SeccompCmpOp::Ne, AF_UNIX as u64).map_err(err)?
                 ])
                 .map_err(|e| err(e.into()))?],
             );
         }
-    }
-    let main = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| err(e.into()))?;
-    let main = BpfProgram::try_from(main).map_err(|e| err(e.into()))?;
-    // The allow-list goes last: it does not allow seccomp(2) itself.
-    let mut progs = Vec::new();
-    if !kind.forks() {
+        let checks = SeccompFilter::new(
+            denied,
+            SeccompAction::Allow,
+            SeccompAction::Trap,
+            TargetArch::x86_64,
+        )
+        .map_err(|e| err(e.into()))?;
+        progs.push(BpfProgram::try_from(checks).map_err(|e| err(e.into()))?);
         let no_clone3 = SeccompFilter::new(
             BTreeMap::from([(SYS_clone3, Vec::new())]),
             SeccompAction::Allow,
@@ -329,7 +325,7 @@ pub fn compile(kind: ThreadKind) -> Result<Vec<BpfProgram>, JailError> {
         .map_err(|e| err(e.into()))?;
         progs.push(BpfProgram::try_from(no_clone3).map_err(|e| err(e.into()))?);
     }
-    progs.push(main);
+    progs.push(crate::tree::allow_tree(&allow_list(kind)));
     Ok(progs)
 }
 

@@ -54,20 +54,22 @@ pub enum FsStatus {
 }
 
 impl FsRules {
-    /// Every file popek's process has mapped from disk right now (itself, its loader and
-    /// libraries), the loader's cache, and popek's own executable: what a re-executed popek
-    /// needs to start.
+    /// What a re-executed popek needs to start: its own executable, the directories of the
+    /// libraries it has mapped (its loader, libc...) and the loader's cache.
     pub fn self_exec_files() -> Vec<PathBuf> {
+        let exe = std::env::current_exe().ok();
+        // The libraries' directories rather than each library: fewer rules to install (popek
+        // exec's start-up pays for each), and those directories hold only system libraries.
         let mut out: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().nth(5))
             .filter(|p| p.starts_with('/'))
             .map(PathBuf::from)
+            .filter(|p| Some(p) != exe.as_ref())
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect();
-        if let Ok(exe) = std::env::current_exe() {
-            out.push(exe);
-        }
+        out.extend(exe);
         out.push(PathBuf::from("/etc/ld.so.cache"));
         out.sort();
         out.dedup();

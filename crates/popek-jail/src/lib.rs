@@ -15,6 +15,7 @@
 mod filters;
 mod fs;
 mod sigsys;
+mod tree;
 
 use std::io;
 
