@@ -63,6 +63,9 @@ pub struct MachineConfig {
     /// Confine popek's own threads (seccomp, Landlock; see [`crate::jail`]): the console
     /// reader and the user network's threads from their start, the rest at [`Machine::run`].
     pub jail: bool,
+    /// A debugger's hold on the harts (`--gdb`): the hart loops hand their slices to it while
+    /// it is engaged.
+    pub debug: Option<Arc<popek_gdb::DebugHub>>,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -291,6 +294,7 @@ struct Shared {
     stopping: AtomicBool,
     stop: Mutex<Option<Result<Stop, BoardError>>>,
     threads: Arc<HartThreads>,
+    debug: Option<Arc<popek_gdb::DebugHub>>,
 }
 
 /// The hart threads, so anything (a device thread, the console) can wake them without taking
@@ -473,6 +477,7 @@ impl Machine {
             stopping: AtomicBool::new(false),
             stop: Mutex::new(None),
             threads,
+            debug: config.debug.clone(),
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -600,7 +605,10 @@ fn resident_bytes(ram: &GuestMemoryMmap) -> u64 {
 fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
     let mut bus = HartBus { shared };
     while !shared.stopping.load(Ordering::Acquire) {
-        let exit = hart.run(&mut bus, SLICE);
+        let exit = match &shared.debug {
+            Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
+            _ => hart.run(&mut bus, SLICE),
+        };
         let mut devices = shared.devices();
         match exit {
             Exit::Budget | Exit::Io | Exit::Wfi => {}

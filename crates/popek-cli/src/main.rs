@@ -5,6 +5,7 @@ mod guest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -99,6 +100,15 @@ struct RunArgs {
     #[arg(long)]
     no_rng: bool,
 
+    /// Serve gdb's remote protocol at ADDR: tcp:HOST:PORT (e.g. tcp:127.0.0.1:1234) or a unix
+    /// socket path. Each hart is a gdb thread; gdb attaching stops the machine.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
+
+    /// With --gdb: wait for gdb before the first instruction.
+    #[arg(long, requires = "gdb")]
+    gdb_wait: bool,
+
     /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
     stats: bool,
@@ -169,6 +179,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         net: net_config(args)?,
         vsock: args.vsock.clone(),
         jail: true,
+        debug: None,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -258,11 +269,45 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     Ok(net)
 }
 
+/// `--gdb`: listen, and serve gdb from a thread confined like the vCPUs. Returns the unix
+/// socket path to remove at exit, if any.
+fn start_gdb(
+    args: &RunArgs,
+    config: &mut MachineConfig,
+) -> anyhow::Result<Option<Option<PathBuf>>> {
+    let Some(addr) = &args.gdb else {
+        return Ok(None);
+    };
+    let listener = popek_gdb::GdbListener::bind(addr)?;
+    let path = listener.path().map(PathBuf::from);
+    let hub = Arc::new(popek_gdb::DebugHub::new(
+        config.cpus as usize,
+        args.gdb_wait,
+    ));
+    config.debug = Some(hub.clone());
+    let jail = config.jail;
+    popek_gdb::spawn(
+        listener,
+        hub,
+        Box::new(move || {
+            if jail {
+                if let Err(e) = popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm) {
+                    eprintln!("popek: error: gdb thread: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }),
+    )
+    .context("starting the gdb thread")?;
+    Ok(Some(path))
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Run(args) => {
-            let config = machine_config(&args)?;
+            let mut config = machine_config(&args)?;
+            let gdb = start_gdb(&args, &mut config)?;
             let mut machine = Machine::new(&config)?;
             let outcome = {
                 let terminal = RawTerminal::enter();
@@ -288,6 +333,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = s.boot {
                     eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
                 }
+            }
+            if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
+                hub.exited(*code as u8);
+            }
+            if let Some(path) = gdb.as_ref().and_then(|p| p.as_deref()) {
+                let _ = std::fs::remove_file(path);
             }
             match outcome {
                 // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).

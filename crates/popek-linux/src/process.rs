@@ -162,9 +162,28 @@ fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Serve `--gdb` from a thread of its own, jailed like the rest of the process.
+fn start_gdb(config: &ExecConfig) -> Result<(), Error> {
+    let Some(debug) = &config.debug else {
+        return Ok(());
+    };
+    // SAFETY: getpid has no preconditions.
+    debug.hub.set_owner(unsafe { libc::getpid() });
+    let listener = debug
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(l) = listener {
+        popek_gdb::spawn(l, debug.hub.clone(), Box::new(|| {})).map_err(Error::Host)?;
+    }
+    Ok(())
+}
+
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     enter_jail(&config)?;
+    start_gdb(&config)?;
     let sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
         root: config.root.display().to_string(),
         source,
@@ -262,8 +281,16 @@ fn user_config() -> HartConfig {
 /// Run a guest thread until it exits.
 pub fn run(mut t: Thread) {
     let mut bus = TimeBus(Instant::now());
+    let debug = t.sh.config.debug.as_ref().map(|d| d.hub.clone());
+    // Only the first thread is under the debugger (its host tid is the process's pid).
+    // SAFETY: getpid has no preconditions.
+    let debug = debug.filter(|_| t.tid == unsafe { libc::getpid() });
     loop {
-        match t.hart.run(&mut bus, 1 << 20) {
+        let exit = match &debug {
+            Some(hub) if hub.engaged() => hub.run_slice(0, &mut t.hart, &mut bus, 1 << 20),
+            _ => t.hart.run(&mut bus, 1 << 20),
+        };
+        match exit {
             Exit::Ecall => {
                 if let Flow::ExitThread = syscall::handle(&mut t) {
                     return;
@@ -687,6 +714,9 @@ impl Thread {
             };
         }
         if self.sh.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(d) = &self.sh.config.debug {
+                d.exited(code);
+            }
             // SAFETY: ending the process.
             unsafe { libc::_exit(code & 0xff) };
         }
