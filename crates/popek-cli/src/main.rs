@@ -269,17 +269,12 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     Ok(net)
 }
 
-/// `--gdb`: listen, and serve gdb from a thread confined like the vCPUs. Returns the unix
-/// socket path to remove at exit, if any.
-fn start_gdb(
-    args: &RunArgs,
-    config: &mut MachineConfig,
-) -> anyhow::Result<Option<Option<PathBuf>>> {
+/// `--gdb`: listen, and serve gdb from a thread confined like the vCPUs.
+fn start_gdb(args: &RunArgs, config: &mut MachineConfig) -> anyhow::Result<()> {
     let Some(addr) = &args.gdb else {
-        return Ok(None);
+        return Ok(());
     };
     let listener = popek_gdb::GdbListener::bind(addr)?;
-    let path = listener.path().map(PathBuf::from);
     let hub = Arc::new(popek_gdb::DebugHub::new(
         config.cpus as usize,
         args.gdb_wait,
@@ -299,7 +294,7 @@ fn start_gdb(
         }),
     )
     .context("starting the gdb thread")?;
-    Ok(Some(path))
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -307,7 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Run(args) => {
             let mut config = machine_config(&args)?;
-            let gdb = start_gdb(&args, &mut config)?;
+            start_gdb(&args, &mut config)?;
             let mut machine = Machine::new(&config)?;
             let outcome = {
                 let terminal = RawTerminal::enter();
@@ -336,9 +331,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
                 hub.exited(*code as u8);
-            }
-            if let Some(path) = gdb.as_ref().and_then(|p| p.as_deref()) {
-                let _ = std::fs::remove_file(path);
             }
             match outcome {
                 // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).

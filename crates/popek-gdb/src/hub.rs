@@ -58,7 +58,6 @@ struct State {
     request: Option<(usize, Request)>,
     reply: Option<Reply>,
     exit: Option<u8>,
-    exit_reported: bool,
     connected: bool,
 }
 
@@ -235,7 +234,8 @@ impl DebugHub {
         s.exit = Some(code);
         self.cv.notify_all();
         let deadline = Instant::now() + Duration::from_secs(2);
-        while s.connected && !s.exit_reported && Instant::now() < deadline {
+        // The gdb thread detaches once it has sent the exit to gdb.
+        while s.connected && Instant::now() < deadline {
             s = self
                 .cv
                 .wait_timeout(s, Duration::from_millis(50))
@@ -324,8 +324,6 @@ impl DebugHub {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(code) = s.exit {
-                s.exit_reported = true;
-                self.cv.notify_all();
                 return Some(Err(code));
             }
             if let Some(ev) = s.events.pop_front() {

@@ -43,7 +43,7 @@ pub enum GdbError {
 pub enum GdbListener {
     /// `tcp:HOST:PORT`.
     Tcp(TcpListener),
-    /// A unix socket path (removed again when popek exits normally).
+    /// A unix socket path (left behind at exit, like QEMU's: the jail forbids removing it).
     Unix(UnixListener, PathBuf),
 }
 
