@@ -14,6 +14,7 @@ pub mod size;
 
 pub use error::BoardError;
 pub use machine::{
-    parse_mac, DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome,
+    parse_mac, DiskConfig, Machine, MachineConfig, MachineHandle, MachineState, NetBackendConfig,
+    NetConfig, RunOutcome,
     RunStats, VsockConfig, DEFAULT_MAC,
 };

@@ -40,6 +40,21 @@ enum Command {
     /// Run one riscv64 Linux program (static or dynamic ELF) in user mode, like qemu-riscv64 but
     /// sandboxed: every path it uses resolves inside --root, and sockets need --allow-net.
     Exec(exec::ExecArgs),
+
+    /// Talk to a running `popek run --api PATH`: print the machine's status, pause it, resume
+    /// it or shut it down (popek then exits with status 0). Prints the JSON answer.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The API socket given to `popek run --api`.
+    #[arg(value_name = "PATH")]
+    socket: PathBuf,
+
+    /// What to do.
+    #[arg(value_name = "ACTION", value_parser = ["status", "pause", "resume", "shutdown"])]
+    action: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,6 +123,11 @@ struct RunArgs {
     /// With --gdb: wait for gdb before the first instruction.
     #[arg(long, requires = "gdb")]
     gdb_wait: bool,
+
+    /// Serve the REST control API (docs/api.yaml) on a new unix socket at PATH (mode 0600):
+    /// GET /machine, PUT /machine/pause, /machine/resume, /machine/shutdown. See `popek ctl`.
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
 
     /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
@@ -297,13 +317,80 @@ fn start_gdb(args: &RunArgs, config: &mut MachineConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The control socket's view of the machine.
+struct Api(popek_board::MachineHandle);
+
+impl popek_api::Control for Api {
+    fn status(&self) -> popek_api::MachineStatus {
+        let s = self.0.status();
+        popek_api::MachineStatus {
+            status: if s.paused { "paused" } else { "running" },
+            cpus: s.cpus,
+            memory: s.memory,
+            uptime_ms: s.uptime.as_millis() as u64,
+            instructions: s.instructions,
+        }
+    }
+    fn pause(&self) {
+        self.0.pause();
+    }
+    fn resume(&self) {
+        self.0.resume();
+    }
+    fn shutdown(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// `--api`: serve the control socket from a thread confined like the vCPUs.
+fn start_api(listener: popek_api::ApiListener, machine: &Machine, jail: bool) -> anyhow::Result<()> {
+    popek_api::spawn(
+        listener,
+        Arc::new(Api(machine.handle())),
+        Box::new(move || {
+            if jail {
+                if let Err(e) = popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm) {
+                    eprintln!("popek: error: api thread: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }),
+    )
+    .context("starting the api thread")?;
+    Ok(())
+}
+
+/// `popek ctl`: one request, the JSON answer on stdout; status 1 for an error answer.
+fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
+    let (method, path) = match args.action.as_str() {
+        "status" => ("GET", "/machine"),
+        other => ("PUT", match other {
+            "pause" => "/machine/pause",
+            "resume" => "/machine/resume",
+            _ => "/machine/shutdown",
+        }),
+    };
+    let (status, body) = popek_api::request(&args.socket, method, path)?;
+    println!("{body}");
+    Ok(if status == 200 { 0 } else { 1 })
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Ctl(args) => ctl(args),
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Run(args) => {
             let mut config = machine_config(&args)?;
             start_gdb(&args, &mut config)?;
+            let api = args
+                .api
+                .as_deref()
+                .map(popek_api::ApiListener::bind)
+                .transpose()?;
             let mut machine = Machine::new(&config)?;
+            if let Some(listener) = api {
+                start_api(listener, &machine, config.jail)?;
+            }
             let outcome = {
                 let terminal = RawTerminal::enter();
                 if terminal.is_active() {

@@ -26,12 +26,12 @@ pub enum GdbError {
     #[error("--gdb {0}: expected tcp:HOST:PORT (e.g. tcp:127.0.0.1:1234) or a unix socket path")]
     BadAddress(String),
     /// Binding failed (port in use, no permission, ...).
-    #[error("--gdb {addr}: cannot listen: {source} (pick another port or path)")]
+    #[error("--gdb {addr}: cannot listen: {reason} (pick another port or path)")]
     Bind {
         /// The address as given.
         addr: String,
         /// The host's reason.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The unix socket path exists already.
     #[error("--gdb {0}: the path exists: remove it or pick another path")]
@@ -50,9 +50,9 @@ pub enum GdbListener {
 impl GdbListener {
     /// Parse `spec` (`tcp:HOST:PORT` or a path) and start listening.
     pub fn bind(spec: &str) -> Result<GdbListener, GdbError> {
-        let bind_err = |source| GdbError::Bind {
+        let bind_err = |reason| GdbError::Bind {
             addr: spec.to_string(),
-            source,
+            reason,
         };
         if let Some(addr) = spec.strip_prefix("tcp:") {
             let sa: std::net::SocketAddr = addr
