@@ -23,7 +23,8 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String),
         path: shown.clone(),
         why,
     };
-    s.write_all(req.as_bytes()).map_err(|e| proto(e.to_string()))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| proto(e.to_string()))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| proto(e.to_string()))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];

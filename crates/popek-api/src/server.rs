@@ -272,7 +272,10 @@ mod tests {
         let r = handle(&f, &stop, "GET", "/machine", b"");
         assert_eq!(r.status, 200);
         assert!(r.body.contains("\"status\":\"running\""), "{}", r.body);
-        assert_eq!(handle(&f, &stop, "PUT", "/machine/pause", b"{}").status, 200);
+        assert_eq!(
+            handle(&f, &stop, "PUT", "/machine/pause", b"{}").status,
+            200
+        );
         assert!(f.paused.load(Ordering::SeqCst));
         assert_eq!(handle(&f, &stop, "PUT", "/machine/resume", b"").status, 200);
         assert!(!f.paused.load(Ordering::SeqCst));
@@ -282,10 +285,19 @@ mod tests {
         let r = handle(&f, &stop, "PUT", "/machine/pause", b"{not json");
         assert_eq!(r.status, 400);
         assert!(r.body.starts_with("{\"error\":"), "{}", r.body);
-        assert!(!f.paused.load(Ordering::SeqCst), "a bad body changed the machine");
-        assert_eq!(handle(&f, &stop, "PUT", "/machine/shutdown", b"").status, 200);
+        assert!(
+            !f.paused.load(Ordering::SeqCst),
+            "a bad body changed the machine"
+        );
+        assert_eq!(
+            handle(&f, &stop, "PUT", "/machine/shutdown", b"").status,
+            200
+        );
         assert_eq!(handle(&f, &stop, "PUT", "/machine/pause", b"").status, 400);
-        assert_eq!(handle(&f, &stop, "PUT", "/machine/shutdown", b"").status, 400);
+        assert_eq!(
+            handle(&f, &stop, "PUT", "/machine/shutdown", b"").status,
+            400
+        );
         assert_eq!(f.shutdowns.load(Ordering::SeqCst), 1);
         assert!(!f.paused.load(Ordering::SeqCst));
     }

@@ -15,6 +15,5 @@ pub mod size;
 pub use error::BoardError;
 pub use machine::{
     parse_mac, DiskConfig, Machine, MachineConfig, MachineHandle, MachineState, NetBackendConfig,
-    NetConfig, RunOutcome,
-    RunStats, VsockConfig, DEFAULT_MAC,
+    NetConfig, RunOutcome, RunStats, VsockConfig, DEFAULT_MAC,
 };

@@ -343,7 +343,11 @@ impl popek_api::Control for Api {
 }
 
 /// `--api`: serve the control socket from a thread confined like the vCPUs.
-fn start_api(listener: popek_api::ApiListener, machine: &Machine, jail: bool) -> anyhow::Result<()> {
+fn start_api(
+    listener: popek_api::ApiListener,
+    machine: &Machine,
+    jail: bool,
+) -> anyhow::Result<()> {
     popek_api::spawn(
         listener,
         Arc::new(Api(machine.handle())),
@@ -364,11 +368,14 @@ fn start_api(listener: popek_api::ApiListener, machine: &Machine, jail: bool) ->
 fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
     let (method, path) = match args.action.as_str() {
         "status" => ("GET", "/machine"),
-        other => ("PUT", match other {
-            "pause" => "/machine/pause",
-            "resume" => "/machine/resume",
-            _ => "/machine/shutdown",
-        }),
+        other => (
+            "PUT",
+            match other {
+                "pause" => "/machine/pause",
+                "resume" => "/machine/resume",
+                _ => "/machine/shutdown",
+            },
+        ),
     };
     let (status, body) = popek_api::request(&args.socket, method, path)?;
     println!("{body}");

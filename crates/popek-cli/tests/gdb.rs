@@ -36,9 +36,25 @@ fn bare_elf() -> &'static Path {
         let bm = repo().join("tests/baremetal");
         let out = tmp().join("bare.elf");
         let status = Command::new("riscv64-unknown-elf-gcc")
-            .args(["-march=rv64gc", "-mabi=lp64d", "-mcmodel=medany", "-O1", "-g"])
-            .args(["-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-pic", "-static"])
-            .args(["-Wl,--no-warn-rwx-segments", "-Wl,--no-relax", "-Wl,--build-id=none"])
+            .args([
+                "-march=rv64gc",
+                "-mabi=lp64d",
+                "-mcmodel=medany",
+                "-O1",
+                "-g",
+            ])
+            .args([
+                "-nostdlib",
+                "-ffreestanding",
+                "-fno-builtin",
+                "-fno-pic",
+                "-static",
+            ])
+            .args([
+                "-Wl,--no-warn-rwx-segments",
+                "-Wl,--no-relax",
+                "-Wl,--build-id=none",
+            ])
             .arg("-I")
             .arg(&bm)
             .arg("-T")
@@ -240,10 +256,27 @@ fn run_smp_harts_are_gdb_threads() {
     let addr = sock("smp.sock");
     let elf = bare_elf().display().to_string();
     let s = session(
-        &["run", "--cpus", "2", "--bios", &elf, "--gdb", &addr, "--gdb-wait"],
+        &[
+            "run",
+            "--cpus",
+            "2",
+            "--bios",
+            &elf,
+            "--gdb",
+            &addr,
+            "--gdb-wait",
+        ],
         &addr,
         bare_elf(),
-        &["info threads", "print $priv", "print/x $mhartid", "thread 2", "print/x $mhartid", "thread 1", "continue"],
+        &[
+            "info threads",
+            "print $priv",
+            "print/x $mhartid",
+            "thread 2",
+            "print/x $mhartid",
+            "thread 1",
+            "continue",
+        ],
         None,
     );
     assert_has(&s, "Thread 1.2");

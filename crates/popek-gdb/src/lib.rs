@@ -58,7 +58,9 @@ impl GdbListener {
             let sa: std::net::SocketAddr = addr
                 .parse()
                 .map_err(|_| GdbError::BadAddress(spec.to_string()))?;
-            return TcpListener::bind(sa).map(GdbListener::Tcp).map_err(bind_err);
+            return TcpListener::bind(sa)
+                .map(GdbListener::Tcp)
+                .map_err(bind_err);
         }
         if spec.is_empty() || spec.contains(':') && !spec.contains('/') {
             return Err(GdbError::BadAddress(spec.to_string()));
