@@ -289,6 +289,19 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     Ok(net)
 }
 
+/// Confine a socket-serving thread (gdb, api): no files at all (Landlock) and the vCPUs'
+/// system calls (seccomp). These threads start before the main thread's jail, so they confine
+/// themselves; a thread that cannot be confined ends popek.
+fn confine_socket_thread(who: &str) {
+    let r = popek_jail::FsRules::default()
+        .apply()
+        .and_then(|_| popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm));
+    if let Err(e) = r {
+        eprintln!("popek: error: {who} thread: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// `--gdb`: listen, and serve gdb from a thread confined like the vCPUs.
 fn start_gdb(args: &RunArgs, config: &mut MachineConfig) -> anyhow::Result<()> {
     let Some(addr) = &args.gdb else {
@@ -306,10 +319,7 @@ fn start_gdb(args: &RunArgs, config: &mut MachineConfig) -> anyhow::Result<()> {
         hub,
         Box::new(move || {
             if jail {
-                if let Err(e) = popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm) {
-                    eprintln!("popek: error: gdb thread: {e}");
-                    std::process::exit(1);
-                }
+                confine_socket_thread("gdb");
             }
         }),
     )
@@ -353,10 +363,7 @@ fn start_api(
         Arc::new(Api(machine.handle())),
         Box::new(move || {
             if jail {
-                if let Err(e) = popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm) {
-                    eprintln!("popek: error: api thread: {e}");
-                    std::process::exit(1);
-                }
+                confine_socket_thread("api");
             }
         }),
     )

@@ -156,11 +156,19 @@ fn session(
     let mut gdb = Command::new("gdb-multiarch");
     gdb.args(["-q", "-batch", "-nx"]);
     let target = format!("target remote {addr}");
+    let mut all = vec!["set pagination off", "set confirm off"];
     let file = format!("file {}", elf.display());
-    for c in ["set pagination off", "set confirm off", &file, &target]
+    if !elf.as_os_str().is_empty() {
+        all.push(&file);
+    }
+    // Commands before `target remote` would be too late after it (the architecture).
+    let (pre, post): (Vec<&str>, Vec<&str>) = commands
         .iter()
-        .chain(commands)
-    {
+        .partition(|c| c.starts_with("set architecture"));
+    all.extend(pre);
+    all.push(&target);
+    all.extend(post);
+    for c in all {
         gdb.arg("-ex").arg(c);
     }
     let child = gdb
@@ -175,7 +183,8 @@ fn session(
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     }
     let (_, gdb_out) = finish(child, Duration::from_secs(40), "gdb");
-    let (status, popek_out) = finish(vm, Duration::from_secs(20), "popek");
+    // Generous: the Linux test boots the default guest.
+    let (status, popek_out) = finish(vm, Duration::from_secs(150), "popek");
     Session {
         gdb: gdb_out,
         popek: popek_out,
@@ -332,6 +341,8 @@ fn exec_program_under_gdb() {
     // FP memory and registers: the program prints counter * scale.
     script.insert(5, "print scale");
     script.insert(6, "set var scale = 2.0");
+    // A hardware breakpoint this time.
+    script[1] = "hbreak bump";
     let s = session(
         &["exec", "--root", &root, "--gdb", &addr, "/bin/prog"],
         &addr,
@@ -340,7 +351,8 @@ fn exec_program_under_gdb() {
         None,
     );
     assert_has(&s, "in _start ()");
-    assert_has(&s, "Breakpoint 1, bump (by=by@entry=1)");
+    assert_has(&s, "Hardware assisted breakpoint 1 at");
+    assert_has(&s, "reakpoint 1, bump (by=by@entry=1)");
     assert_has(&s, "= 1.5\n");
     assert_has(&s, "<counter>:\t100");
     assert_has(&s, "Old value = 100\nNew value = 110");
@@ -377,4 +389,50 @@ fn bad_gdb_addresses_are_one_line_errors() {
             assert_eq!(err.trim().lines().count(), 1, "{cmd:?}: {err}");
         }
     }
+}
+
+#[test]
+fn attach_to_a_linux_guest_and_detach() {
+    common::guest();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("tcp:127.0.0.1:{port}");
+    // No symbol file: the firmware or kernel, wherever the attach finds it.
+    let s = session(
+        &[
+            "run",
+            "--gdb",
+            &addr,
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo guest-done",
+        ],
+        &addr,
+        Path::new(""),
+        &[
+            "set architecture riscv:rv64",
+            "info threads",
+            "x/1i $pc",
+            "print $priv <= 3",
+            "print $sp != 0",
+            "stepi",
+            "detach",
+        ],
+        None,
+    );
+    assert_has(&s, "Thread 1.1");
+    assert_has(&s, "=> 0x");
+    assert_has(&s, "$1 = 1\n");
+    assert_has(&s, "$2 = 1\n");
+    assert_has(&s, "detached]");
+    assert!(
+        s.popek.contains("guest-done"),
+        "popek printed:\n{}",
+        s.popek
+    );
+    assert_eq!(s.status, Some(0), "popek printed:\n{}", s.popek);
 }
