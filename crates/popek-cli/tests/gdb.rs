@@ -71,7 +71,8 @@ fn bare_elf() -> &'static Path {
     })
 }
 
-/// A root holding tests/gdb_progs/prog.c built static with debug information, at /bin/prog.
+/// A root holding tests/gdb_progs/prog.c with debug information, static at /bin/prog and
+/// dynamic (PIE) at /bin/prog-dyn, with the loader and libc.
 fn exec_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
@@ -85,6 +86,19 @@ fn exec_root() -> &'static Path {
             .status()
             .expect("running riscv64-linux-gnu-gcc: run scripts/install-deps");
         assert!(status.success(), "building prog.c failed");
+        let status = Command::new("riscv64-linux-gnu-gcc")
+            .args(["-g", "-O1", "-o"])
+            .arg(root.join("bin/prog-dyn"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gdb_progs/prog.c"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building prog.c (dynamic) failed");
+        std::fs::create_dir_all(root.join("lib")).unwrap();
+        let sysroot = Path::new("/usr/riscv64-linux-gnu/lib");
+        for lib in ["ld-linux-riscv64-lp64d.so.1", "libc.so.6"] {
+            std::fs::copy(sysroot.join(lib), root.join("lib").join(lib))
+                .unwrap_or_else(|e| panic!("copying {lib}: {e} (run scripts/install-deps)"));
+        }
         root
     })
 }
@@ -418,7 +432,7 @@ fn attach_to_a_linux_guest_and_detach() {
             "info threads",
             "x/1i $pc",
             "print $priv <= 3",
-            "print $sp != 0",
+            "print $pc != 0",
             "stepi",
             "detach",
         ],
@@ -435,4 +449,35 @@ fn attach_to_a_linux_guest_and_detach() {
         s.popek
     );
     assert_eq!(s.status, Some(0), "popek printed:\n{}", s.popek);
+}
+
+#[test]
+fn exec_dynamic_pie_program_under_gdb() {
+    let addr = sock("exec-dyn.sock");
+    let root = exec_root().display().to_string();
+    let sysroot = format!("set sysroot {root}");
+    // gdb relocates the PIE program and finds libc through the auxiliary vector.
+    let s = session(
+        &["exec", "--root", &root, "--gdb", &addr, "/bin/prog-dyn"],
+        &addr,
+        &exec_root().join("bin/prog-dyn"),
+        &[
+            &sysroot,
+            "break bump",
+            "continue",
+            "print by",
+            "bt",
+            "info sharedlibrary",
+            "set var counter = 100",
+            "delete",
+            "continue",
+        ],
+        None,
+    );
+    assert_has(&s, "from ");
+    assert_has(&s, "Breakpoint 1, bump (by=by@entry=1)");
+    assert_has(&s, "in main () at");
+    assert_has(&s, "lib/libc.so.6");
+    assert_has(&s, "exited with code 0163]");
+    assert_eq!(s.status, Some(115), "popek printed:\n{}", s.popek);
 }

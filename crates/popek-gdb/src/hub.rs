@@ -70,6 +70,9 @@ pub struct DebugHub {
     owner_pid: AtomicI32,
     state: Mutex<State>,
     cv: Condvar,
+    /// A process VM's auxiliary vector (gdb relocates PIE programs and finds the dynamic
+    /// loader's library list with it); empty for system VMs.
+    auxv: Mutex<Vec<u8>>,
 }
 
 impl std::fmt::Debug for DebugHub {
@@ -104,7 +107,17 @@ impl DebugHub {
             owner_pid: AtomicI32::new(0),
             state: Mutex::new(state),
             cv: Condvar::new(),
+            auxv: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Give gdb the program's auxiliary vector (raw little-endian key/value words).
+    pub fn set_auxv(&self, auxv: Vec<u8>) {
+        *self.auxv.lock().unwrap_or_else(|e| e.into_inner()) = auxv;
+    }
+
+    pub(crate) fn auxv(&self) -> Vec<u8> {
+        self.auxv.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Debug only threads of the process `pid` (a process VM: its forked children run free).

@@ -9,6 +9,7 @@ use gdbstub::common::{Signal, Tid};
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+use gdbstub::target::ext::auxv::{Auxv, AuxvOps};
 use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
     MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
@@ -118,6 +119,24 @@ impl Target for PopekTarget {
 
     fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
         true
+    }
+
+    fn support_auxv(&mut self) -> Option<AuxvOps<'_, Self>> {
+        if self.hub.auxv().is_empty() {
+            None
+        } else {
+            Some(self)
+        }
+    }
+}
+
+impl Auxv for PopekTarget {
+    fn get_auxv(&self, offset: u64, length: usize, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        let auxv = self.hub.auxv();
+        let start = (offset as usize).min(auxv.len());
+        let n = length.min(buf.len()).min(auxv.len() - start);
+        buf[..n].copy_from_slice(&auxv[start..start + n]);
+        Ok(n)
     }
 }
 

@@ -162,11 +162,32 @@ fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serve `--gdb` from a thread of its own, jailed like the rest of the process.
-fn start_gdb(config: &ExecConfig) -> Result<(), Error> {
+/// Serve `--gdb` from a thread of its own, jailed like the rest of the process; gdb gets the
+/// auxiliary vector of the stack at `sp`.
+fn start_gdb(config: &ExecConfig, base: HostBase, sp: u64) -> Result<(), Error> {
     let Some(debug) = &config.debug else {
         return Ok(());
     };
+    // SAFETY: `sp` is the initial stack build_stack just wrote: argc, argv, NULL, envp, NULL,
+    // then the auxv pairs up to AT_NULL, all inside the stack mapping.
+    let word = |i: u64| unsafe { (base.ptr(sp + 8 * i) as *const u64).read_unaligned() };
+    let argc = word(0);
+    let mut i = argc + 2;
+    while word(i) != 0 {
+        i += 1;
+    }
+    i += 1;
+    let mut auxv = Vec::new();
+    loop {
+        let (k, v) = (word(i), word(i + 1));
+        auxv.extend_from_slice(&k.to_le_bytes());
+        auxv.extend_from_slice(&v.to_le_bytes());
+        if k == 0 {
+            break;
+        }
+        i += 2;
+    }
+    debug.hub.set_auxv(auxv);
     // SAFETY: getpid has no preconditions.
     debug.hub.set_owner(unsafe { libc::getpid() });
     let listener = debug
@@ -183,7 +204,6 @@ fn start_gdb(config: &ExecConfig) -> Result<(), Error> {
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     enter_jail(&config)?;
-    start_gdb(&config)?;
     let sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
         root: config.root.display().to_string(),
         source,
@@ -209,6 +229,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     mmv.brk = program.main.end;
     let host_err = |e: Errno| Error::Host(std::io::Error::from_raw_os_error(e.0));
     let sp = elf::build_stack(&mut mmv, &program, &env).map_err(host_err)?;
+    start_gdb(&config, mmv.base(), sp)?;
     let trampoline = mmv
         .find_free(PAGE)
         .ok_or(Error::Host(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
