@@ -15,6 +15,6 @@ pub mod size;
 
 pub use error::BoardError;
 pub use machine::{
-    parse_mac, DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome,
-    RunStats, VsockConfig, DEFAULT_MAC,
+    parse_mac, DiskConfig, Machine, MachineConfig, MachineHandle, MachineState, NetBackendConfig,
+    NetConfig, RunOutcome, RunStats, VsockConfig, DEFAULT_MAC,
 };

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -72,6 +72,9 @@ pub struct MachineConfig {
     /// stop with [`BoardError::NotReady`] if that takes longer than this (`popek run -- CMD`
     /// without `--verbose`).
     pub quiet_boot: Option<Duration>,
+    /// A debugger's hold on the harts (`--gdb`): the hart loops hand their slices to it while
+    /// it is engaged.
+    pub debug: Option<Arc<popek_gdb::DebugHub>>,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -276,6 +279,65 @@ struct Shared {
     stopping: AtomicBool,
     stop: Mutex<Option<Result<Stop, BoardError>>>,
     threads: Arc<HartThreads>,
+    debug: Option<Arc<popek_gdb::DebugHub>>,
+    /// The control socket paused the machine: harts park at their next slice boundary.
+    paused: AtomicBool,
+    /// Instructions retired by all harts, added at the end of each slice.
+    instructions: AtomicU64,
+    started: Instant,
+    cpus: u32,
+    memory: u64,
+}
+
+/// What [`MachineHandle::status`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MachineState {
+    /// Parked by [`MachineHandle::pause`].
+    pub paused: bool,
+    /// Harts.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Since the machine was built.
+    pub uptime: Duration,
+    /// Instructions retired so far (as of each hart's last slice).
+    pub instructions: u64,
+}
+
+/// A handle other threads (the control socket) use to watch and steer a machine while
+/// [`Machine::run`] runs it. Every method returns at once: it only sets flags the hart loops
+/// check between slices.
+#[derive(Clone)]
+pub struct MachineHandle(Arc<Shared>);
+
+impl MachineHandle {
+    /// The machine's state now.
+    pub fn status(&self) -> MachineState {
+        let s = &self.0;
+        MachineState {
+            paused: s.paused.load(Ordering::SeqCst),
+            cpus: s.cpus,
+            memory: s.memory,
+            uptime: s.started.elapsed(),
+            instructions: s.instructions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Park every hart at its next slice boundary (devices keep running).
+    pub fn pause(&self) {
+        self.0.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Let parked harts go on.
+    pub fn resume(&self) {
+        self.0.paused.store(false, Ordering::SeqCst);
+        self.0.wake_all();
+    }
+
+    /// Stop the machine: [`Machine::run`] returns [`RunOutcome::Exit`] with status 0.
+    pub fn shutdown(&self) {
+        self.0.stop(Ok(Stop::Exit(0)));
+    }
 }
 
 /// The hart threads, so anything (a device thread, the console) can wake them without taking
@@ -463,6 +525,12 @@ impl Machine {
             stopping: AtomicBool::new(false),
             stop: Mutex::new(None),
             threads,
+            debug: config.debug.clone(),
+            paused: AtomicBool::new(false),
+            instructions: AtomicU64::new(0),
+            started: Instant::now(),
+            cpus: config.cpus,
+            memory: config.memory,
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -491,6 +559,11 @@ impl Machine {
     /// (see [`MachineConfig::quiet_boot`]); None once it was ready or when nothing was held.
     pub fn console_tail(&self, lines: usize) -> Option<String> {
         self.shared.devices().bus.uart.output().tail(lines)
+    }
+
+    /// A handle to watch and steer the machine from other threads while it runs.
+    pub fn handle(&self) -> MachineHandle {
+        MachineHandle(self.shared.clone())
     }
 
     /// Interpret QEMU's Ctrl-A escapes in console input (for interactive terminals).
@@ -622,7 +695,19 @@ fn watch_readiness(shared: &Shared, limit: Duration) {
 fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
     let mut bus = HartBus { shared };
     while !shared.stopping.load(Ordering::Acquire) {
-        let exit = hart.run(&mut bus, SLICE);
+        if shared.paused.load(Ordering::Relaxed) {
+            // Paused by the control socket: resume and stop both unpark us.
+            std::thread::park_timeout(Duration::from_millis(100));
+            continue;
+        }
+        let before = hart.instret();
+        let exit = match &shared.debug {
+            Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
+            _ => hart.run(&mut bus, SLICE),
+        };
+        shared
+            .instructions
+            .fetch_add(hart.instret().wrapping_sub(before), Ordering::Relaxed);
         let mut devices = shared.devices();
         match exit {
             Exit::Budget | Exit::Io | Exit::Wfi => {}

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use popek_board::size::parse_size;
 use popek_linux::ExecConfig;
@@ -45,6 +46,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "NAME", hide = true, allow_hyphen_values = true)]
     argv0: Option<OsString>,
 
+    /// Serve gdb's remote protocol at ADDR (tcp:HOST:PORT or a unix socket path) and wait for
+    /// gdb before the program's first instruction, like `qemu-riscv64 -g`.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
+
     /// The riscv64 program (a path inside the root, or a name found in PATH there).
     #[arg(value_name = "PROG")]
     prog: OsString,
@@ -60,7 +66,21 @@ pub struct ExecArgs {
 
 /// Run the program; returns popek's exit status if it could not be started (otherwise the process
 /// ends with the program's status).
-pub fn run(args: ExecArgs) -> u8 {
+pub fn run(mut args: ExecArgs) -> u8 {
+    let debug = match args.gdb.as_deref().map(popek_gdb::GdbListener::bind) {
+        None => None,
+        Some(Err(e)) => {
+            eprintln!("popek: error: {e}");
+            return 1;
+        }
+        Some(Ok(listener)) => {
+            args.pass_fd.push(listener.raw_fd());
+            Some(popek_linux::ExecDebug {
+                hub: Arc::new(popek_gdb::DebugHub::new(1, true)),
+                listener: Arc::new(Mutex::new(Some(listener))),
+            })
+        }
+    };
     let mut env: Vec<OsString> = if args.clear_env {
         Vec::new()
     } else {
@@ -96,6 +116,7 @@ pub fn run(args: ExecArgs) -> u8 {
         memory_limit: args.memory,
         pass_fds: args.pass_fd,
         guest_root: args.guest_root,
+        debug,
     };
     match popek_linux::exec(config) {
         Ok(never) => match never {},

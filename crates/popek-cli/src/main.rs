@@ -6,6 +6,7 @@ mod image;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -44,6 +45,21 @@ enum Command {
     /// Build, list and remove the guest images `popek run` boots (kept in ~/.cache/popek).
     #[command(subcommand)]
     Image(image::ImageCmd),
+
+    /// Talk to a running `popek run --api PATH`: print the machine's status, pause it, resume
+    /// it or shut it down (popek then exits with status 0). Prints the JSON answer.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The API socket given to `popek run --api`.
+    #[arg(value_name = "PATH")]
+    socket: PathBuf,
+
+    /// What to do.
+    #[arg(value_name = "ACTION", value_parser = ["status", "pause", "resume", "shutdown"])]
+    action: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +119,20 @@ struct RunArgs {
     /// Leave out the virtio-rng entropy source Linux guests get by default.
     #[arg(long)]
     no_rng: bool,
+
+    /// Serve gdb's remote protocol at ADDR: tcp:HOST:PORT (e.g. tcp:127.0.0.1:1234) or a unix
+    /// socket path. Each hart is a gdb thread; gdb attaching stops the machine.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
+
+    /// With --gdb: wait for gdb before the first instruction.
+    #[arg(long, requires = "gdb")]
+    gdb_wait: bool,
+
+    /// Serve the REST control API (docs/api.yaml) on a new unix socket at PATH (mode 0600):
+    /// GET /machine, PUT /machine/pause, /machine/resume, /machine/shutdown. See `popek ctl`.
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
 
     /// Print guest instructions executed, run time and boot time to stderr at exit.
     #[arg(long)]
@@ -186,6 +216,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         jail: true,
         command_output: false,
         quiet_boot: None,
+        debug: None,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -285,13 +316,123 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     Ok(net)
 }
 
+/// Confine a socket-serving thread (gdb, api): no files at all (Landlock) and the vCPUs'
+/// system calls (seccomp). These threads start before the main thread's jail, so they confine
+/// themselves; a thread that cannot be confined ends popek.
+fn confine_socket_thread(who: &str) {
+    let r = popek_jail::FsRules::default()
+        .apply()
+        .and_then(|_| popek_jail::restrict_thread(popek_jail::ThreadKind::Vmm));
+    if let Err(e) = r {
+        eprintln!("popek: error: {who} thread: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `--gdb`: listen, and serve gdb from a thread confined like the vCPUs.
+fn start_gdb(args: &RunArgs, config: &mut MachineConfig) -> anyhow::Result<()> {
+    let Some(addr) = &args.gdb else {
+        return Ok(());
+    };
+    let listener = popek_gdb::GdbListener::bind(addr)?;
+    let hub = Arc::new(popek_gdb::DebugHub::new(
+        config.cpus as usize,
+        args.gdb_wait,
+    ));
+    config.debug = Some(hub.clone());
+    let jail = config.jail;
+    popek_gdb::spawn(
+        listener,
+        hub,
+        Box::new(move || {
+            if jail {
+                confine_socket_thread("gdb");
+            }
+        }),
+    )
+    .context("starting the gdb thread")?;
+    Ok(())
+}
+
+/// The control socket's view of the machine.
+struct Api(popek_board::MachineHandle);
+
+impl popek_api::Control for Api {
+    fn status(&self) -> popek_api::MachineStatus {
+        let s = self.0.status();
+        popek_api::MachineStatus {
+            status: if s.paused { "paused" } else { "running" },
+            cpus: s.cpus,
+            memory: s.memory,
+            uptime_ms: s.uptime.as_millis() as u64,
+            instructions: s.instructions,
+        }
+    }
+    fn pause(&self) {
+        self.0.pause();
+    }
+    fn resume(&self) {
+        self.0.resume();
+    }
+    fn shutdown(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// `--api`: serve the control socket from a thread confined like the vCPUs.
+fn start_api(
+    listener: popek_api::ApiListener,
+    machine: &Machine,
+    jail: bool,
+) -> anyhow::Result<()> {
+    popek_api::spawn(
+        listener,
+        Arc::new(Api(machine.handle())),
+        Box::new(move || {
+            if jail {
+                confine_socket_thread("api");
+            }
+        }),
+    )
+    .context("starting the api thread")?;
+    Ok(())
+}
+
+/// `popek ctl`: one request, the JSON answer on stdout; status 1 for an error answer.
+fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
+    let (method, path) = match args.action.as_str() {
+        "status" => ("GET", "/machine"),
+        other => (
+            "PUT",
+            match other {
+                "pause" => "/machine/pause",
+                "resume" => "/machine/resume",
+                _ => "/machine/shutdown",
+            },
+        ),
+    };
+    let (status, body) = popek_api::request(&args.socket, method, path)?;
+    println!("{body}");
+    Ok(if status == 200 { 0 } else { 1 })
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Ctl(args) => ctl(args),
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Image(cmd) => image::run(cmd),
         Command::Run(args) => {
-            let config = machine_config(&args)?;
+            let mut config = machine_config(&args)?;
+            start_gdb(&args, &mut config)?;
+            let api = args
+                .api
+                .as_deref()
+                .map(popek_api::ApiListener::bind)
+                .transpose()?;
             let mut machine = Machine::new(&config)?;
+            if let Some(listener) = api {
+                start_api(listener, &machine, config.jail)?;
+            }
             let outcome = {
                 let terminal = RawTerminal::enter();
                 if terminal.is_active() {
@@ -333,6 +474,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = s.boot {
                     eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
                 }
+            }
+            if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
+                hub.exited(*code as u8);
             }
             match outcome {
                 // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).

@@ -141,6 +141,18 @@ unsafe fn raw_bits(host: *const u8, off: usize) -> u64 {
 impl Hart {
     /// Run until `budget` instructions have retired or something needs the owner's attention.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        self.run_inner::<B, false>(bus, budget)
+    }
+
+    /// Execute exactly one instruction (or take one trap or interrupt without executing the
+    /// handler), for debuggers: [`Exit::Budget`] when it retired or trapped into a handler.
+    pub fn single_step<B: Bus>(&mut self, bus: &mut B) -> Exit {
+        self.run_inner::<B, true>(bus, 1)
+    }
+
+    /// [`Hart::run`], or with `STEP` one instruction at a time: the single-step variant is a
+    /// separate instantiation, so the normal interpreter loop carries no debugger checks.
+    fn run_inner<B: Bus, const STEP: bool>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let stop_at = self.instret.saturating_add(budget);
         loop {
             self.sync_page_perms();
@@ -161,6 +173,10 @@ impl Hart {
                 self.wfi = false;
                 self.enter_trap(cause, true, 0);
                 self.break_loop = false;
+                if STEP {
+                    // Stop at the handler's first instruction, as a hardware debugger would.
+                    return Exit::Budget;
+                }
             }
             if self.wfi {
                 if self.wfi_should_wake() {
@@ -170,7 +186,9 @@ impl Hart {
                 }
             }
             let result = match self.fetch_page() {
-                Ok((page, host)) => self.exec_page(bus, page, host, stop_at - self.instret),
+                Ok((page, host)) => {
+                    self.exec_page::<B, STEP>(bus, page, host, stop_at - self.instret)
+                }
                 Err(t) => Err(t),
             };
             if let Some(slot) = self.straddle_slot.take() {
@@ -182,6 +200,9 @@ impl Hart {
                 if let Some(e) = self.raise(t) {
                     return e;
                 }
+                if STEP {
+                    return Exit::Budget;
+                }
             }
         }
     }
@@ -190,7 +211,7 @@ impl Hart {
     /// control leaves the page, `left` instructions retire, or an instruction needs the outer
     /// loop. `self.pc` and `instret` are up to date when it returns.
     #[inline(never)]
-    fn exec_page<B: Bus>(
+    fn exec_page<B: Bus, const STEP: bool>(
         &mut self,
         bus: &mut B,
         page: *mut DecodedPage,
@@ -240,18 +261,21 @@ impl Hart {
                 Ok(Flow::Next(next)) => {
                     pc = next;
                     retired += 1;
+                    if STEP {
+                        break $exec Ok(());
+                    }
                 }
                 Ok(Flow::Jump(target)) => {
                     pc = target;
                     retired += 1;
-                    if target.wrapping_sub(vbase) >= 4096 || retired >= left {
+                    if STEP || target.wrapping_sub(vbase) >= 4096 || retired >= left {
                         break $exec Ok(());
                     }
                 }
                 Ok(Flow::Store(next)) => {
                     pc = next;
                     retired += 1;
-                    if self.break_loop {
+                    if STEP || self.break_loop {
                         break $exec Ok(());
                     }
                 }

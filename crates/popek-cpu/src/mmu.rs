@@ -213,6 +213,84 @@ impl Mmu {
 }
 
 impl Hart {
+    /// The physical address a debugger reaches at `vaddr` through the hart's current translation
+    /// (its privilege and `satp`), without permission checks or A/D updates, so a debugger can
+    /// read kernel and user pages alike; `None` when nothing is mapped there.
+    pub fn debug_translate(&self, vaddr: u64) -> Option<u64> {
+        let mode = self.csr.satp >> 60;
+        if self.prv == Priv::M || mode == 0 {
+            if let Some(perms) = self.mem.page_perms() {
+                if perms.get(vaddr) == 0 {
+                    return None;
+                }
+            }
+            return Some(vaddr);
+        }
+        let levels = match mode {
+            8 => 3,
+            9 => 4,
+            _ => 5,
+        };
+        let mut table = (self.csr.satp & ((1 << 44) - 1)) << 12;
+        for level in (0..levels).rev() {
+            let vpn = (vaddr >> (12 + 9 * level)) & 0x1ff;
+            let mut raw = [0u8; 8];
+            self.mem.read(table + vpn * 8, &mut raw)?;
+            let pte = u64::from_le_bytes(raw);
+            if pte & 1 == 0 {
+                return None;
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if pte & 0xa == 0 {
+                table = ppn << 12;
+                continue;
+            }
+            let low_mask = (1u64 << (9 * level)) - 1;
+            let page = (ppn & !low_mask) | ((vaddr >> 12) & low_mask);
+            return Some((page << 12) | (vaddr & 0xfff));
+        }
+        None
+    }
+
+    /// Read guest memory at virtual address `vaddr` for a debugger (see
+    /// [`Hart::debug_translate`]); returns how many bytes were readable from the start.
+    pub fn debug_read(&self, vaddr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let va = vaddr.wrapping_add(done as u64);
+            let chunk = (4096 - (va & 0xfff) as usize).min(buf.len() - done);
+            let Some(pa) = self.debug_translate(va) else {
+                break;
+            };
+            if self.mem.read(pa, &mut buf[done..done + chunk]).is_none() {
+                break;
+            }
+            done += chunk;
+        }
+        done
+    }
+
+    /// Write guest memory at virtual address `vaddr` for a debugger; every hart drops decoded
+    /// code of the bytes written (through the memory's DMA log). Returns the bytes written.
+    pub fn debug_write(&mut self, vaddr: u64, data: &[u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() {
+            let va = vaddr.wrapping_add(done as u64);
+            let chunk = (4096 - (va & 0xfff) as usize).min(data.len() - done);
+            let Some(pa) = self.debug_translate(va) else {
+                break;
+            };
+            if self.mem.write(pa, &data[done..done + chunk]).is_none() {
+                break;
+            }
+            self.mem.dma_log().record(pa, chunk as u64);
+            done += chunk;
+        }
+        done
+    }
+}
+
+impl Hart {
     /// Translate `vaddr` for `access` at privilege `prv`, updating A/D bits.
     pub(crate) fn translate(&mut self, vaddr: u64, access: Access, prv: Priv) -> Result<u64, Trap> {
         let satp = self.csr.satp;

@@ -47,6 +47,26 @@ pub struct ExecConfig {
     /// Set when a guest's execve re-executed popek: the host pid of the guest's first process.
     /// Such a popek is already jailed and its descriptors are the guest's own.
     pub guest_root: Option<i32>,
+    /// `--gdb`: the program's first thread waits for gdb before its first instruction.
+    pub debug: Option<ExecDebug>,
+}
+
+/// The debugger of a process VM: the hub the first guest thread runs under and the listener
+/// (bound before the jail; its descriptor must be in [`ExecConfig::pass_fds`]), served from a
+/// thread started once the process is jailed.
+#[derive(Clone, Debug)]
+pub struct ExecDebug {
+    /// Where the first thread parks while gdb has it stopped.
+    pub hub: std::sync::Arc<popek_gdb::DebugHub>,
+    /// Taken by [`exec`] to start the gdb thread.
+    pub listener: std::sync::Arc<std::sync::Mutex<Option<popek_gdb::GdbListener>>>,
+}
+
+impl ExecDebug {
+    /// Tell gdb the program ended with `code` (before the process exits).
+    pub(crate) fn exited(&self, code: i32) {
+        self.hub.exited((code & 0xff) as u8);
+    }
 }
 
 /// The default `--memory` of `popek exec`: 4 GiB of writable mappings per guest process.

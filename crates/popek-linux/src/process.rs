@@ -162,6 +162,45 @@ fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// Serve `--gdb` from a thread of its own, jailed like the rest of the process; gdb gets the
+/// auxiliary vector of the stack at `sp`.
+fn start_gdb(config: &ExecConfig, base: HostBase, sp: u64) -> Result<(), Error> {
+    let Some(debug) = &config.debug else {
+        return Ok(());
+    };
+    // SAFETY: `sp` is the initial stack build_stack just wrote: argc, argv, NULL, envp, NULL,
+    // then the auxv pairs up to AT_NULL, all inside the stack mapping.
+    let word = |i: u64| unsafe { (base.ptr(sp + 8 * i) as *const u64).read_unaligned() };
+    let argc = word(0);
+    let mut i = argc + 2;
+    while word(i) != 0 {
+        i += 1;
+    }
+    i += 1;
+    let mut auxv = Vec::new();
+    loop {
+        let (k, v) = (word(i), word(i + 1));
+        auxv.extend_from_slice(&k.to_le_bytes());
+        auxv.extend_from_slice(&v.to_le_bytes());
+        if k == 0 {
+            break;
+        }
+        i += 2;
+    }
+    debug.hub.set_auxv(auxv);
+    // SAFETY: getpid has no preconditions.
+    debug.hub.set_owner(unsafe { libc::getpid() });
+    let listener = debug
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(l) = listener {
+        popek_gdb::spawn(l, debug.hub.clone(), Box::new(|| {})).map_err(Error::Host)?;
+    }
+    Ok(())
+}
+
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     enter_jail(&config)?;
@@ -190,6 +229,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     mmv.brk = program.main.end;
     let host_err = |e: Errno| Error::Host(std::io::Error::from_raw_os_error(e.0));
     let sp = elf::build_stack(&mut mmv, &program, &env).map_err(host_err)?;
+    start_gdb(&config, mmv.base(), sp)?;
     let trampoline = mmv
         .find_free(PAGE)
         .ok_or(Error::Host(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
@@ -262,8 +302,16 @@ fn user_config() -> HartConfig {
 /// Run a guest thread until it exits.
 pub fn run(mut t: Thread) {
     let mut bus = TimeBus(Instant::now());
+    let debug = t.sh.config.debug.as_ref().map(|d| d.hub.clone());
+    // Only the first thread is under the debugger (its host tid is the process's pid).
+    // SAFETY: getpid has no preconditions.
+    let debug = debug.filter(|_| t.tid == unsafe { libc::getpid() });
     loop {
-        match t.hart.run(&mut bus, 1 << 20) {
+        let exit = match &debug {
+            Some(hub) if hub.engaged() => hub.run_slice(0, &mut t.hart, &mut bus, 1 << 20),
+            _ => t.hart.run(&mut bus, 1 << 20),
+        };
+        match exit {
             Exit::Ecall => {
                 if let Flow::ExitThread = syscall::handle(&mut t) {
                     return;
@@ -687,6 +735,9 @@ impl Thread {
             };
         }
         if self.sh.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(d) = &self.sh.config.debug {
+                d.exited(code);
+            }
             // SAFETY: ending the process.
             unsafe { libc::_exit(code & 0xff) };
         }

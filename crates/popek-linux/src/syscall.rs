@@ -658,6 +658,9 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         // --- processes ---
         93 => return Err(Stop::ExitThread(a[0] as i32)),
         94 => {
+            if let Some(d) = &t.sh.config.debug {
+                d.exited(a[0] as i32);
+            }
             // SAFETY: ending the process.
             unsafe { _exit(a[0] as i32 & 0xff) }
         }

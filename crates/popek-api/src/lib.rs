@@ -1,0 +1,75 @@
+//! `popek run --api PATH`: a REST API on a unix socket, in the style of Firecracker's, so
+//! scripts can watch and steer a running machine: `GET /machine`, `PUT /machine/pause`,
+//! `PUT /machine/resume`, `PUT /machine/shutdown`. `docs/api.yaml` is its OpenAPI document.
+//!
+//! One request per connection (HTTP/1.1 with `Connection: close`), parsed with `httparse`;
+//! errors are `{"error": "..."}` with 400, 404 or 405 and never touch the machine. The API
+//! thread only flips flags the hart loops check between slices: it never blocks a vCPU.
+
+mod client;
+mod server;
+
+pub use client::request;
+pub use server::{handle, spawn, ApiListener, Response};
+
+use serde::Serialize;
+
+/// Why the API socket or a client request failed; each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket path exists already.
+    #[error("--api {0}: the path exists: remove it or pick another path")]
+    PathExists(String),
+    /// Binding the socket failed.
+    #[error("--api {path}: cannot listen: {reason}")]
+    Bind {
+        /// The path as given.
+        path: String,
+        /// The host's reason.
+        reason: std::io::Error,
+    },
+    /// The client could not reach the socket.
+    #[error("{path}: cannot connect: {reason} (is popek run --api {path} running?)")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The host's reason.
+        reason: std::io::Error,
+    },
+    /// The connection failed mid-request, or the answer was not HTTP.
+    #[error("{path}: {why}")]
+    Protocol {
+        /// The socket path.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// What `GET /machine` reports.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MachineStatus {
+    /// `running` or `paused`.
+    pub status: &'static str,
+    /// Harts.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Milliseconds since the machine started.
+    pub uptime_ms: u64,
+    /// Guest instructions retired so far (updated at the end of each hart's run slice).
+    pub instructions: u64,
+}
+
+/// The machine as the API sees it: implemented by the board's handle. Every method returns
+/// at once (flags and counters only).
+pub trait Control: Send + Sync {
+    /// Current state.
+    fn status(&self) -> MachineStatus;
+    /// Park every hart at its next slice boundary.
+    fn pause(&self);
+    /// Let parked harts go on.
+    fn resume(&self);
+    /// Stop the machine; popek exits with status 0.
+    fn shutdown(&self);
+}
