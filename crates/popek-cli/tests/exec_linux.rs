@@ -27,23 +27,13 @@ const PROGS: &[&str] = &[
     "hostile",
 ];
 
-fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{tool} not found: run scripts/install-deps");
-}
-
 /// The test root: a riscv64 sysroot copy (loader + libc), the test programs in /bin, and the
 /// sandbox fixtures. Built once per test binary.
 fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        require("riscv64-linux-gnu-gcc");
-        require("qemu-riscv64");
+        common::require("riscv64-linux-gnu-gcc");
+        common::require("qemu-riscv64");
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("exec-root");
         let _ = std::fs::remove_dir_all(&root);
         for d in ["bin", "lib", "etc", "tmp"] {

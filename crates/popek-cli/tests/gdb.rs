@@ -10,17 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{popek, repo};
-
-fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{tool} not found: run scripts/install-deps");
-}
+use common::{popek, repo, require};
 
 fn tmp() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gdb");

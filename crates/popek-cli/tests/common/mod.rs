@@ -15,6 +15,17 @@ pub fn repo() -> PathBuf {
         .unwrap()
 }
 
+/// Fail the test with a pointer to scripts/install-deps unless `tool --version` runs.
+pub fn require(tool: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{tool} not found: run scripts/install-deps");
+}
+
 /// The popek binary under test.
 pub fn popek() -> Command {
     Command::new(env!("CARGO_BIN_EXE_popek"))
