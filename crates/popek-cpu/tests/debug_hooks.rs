@@ -1,39 +1,16 @@
 //! The debugger's hooks: exact single steps, and memory access that the decode cache sees.
 
-use std::ptr::NonNull;
+mod common;
 
-use popek_cpu::{Exit, Hart, HartConfig, Memory, NoBus, RamRegion};
+use common::{hart_with, BASE};
+use popek_cpu::{Exit, NoBus};
 
-const BASE: u64 = 0x8000_0000;
 /// addi t0, t0, 1
 const INC1: u32 = 0x0012_8293;
 /// addi t0, t0, 5
 const INC5: u32 = 0x0052_8293;
 /// j .
 const SPIN: u32 = 0x0000_006f;
-
-fn hart_with(code: &[u32], ram: &mut Vec<u64>) -> Hart {
-    ram.resize(512, 0);
-    for (i, w) in code.iter().enumerate() {
-        let word = &mut ram[i / 2];
-        let shift = 32 * (i % 2);
-        *word = (*word & !(0xffff_ffff << shift)) | ((*w as u64) << shift);
-    }
-    // SAFETY: `ram` outlives the hart in every test below and is not touched while it runs.
-    let region = unsafe {
-        RamRegion::new(
-            BASE,
-            4096,
-            NonNull::new(ram.as_mut_ptr() as *mut u8).unwrap(),
-        )
-    };
-    let mut hart = Hart::new(
-        HartConfig::machine(0, false),
-        Memory::new(vec![region]).unwrap(),
-    );
-    hart.set_pc(BASE);
-    hart
-}
 
 #[test]
 fn single_step_retires_exactly_one_instruction() {
