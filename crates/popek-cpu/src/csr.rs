@@ -1,6 +1,6 @@
 //! Control and status registers: storage, access rules and WARL legalisation.
 
-use crate::hart::{Hart, Priv};
+use crate::hart::{request, Hart, Priv};
 use crate::trap::{Exception, Trap};
 use crate::Bus;
 
@@ -102,6 +102,7 @@ pub const PMP_ENTRIES: usize = 16;
 
 /// CSR storage. Counters and `time` are derived on read.
 #[allow(missing_docs)]
+#[repr(C)]
 #[derive(Clone, Debug, Default)]
 pub struct Csrs {
     pub mstatus: u64,
@@ -136,7 +137,54 @@ pub struct Csrs {
     pub instret_offset: u64,
 }
 
+/// The 64-bit fields of [`Csrs`] as one array (for saving), listed once.
+macro_rules! csr_words {
+    ($($field:ident),* $(,)?) => {
+        /// Number of 64-bit registers [`Csrs::words`] lists.
+        pub(crate) const WORDS: usize = [$(stringify!($field)),*].len();
+
+        /// Every 64-bit field, in declaration order.
+        pub(crate) fn words(&self) -> [u64; Csrs::WORDS] {
+            [$(self.$field),*]
+        }
+
+        /// The inverse of [`Csrs::words`].
+        pub(crate) fn set_words(&mut self, w: [u64; Csrs::WORDS]) {
+            [$(self.$field),*] = w;
+        }
+    };
+}
+
 impl Csrs {
+    csr_words!(
+        mstatus,
+        mhartid,
+        medeleg,
+        mideleg,
+        mie,
+        mip,
+        mtvec,
+        mcounteren,
+        menvcfg,
+        mcountinhibit,
+        mscratch,
+        mepc,
+        mcause,
+        mtval,
+        stvec,
+        scounteren,
+        senvcfg,
+        sscratch,
+        sepc,
+        scause,
+        stval,
+        satp,
+        frm,
+        fflags,
+        cycle_offset,
+        instret_offset,
+    );
+
     /// `fcsr` composed of `frm` and `fflags`.
     pub fn fcsr(&self) -> u64 {
         (self.frm << 5) | self.fflags
@@ -180,7 +228,7 @@ impl Hart {
     ) -> Result<u64, Trap> {
         let illegal = Trap::new(Exception::IllegalInstruction, insn_bits);
         let min_priv = (num >> 8) & 3;
-        if (self.prv as u16) < min_priv || (write && num >> 10 == 3) {
+        if (self.s.prv as u16) < min_priv || (write && num >> 10 == 3) {
             return Err(illegal);
         }
         let old = self.csr_read(bus, num).ok_or(illegal)?;
@@ -189,7 +237,7 @@ impl Hart {
             // interrupt line (e.g. SEIP from the PLIC) seen by the read must not be latched into
             // the software bit by the write.
             let base = match num {
-                addr::MIP | addr::SIP => self.csr.mip,
+                addr::MIP | addr::SIP => self.s.csr.mip,
                 _ => old,
             };
             let new = match op {
@@ -199,26 +247,28 @@ impl Hart {
             };
             self.csr_write(num, new).ok_or(illegal)?;
             // Interrupt enables, privilege-related fields and translation may have changed.
-            self.break_loop = true;
+            self.s.requests |= request::LEAVE;
         }
         Ok(old)
     }
 
     fn counter_allowed(&self, bit: u16) -> bool {
-        match self.prv {
+        match self.s.prv {
             Priv::M => true,
-            Priv::S => self.csr.mcounteren >> bit & 1 != 0,
-            Priv::U => self.csr.mcounteren >> bit & 1 != 0 && self.csr.scounteren >> bit & 1 != 0,
+            Priv::S => self.s.csr.mcounteren >> bit & 1 != 0,
+            Priv::U => {
+                self.s.csr.mcounteren >> bit & 1 != 0 && self.s.csr.scounteren >> bit & 1 != 0
+            }
         }
     }
 
     fn fs_off(&self) -> bool {
-        self.csr.mstatus & mstatus::FS == 0
+        self.s.csr.mstatus & mstatus::FS == 0
     }
 
     fn csr_read<B: Bus>(&mut self, bus: &mut B, num: u16) -> Option<u64> {
         use addr::*;
-        let c = &self.csr;
+        let c = &self.s.csr;
         Some(match num {
             FFLAGS | FRM | FCSR if self.fs_off() => return None,
             FFLAGS => c.fflags,
@@ -229,9 +279,9 @@ impl Hart {
                     return None;
                 }
                 match num {
-                    CYCLE => self.instret.wrapping_add(c.cycle_offset),
+                    CYCLE => self.s.instret.wrapping_add(c.cycle_offset),
                     TIME => bus.time(),
-                    INSTRET => self.instret.wrapping_add(c.instret_offset),
+                    INSTRET => self.s.instret.wrapping_add(c.instret_offset),
                     _ => 0,
                 }
             }
@@ -246,7 +296,7 @@ impl Hart {
             STVAL => c.stval,
             SIP => self.mip() & c.mideleg,
             SATP => {
-                if self.prv == Priv::S && c.mstatus & mstatus::TVM != 0 {
+                if self.s.prv == Priv::S && c.mstatus & mstatus::TVM != 0 {
                     return None;
                 }
                 c.satp
@@ -284,8 +334,8 @@ impl Hart {
                 .get((num - PMPADDR0) as usize)
                 .copied()
                 .unwrap_or(0),
-            MCYCLE => self.instret.wrapping_add(c.cycle_offset),
-            MINSTRET => self.instret.wrapping_add(c.instret_offset),
+            MCYCLE => self.s.instret.wrapping_add(c.cycle_offset),
+            MINSTRET => self.s.instret.wrapping_add(c.instret_offset),
             0xb03..=0xb1f | 0x323..=0x33f => 0,
             _ => return None,
         })
@@ -293,7 +343,7 @@ impl Hart {
 
     fn csr_write(&mut self, num: u16, v: u64) -> Option<()> {
         use addr::*;
-        let c = &mut self.csr;
+        let c = &mut self.s.csr;
         match num {
             FFLAGS | FRM | FCSR if c.mstatus & mstatus::FS == 0 => return None,
             FFLAGS => c.fflags = v & 0x1f,
@@ -317,7 +367,7 @@ impl Hart {
                 c.mip = (c.mip & !m) | (v & m);
             }
             SATP => {
-                if self.prv == Priv::S && c.mstatus & mstatus::TVM != 0 {
+                if self.s.prv == Priv::S && c.mstatus & mstatus::TVM != 0 {
                     return None;
                 }
                 let mode = v >> 60;
@@ -372,13 +422,13 @@ impl Hart {
                     c.pmpaddr[e] = v & ((1 << 54) - 1);
                 }
             }
-            MCYCLE => c.cycle_offset = v.wrapping_sub(self.instret),
+            MCYCLE => c.cycle_offset = v.wrapping_sub(self.s.instret),
             // The write happens before this instruction retires, so it counts one less.
-            MINSTRET => c.instret_offset = v.wrapping_sub(self.instret).wrapping_sub(1),
+            MINSTRET => c.instret_offset = v.wrapping_sub(self.s.instret).wrapping_sub(1),
             0xb03..=0xb1f | 0x323..=0x33f => {}
             _ => return None,
         }
-        self.mmu.set_context(self.prv, self.csr.mstatus);
+        self.mmu.set_context(self.s.prv, self.s.csr.mstatus);
         Some(())
     }
 }

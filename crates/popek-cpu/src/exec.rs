@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use crate::csr::{mstatus, CsrOp};
 use crate::decode::{decode, insn_len, Insn, Op};
 use crate::fpu::{self, RoundingMode};
-use crate::hart::{Hart, Priv};
+use crate::hart::{request, Hart, Priv};
 use crate::mmu::{Access, DecodedPage, UNDECODED};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
@@ -153,41 +153,42 @@ impl Hart {
     /// [`Hart::run`], or with `STEP` one instruction at a time: the single-step variant is a
     /// separate instantiation, so the normal interpreter loop carries no debugger checks.
     fn run_inner<B: Bus, const STEP: bool>(&mut self, bus: &mut B, budget: u64) -> Exit {
-        let stop_at = self.instret.saturating_add(budget);
+        let stop_at = self.s.instret.saturating_add(budget);
         loop {
             self.sync_page_perms();
             self.sync_dma_writes();
             self.mmu.release_dropped_pages();
-            if let Some(exit) = self.pending_exit.take() {
-                return exit;
+            if self.s.requested(request::ECALL) {
+                self.s.requests &= !request::ECALL;
+                return Exit::Ecall;
             }
-            if self.did_io {
-                self.did_io = false;
+            if self.s.requested(request::IO) {
+                self.s.requests &= !request::IO;
                 return Exit::Io;
             }
-            if self.instret >= stop_at {
+            if self.s.instret >= stop_at {
                 return Exit::Budget;
             }
-            self.break_loop = false;
+            self.s.requests &= !request::LEAVE;
             if let Some(cause) = self.pending_interrupt() {
-                self.wfi = false;
+                self.s.requests &= !request::WFI;
                 self.enter_trap(cause, true, 0);
-                self.break_loop = false;
+                self.s.requests &= !request::LEAVE;
                 if STEP {
                     // Stop at the handler's first instruction, as a hardware debugger would.
                     return Exit::Budget;
                 }
             }
-            if self.wfi {
+            if self.s.requested(request::WFI) {
                 if self.wfi_should_wake() {
-                    self.wfi = false;
+                    self.s.requests &= !request::WFI;
                 } else {
                     return Exit::Wfi;
                 }
             }
             let result = match self.fetch_page() {
                 Ok((page, host)) => {
-                    self.exec_page::<B, STEP>(bus, page, host, stop_at - self.instret)
+                    self.exec_page::<B, STEP>(bus, page, host, stop_at - self.s.instret)
                 }
                 Err(t) => Err(t),
             };
@@ -207,9 +208,9 @@ impl Hart {
         }
     }
 
-    /// Execute from the decoded page `page` (guest RAM at `host`) starting at `self.pc`, until
+    /// Execute from the decoded page `page` (guest RAM at `host`) starting at `self.s.pc`, until
     /// control leaves the page, `left` instructions retire, or an instruction needs the outer
-    /// loop. `self.pc` and `instret` are up to date when it returns.
+    /// loop. `self.s.pc` and `instret` are up to date when it returns.
     #[inline(never)]
     fn exec_page<B: Bus, const STEP: bool>(
         &mut self,
@@ -218,8 +219,8 @@ impl Hart {
         host: *const u8,
         left: u64,
     ) -> Result<(), Trap> {
-        let vbase = self.pc & !0xfff;
-        let mut pc = self.pc;
+        let vbase = self.s.pc & !0xfff;
+        let mut pc = self.s.pc;
         let mut retired = 0u64;
         // The dispatch is replicated: each copy has its own indirect jump, so the host's branch
         // predictor sees consecutive guest instructions at different sites.
@@ -247,7 +248,7 @@ impl Hart {
                     } else {
                         // Straddles into the next page, which may map anywhere: decode it for this visit
                         // only (the outer loop clears the slot again).
-                        self.pc = pc;
+                        self.s.pc = pc;
                         match self.fetch_straddling() {
                             Ok(raw) => {
                                 *slot = decode_for_cache(raw);
@@ -275,7 +276,7 @@ impl Hart {
                 Ok(Flow::Store(next)) => {
                     pc = next;
                     retired += 1;
-                    if STEP || self.break_loop {
+                    if STEP || self.s.requested(request::LEAVE) {
                         break $exec Ok(());
                     }
                 }
@@ -287,7 +288,7 @@ impl Hart {
                 Err(mut t) => {
                     if t.cause == Exception::IllegalInstruction {
                         t.tval = if off + 4 > 4096 && slot.byte_len() == 4 {
-                            self.pc = pc;
+                            self.s.pc = pc;
                             self.fetch_straddling().map(u64::from).unwrap_or(0)
                         } else {
                             // SAFETY: host is the start of this page of guest RAM and off < 4096.
@@ -305,14 +306,14 @@ impl Hart {
             one!('exec);
             one!('exec);
         };
-        self.pc = pc;
-        self.instret += retired;
+        self.s.pc = pc;
+        self.s.instret += retired;
         result
     }
 
     #[inline(always)]
     fn fp_on(&self) -> Result<(), Trap> {
-        if self.csr.mstatus & mstatus::FS == 0 {
+        if self.s.csr.mstatus & mstatus::FS == 0 {
             Err(Trap::new(Exception::IllegalInstruction, 0))
         } else {
             Ok(())
@@ -322,7 +323,7 @@ impl Hart {
     /// Resolve an instruction's rounding-mode field (7 = dynamic, from `frm`).
     #[inline(always)]
     fn rounding(&self, rm: u8) -> Result<RoundingMode, Trap> {
-        let rm = if rm == 7 { self.csr.frm as u8 } else { rm };
+        let rm = if rm == 7 { self.s.csr.frm as u8 } else { rm };
         Ok(match rm {
             0 => RoundingMode::Rne,
             1 => RoundingMode::Rtz,
@@ -335,13 +336,13 @@ impl Hart {
 
     #[inline(always)]
     fn fp_dirty(&mut self) {
-        self.csr.mstatus |= mstatus::FS_DIRTY;
+        self.s.csr.mstatus |= mstatus::FS_DIRTY;
     }
 
     #[inline(always)]
     fn accrue(&mut self, flags: u8) {
         if flags != 0 {
-            self.csr.fflags |= flags as u64;
+            self.s.csr.fflags |= flags as u64;
             self.fp_dirty();
         }
     }
@@ -362,12 +363,12 @@ impl Hart {
         let imm = i.imm as i64 as u64;
         macro_rules! x {
             ($r:expr) => {
-                self.x[$r as usize]
+                self.s.x[$r as usize]
             };
         }
         macro_rules! alu {
             ($e:expr) => {{
-                self.x[rd] = $e;
+                self.s.x[rd] = $e;
                 Flow::Next(pc.wrapping_add(len))
             }};
         }
@@ -384,7 +385,7 @@ impl Hart {
             ($n:literal, $conv:expr) => {{
                 let a = x!(i.rs1).wrapping_add(imm);
                 let v = self.load::<$n, B>(bus, a)?;
-                self.x[rd] = $conv(v);
+                self.s.x[rd] = $conv(v);
                 Flow::Next(pc.wrapping_add(len))
             }};
         }
@@ -398,12 +399,12 @@ impl Hart {
         // F/D helpers: operands, result write-back with NaN boxing, flag accrual.
         macro_rules! fs {
             ($r:expr) => {
-                unbox32(self.f[$r as usize])
+                unbox32(self.s.f[$r as usize])
             };
         }
         macro_rules! fd {
             ($r:expr) => {
-                self.f[$r as usize]
+                self.s.f[$r as usize]
             };
         }
         macro_rules! fop_s {
@@ -412,7 +413,7 @@ impl Hart {
                 let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u32 = $e;
-                self.f[rd] = box32(r);
+                self.s.f[rd] = box32(r);
                 self.fp_dirty();
                 self.accrue($fl);
                 Flow::Next(pc.wrapping_add(len))
@@ -424,7 +425,7 @@ impl Hart {
                 let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u64 = $e;
-                self.f[rd] = r;
+                self.s.f[rd] = r;
                 self.fp_dirty();
                 self.accrue($fl);
                 Flow::Next(pc.wrapping_add(len))
@@ -438,7 +439,7 @@ impl Hart {
                 let $rm = self.rounding(i.rm())?;
                 let mut $fl = 0u8;
                 let r: u64 = $e;
-                self.x[rd] = r;
+                self.s.x[rd] = r;
                 self.accrue($fl);
                 Flow::Next(pc.wrapping_add(len))
             }};
@@ -460,7 +461,7 @@ impl Hart {
                 // SAFETY: atomic_ptr returned a naturally aligned pointer into guest RAM.
                 let at = unsafe { &*(p as *const $atomic) };
                 let old = $f(at, x!(i.rs2));
-                self.x[rd] = if $n == 4 {
+                self.s.x[rd] = if $n == 4 {
                     sext32(old as u64)
                 } else {
                     old as u64
@@ -476,12 +477,12 @@ impl Hart {
             Lui => alu!(imm),
             Auipc => alu!(pc.wrapping_add(imm)),
             Jal => {
-                self.x[rd] = pc.wrapping_add(len);
+                self.s.x[rd] = pc.wrapping_add(len);
                 Flow::Jump(pc.wrapping_add(imm))
             }
             Jalr => {
                 let target = x!(i.rs1).wrapping_add(imm) & !1;
-                self.x[rd] = pc.wrapping_add(len);
+                self.s.x[rd] = pc.wrapping_add(len);
                 Flow::Jump(target)
             }
             Beq => branch!(x!(i.rs1) == x!(i.rs2)),
@@ -599,10 +600,10 @@ impl Hart {
             }
             Ecall => {
                 if self.config.user_mode {
-                    self.pending_exit = Some(Exit::Ecall);
+                    self.s.requests |= request::ECALL;
                     return Ok(Flow::Leave(pc.wrapping_add(len)));
                 }
-                let cause = match self.prv {
+                let cause = match self.s.prv {
                     Priv::U => Exception::EcallFromU,
                     Priv::S => Exception::EcallFromS,
                     Priv::M => Exception::EcallFromM,
@@ -620,17 +621,17 @@ impl Hart {
                     _ => (CsrOp::Clear, i.rs1 as u64, i.rs1 != 0),
                 };
                 // Counters read here must include everything retired before this instruction.
-                self.instret += *retired;
+                self.s.instret += *retired;
                 *retired = 0;
                 let old = self.csr_access(bus, i.imm as u16 & 0xfff, op, operand, write, 0)?;
-                self.x[rd] = old;
+                self.s.x[rd] = old;
                 Flow::Leave(pc.wrapping_add(len))
             }
             Mret => {
-                if self.prv != Priv::M {
+                if self.s.prv != Priv::M {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
-                let st = self.csr.mstatus;
+                let st = self.s.csr.mstatus;
                 let new = Priv::from_bits(st >> mstatus::MPP_SHIFT);
                 let mut st = if st & mstatus::MPIE != 0 {
                     st | mstatus::MIE
@@ -642,17 +643,17 @@ impl Hart {
                 if new != Priv::M {
                     st &= !mstatus::MPRV;
                 }
-                self.csr.mstatus = st;
+                self.s.csr.mstatus = st;
                 self.set_priv(new);
-                Flow::Leave(self.csr.mepc)
+                Flow::Leave(self.s.csr.mepc)
             }
             Sret => {
-                if self.prv == Priv::U
-                    || (self.prv == Priv::S && self.csr.mstatus & mstatus::TSR != 0)
+                if self.s.prv == Priv::U
+                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TSR != 0)
                 {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
-                let st = self.csr.mstatus;
+                let st = self.s.csr.mstatus;
                 let new = if st & mstatus::SPP != 0 {
                     Priv::S
                 } else {
@@ -665,24 +666,24 @@ impl Hart {
                 };
                 st |= mstatus::SPIE;
                 st &= !(mstatus::SPP | mstatus::MPRV);
-                self.csr.mstatus = st;
+                self.s.csr.mstatus = st;
                 self.set_priv(new);
-                Flow::Leave(self.csr.sepc)
+                Flow::Leave(self.s.csr.sepc)
             }
             Wfi => {
-                if self.prv == Priv::U
-                    || (self.prv == Priv::S && self.csr.mstatus & mstatus::TW != 0)
+                if self.s.prv == Priv::U
+                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TW != 0)
                 {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
                 if !self.wfi_should_wake() {
-                    self.wfi = true;
+                    self.s.requests |= request::WFI;
                 }
                 Flow::Leave(pc.wrapping_add(len))
             }
             SfenceVma => {
-                if self.prv == Priv::U
-                    || (self.prv == Priv::S && self.csr.mstatus & mstatus::TVM != 0)
+                if self.s.prv == Priv::U
+                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TVM != 0)
                 {
                     return Err(Trap::new(Exception::IllegalInstruction, 0));
                 }
@@ -702,7 +703,7 @@ impl Hart {
                     }
                 };
                 self.reservation = Some((a, v));
-                self.x[rd] = v;
+                self.s.x[rd] = v;
                 Flow::Next(pc.wrapping_add(len))
             }
             ScW | ScD => {
@@ -729,7 +730,7 @@ impl Hart {
                     }
                     _ => false,
                 };
-                self.x[rd] = (!ok) as u64;
+                self.s.x[rd] = (!ok) as u64;
                 Flow::Store(pc.wrapping_add(len))
             }
             AmoswapW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a.swap(v as u32, sc)),
@@ -765,25 +766,25 @@ impl Hart {
             Flw => {
                 self.fp_on()?;
                 let v = self.load::<4, B>(bus, x!(i.rs1).wrapping_add(imm))?;
-                self.f[rd] = box32(v as u32);
+                self.s.f[rd] = box32(v as u32);
                 self.fp_dirty();
                 Flow::Next(pc.wrapping_add(len))
             }
             Fld => {
                 self.fp_on()?;
                 let v = self.load::<8, B>(bus, x!(i.rs1).wrapping_add(imm))?;
-                self.f[rd] = v;
+                self.s.f[rd] = v;
                 self.fp_dirty();
                 Flow::Next(pc.wrapping_add(len))
             }
             Fsw => {
                 self.fp_on()?;
-                self.store::<4, B>(bus, x!(i.rs1).wrapping_add(imm), self.f[i.rs2 as usize])?;
+                self.store::<4, B>(bus, x!(i.rs1).wrapping_add(imm), self.s.f[i.rs2 as usize])?;
                 Flow::Store(pc.wrapping_add(len))
             }
             Fsd => {
                 self.fp_on()?;
-                self.store::<8, B>(bus, x!(i.rs1).wrapping_add(imm), self.f[i.rs2 as usize])?;
+                self.store::<8, B>(bus, x!(i.rs1).wrapping_add(imm), self.s.f[i.rs2 as usize])?;
                 Flow::Store(pc.wrapping_add(len))
             }
 
@@ -824,15 +825,15 @@ impl Hart {
                     FsgnjnS => !b,
                     _ => a ^ b,
                 } & (1 << 31);
-                self.f[rd] = box32((a & !(1 << 31)) | sign);
+                self.s.f[rd] = box32((a & !(1 << 31)) | sign);
                 self.fp_dirty();
             }),
             FminS => fnorm!(fl, {
-                self.f[rd] = box32(fpu::f32_min(fs!(i.rs1), fs!(i.rs2), &mut fl));
+                self.s.f[rd] = box32(fpu::f32_min(fs!(i.rs1), fs!(i.rs2), &mut fl));
                 self.fp_dirty();
             }),
             FmaxS => fnorm!(fl, {
-                self.f[rd] = box32(fpu::f32_max(fs!(i.rs1), fs!(i.rs2), &mut fl));
+                self.s.f[rd] = box32(fpu::f32_max(fs!(i.rs1), fs!(i.rs2), &mut fl));
                 self.fp_dirty();
             }),
             FcvtWS => fop_x!(|rm, fl| fpu::f32_to_i32(fs!(i.rs1), rm, &mut fl) as i64 as u64),
@@ -841,23 +842,23 @@ impl Hart {
             }
             FcvtLS => fop_x!(|rm, fl| fpu::f32_to_i64(fs!(i.rs1), rm, &mut fl) as u64),
             FcvtLuS => fop_x!(|rm, fl| fpu::f32_to_u64(fs!(i.rs1), rm, &mut fl)),
-            FmvXW => fnorm!(_fl, { self.x[rd] = sext32(self.f[i.rs1 as usize]) }),
-            FclassS => fnorm!(_fl, { self.x[rd] = fpu::f32_classify(fs!(i.rs1)) }),
+            FmvXW => fnorm!(_fl, { self.s.x[rd] = sext32(self.s.f[i.rs1 as usize]) }),
+            FclassS => fnorm!(_fl, { self.s.x[rd] = fpu::f32_classify(fs!(i.rs1)) }),
             FeqS => fnorm!(fl, {
-                self.x[rd] = fpu::f32_eq(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f32_eq(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
             }),
             FltS => fnorm!(fl, {
-                self.x[rd] = fpu::f32_lt(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f32_lt(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
             }),
             FleS => fnorm!(fl, {
-                self.x[rd] = fpu::f32_le(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f32_le(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
             }),
             FcvtSW => fop_s!(|rm, fl| fpu::i32_to_f32(x!(i.rs1) as i32, rm, &mut fl)),
             FcvtSWu => fop_s!(|rm, fl| fpu::u32_to_f32(x!(i.rs1) as u32, rm, &mut fl)),
             FcvtSL => fop_s!(|rm, fl| fpu::i64_to_f32(x!(i.rs1) as i64, rm, &mut fl)),
             FcvtSLu => fop_s!(|rm, fl| fpu::u64_to_f32(x!(i.rs1), rm, &mut fl)),
             FmvWX => fnorm!(_fl, {
-                self.f[rd] = box32(x!(i.rs1) as u32);
+                self.s.f[rd] = box32(x!(i.rs1) as u32);
                 self.fp_dirty();
             }),
 
@@ -898,42 +899,42 @@ impl Hart {
                     FsgnjnD => !b,
                     _ => a ^ b,
                 } & (1 << 63);
-                self.f[rd] = (a & !(1 << 63)) | sign;
+                self.s.f[rd] = (a & !(1 << 63)) | sign;
                 self.fp_dirty();
             }),
             FminD => fnorm!(fl, {
-                self.f[rd] = fpu::f64_min(fd!(i.rs1), fd!(i.rs2), &mut fl);
+                self.s.f[rd] = fpu::f64_min(fd!(i.rs1), fd!(i.rs2), &mut fl);
                 self.fp_dirty();
             }),
             FmaxD => fnorm!(fl, {
-                self.f[rd] = fpu::f64_max(fd!(i.rs1), fd!(i.rs2), &mut fl);
+                self.s.f[rd] = fpu::f64_max(fd!(i.rs1), fd!(i.rs2), &mut fl);
                 self.fp_dirty();
             }),
             FcvtSD => fop_s!(|rm, fl| fpu::f64_to_f32(fd!(i.rs1), rm, &mut fl)),
             FcvtDS => fop_d!(|_rm, fl| fpu::f32_to_f64(fs!(i.rs1), &mut fl)),
             FeqD => fnorm!(fl, {
-                self.x[rd] = fpu::f64_eq(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f64_eq(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
             }),
             FltD => fnorm!(fl, {
-                self.x[rd] = fpu::f64_lt(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f64_lt(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
             }),
             FleD => fnorm!(fl, {
-                self.x[rd] = fpu::f64_le(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
+                self.s.x[rd] = fpu::f64_le(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
             }),
-            FclassD => fnorm!(_fl, { self.x[rd] = fpu::f64_classify(fd!(i.rs1)) }),
+            FclassD => fnorm!(_fl, { self.s.x[rd] = fpu::f64_classify(fd!(i.rs1)) }),
             FcvtWD => fop_x!(|rm, fl| fpu::f64_to_i32(fd!(i.rs1), rm, &mut fl) as i64 as u64),
             FcvtWuD => {
                 fop_x!(|rm, fl| fpu::f64_to_u32(fd!(i.rs1), rm, &mut fl) as i32 as i64 as u64)
             }
             FcvtLD => fop_x!(|rm, fl| fpu::f64_to_i64(fd!(i.rs1), rm, &mut fl) as u64),
             FcvtLuD => fop_x!(|rm, fl| fpu::f64_to_u64(fd!(i.rs1), rm, &mut fl)),
-            FmvXD => fnorm!(_fl, { self.x[rd] = self.f[i.rs1 as usize] }),
+            FmvXD => fnorm!(_fl, { self.s.x[rd] = self.s.f[i.rs1 as usize] }),
             FcvtDW => fop_d!(|rm, fl| fpu::i32_to_f64(x!(i.rs1) as i32, rm, &mut fl)),
             FcvtDWu => fop_d!(|rm, fl| fpu::u32_to_f64(x!(i.rs1) as u32, rm, &mut fl)),
             FcvtDL => fop_d!(|rm, fl| fpu::i64_to_f64(x!(i.rs1) as i64, rm, &mut fl)),
             FcvtDLu => fop_d!(|rm, fl| fpu::u64_to_f64(x!(i.rs1), rm, &mut fl)),
             FmvDX => fnorm!(_fl, {
-                self.f[rd] = x!(i.rs1);
+                self.s.f[rd] = x!(i.rs1);
                 self.fp_dirty();
             }),
         })
@@ -941,9 +942,9 @@ impl Hart {
 
     /// Switch privilege mode and the TLB contexts that go with it.
     fn set_priv(&mut self, p: Priv) {
-        self.prv = p;
-        self.mmu.set_context(p, self.csr.mstatus);
+        self.s.prv = p;
+        self.mmu.set_context(p, self.s.csr.mstatus);
         self.reservation = None;
-        self.break_loop = true;
+        self.s.requests |= request::LEAVE;
     }
 }

@@ -88,6 +88,7 @@ impl IrqPins {
 /// A register file indexed by masking, so the interpreter's register accesses need no bounds
 /// checks: `N` is a power of two at least as large as every register number the decoder emits.
 #[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
 pub(crate) struct RegFile<const N: usize>(pub [u64; N]);
 
 impl<const N: usize> std::ops::Index<usize> for RegFile<N> {
@@ -105,29 +106,122 @@ impl<const N: usize> std::ops::IndexMut<usize> for RegFile<N> {
     }
 }
 
-/// One RISC-V hart.
-pub struct Hart {
+/// Bits of [`HartState::requests`]: why the inner loop must stop, in one word generated code
+/// can test with a single instruction.
+pub mod request {
+    /// Leave the inner loop after the current instruction (CSR writes, privilege changes, code
+    /// modification, MMIO).
+    pub const LEAVE: u32 = 1 << 0;
+    /// The guest touched MMIO: report [`crate::Exit::Io`] at the next boundary.
+    pub const IO: u32 = 1 << 1;
+    /// A user-mode `ecall` retired: report [`crate::Exit::Ecall`] at the next boundary.
+    pub const ECALL: u32 = 1 << 2;
+    /// The hart executed WFI and waits for an interrupt (this bit is state, not a one-shot
+    /// request: it stays until an interrupt wakes the hart).
+    pub const WFI: u32 = 1 << 3;
+}
+
+/// The architectural state of a hart, and nothing else: registers, privilege, CSRs and the
+/// retired-instruction count. Fixed layout (`repr(C)`) so translated code can address fields at
+/// constant offsets ([`HartState::OFFSETS`] pins them); caches (TLBs, decoded code) live beside
+/// it in [`Hart`] and are rebuilt, never saved.
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct HartState {
     /// Integer registers; index 32 is a sink for writes to x0 (the decode cache points them there).
     pub(crate) x: RegFile<64>,
+    /// FP registers (raw bits, NaN-boxed singles).
     pub(crate) f: RegFile<32>,
+    /// Program counter.
     pub(crate) pc: u64,
+    /// Retired instructions (drives `minstret` and `mcycle`).
+    pub(crate) instret: u64,
+    /// [`request`] bits.
+    pub(crate) requests: u32,
+    /// Current privilege mode.
     pub(crate) prv: Priv,
+    /// Control and status registers.
     pub(crate) csr: csr::Csrs,
+}
+
+/// Byte offsets of the [`HartState`] fields generated code uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateOffsets {
+    /// `x0` (x\[i\] is at `x + 8 * i`).
+    pub x: usize,
+    /// `f0`.
+    pub f: usize,
+    /// `pc`.
+    pub pc: usize,
+    /// `instret`.
+    pub instret: usize,
+    /// The request word (u32).
+    pub requests: usize,
+    /// The privilege mode (u8).
+    pub prv: usize,
+    /// `mstatus`.
+    pub mstatus: usize,
+    /// `frm` (u64).
+    pub frm: usize,
+    /// `fflags` (u64).
+    pub fflags: usize,
+}
+
+impl HartState {
+    /// Where the fields are: generated code is built against these numbers.
+    pub const OFFSETS: StateOffsets = StateOffsets {
+        x: std::mem::offset_of!(HartState, x),
+        f: std::mem::offset_of!(HartState, f),
+        pc: std::mem::offset_of!(HartState, pc),
+        instret: std::mem::offset_of!(HartState, instret),
+        requests: std::mem::offset_of!(HartState, requests),
+        prv: std::mem::offset_of!(HartState, prv),
+        mstatus: std::mem::offset_of!(HartState, csr) + std::mem::offset_of!(csr::Csrs, mstatus),
+        frm: std::mem::offset_of!(HartState, csr) + std::mem::offset_of!(csr::Csrs, frm),
+        fflags: std::mem::offset_of!(HartState, csr) + std::mem::offset_of!(csr::Csrs, fflags),
+    };
+
+    fn reset(config: &HartConfig) -> HartState {
+        let mut csr = csr::Csrs {
+            mhartid: config.hart_id,
+            ..Default::default()
+        };
+        let prv = if config.user_mode {
+            // FP state is on, as Linux sets it for every user process.
+            csr.mstatus |= mstatus::FS_INITIAL;
+            Priv::U
+        } else {
+            Priv::M
+        };
+        HartState {
+            x: RegFile([0; 64]),
+            f: RegFile([0; 32]),
+            pc: 0,
+            instret: 0,
+            requests: 0,
+            prv,
+            csr,
+        }
+    }
+
+    /// Whether request bit(s) `bits` are set.
+    #[inline(always)]
+    pub(crate) fn requested(&self, bits: u32) -> bool {
+        self.requests & bits != 0
+    }
+}
+
+/// One RISC-V hart: its [`HartState`] plus the caches and connections that serve it.
+pub struct Hart {
+    /// Architectural state.
+    pub(crate) s: HartState,
     pub(crate) mmu: Mmu,
     pub(crate) mem: Memory,
     pub(crate) pins: Arc<IrqPins>,
     pub(crate) config: HartConfig,
-    /// Retired instructions (drives `minstret` and `mcycle`).
-    pub(crate) instret: u64,
-    /// LR reservation: (physical address, value loaded).
+    /// LR reservation: (physical address, value loaded). Not saved: a restored hart's SC
+    /// fails once, which the ISA allows.
     pub(crate) reservation: Option<(u64, u64)>,
-    /// Set when the hart must leave its inner loop after the current instruction (CSR writes,
-    /// privilege changes, code modification, MMIO).
-    pub(crate) break_loop: bool,
-    pub(crate) wfi: bool,
-    pub(crate) did_io: bool,
-    /// An exit to report at the next instruction boundary (user-mode ecall).
-    pub(crate) pending_exit: Option<Exit>,
     /// A decode-cache slot holding a page-straddling instruction for one visit only.
     pub(crate) straddle_slot: Option<*mut crate::decode::Insn>,
     /// The page-permission generation this hart's caches reflect (process VMs).
@@ -143,33 +237,13 @@ unsafe impl Send for Hart {}
 impl Hart {
     /// A hart in its reset state (M-mode, or U-mode for [`HartConfig::user`]), with `pc` = 0.
     pub fn new(config: HartConfig, mem: Memory) -> Hart {
-        let mut csr = csr::Csrs {
-            mhartid: config.hart_id,
-            ..Default::default()
-        };
-        let prv = if config.user_mode {
-            // FP state is on, as Linux sets it for every user process.
-            csr.mstatus |= mstatus::FS_INITIAL;
-            Priv::U
-        } else {
-            Priv::M
-        };
         Hart {
-            x: RegFile([0; 64]),
-            f: RegFile([0; 32]),
-            pc: 0,
-            prv,
-            csr,
+            s: HartState::reset(&config),
             mmu: Mmu::new(),
             mem,
             pins: Arc::new(IrqPins::default()),
             config,
-            instret: 0,
             reservation: None,
-            break_loop: false,
-            wfi: false,
-            did_io: false,
-            pending_exit: None,
             straddle_slot: None,
             perms_seen: 0,
             dma_seen: 0,
@@ -185,14 +259,19 @@ impl Hart {
         self.pins = pins;
     }
 
+    /// The architectural state (fixed layout; see [`HartState::OFFSETS`]).
+    pub fn state(&self) -> &HartState {
+        &self.s
+    }
+
     /// Program counter.
     pub fn pc(&self) -> u64 {
-        self.pc
+        self.s.pc
     }
 
     /// Set the program counter (e.g. to the entry point).
     pub fn set_pc(&mut self, pc: u64) {
-        self.pc = pc;
+        self.s.pc = pc;
     }
 
     /// Integer register `i` (0..32).
@@ -200,50 +279,50 @@ impl Hart {
         if i == 0 {
             0
         } else {
-            self.x[i]
+            self.s.x[i]
         }
     }
 
     /// Set integer register `i`; writes to x0 are ignored.
     pub fn set_xreg(&mut self, i: usize, v: u64) {
         if i != 0 {
-            self.x[i] = v;
+            self.s.x[i] = v;
         }
     }
 
     /// Raw bits of FP register `i`.
     pub fn freg(&self, i: usize) -> u64 {
-        self.f[i]
+        self.s.f[i]
     }
 
     /// Set the raw bits of FP register `i`.
     pub fn set_freg(&mut self, i: usize, v: u64) {
-        self.f[i] = v;
+        self.s.f[i] = v;
     }
 
     /// The `fcsr` register (frm and fflags).
     pub fn fcsr(&self) -> u64 {
-        self.csr.fcsr()
+        self.s.csr.fcsr()
     }
 
     /// Set `fcsr`.
     pub fn set_fcsr(&mut self, v: u64) {
-        self.csr.set_fcsr(v);
+        self.s.csr.set_fcsr(v);
     }
 
     /// Current privilege mode.
     pub fn privilege(&self) -> Priv {
-        self.prv
+        self.s.prv
     }
 
     /// Instructions retired so far.
     pub fn instret(&self) -> u64 {
-        self.instret
+        self.s.instret
     }
 
     /// The CSR file, for diagnostics.
     pub fn csrs(&self) -> &csr::Csrs {
-        &self.csr
+        &self.s.csr
     }
 
     /// Bytes of host memory held by this hart's decode cache (for memory accounting).
@@ -304,7 +383,7 @@ impl Hart {
     /// Current `mip`: software-writable bits plus device lines.
     #[inline]
     pub(crate) fn mip(&self) -> u64 {
-        self.csr.mip | self.pins.bits()
+        self.s.csr.mip | self.pins.bits()
     }
 
     /// The highest-priority interrupt that is pending, enabled and not masked, per the
@@ -313,20 +392,20 @@ impl Hart {
         if self.config.user_mode {
             return None;
         }
-        let pending = self.mip() & self.csr.mie;
+        let pending = self.mip() & self.s.csr.mie;
         if pending == 0 {
             return None;
         }
-        let m_enabled = self.prv < Priv::M || self.csr.mstatus & mstatus::MIE != 0;
-        let s_enabled =
-            self.prv < Priv::S || (self.prv == Priv::S && self.csr.mstatus & mstatus::SIE != 0);
+        let m_enabled = self.s.prv < Priv::M || self.s.csr.mstatus & mstatus::MIE != 0;
+        let s_enabled = self.s.prv < Priv::S
+            || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::SIE != 0);
         let m = if m_enabled {
-            pending & !self.csr.mideleg
+            pending & !self.s.csr.mideleg
         } else {
             0
         };
         let s = if s_enabled {
-            pending & self.csr.mideleg
+            pending & self.s.csr.mideleg
         } else {
             0
         };
@@ -339,23 +418,23 @@ impl Hart {
 
     /// Whether any enabled interrupt is pending, ignoring global enables: WFI wakes on this.
     pub(crate) fn wfi_should_wake(&self) -> bool {
-        self.mip() & self.csr.mie != 0
+        self.mip() & self.s.csr.mie != 0
     }
 
-    /// Enter the trap handler for exception `trap` raised by the instruction at `self.pc`.
+    /// Enter the trap handler for exception `trap` raised by the instruction at `self.s.pc`.
     /// Returns an exit for user-mode harts and for traps that cannot be delivered.
     pub(crate) fn raise(&mut self, trap: Trap) -> Option<Exit> {
         if self.config.user_mode {
             return Some(Exit::Trap(trap));
         }
-        let from = self.pc;
+        let from = self.s.pc;
         self.enter_trap(trap.cause as u64, false, trap.tval);
         // A fetch fault at the very address we just vectored to means the handler itself is
         // unreachable: the hart would loop forever.
         if matches!(
             trap.cause,
             Exception::InstructionAccessFault | Exception::InstructionPageFault
-        ) && self.pc == from
+        ) && self.s.pc == from
         {
             return Some(Exit::DoubleFault(trap));
         }
@@ -365,38 +444,38 @@ impl Hart {
     /// The common trap-entry sequence for exceptions and interrupts.
     pub(crate) fn enter_trap(&mut self, cause: u64, interrupt: bool, tval: u64) {
         let deleg = if interrupt {
-            self.csr.mideleg
+            self.s.csr.mideleg
         } else {
-            self.csr.medeleg
+            self.s.csr.medeleg
         };
         let mcause = cause | if interrupt { 1 << 63 } else { 0 };
-        let s = &mut self.csr;
+        let s = &mut self.s.csr;
         self.reservation = None;
-        if self.prv <= Priv::S && (deleg >> cause) & 1 != 0 {
+        if self.s.prv <= Priv::S && (deleg >> cause) & 1 != 0 {
             s.scause = mcause;
-            s.sepc = self.pc;
+            s.sepc = self.s.pc;
             s.stval = tval;
             let mut st = s.mstatus;
             st = set_bit(st, mstatus::SPIE, st & mstatus::SIE != 0);
             st &= !mstatus::SIE;
-            st = set_bit(st, mstatus::SPP, self.prv == Priv::S);
+            st = set_bit(st, mstatus::SPP, self.s.prv == Priv::S);
             s.mstatus = st;
-            self.pc = vector(s.stvec, cause, interrupt);
-            self.prv = Priv::S;
+            self.s.pc = vector(s.stvec, cause, interrupt);
+            self.s.prv = Priv::S;
         } else {
             s.mcause = mcause;
-            s.mepc = self.pc;
+            s.mepc = self.s.pc;
             s.mtval = tval;
             let mut st = s.mstatus;
             st = set_bit(st, mstatus::MPIE, st & mstatus::MIE != 0);
             st &= !mstatus::MIE;
-            st = (st & !mstatus::MPP) | ((self.prv as u64) << mstatus::MPP_SHIFT);
+            st = (st & !mstatus::MPP) | ((self.s.prv as u64) << mstatus::MPP_SHIFT);
             s.mstatus = st;
-            self.pc = vector(s.mtvec, cause, interrupt);
-            self.prv = Priv::M;
+            self.s.pc = vector(s.mtvec, cause, interrupt);
+            self.s.prv = Priv::M;
         }
-        self.mmu.set_context(self.prv, self.csr.mstatus);
-        self.break_loop = true;
+        self.mmu.set_context(self.s.prv, self.s.csr.mstatus);
+        self.s.requests |= request::LEAVE;
     }
 }
 
@@ -415,5 +494,26 @@ fn vector(tvec: u64, cause: u64, interrupt: bool) -> u64 {
         base + 4 * cause
     } else {
         base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated code addresses these fields at fixed offsets: moving one is a deliberate act.
+    #[test]
+    fn state_offsets_are_pinned() {
+        let o = HartState::OFFSETS;
+        assert_eq!(o.x, 0);
+        assert_eq!(o.f, 512);
+        assert_eq!(o.pc, 768);
+        assert_eq!(o.instret, 776);
+        assert_eq!(o.requests, 784);
+        assert_eq!(o.prv, 788);
+        assert_eq!(o.mstatus, 792);
+        assert_eq!(o.frm, 792 + 22 * 8);
+        assert_eq!(o.fflags, 792 + 23 * 8);
+        assert_eq!(std::mem::size_of::<Priv>(), 1);
     }
 }

@@ -13,9 +13,10 @@ pub mod fpu;
 mod hart;
 mod memory;
 mod mmu;
+mod persist;
 mod trap;
 
-pub use hart::{Hart, HartConfig, IrqPins, Priv};
+pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
 pub use memory::{ChangeLog, Memory, MemoryError, PagePerms, RamRegion};
 pub use trap::{Exception, Interrupt, Trap};
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
 use crate::decode::Insn;
-use crate::hart::{Hart, Priv};
+use crate::hart::{request, Hart, Priv};
 use crate::memory::PagePerms;
 use crate::trap::{Exception, Trap};
 use crate::Bus;
@@ -217,8 +217,8 @@ impl Hart {
     /// (its privilege and `satp`), without permission checks or A/D updates, so a debugger can
     /// read kernel and user pages alike; `None` when nothing is mapped there.
     pub fn debug_translate(&self, vaddr: u64) -> Option<u64> {
-        let mode = self.csr.satp >> 60;
-        if self.prv == Priv::M || mode == 0 {
+        let mode = self.s.csr.satp >> 60;
+        if self.s.prv == Priv::M || mode == 0 {
             if let Some(perms) = self.mem.page_perms() {
                 if perms.get(vaddr) == 0 {
                     return None;
@@ -231,7 +231,7 @@ impl Hart {
             9 => 4,
             _ => 5,
         };
-        let mut table = (self.csr.satp & ((1 << 44) - 1)) << 12;
+        let mut table = (self.s.csr.satp & ((1 << 44) - 1)) << 12;
         for level in (0..levels).rev() {
             let vpn = (vaddr >> (12 + 9 * level)) & 0x1ff;
             let mut raw = [0u8; 8];
@@ -293,7 +293,7 @@ impl Hart {
 impl Hart {
     /// Translate `vaddr` for `access` at privilege `prv`, updating A/D bits.
     pub(crate) fn translate(&mut self, vaddr: u64, access: Access, prv: Priv) -> Result<u64, Trap> {
-        let satp = self.csr.satp;
+        let satp = self.s.csr.satp;
         let mode = satp >> 60;
         if prv == Priv::M || mode == 0 {
             if let Some(perms) = self.mem.page_perms() {
@@ -319,7 +319,7 @@ impl Hart {
         if top != 0 && top != -1 {
             return Err(access.page_fault(vaddr));
         }
-        let status = self.csr.mstatus;
+        let status = self.s.csr.mstatus;
         let mut table = (satp & ((1 << 44) - 1)) << 12;
         for level in (0..levels).rev() {
             let vpn = (vaddr >> (12 + 9 * level)) & 0x1ff;
@@ -409,7 +409,7 @@ impl Hart {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
             // from that very page.
             self.mmu.drop_code_page(ppn);
-            self.break_loop = true;
+            self.s.requests |= request::LEAVE;
         }
         if self.mmu.dctx != CTX_NO_CACHE && self.mem.host_ptr(paddr & !0xfff, 4096).is_some() {
             let entry = TlbEntry {
@@ -513,8 +513,8 @@ impl Hart {
                 }
                 bus.write(paddr, size as u8, value)
                     .map_err(|_| Access::Write.access_fault(vaddr))?;
-                self.did_io = true;
-                self.break_loop = true;
+                self.s.requests |= request::IO;
+                self.s.requests |= request::LEAVE;
                 Ok(())
             }
         }
@@ -545,7 +545,7 @@ impl Hart {
     /// Find (or create) the decoded page holding `pc`, with the host address of the page's start.
     #[inline(always)]
     pub(crate) fn fetch_page(&mut self) -> Result<(*mut DecodedPage, *const u8), Trap> {
-        let pc = self.pc;
+        let pc = self.s.pc;
         let e = self.mmu.exec[self.mmu.ictx][tlb_index(pc)];
         if e.tag == pc >> 12 {
             return Ok((e.page, (pc & !0xfff).wrapping_add(e.addend) as *const u8));
@@ -555,8 +555,8 @@ impl Hart {
 
     #[inline(never)]
     fn fetch_page_slow(&mut self) -> Result<(*mut DecodedPage, *const u8), Trap> {
-        let pc = self.pc;
-        let paddr = self.translate(pc, Access::Exec, self.prv)?;
+        let pc = self.s.pc;
+        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
         let host = self
             .mem
             .host_ptr(paddr & !0xfff, 4096)
@@ -599,8 +599,8 @@ impl Hart {
     pub(crate) fn fetch_straddling(&mut self) -> Result<u32, Trap> {
         let mut parcel = [0u16; 2];
         for (i, p) in parcel.iter_mut().enumerate() {
-            let va = self.pc.wrapping_add(2 * i as u64);
-            let pa = self.translate(va, Access::Exec, self.prv)?;
+            let va = self.s.pc.wrapping_add(2 * i as u64);
+            let pa = self.translate(va, Access::Exec, self.s.prv)?;
             let host = self
                 .mem
                 .host_ptr(pa, 2)

@@ -234,7 +234,7 @@ fn gen_float(r: &mut Rng, eb: u32, mb: u32, kind: Kind) -> u64 {
                 1 => emax - 1 - r.below(3),
                 2 => emax,
                 3 => bias - 2 + r.below(70),
-                4 => bias - 160 + r.below(40),
+                4 => bias.saturating_sub(160) + r.below(40),
                 5 => bias + 120 + r.below(12),
                 6 => bias - mb as u64 - 2 + r.below(5),
                 _ => r.below(emax + 1),
