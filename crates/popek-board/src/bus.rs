@@ -8,6 +8,7 @@ use popek_devices::clint::{self, Clint};
 use popek_devices::finisher::{self, Finisher};
 use popek_devices::plic::{self, Plic};
 use popek_devices::uart::{self, Uart};
+use popek_devices::vmgenid::{self, VmGenId};
 use popek_devices::MmioDevice;
 use popek_virtio::mmio::{self as virtio_mmio, VirtioMmio};
 
@@ -25,11 +26,28 @@ pub struct VirtBus<W: Write> {
     pub finisher: Finisher,
     /// Boot-time signal from the guest.
     pub boot_timer: BootTimer,
+    /// VM generation ID (changes on every restore from a snapshot).
+    pub vmgenid: VmGenId,
     /// virtio-mmio transports, slot 0 first.
     pub virtio: Vec<VirtioMmio>,
 }
 
+/// A fresh random VM generation ID (all zero only if the host has no randomness to give).
+pub fn new_generation_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Err(e) = popek_virtio::rng::fill_random(&mut id) {
+        tracing::warn!("no random VM generation ID: {e}");
+    }
+    id
+}
+
 impl<W: Write> VirtBus<W> {
+    /// The machine was restored from a snapshot: a new VM generation, announced by interrupt.
+    pub fn new_generation(&mut self) {
+        self.vmgenid.set_id(new_generation_id());
+        self.plic.pulse(memmap::VMGENID_IRQ as usize);
+    }
+
     /// The devices of a `harts`-hart board with the console writing to `out`.
     pub fn new(harts: usize, out: W) -> VirtBus<W> {
         VirtBus {
@@ -38,6 +56,7 @@ impl<W: Write> VirtBus<W> {
             uart: Uart::new(out),
             finisher: Finisher::new(),
             boot_timer: BootTimer::new(),
+            vmgenid: VmGenId::new(new_generation_id()),
             virtio: Vec::new(),
         }
     }
@@ -92,6 +111,9 @@ impl<W: Write> VirtBus<W> {
         if let Some(off) = within(memmap::BOOT_TIMER, boot_timer::SIZE) {
             return Some((&mut self.boot_timer, off));
         }
+        if let Some(off) = within(memmap::VMGENID, vmgenid::SIZE) {
+            return Some((&mut self.vmgenid, off));
+        }
         None
     }
 }
@@ -113,5 +135,24 @@ impl<W: Write> Bus for VirtBus<W> {
 
     fn time(&mut self) -> u64 {
         self.clint.mtime()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore's new generation: another ID, and its interrupt pending at the PLIC.
+    #[test]
+    fn new_generation_changes_the_id_and_interrupts() {
+        let mut bus = VirtBus::new(1, Vec::new());
+        let before = bus.vmgenid.id();
+        // Enable the source for hart 0's S-mode context with a priority above the threshold.
+        bus.plic.write(4 * memmap::VMGENID_IRQ as u64, 4, 1);
+        bus.plic.write(0x2080, 4, 1 << memmap::VMGENID_IRQ);
+        assert!(!bus.plic.context_pending(1));
+        bus.new_generation();
+        assert_ne!(bus.vmgenid.id(), before);
+        assert!(bus.plic.context_pending(1));
     }
 }

@@ -140,4 +140,35 @@ pub enum BoardError {
     /// popek's jail could not be set up.
     #[error("cannot set up the sandbox: {0}")]
     Jail(String),
+
+    /// A snapshot file could not be read or written.
+    #[error("snapshot {}: {source}", path.display())]
+    SnapshotIo {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// A snapshot's saved state is damaged, from another version or of another machine.
+    #[error("cannot restore {}: {source}", dir.display())]
+    SnapshotState {
+        /// The snapshot directory.
+        dir: std::path::PathBuf,
+        /// What is wrong.
+        source: popek_persist::PersistError,
+    },
+
+    /// A snapshot's manifest is missing, unreadable or names something this restore cannot use.
+    #[error("cannot restore {}: {reason}", dir.display())]
+    SnapshotRefused {
+        /// The snapshot directory.
+        dir: std::path::PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
+    /// This machine has a part that cannot be saved.
+    #[error("cannot save this machine: {0}")]
+    NotSaveable(String),
 }

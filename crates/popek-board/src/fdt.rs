@@ -4,7 +4,7 @@
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
 use crate::memmap;
-use popek_devices::{boot_timer, clint, finisher, plic, uart};
+use popek_devices::{boot_timer, clint, finisher, plic, uart, vmgenid};
 
 /// What the device tree describes beyond the fixed board.
 #[derive(Clone, Debug, Default)]
@@ -134,6 +134,13 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     fdt.property_string("compatible", "popek,boot-timer")?;
     fdt.property_array_u64("reg", &[memmap::BOOT_TIMER, boot_timer::SIZE])?;
     fdt.end_node(timer)?;
+
+    let genid = fdt.begin_node(&format!("vmgenid@{:x}", memmap::VMGENID))?;
+    fdt.property_string("compatible", "microsoft,vmgenid")?;
+    fdt.property_array_u64("reg", &[memmap::VMGENID, vmgenid::SIZE])?;
+    fdt.property_u32("interrupts", memmap::VMGENID_IRQ)?;
+    fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
+    fdt.end_node(genid)?;
 
     let plic_node = fdt.begin_node(&format!("plic@{:x}", memmap::PLIC))?;
     fdt.property_u32("phandle", PLIC_PHANDLE)?;

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod machine;
 pub mod memmap;
 pub mod size;
+pub mod snapshot;
 
 pub use error::BoardError;
 pub use machine::{

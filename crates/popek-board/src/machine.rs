@@ -75,6 +75,9 @@ pub struct MachineConfig {
     /// A debugger's hold on the harts (`--gdb`): the hart loops hand their slices to it while
     /// it is engaged.
     pub debug: Option<Arc<popek_gdb::DebugHub>>,
+    /// Stop with [`RunOutcome::Ready`] as soon as the guest signals it is ready (`popek snapshot
+    /// create` saves the machine then).
+    pub stop_when_ready: bool,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -245,6 +248,9 @@ pub enum RunOutcome {
     Exit(u32),
     /// The user typed the quit escape (Ctrl-A x).
     Quit,
+    /// The guest signalled it is ready and [`MachineConfig::stop_when_ready`] was set: the
+    /// machine can be saved, or run on.
+    Ready,
 }
 
 /// Counters for `--stats` and benchmarks.
@@ -269,12 +275,13 @@ enum Stop {
     Exit(u32),
     Quit,
     Reset,
+    Ready,
 }
 
 /// State shared by the hart threads and the console thread.
-struct Shared {
+pub(crate) struct Shared {
     bus: Mutex<Devices>,
-    pins: Vec<Arc<IrqPins>>,
+    pub(crate) pins: Vec<Arc<IrqPins>>,
     clock: MtimeClock,
     stopping: AtomicBool,
     stop: Mutex<Option<Result<Stop, BoardError>>>,
@@ -287,6 +294,7 @@ struct Shared {
     started: Instant,
     cpus: u32,
     memory: u64,
+    stop_when_ready: bool,
 }
 
 /// What [`MachineHandle::status`] reports.
@@ -358,15 +366,15 @@ impl HartThreads {
 }
 
 /// The devices plus console input waiting for room in the UART.
-struct Devices {
-    bus: VirtBus<Console>,
-    pending_input: Vec<u8>,
+pub(crate) struct Devices {
+    pub(crate) bus: VirtBus<Console>,
+    pub(crate) pending_input: Vec<u8>,
     escapes: Option<EscapeFilter>,
     last_flush: Instant,
 }
 
 impl Shared {
-    fn devices(&self) -> MutexGuard<'_, Devices> {
+    pub(crate) fn devices(&self) -> MutexGuard<'_, Devices> {
         self.bus.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -388,7 +396,7 @@ impl Shared {
 
 impl Devices {
     /// Propagate device state to every hart's interrupt lines and feed waiting console input.
-    fn update(&mut self, pins: &[Arc<IrqPins>]) {
+    pub(crate) fn update(&mut self, pins: &[Arc<IrqPins>]) {
         if !self.pending_input.is_empty() {
             let n = self.bus.uart.receive(&self.pending_input);
             self.pending_input.drain(..n);
@@ -430,13 +438,13 @@ impl Bus for HartBus<'_> {
 
 /// One machine, ready to run.
 pub struct Machine {
-    harts: Vec<Hart>,
-    shared: Arc<Shared>,
+    pub(crate) harts: Vec<Hart>,
+    pub(crate) shared: Arc<Shared>,
     // Keeps guest RAM mapped for as long as the harts hold pointers into it.
-    ram: GuestMemoryMmap,
+    pub(crate) ram: GuestMemoryMmap,
     stats: RunStats,
     boot: BootState,
-    config: MachineConfig,
+    pub(crate) config: MachineConfig,
     /// Whether the main thread entered the jail (once: the filter stays for good).
     jailed: bool,
 }
@@ -465,6 +473,12 @@ fn new_harts(config: &MachineConfig, mem: &Memory, boot: &BootState) -> Vec<Hart
 impl Machine {
     /// Allocate RAM, create devices and harts, and load firmware, kernel and initrd.
     pub fn new(config: &MachineConfig) -> Result<Machine, BoardError> {
+        Machine::build(config, true)
+    }
+
+    /// [`Machine::new`]; without `load`, RAM stays empty and the harts at pc 0 (a snapshot's
+    /// RAM and state are about to replace them).
+    pub(crate) fn build(config: &MachineConfig, load: bool) -> Result<Machine, BoardError> {
         let size = config.memory;
         if size < 1 << 20 {
             return Err(BoardError::MemoryTooSmall { bytes: size });
@@ -503,7 +517,11 @@ impl Machine {
             regions.push(unsafe { RamRegion::new(base, len, host) });
         }
         let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
-        let boot = load_boot_images(config, &mem)?;
+        let boot = if load {
+            load_boot_images(config, &mem)?
+        } else {
+            BootState::default()
+        };
         let harts = new_harts(config, &mem, &boot);
         let console = if config.quiet_boot.is_some() {
             Console::held()
@@ -531,6 +549,7 @@ impl Machine {
             started: Instant::now(),
             cpus: config.cpus,
             memory: config.memory,
+            stop_when_ready: config.stop_when_ready,
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -579,6 +598,7 @@ impl Machine {
             self.jailed = true;
         }
         let start = Instant::now();
+        let retired_before: u64 = self.harts.iter().map(|h| h.instret()).sum();
         let result = loop {
             match self.run_harts() {
                 Ok(Stop::Reset) => {
@@ -588,16 +608,23 @@ impl Machine {
                 }
                 Ok(Stop::Exit(code)) => break Ok(RunOutcome::Exit(code)),
                 Ok(Stop::Quit) => break Ok(RunOutcome::Quit),
+                Ok(Stop::Ready) => break Ok(RunOutcome::Ready),
                 Err(e) => break Err(e),
             }
         };
         let mut devices = self.shared.devices();
         devices.flush();
         self.stats = RunStats {
-            instructions: self.harts.iter().map(|h| h.instret()).sum(),
+            instructions: self
+                .harts
+                .iter()
+                .map(|h| h.instret())
+                .sum::<u64>()
+                .wrapping_sub(retired_before),
             elapsed: start.elapsed(),
             boot: devices.bus.boot_timer.ready_after(),
-            guest_resident: resident_bytes(&self.ram),
+            // Counted when asked for (stats()): mincore over all of RAM costs milliseconds.
+            guest_resident: 0,
             decode_cache: self.harts.iter().map(|h| h.decode_cache_bytes()).sum(),
         };
         result
@@ -646,9 +673,17 @@ impl Machine {
         Ok(())
     }
 
+    /// What the machine was built from.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
     /// Counters of the last run.
     pub fn stats(&self) -> RunStats {
-        self.stats
+        RunStats {
+            guest_resident: resident_bytes(&self.ram),
+            ..self.stats
+        }
     }
 }
 
@@ -729,6 +764,11 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
         }
         if devices.bus.uart.output().holding() && devices.bus.boot_timer.ready_after().is_some() {
             devices.bus.uart.output().release();
+        }
+        if shared.stop_when_ready && devices.bus.boot_timer.ready_after().is_some() {
+            drop(devices);
+            shared.stop(Ok(Stop::Ready));
+            return;
         }
         match devices.bus.finisher.take_request() {
             Some(FinisherRequest::Exit(code)) => {
@@ -835,7 +875,7 @@ fn virtio_devices(
 }
 
 /// Register state at reset.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct BootState {
     entry: u64,
     fdt: u64,

@@ -9,6 +9,10 @@ pub const MROM_SIZE: u64 = 0xf000;
 pub const TEST: u64 = 0x10_0000;
 /// popek's boot-timer device (unused address on QEMU's `virt`).
 pub const BOOT_TIMER: u64 = 0x10_2000;
+/// VM generation ID (`microsoft,vmgenid`; unused address on QEMU's `virt`).
+pub const VMGENID: u64 = 0x10_3000;
+/// PLIC source of the VM generation ID's change notification.
+pub const VMGENID_IRQ: u32 = 12;
 /// CLINT (ACLINT MSWI and MTIMER).
 pub const CLINT: u64 = 0x200_0000;
 /// Platform-level interrupt controller.

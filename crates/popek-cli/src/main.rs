@@ -3,6 +3,7 @@
 mod exec;
 mod guest;
 mod image;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,11 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCmd),
 
+    /// Save a booted machine to a directory, to start it again in milliseconds with
+    /// `popek run --restore DIR`.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+
     /// Talk to a running `popek run --api PATH`: print the machine's status, pause it, resume
     /// it or shut it down (popek then exits with status 0). Prints the JSON answer.
     Ctl(CtlArgs),
@@ -63,7 +69,7 @@ struct CtlArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// A prepared guest to boot instead of --kernel/--bios: `default` (Debian's kernel and a
     /// busybox shell, from guests/build-default) or `debian` (a whole Debian system on a disk,
     /// from guests/build-debian: systemd, a login on the console, the user network).
@@ -148,6 +154,12 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     ready_timeout: u64,
 
+    /// Resume the machine saved in DIR by `popek snapshot create DIR` instead of booting one
+    /// (its RAM, devices and disks come from the snapshot). With `-- CMD`, the restored default
+    /// guest runs CMD; otherwise it starts a shell.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["guest", "bios", "kernel", "initrd", "append", "memory", "cpus", "disk", "net", "vsock", "no_rng"])]
+    restore: Option<PathBuf>,
+
     /// Command to run in the guest instead of a shell or login (after `--`); popek exits with
     /// its status.
     #[arg(last = true, value_name = "CMD")]
@@ -192,7 +204,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
+pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
     let linux = args.kernel.is_some() || args.bios.is_none();
     let debian = args.guest.as_deref() == Some("debian");
     let memory = args.memory.unwrap_or(if debian {
@@ -217,6 +229,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         command_output: false,
         quiet_boot: None,
         debug: None,
+        stop_when_ready: false,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -421,71 +434,93 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ctl(args) => ctl(args),
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Image(cmd) => image::run(cmd),
-        Command::Run(args) => {
-            let mut config = machine_config(&args)?;
-            start_gdb(&args, &mut config)?;
-            let api = args
-                .api
-                .as_deref()
-                .map(popek_api::ApiListener::bind)
-                .transpose()?;
-            let mut machine = Machine::new(&config)?;
-            if let Some(listener) = api {
-                start_api(listener, &machine, config.jail)?;
-            }
-            let outcome = {
-                let terminal = RawTerminal::enter();
-                if terminal.is_active() {
-                    machine.enable_escapes();
-                }
-                machine.run()
-            };
-            let quiet = config.quiet_boot.is_some();
-            if quiet && !machine.guest_ready() {
-                // The guest never got to CMD: what its console said is the only clue.
-                if let Some(tail) = machine.console_tail(20).filter(|t| !t.is_empty()) {
-                    eprintln!("{tail}");
-                }
-            }
-            let outcome = outcome.context("running the machine")?;
-            if quiet && !machine.guest_ready() {
-                let status = match outcome {
-                    RunOutcome::Exit(code) => format!("exit status {code}"),
-                    RunOutcome::Quit => "Ctrl-A x".to_string(),
-                };
-                anyhow::bail!(
-                    "the guest stopped ({status}) before it was ready to run the command; its console's last lines are above (--verbose shows all of it)"
-                );
-            }
-            if args.stats {
-                let s = machine.stats();
-                let secs = s.elapsed.as_secs_f64();
-                eprintln!(
-                    "popek: executed {} instructions in {:.3} s ({:.1} MIPS)",
-                    s.instructions,
-                    secs,
-                    s.instructions as f64 / secs.max(1e-9) / 1e6
-                );
-                eprintln!(
-                    "popek: guest RAM resident: {} KiB; decode cache: {} KiB",
-                    s.guest_resident >> 10,
-                    s.decode_cache >> 10
-                );
-                if let Some(b) = s.boot {
-                    eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
-                }
-            }
-            if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
-                hub.exited(*code as u8);
-            }
-            match outcome {
-                // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).
-                RunOutcome::Exit(code) => Ok(code as u8),
-                RunOutcome::Quit => {
-                    eprintln!("popek: terminated (Ctrl-A x)");
-                    Ok(0)
-                }
-            }
+        Command::Run(args) => run_machine(args),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
+    }
+}
+
+/// `popek run`: boot (or restore) a machine and run it until the guest stops.
+fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
+    let mut config = match &args.restore {
+        Some(_) => snapshot::restore_config(&args),
+        None => machine_config(&args)?,
+    };
+    start_gdb(&args, &mut config)?;
+    let api = args
+        .api
+        .as_deref()
+        .map(popek_api::ApiListener::bind)
+        .transpose()?;
+    let mut machine = match &args.restore {
+        Some(dir) => snapshot::restore(dir, &config, &args.command)?,
+        None => Machine::new(&config)?,
+    };
+    if let Some(listener) = api {
+        start_api(listener, &machine, config.jail)?;
+    }
+    let outcome = {
+        let terminal = RawTerminal::enter();
+        if terminal.is_active() {
+            machine.enable_escapes();
         }
+        machine.run()
+    };
+    let quiet = config.quiet_boot.is_some();
+    if quiet && !machine.guest_ready() {
+        // The guest never got to CMD: what its console said is the only clue.
+        if let Some(tail) = machine.console_tail(20).filter(|t| !t.is_empty()) {
+            eprintln!("{tail}");
+        }
+    }
+    let outcome = outcome.context("running the machine")?;
+    if quiet && !machine.guest_ready() {
+        anyhow::bail!(
+            "the guest stopped ({}) before it was ready to run the command; its console's last lines are above (--verbose shows all of it)",
+            describe(outcome)
+        );
+    }
+    if args.stats {
+        print_stats(&machine);
+    }
+    if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
+        hub.exited(*code as u8);
+    }
+    match outcome {
+        // Exit statuses are 8 bits on Unix, as with QEMU's exit(code).
+        RunOutcome::Exit(code) => Ok(code as u8),
+        RunOutcome::Quit => {
+            eprintln!("popek: terminated (Ctrl-A x)");
+            Ok(0)
+        }
+        RunOutcome::Ready => Ok(0),
+    }
+}
+
+/// How a run ended, for messages.
+pub(crate) fn describe(outcome: RunOutcome) -> String {
+    match outcome {
+        RunOutcome::Exit(code) => format!("exit status {code}"),
+        RunOutcome::Quit => "Ctrl-A x".to_string(),
+        RunOutcome::Ready => "ready".to_string(),
+    }
+}
+
+/// `--stats`: instructions, speed, memory and boot time on stderr.
+pub(crate) fn print_stats(machine: &Machine) {
+    let s = machine.stats();
+    let secs = s.elapsed.as_secs_f64();
+    eprintln!(
+        "popek: executed {} instructions in {:.3} s ({:.1} MIPS)",
+        s.instructions,
+        secs,
+        s.instructions as f64 / secs.max(1e-9) / 1e6
+    );
+    eprintln!(
+        "popek: guest RAM resident: {} KiB; decode cache: {} KiB",
+        s.guest_resident >> 10,
+        s.decode_cache >> 10
+    );
+    if let Some(b) = s.boot {
+        eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
     }
 }

@@ -25,7 +25,7 @@ const CTX_NO_CACHE: usize = 4;
 pub(crate) const SLOTS: usize = 2048 + 2;
 
 /// Most decoded pages a hart keeps (24 KiB each, so 6 MiB); past this the cache starts over.
-const MAX_DECODED_PAGES: usize = 256;
+const MAX_DECODED_PAGES: usize = 1024;
 
 /// A page of decoded instructions, indexed by (offset / 2).
 pub(crate) type DecodedPage = [Insn; SLOTS];
@@ -583,15 +583,31 @@ impl Hart {
         if let Some(p) = self.mmu.decoded.get_mut(&ppn) {
             return &mut **p;
         }
-        // New code page: no write entry may point at it any more.
-        for c in self.mmu.write.iter_mut() {
-            c.fill(EMPTY);
+        // New code page: no write entry may point at it any more. An entry maps virtual page
+        // `tag` to host address `(tag << 12) + addend`; only those landing on this page go.
+        match self.mem.host_ptr(ppn << 12, 1) {
+            Some(host) => {
+                let host = host as u64;
+                for e in self.mmu.write.iter_mut().flatten() {
+                    if e.tag != u64::MAX && (e.tag << 12).wrapping_add(e.addend) == host {
+                        *e = EMPTY;
+                    }
+                }
+            }
+            None => {
+                for c in self.mmu.write.iter_mut() {
+                    c.fill(EMPTY);
+                }
+            }
         }
-        &mut **self
-            .mmu
-            .decoded
-            .entry(ppn)
-            .or_insert_with(|| Box::new([UNDECODED; SLOTS]))
+        &mut **self.mmu.decoded.entry(ppn).or_insert_with(|| {
+            // Filled in place on the heap (an array literal would be built on the stack and
+            // copied: 24 KiB per new code page).
+            vec![UNDECODED; SLOTS]
+                .into_boxed_slice()
+                .try_into()
+                .expect("SLOTS entries")
+        })
     }
 
     /// Fetch and decode the 4-byte instruction that straddles a page boundary at `pc` (never

@@ -29,6 +29,11 @@ impl BootTimer {
         self.ready
     }
 
+    /// Set when the guest signalled (restoring a snapshot of a ready guest).
+    pub fn set_ready(&mut self, ready: Option<Duration>) {
+        self.ready = ready;
+    }
+
     /// Time since the machine started.
     pub fn since_start(&self) -> Duration {
         self.start.elapsed()

@@ -58,6 +58,27 @@ impl Clint {
         self.mtimecmp.fill(u64::MAX);
     }
 
+    /// Number of harts served.
+    pub fn harts(&self) -> usize {
+        self.msip.len()
+    }
+
+    /// MSIP bits, timer compares and `mtime` now (for saving).
+    pub fn parts(&self) -> (&[bool], &[u64], u64) {
+        (&self.msip, &self.mtimecmp, self.mtime())
+    }
+
+    /// Restore what [`Clint::parts`] returned: `mtime` continues from `mtime` (lengths must be
+    /// [`Clint::harts`]).
+    pub fn set_parts(&mut self, msip: &[bool], mtimecmp: &[u64], mtime: u64) {
+        self.msip.copy_from_slice(msip);
+        self.mtimecmp.copy_from_slice(mtimecmp);
+        let now = self.mtime();
+        self.clock
+            .offset
+            .fetch_add(mtime.wrapping_sub(now), Ordering::Relaxed);
+    }
+
     /// Current `mtime`.
     pub fn mtime(&self) -> u64 {
         self.clock.now()

@@ -9,8 +9,10 @@ pub mod boot_timer;
 pub mod clint;
 pub mod finisher;
 pub mod guest_warn;
+mod persist;
 pub mod plic;
 pub mod uart;
+pub mod vmgenid;
 
 /// A device mapped into guest-physical address space.
 pub trait MmioDevice {

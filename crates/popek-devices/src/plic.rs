@@ -42,7 +42,60 @@ fn set(v: &mut [u32; WORDS], s: usize, on: bool) {
     }
 }
 
+/// The PLIC's registers, borrowed for saving.
+#[allow(missing_docs)]
+pub struct PlicParts<'a> {
+    pub priority: &'a [u32],
+    pub level: &'a [bool],
+    pub pending: &'a [u32],
+    pub in_service: &'a [u32],
+    pub enable: Vec<&'a [u32]>,
+    pub threshold: &'a [u32],
+}
+
 impl Plic {
+    /// The registers (for saving).
+    pub fn parts(&self) -> PlicParts<'_> {
+        PlicParts {
+            priority: &self.priority,
+            level: &self.level,
+            pending: &self.pending,
+            in_service: &self.in_service,
+            enable: self.enable.iter().map(|e| &e[..]).collect(),
+            threshold: &self.threshold,
+        }
+    }
+
+    /// Restore what [`Plic::parts`] returned; on a size mismatch, the name of the field.
+    pub fn set_parts(
+        &mut self,
+        priority: &[u32],
+        level: &[bool],
+        pending: &[u32],
+        in_service: &[u32],
+        enable: &[Vec<u32>],
+        threshold: &[u32],
+    ) -> Result<(), &'static str> {
+        fn fit<T: Copy>(dst: &mut [T], src: &[T], name: &'static str) -> Result<(), &'static str> {
+            if dst.len() != src.len() {
+                return Err(name);
+            }
+            dst.copy_from_slice(src);
+            Ok(())
+        }
+        if enable.len() != self.enable.len() {
+            return Err("contexts");
+        }
+        fit(&mut self.priority, priority, "priority")?;
+        fit(&mut self.level, level, "level")?;
+        fit(&mut self.pending, pending, "pending")?;
+        fit(&mut self.in_service, in_service, "in_service")?;
+        for (dst, src) in self.enable.iter_mut().zip(enable) {
+            fit(dst, src, "enable")?;
+        }
+        fit(&mut self.threshold, threshold, "threshold")
+    }
+
     /// A PLIC serving `harts` harts (two contexts each).
     pub fn new(harts: usize) -> Plic {
         Plic {

@@ -61,6 +61,11 @@ impl<W: Write> Uart<W> {
         self.serial.fifo_capacity()
     }
 
+    /// The registers and receive FIFO (for saving).
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.serial.state()
+    }
+
     /// The interrupt flag, for the board's interrupt wiring.
     pub fn irq(&self) -> &IrqFlag {
         &self.irq
@@ -69,6 +74,32 @@ impl<W: Write> Uart<W> {
     /// The output writer (e.g. to flush it).
     pub fn output(&mut self) -> &mut W {
         self.serial.writer_mut()
+    }
+}
+
+impl<W: Write + Default> Uart<W> {
+    /// Restore registers and FIFO saved by [`Uart::state`]; the output writer stays. False
+    /// (and nothing changed) if the FIFO holds more than the hardware's.
+    pub fn set_state(&mut self, state: &vm_superio::serial::SerialState) -> bool {
+        let placeholder = Serial::new(self.irq.clone(), W::default());
+        let out = std::mem::replace(&mut self.serial, placeholder).into_writer();
+        let restored = Serial::from_state(
+            state,
+            self.irq.clone(),
+            vm_superio::serial::NoEvents,
+            W::default(),
+        );
+        match restored {
+            Ok(mut serial) => {
+                *serial.writer_mut() = out;
+                self.serial = serial;
+                true
+            }
+            Err(_) => {
+                *self.serial.writer_mut() = out;
+                false
+            }
+        }
     }
 }
 

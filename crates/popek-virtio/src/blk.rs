@@ -507,6 +507,21 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, String> {
+        // Requests finish inside notify: nothing is in flight between MMIO accesses.
+        if !self.disk.readonly {
+            self.disk
+                .file
+                .sync_data()
+                .map_err(|e| format!("virtio-blk: flushing the disk: {e}"))?;
+        }
+        Ok(self
+            .active
+            .take()
+            .map(|a| vec![a.queue])
+            .unwrap_or_default())
+    }
 }
 
 impl Drop for Block {

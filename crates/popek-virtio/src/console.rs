@@ -21,6 +21,8 @@ const TRANSMIT_QUEUE: usize = 1;
 
 struct Active {
     mem: GuestMem,
+    /// Never filled (no input), but kept so a snapshot can save it.
+    receive: Queue,
     transmit: Queue,
     signals: std::sync::Arc<Signals>,
 }
@@ -42,6 +44,7 @@ impl Console {
             mem,
             transmit,
             signals,
+            ..
         }) = self.active.as_mut()
         else {
             return Ok(());
@@ -79,10 +82,11 @@ impl VirtioDevice for Console {
         if queues.len() <= TRANSMIT_QUEUE || !queues[TRANSMIT_QUEUE].ready() {
             return Err("virtio-console: transmit queue not set up".into());
         }
-        let _ = RECEIVE_QUEUE; // the guest's receive buffers are never filled: no input
         let transmit = queues.swap_remove(TRANSMIT_QUEUE);
+        let receive = queues.swap_remove(RECEIVE_QUEUE);
         self.active = Some(Active {
             mem: a.mem,
+            receive,
             transmit,
             signals: a.signals,
         });
@@ -102,6 +106,14 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
+        Ok(self
+            .active
+            .take()
+            .map(|a| vec![a.receive, a.transmit])
+            .unwrap_or_default())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod chain;
 pub mod console;
 pub mod mmio;
 pub mod net;
+mod persist;
 pub mod rng;
 pub mod tap;
 #[cfg(test)]
@@ -109,6 +110,11 @@ impl Signals {
         self.status() != 0
     }
 
+    /// Set the whole `InterruptStatus` (restoring a snapshot).
+    fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
@@ -184,6 +190,15 @@ pub trait VirtioDevice: Send {
     fn notify(&mut self, index: u16);
     /// Stop all work and drop the queues (the driver reset the device).
     fn reset(&mut self);
+    /// Stop working and hand the queues back, one per entry of [`VirtioDevice::queue_sizes`],
+    /// with nothing in flight, so the transport can save them (and activate the device again to
+    /// go on). A device whose state lives outside its queues and cannot be saved says why.
+    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
+        Err(format!(
+            "virtio device type {} cannot be saved in a snapshot",
+            self.device_type()
+        ))
+    }
 }
 
 /// Serve every request available on `queue`: parse each chain, let `serve` carry it out

@@ -49,6 +49,23 @@ pub struct VirtioMmio {
     handed_over: Vec<bool>,
     status: u32,
     config_generation: u32,
+    /// The queues of a device paused for saving ([`VirtioMmio::pause`]).
+    paused: Option<Vec<Queue>>,
+}
+
+/// The transport's registers and queue states, as saved.
+pub(crate) struct Registers {
+    pub device_type: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub driver_features: u64,
+    pub failed: bool,
+    pub queues: Vec<virtio_queue::QueueState>,
+    pub handed_over: Vec<bool>,
 }
 
 impl VirtioMmio {
@@ -73,6 +90,7 @@ impl VirtioMmio {
             queues,
             status: 0,
             config_generation: 0,
+            paused: None,
         }
     }
 
@@ -109,6 +127,93 @@ impl VirtioMmio {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.status = 0;
+        self.paused = None;
+    }
+
+    /// Make an active device stop and hand its queues back (see
+    /// [`VirtioDevice::take_queues`]) so that [`popek_persist::Persist::save`] sees every queue's
+    /// state with nothing in flight; [`VirtioMmio::resume`] starts it again. Fails for a device
+    /// that cannot be saved.
+    pub fn pause(&mut self) -> Result<(), String> {
+        if !self.active() || self.signals.failed() || self.paused.is_some() {
+            return Ok(());
+        }
+        self.paused = Some(self.device.take_queues()?);
+        Ok(())
+    }
+
+    /// Let a device paused by [`VirtioMmio::pause`] go on.
+    pub fn resume(&mut self) {
+        if let Some(queues) = self.paused.take() {
+            self.start_device(queues);
+        }
+    }
+
+    /// Everything [`popek_persist::Persist`] saves.
+    pub(crate) fn registers(&self) -> Registers {
+        let queues = match &self.paused {
+            Some(p) if p.len() == self.queue_count() => p.iter().map(|q| q.state()).collect(),
+            _ => self.queues.iter().map(|q| q.state()).collect(),
+        };
+        Registers {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.signals.status(),
+            driver_features: self.driver_features,
+            failed: self.signals.failed(),
+            queues,
+            handed_over: self.handed_over.clone(),
+        }
+    }
+
+    /// Number of queues the device has.
+    pub(crate) fn queue_count(&self) -> usize {
+        self.device.queue_sizes().len()
+    }
+
+    /// Restore saved registers on a fresh transport; an active device is started on `queues`.
+    pub(crate) fn set_registers(&mut self, r: Registers, queues: Vec<Queue>) -> Result<(), String> {
+        self.reset();
+        self.device_features_sel = r.device_features_sel;
+        self.driver_features_sel = r.driver_features_sel;
+        self.queue_sel = r.queue_sel;
+        self.status = r.status;
+        self.config_generation = r.config_generation;
+        self.driver_features = r.driver_features;
+        self.handed_over = r.handed_over;
+        if r.failed {
+            self.signals.fail("failed before the snapshot was taken");
+        }
+        if self.active() && !r.failed {
+            for q in queues.iter().filter(|q| q.ready()) {
+                if !q.is_valid(&self.mem) {
+                    return Err("a queue lies outside guest RAM".into());
+                }
+            }
+            self.start_device(queues);
+        } else {
+            self.queues = queues;
+        }
+        self.signals.set_status(r.interrupt_status);
+        Ok(())
+    }
+
+    /// Hand `queues` to the device.
+    fn start_device(&mut self, queues: Vec<Queue>) {
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            features: self.driver_features,
+            signals: self.signals.clone(),
+            wrote: self.wrote.clone(),
+        };
+        if let Err(e) = self.device.activate(activation) {
+            self.signals.fail(&e);
+        }
     }
 
     fn selected(&mut self) -> Option<&mut Queue> {
@@ -169,16 +274,7 @@ impl VirtioMmio {
         self.handed_over = self.queues.iter().map(|q| q.ready()).collect();
         let queues = Self::fresh_queues(self.device.as_ref());
         let queues = std::mem::replace(&mut self.queues, queues);
-        let activation = Activation {
-            mem: self.mem.clone(),
-            queues,
-            features: self.driver_features,
-            signals: self.signals.clone(),
-            wrote: self.wrote.clone(),
-        };
-        if let Err(e) = self.device.activate(activation) {
-            self.signals.fail(&e);
-        }
+        self.start_device(queues);
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {

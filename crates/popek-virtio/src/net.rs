@@ -51,7 +51,7 @@ pub struct Net {
 struct Worker {
     kick: Arc<EventFd>,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Box<dyn NetBackend>>,
+    handle: JoinHandle<Queues>,
 }
 
 impl Net {
@@ -64,13 +64,20 @@ impl Net {
         }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop.store(true, Ordering::Release);
-            let _ = w.kick.write(1);
-            match w.handle.join() {
-                Ok(backend) => self.backend = Some(backend),
-                Err(_) => tracing::error!("virtio-net: worker thread panicked; the card is gone"),
+    /// Stop the worker thread; its receive and transmit queues, if it was running.
+    fn stop_worker(&mut self) -> Option<(Queue, Queue)> {
+        let w = self.worker.take()?;
+        w.stop.store(true, Ordering::Release);
+        let _ = w.kick.write(1);
+        match w.handle.join() {
+            Ok(q) => {
+                self.backend = Some(q.backend);
+                // A frame waiting for a receive buffer is dropped, as a busy card would.
+                Some((q.rx, q.tx))
+            }
+            Err(_) => {
+                tracing::error!("virtio-net: worker thread panicked; the card is gone");
+                None
             }
         }
     }
@@ -151,7 +158,7 @@ impl Queues {
     }
 }
 
-fn worker_loop(mut q: Queues, kick: Arc<EventFd>, stop: Arc<AtomicBool>) -> Box<dyn NetBackend> {
+fn worker_loop(mut q: Queues, kick: Arc<EventFd>, stop: Arc<AtomicBool>) -> Queues {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -188,7 +195,7 @@ fn worker_loop(mut q: Queues, kick: Arc<EventFd>, stop: Arc<AtomicBool>) -> Box<
             q.signals.fail(&format!("virtio-net: {e}"));
         }
     }
-    q.backend
+    q
 }
 
 impl VirtioDevice for Net {
@@ -258,6 +265,13 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.stop_worker();
+    }
+
+    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
+        Ok(self
+            .stop_worker()
+            .map(|(rx, tx)| vec![rx, tx])
+            .unwrap_or_default())
     }
 }
 

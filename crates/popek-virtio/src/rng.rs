@@ -98,6 +98,14 @@ impl VirtioDevice for Rng {
         }
     }
 
+    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, String> {
+        Ok(self
+            .active
+            .take()
+            .map(|a| vec![a.queue])
+            .unwrap_or_default())
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

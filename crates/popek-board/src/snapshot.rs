@@ -1,0 +1,515 @@
+//! Snapshots: save a stopped machine to a directory and build a running one from it.
+//!
+//! A snapshot directory holds three files:
+//! - `manifest.json`: format and popek version, the machine's configuration (RAM, harts, boot
+//!   images, command line, devices in slot order) and each disk with a content check (size and
+//!   modification time): what a restore must rebuild before any state goes in;
+//! - `state.bin`: a [`StateFile`] with one versioned section per hart and device, checksummed;
+//! - `ram.img`: guest RAM at guest-physical offsets from the start of DRAM, as a sparse file
+//!   (only pages that are not all zero are written), so its size on disk is close to what the
+//!   guest touched.
+//!
+//! A restore maps `ram.img` copy-on-write (`MAP_PRIVATE`) instead of reading it: it costs
+//! nothing up front, the guest faults pages in as it touches them, and many restored machines
+//! share the snapshot's pages through the host's page cache. The manifest is written last, so
+//! a save that failed half-way leaves no manifest and is not taken for a snapshot. Caches (TLBs,
+//! decoded code) are never saved; interrupt levels are recomputed from the restored devices.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use popek_persist::{Decoder, Encoder, Persist, PersistError, StateFile};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::error::BoardError;
+use crate::machine::{DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig};
+use crate::memmap;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+/// The state file's name.
+pub const STATE: &str = "state.bin";
+/// The RAM file's name.
+pub const RAM: &str = "ram.img";
+/// Version of the directory layout and manifest.
+const FORMAT: u32 = 1;
+const PAGE: usize = 4096;
+
+/// What a snapshot was taken of.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    popek: String,
+    memory: u64,
+    cpus: u32,
+    bios: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    append: String,
+    rng: bool,
+    /// The network card's MAC address and backend ("user" or "tap:NAME").
+    net: Option<(String, String)>,
+    command_output: bool,
+    disks: Vec<DiskEntry>,
+    /// virtio device types in slot order (a check that the rebuilt machine matches).
+    virtio: Vec<u32>,
+    /// Bytes of RAM written to `ram.img` (pages that were not all zero).
+    ram_saved: u64,
+}
+
+/// A disk and the content check that tells whether it changed since the snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct DiskEntry {
+    path: PathBuf,
+    readonly: bool,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn disk_entry(d: &DiskConfig) -> Result<DiskEntry, BoardError> {
+    let meta = std::fs::metadata(&d.path).map_err(|source| BoardError::SnapshotIo {
+        path: d.path.clone(),
+        source,
+    })?;
+    Ok(DiskEntry {
+        path: d.path.clone(),
+        readonly: d.readonly,
+        size: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    })
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A byte string as a state section (the mask ROM).
+struct Blob(Vec<u8>);
+
+impl Persist for Blob {
+    const VERSION: u32 = 1;
+    fn save(&self, out: &mut Encoder) {
+        out.bytes(&self.0);
+    }
+    fn restore(&mut self, input: &mut Decoder<'_>) -> Result<(), PersistError> {
+        let b = input.bytes()?;
+        if b.len() != self.0.len() {
+            return Err(input.invalid("size"));
+        }
+        self.0.copy_from_slice(b);
+        Ok(())
+    }
+}
+
+/// A snapshot directory's files, created and opened before the machine runs (and is jailed).
+#[derive(Debug)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+    state: File,
+    ram: File,
+    manifest: File,
+    ram_size: u64,
+}
+
+impl SnapshotFiles {
+    /// Create `dir` (if missing) and empty files for a machine with `ram_size` bytes of RAM. A
+    /// snapshot already there stops being one (its manifest is emptied first).
+    pub fn create(dir: &Path, ram_size: u64) -> Result<SnapshotFiles, BoardError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let open = |name: &str| {
+            let path = dir.join(name);
+            File::create(&path).map_err(io_err(&path))
+        };
+        let manifest = open(MANIFEST)?;
+        let state = open(STATE)?;
+        let ram = open(RAM)?;
+        ram.set_len(ram_size).map_err(io_err(&dir.join(RAM)))?;
+        Ok(SnapshotFiles {
+            dir: dir.to_path_buf(),
+            state,
+            ram,
+            manifest,
+            ram_size,
+        })
+    }
+}
+
+/// How much a save wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct SaveReport {
+    /// Bytes of RAM written (pages that were not all zero).
+    pub ram_saved: u64,
+    /// Guest RAM size.
+    pub ram_size: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BoardError + '_ {
+    move |source| BoardError::SnapshotIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Machine {
+    /// Save the stopped machine into `files` (opened by [`SnapshotFiles::create`] before the
+    /// machine ran: a jailed popek cannot create files). Devices stop their work while they are
+    /// saved and go on afterwards, so the machine can run on.
+    pub fn save(&mut self, files: SnapshotFiles) -> Result<SaveReport, BoardError> {
+        if self.config.vsock.is_some() {
+            return Err(BoardError::NotSaveable(
+                "the vsock device's connections cannot be saved: snapshot a machine without --vsock".into(),
+            ));
+        }
+        if files.ram_size != self.config.memory {
+            return Err(BoardError::Internal(
+                "snapshot files sized for another machine".into(),
+            ));
+        }
+        let state = self.save_state()?;
+        let mut f = &files.state;
+        f.write_all(&state)
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&files.dir.join(STATE)))?;
+        let ram_saved = self.save_ram(&files.ram, &files.dir.join(RAM))?;
+        let manifest = self.manifest(ram_saved)?;
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
+        // The manifest last: until it is complete, the directory is no snapshot.
+        let mut f = &files.manifest;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&files.dir.join(MANIFEST)))?;
+        Ok(SaveReport {
+            ram_saved,
+            ram_size: self.config.memory,
+        })
+    }
+
+    /// Every hart's and device's state, as the bytes of a state file.
+    fn save_state(&mut self) -> Result<Vec<u8>, BoardError> {
+        let mut file = StateFile::new();
+        for (i, hart) in self.harts.iter().enumerate() {
+            file.put(format!("hart{i}"), hart);
+        }
+        let mut mrom = Blob(vec![0; memmap::MROM_SIZE as usize]);
+        self.harts[0]
+            .memory()
+            .read(memmap::MROM, &mut mrom.0)
+            .ok_or_else(|| BoardError::Internal("mask ROM missing".into()))?;
+        file.put("mrom", &mrom);
+        let mut devices = self.shared.devices();
+        let bus = &mut devices.bus;
+        let mut paused = Vec::new();
+        let mut failure = None;
+        for (slot, v) in bus.virtio.iter_mut().enumerate() {
+            match v.pause() {
+                Ok(()) => paused.push(slot),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            file.put("clint", &bus.clint);
+            file.put("plic", &bus.plic);
+            file.put("uart", &bus.uart);
+            file.put("finisher", &bus.finisher);
+            file.put("boot-timer", &bus.boot_timer);
+            file.put("vmgenid", &bus.vmgenid);
+            for (slot, v) in bus.virtio.iter().enumerate() {
+                file.put(format!("virtio{slot}"), v);
+            }
+            for h in &mut self.harts {
+                h.flush_caches();
+            }
+        }
+        // Devices go on whether or not the save worked.
+        for slot in paused {
+            bus.virtio[slot].resume();
+        }
+        match failure {
+            Some(e) => Err(BoardError::NotSaveable(e)),
+            None => Ok(file.to_bytes()),
+        }
+    }
+
+    /// Write guest RAM into `f` (a sparse file of RAM's size) at guest-physical offsets;
+    /// returns the bytes written.
+    fn save_ram(&self, f: &File, path: &Path) -> Result<u64, BoardError> {
+        let size = self.config.memory;
+        let host = self
+            .ram
+            .get_host_address(GuestAddress(memmap::DRAM))
+            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
+        // SAFETY: DRAM is one mapping of `size` bytes owned by `self.ram`; the harts are stopped
+        // and the devices paused or idle (a device thread writing now would be a bug of its own:
+        // the snapshot would then be torn, never the host memory-unsafe).
+        let ram = unsafe { std::slice::from_raw_parts(host as *const u8, size as usize) };
+        let mut written = 0u64;
+        let mut run_start: Option<usize> = None;
+        let flush = |start: usize, end: usize| f.write_all_at(&ram[start..end], start as u64);
+        for (i, page) in ram.chunks(PAGE).enumerate() {
+            let zero = page.iter().all(|&b| b == 0);
+            match (zero, run_start) {
+                (false, None) => run_start = Some(i * PAGE),
+                (true, Some(start)) => {
+                    flush(start, i * PAGE).map_err(io_err(path))?;
+                    written += (i * PAGE - start) as u64;
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run_start {
+            flush(start, ram.len()).map_err(io_err(path))?;
+            written += (ram.len() - start) as u64;
+        }
+        f.sync_all().map_err(io_err(path))?;
+        Ok(written)
+    }
+
+    fn manifest(&self, ram_saved: u64) -> Result<Manifest, BoardError> {
+        let c = &self.config;
+        let net = c.net.as_ref().map(|n| {
+            let backend = match &n.backend {
+                NetBackendConfig::User { .. } => "user".to_string(),
+                NetBackendConfig::Tap { name } => format!("tap:{name}"),
+            };
+            (mac_string(n.mac), backend)
+        });
+        let virtio = self.virtio_types();
+        Ok(Manifest {
+            format: FORMAT,
+            popek: env!("CARGO_PKG_VERSION").to_string(),
+            memory: c.memory,
+            cpus: c.cpus,
+            bios: c.bios.clone(),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            append: c.append.clone(),
+            rng: c.rng,
+            net,
+            command_output: c.command_output,
+            disks: c.disks.iter().map(disk_entry).collect::<Result<_, _>>()?,
+            virtio,
+            ram_saved,
+        })
+    }
+
+    /// Build the machine saved in `dir`. `run` gives what is not part of a snapshot (the jail,
+    /// quiet console, debugger, forwarded ports); the rest comes from the manifest.
+    pub fn restore(dir: &Path, run: &MachineConfig) -> Result<Machine, BoardError> {
+        let refused = |reason: String| BoardError::SnapshotRefused {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let manifest_path = dir.join(MANIFEST);
+        let text = match std::fs::read_to_string(&manifest_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(refused(format!(
+                    "no {MANIFEST}: not a snapshot (create one with popek snapshot create {})",
+                    dir.display()
+                )))
+            }
+            Err(source) => {
+                return Err(BoardError::SnapshotIo {
+                    path: manifest_path,
+                    source,
+                })
+            }
+        };
+        if text.is_empty() {
+            return Err(refused(
+                "its save did not finish (empty manifest): create the snapshot again".into(),
+            ));
+        }
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            refused(format!(
+                "{MANIFEST} is damaged ({e}): create the snapshot again"
+            ))
+        })?;
+        if manifest.format != FORMAT {
+            return Err(refused(format!(
+                "its format is {}, this popek reads {FORMAT}: create the snapshot again",
+                manifest.format
+            )));
+        }
+        let config = config_from(&manifest, run).map_err(refused)?;
+        let state_path = dir.join(STATE);
+        let state_bytes = std::fs::read(&state_path).map_err(io_err(&state_path))?;
+        let state =
+            StateFile::from_bytes(&state_bytes).map_err(|source| BoardError::SnapshotState {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        let mut machine = Machine::build(&config, false)?;
+        let types = machine.virtio_types();
+        if types != manifest.virtio {
+            return Err(refused(format!(
+                "its devices {:?} differ from the rebuilt machine's {types:?}",
+                manifest.virtio
+            )));
+        }
+        tracing::info!("snapshot {}: machine rebuilt", dir.display());
+        machine.map_ram(&dir.join(RAM))?;
+        machine
+            .restore_state(&state)
+            .map_err(|source| BoardError::SnapshotState {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        tracing::info!("snapshot {}: restored", dir.display());
+        Ok(machine)
+    }
+
+    /// Map `path` copy-on-write over guest DRAM.
+    fn map_ram(&mut self, path: &Path) -> Result<(), BoardError> {
+        let size = self.config.memory;
+        let f = File::open(path).map_err(io_err(path))?;
+        let len = f.metadata().map_err(io_err(path))?.len();
+        if len != size {
+            return Err(BoardError::SnapshotRefused {
+                dir: path.parent().unwrap_or(path).to_path_buf(),
+                reason: format!(
+                    "{RAM} holds {len} bytes but the machine has {size}: the snapshot is damaged"
+                ),
+            });
+        }
+        let host = self
+            .ram
+            .get_host_address(GuestAddress(memmap::DRAM))
+            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
+        // SAFETY: `host..host+size` is DRAM's anonymous mapping, owned by `self.ram` and not yet
+        // used by anyone (the harts have not run); MAP_FIXED replaces it in place with a private
+        // mapping of the same size and protection, which `self.ram` unmaps when dropped as before.
+        let rc = unsafe {
+            libc::mmap(
+                host as *mut libc::c_void,
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if rc == libc::MAP_FAILED {
+            return Err(io_err(path)(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: &StateFile) -> Result<(), PersistError> {
+        for (i, hart) in self.harts.iter_mut().enumerate() {
+            state.get(&format!("hart{i}"), hart)?;
+        }
+        if state.has(&format!("hart{}", self.harts.len())) {
+            return Err(PersistError::MissingSection(format!(
+                "only {} harts (the snapshot has more; restore with its --cpus)",
+                self.harts.len()
+            )));
+        }
+        let mut mrom = Blob(vec![0; memmap::MROM_SIZE as usize]);
+        state.get("mrom", &mut mrom)?;
+        let mem = self.harts[0].memory().clone();
+        mem.write(memmap::MROM, &mrom.0)
+            .ok_or_else(|| PersistError::MissingSection("mask ROM".into()))?;
+        let mut devices = self.shared.devices();
+        let bus = &mut devices.bus;
+        state.get("clint", &mut bus.clint)?;
+        state.get("plic", &mut bus.plic)?;
+        state.get("uart", &mut bus.uart)?;
+        state.get("finisher", &mut bus.finisher)?;
+        state.get("boot-timer", &mut bus.boot_timer)?;
+        state.get("vmgenid", &mut bus.vmgenid)?;
+        // A restored machine is a new generation: the guest reseeds its random generator.
+        bus.new_generation();
+        for (slot, v) in bus.virtio.iter_mut().enumerate() {
+            state.get(&format!("virtio{slot}"), v)?;
+        }
+        devices.update(&self.shared.pins);
+        drop(devices);
+        for h in &mut self.harts {
+            h.flush_caches();
+        }
+        Ok(())
+    }
+
+    /// The virtio device types in slot order.
+    fn virtio_types(&self) -> Vec<u32> {
+        let devices = self.shared.devices();
+        devices.bus.virtio.iter().map(|v| v.device_type()).collect()
+    }
+
+    /// Queue `bytes` as console input, as if typed (e.g. the command a restored guest runs).
+    pub fn type_input(&self, bytes: &[u8]) {
+        let mut devices = self.shared.devices();
+        devices.pending_input.extend_from_slice(bytes);
+        devices.update(&self.shared.pins);
+    }
+}
+
+/// The machine configuration a snapshot was taken of, with the run-time settings of `run`.
+fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, String> {
+    let mut disks = Vec::new();
+    for d in &m.disks {
+        let now = disk_entry(&DiskConfig {
+            path: d.path.clone(),
+            readonly: d.readonly,
+        })
+        .map_err(|e| format!("{e}"))?;
+        if now.size != d.size || now.mtime_ns != d.mtime_ns {
+            return Err(format!(
+                "disk {} changed since the snapshot was taken (the restored guest's caches would not match it): create the snapshot again",
+                d.path.display()
+            ));
+        }
+        disks.push(DiskConfig {
+            path: d.path.clone(),
+            readonly: d.readonly,
+        });
+    }
+    let net = match &m.net {
+        None => None,
+        Some((mac, backend)) => Some(NetConfig {
+            mac: crate::machine::parse_mac(mac)?,
+            backend: match backend.strip_prefix("tap:") {
+                Some(name) => NetBackendConfig::Tap { name: name.into() },
+                None => NetBackendConfig::User {
+                    publish: match &run.net {
+                        Some(NetConfig {
+                            backend: NetBackendConfig::User { publish },
+                            ..
+                        }) => publish.clone(),
+                        _ => Vec::new(),
+                    },
+                },
+            },
+        }),
+    };
+    Ok(MachineConfig {
+        memory: m.memory,
+        cpus: m.cpus,
+        bios: m.bios.clone(),
+        kernel: m.kernel.clone(),
+        initrd: m.initrd.clone(),
+        append: m.append.clone(),
+        disks,
+        rng: m.rng,
+        net,
+        vsock: None,
+        jail: run.jail,
+        command_output: m.command_output,
+        quiet_boot: run.quiet_boot,
+        debug: run.debug.clone(),
+        stop_when_ready: false,
+    })
+}

@@ -1,0 +1,139 @@
+//! `popek snapshot create` and `popek run --restore`: save a booted machine, start it again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use popek_board::snapshot::SnapshotFiles;
+use popek_board::{Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome, DEFAULT_MAC};
+
+use crate::{guest, machine_config, RunArgs};
+
+/// The kernel command-line word that tells the default guest's init to wait, once ready, for
+/// the command a restore types on its console.
+const SNAPSHOT_ARG: &str = "popek.snapshot";
+
+/// `popek snapshot ...`
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum SnapshotCmd {
+    /// Boot a machine (the options of `popek run`), wait until the guest is ready, save it to
+    /// DIR and exit. `popek run --restore DIR [-- CMD]` then starts from there.
+    Create(CreateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct CreateArgs {
+    /// Where to save (created if missing; a snapshot already there is replaced).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Run a `popek snapshot` command.
+pub(crate) fn run(cmd: SnapshotCmd) -> anyhow::Result<u8> {
+    match cmd {
+        SnapshotCmd::Create(args) => create(args),
+    }
+}
+
+fn create(args: CreateArgs) -> anyhow::Result<u8> {
+    let run = &args.run;
+    if !run.command.is_empty() {
+        anyhow::bail!(
+            "popek snapshot create takes no command: give it to the restore (popek run --restore {} -- CMD)",
+            args.dir.display()
+        );
+    }
+    if run.restore.is_some() {
+        anyhow::bail!("popek snapshot create boots a new machine: drop --restore");
+    }
+    if run.vsock.is_some() {
+        anyhow::bail!("a machine with --vsock cannot be saved (its connections live outside the guest): drop --vsock");
+    }
+    let mut config = machine_config(run)?;
+    let prepared = run.kernel.is_none() && run.bios.is_none();
+    if prepared {
+        // The default guest's init waits for a command once ready; its output then goes to
+        // the two output consoles, as with `popek run -- CMD`.
+        config.command_output = true;
+        config.append = format!("{} {SNAPSHOT_ARG}", config.append);
+        if !run.verbose {
+            config.quiet_boot = Some(Duration::from_secs(run.ready_timeout));
+        }
+    }
+    config.stop_when_ready = true;
+    let files = SnapshotFiles::create(&args.dir, config.memory)?;
+    let mut machine = Machine::new(&config)?;
+    let outcome = machine.run().context("booting the machine")?;
+    if outcome != RunOutcome::Ready {
+        if let Some(tail) = machine.console_tail(20).filter(|t| !t.is_empty()) {
+            eprintln!("{tail}");
+        }
+        anyhow::bail!(
+            "the guest stopped ({}) before it was ready: nothing was saved",
+            crate::describe(outcome)
+        );
+    }
+    let booted = machine.stats().elapsed;
+    let started = Instant::now();
+    let report = machine.save(files)?;
+    eprintln!(
+        "popek: saved to {} after {:.2} s of boot: {} MiB of {} MiB guest RAM written in {} ms",
+        args.dir.display(),
+        booted.as_secs_f64(),
+        report.ram_saved >> 20,
+        report.ram_size >> 20,
+        started.elapsed().as_millis()
+    );
+    if run.stats {
+        crate::print_stats(&machine);
+    }
+    Ok(0)
+}
+
+/// The run-time settings of `popek run --restore` (the machine itself comes from the snapshot).
+pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
+    let publish = args.publish.clone();
+    MachineConfig {
+        jail: true,
+        quiet_boot: (!args.command.is_empty() && !args.verbose)
+            .then(|| Duration::from_secs(args.ready_timeout)),
+        net: (!publish.is_empty()).then_some(NetConfig {
+            mac: DEFAULT_MAC,
+            backend: NetBackendConfig::User { publish },
+        }),
+        ..MachineConfig::default()
+    }
+}
+
+/// Build the machine saved in `dir` and type what its init waits for: CMD, or an empty line
+/// for a shell.
+pub(crate) fn restore(
+    dir: &Path,
+    config: &MachineConfig,
+    command: &[String],
+) -> anyhow::Result<Machine> {
+    let machine = Machine::restore(dir, config)?;
+    let takes_command = machine
+        .config()
+        .append
+        .split_whitespace()
+        .any(|w| w == SNAPSHOT_ARG);
+    if takes_command {
+        let line = if command.is_empty() {
+            String::new()
+        } else {
+            guest::command_arg(command)
+                .trim_start_matches("popek.cmd=")
+                .to_string()
+        };
+        machine.type_input(format!("{line}\n").as_bytes());
+    } else if !command.is_empty() {
+        anyhow::bail!(
+            "this snapshot's guest does not take a command after a restore (only the default guest's does): drop -- CMD"
+        );
+    }
+    Ok(machine)
+}

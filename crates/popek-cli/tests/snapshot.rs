@@ -1,0 +1,238 @@
+//! Snapshots of the default guest: `popek snapshot create` saves it once ready, and every
+//! `popek run --restore` carries on from there, runs a command or a shell, as a new VM
+//! generation; damaged or mismatched snapshots are refused in one line.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// `popek snapshot create DIR ARGS`, which must succeed.
+fn create(dir: &Path, args: &[&str]) {
+    guest();
+    let out = run_with_timeout(
+        popek().args(["snapshot", "create"]).arg(dir).args(args),
+        LIMIT,
+    );
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "snapshot create failed: {o}\n{e}");
+    assert!(
+        e.contains("popek: saved to") && o.is_empty(),
+        "one line on stderr, nothing on stdout: {o}\n{e}"
+    );
+}
+
+/// One snapshot of the default guest (512 MiB, one hart) shared by the tests.
+fn snapshot() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("default");
+        create(&dir, &[]);
+        dir
+    })
+}
+
+/// `popek run --restore DIR ARGS`: (stdout, stderr, status).
+fn restore(dir: &Path, args: &[&str]) -> (String, String, i32) {
+    let out = run_with_timeout(
+        popek().arg("run").arg("--restore").arg(dir).args(args),
+        Duration::from_secs(120),
+    );
+    let (o, e) = text(&out);
+    assert!(!e.contains("panicked"), "popek panicked: {e}");
+    (o, e, out.status.code().expect("killed by a signal"))
+}
+
+#[test]
+fn restores_run_commands_with_their_output_and_status() {
+    let dir = snapshot();
+    let size_on_disk = std::fs::metadata(dir.join("ram.img")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(size_on_disk.len(), 512 << 20, "ram.img spans guest RAM");
+    assert!(
+        size_on_disk.blocks() * 512 < 256 << 20,
+        "ram.img is sparse: {} bytes allocated",
+        size_on_disk.blocks() * 512
+    );
+    for _ in 0..3 {
+        // The same snapshot, restored again and again: each restore starts from the saved
+        // state, not from what the previous one did.
+        let (o, e, s) = restore(
+            dir,
+            &[
+                "--",
+                "sh",
+                "-c",
+                "test -e /root/mark && echo stale; touch /root/mark; echo out; echo err >&2; exit 3",
+            ],
+        );
+        assert_eq!((o.as_str(), e.as_str(), s), ("out\n", "err\n", 3));
+    }
+    // The clock goes on from where the snapshot stopped: uptime is at least the boot time.
+    let (o, e, s) = restore(dir, &["--", "cat", "/proc/uptime"]);
+    assert_eq!(s, 0, "{e}");
+    let uptime: f64 = o.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uptime > 1.0, "uptime {uptime} s after a restore");
+}
+
+#[test]
+fn each_restore_is_a_new_generation_with_its_own_randomness() {
+    let dir = snapshot();
+    // The kernel's vmgenid driver holds the device (so it sees each new generation and
+    // reseeds the random generator at once); then what the guest reads from urandom.
+    let probe = "ls /sys/bus/platform/drivers/vmgenid/; head -c 16 /dev/urandom | od -An -tx1";
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (o, e, s) = restore(dir, &["--", "sh", "-c", probe]);
+        assert_eq!(s, 0, "{e}");
+        assert!(
+            o.contains("103000.vmgenid"),
+            "vmgenid driver not bound: {o}"
+        );
+        seen.push(o.lines().last().unwrap().to_string());
+    }
+    for i in 0..seen.len() {
+        for j in i + 1..seen.len() {
+            assert_ne!(seen[i], seen[j], "two restores read the same random bytes");
+        }
+    }
+}
+
+#[test]
+fn restore_without_a_command_starts_a_shell() {
+    let dir = snapshot();
+    let mut child = popek()
+        .arg("run")
+        .arg("--restore")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo shell-$((6*7))\npoweroff -f\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (o, e) = text(&out);
+    assert!(o.contains("shell-42"), "stdout: {o}\nstderr: {e}");
+    assert_eq!(out.status.code(), Some(0), "{e}");
+}
+
+#[test]
+fn smp_guest_restores_with_both_harts() {
+    let dir = scratch("smp");
+    create(&dir, &["--cpus", "2", "-m", "256M"]);
+    let (o, e, s) = restore(
+        &dir,
+        &["--", "sh", "-c", "grep -c ^processor /proc/cpuinfo"],
+    );
+    assert_eq!((o.as_str(), s), ("2\n", 0), "{e}");
+}
+
+/// Copy a snapshot (sparse) to break it without touching the shared one.
+fn copy_of(name: &str) -> PathBuf {
+    let copy = scratch(name);
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg("--sparse=always")
+        .arg(snapshot())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    copy
+}
+
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let (o, e, s) = restore(dir, args);
+    assert_eq!((s, o.as_str()), (1, ""), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    assert!(e.starts_with("popek: error: "), "{e}");
+    e
+}
+
+#[test]
+fn damaged_and_foreign_snapshots_are_refused_in_one_line() {
+    let missing = scratch("missing");
+    let e = refused(&missing, &["--", "true"]);
+    assert!(e.contains("no manifest.json: not a snapshot"), "{e}");
+
+    let flipped = copy_of("flipped");
+    let state = flipped.join("state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&state, &bytes).unwrap();
+    let e = refused(&flipped, &["--", "true"]);
+    assert!(e.contains("corrupt (checksum mismatch)"), "{e}");
+
+    let short = copy_of("short");
+    let state = short.join("state.bin");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() - 100]).unwrap();
+    refused(&short, &["--", "true"]);
+
+    let ram = copy_of("ram");
+    std::fs::File::options()
+        .write(true)
+        .open(ram.join("ram.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let e = refused(&ram, &["--", "true"]);
+    assert!(e.contains("ram.img holds 1048576 bytes"), "{e}");
+
+    let unfinished = copy_of("unfinished");
+    std::fs::write(unfinished.join("manifest.json"), b"").unwrap();
+    let e = refused(&unfinished, &["--", "true"]);
+    assert!(e.contains("its save did not finish"), "{e}");
+
+    let foreign = copy_of("foreign");
+    let m = std::fs::read_to_string(foreign.join("manifest.json")).unwrap();
+    std::fs::write(
+        foreign.join("manifest.json"),
+        m.replace("\"format\": 1", "\"format\": 99"),
+    )
+    .unwrap();
+    let e = refused(&foreign, &["--", "true"]);
+    assert!(e.contains("its format is 99"), "{e}");
+
+    // The machine is the snapshot's: options that would change it are refused.
+    let (_, e, s) = restore(snapshot(), &["-m", "1G", "--", "true"]);
+    assert_eq!(s, 2, "{e}");
+    assert!(e.contains("--memory") && e.contains("--restore"), "{e}");
+}
+
+#[test]
+fn a_changed_disk_is_refused() {
+    let img = scratch("disk.img");
+    std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
+    let dir = scratch("with-disk");
+    create(&dir, &["--disk", img.to_str().unwrap()]);
+    let (o, e, s) = restore(&dir, &["--", "sh", "-c", "head -c 4 /dev/vda"]);
+    assert_eq!((o.as_str(), s), ("ZZZZ", 0), "{e}");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&img, vec![0x11u8; 1 << 20]).unwrap();
+    let e = refused(&dir, &["--", "true"]);
+    assert!(
+        e.contains("disk.img changed since the snapshot was taken"),
+        "{e}"
+    );
+}
