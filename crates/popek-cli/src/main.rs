@@ -166,7 +166,11 @@ pub(crate) struct RunArgs {
     command: Vec<String>,
 }
 
+/// When popek started (for --stats).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("POPEK_LOG")
@@ -457,6 +461,13 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
     };
     if let Some(listener) = api {
         start_api(listener, &machine, config.jail)?;
+    }
+    if args.stats && args.restore.is_some() {
+        let since = STARTED.get().map(|t| t.elapsed()).unwrap_or_default();
+        eprintln!(
+            "popek: restored, running the guest {:.1} ms after popek started",
+            since.as_secs_f64() * 1e3
+        );
     }
     let outcome = {
         let terminal = RawTerminal::enter();
