@@ -6,15 +6,20 @@ use std::path::Path;
 
 use crate::ApiError;
 
-/// Send `method path` (with an empty JSON body for PUT) to the API socket at `socket`;
-/// returns the HTTP status and the body.
-pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), ApiError> {
+/// Send `method path` (with `body`, or an empty JSON object for PUT) to the API socket at
+/// `socket`; returns the HTTP status and the body.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), ApiError> {
     let shown = socket.display().to_string();
     let mut s = UnixStream::connect(socket).map_err(|reason| ApiError::Connect {
         path: shown.clone(),
         reason,
     })?;
-    let body = if method == "PUT" { "{}" } else { "" };
+    let body = body.unwrap_or(if method == "PUT" { "{}" } else { "" });
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -1,6 +1,6 @@
 //! `popek run --api PATH`: a REST API on a unix socket, in the style of Firecracker's, so
 //! scripts can watch and steer a running machine: `GET /machine`, `PUT /machine/pause`,
-//! `PUT /machine/resume`, `PUT /machine/shutdown`. `docs/api.yaml` is its OpenAPI document.
+//! `PUT /machine/resume`, `PUT /machine/shutdown`, `PUT /machine/migrate`. `docs/api.yaml` is its OpenAPI document.
 //!
 //! One request per connection (HTTP/1.1 with `Connection: close`), parsed with `httparse`;
 //! errors are `{"error": "..."}` with 400, 404 or 405 and never touch the machine. The API
@@ -72,4 +72,12 @@ pub trait Control: Send + Sync {
     fn resume(&self);
     /// Stop the machine; popek exits with status 0.
     fn shutdown(&self);
+    /// Start moving the machine to another popek listening at `to` (`tcp:HOST:PORT`); the
+    /// machine stops here once the destination has it.
+    fn migrate(&self, to: &str) -> Result<(), Refusal>;
 }
+
+/// Why the machine refused a request (the API answers 400 with it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);

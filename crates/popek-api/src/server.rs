@@ -91,13 +91,19 @@ pub fn handle(
 ) -> Response {
     let allow = match path {
         "/machine" => "GET",
-        "/machine/pause" | "/machine/resume" | "/machine/shutdown" => "PUT",
+        "/machine/pause" | "/machine/resume" | "/machine/shutdown" | "/machine/migrate" => "PUT",
         _ => return Response::error(404, format!("no such resource: {path}")),
     };
     if method != allow {
         let mut r = Response::error(405, format!("{path} allows {allow} only, not {method}"));
         r.allow = Some(allow);
         return r;
+    }
+    if path == "/machine/migrate" {
+        if stopping.load(Ordering::SeqCst) {
+            return Response::error(400, "the machine is shutting down");
+        }
+        return migrate(control, body);
     }
     if method == "PUT" && !body.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<serde_json::Value>(body) {
@@ -127,6 +133,21 @@ pub fn handle(
             control.shutdown();
             Response::ok(json!({ "status": "shutting down" }))
         }
+    }
+}
+
+/// `PUT /machine/migrate` with `{"to": "tcp:HOST:PORT"}`.
+fn migrate(control: &dyn Control, body: &[u8]) -> Response {
+    let to = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => v.get("to").and_then(|t| t.as_str()).map(str::to_string),
+        Err(e) => return Response::error(400, format!("the body is not JSON: {e}")),
+    };
+    let Some(to) = to else {
+        return Response::error(400, "the body must be {\"to\": \"tcp:HOST:PORT\"}");
+    };
+    match control.migrate(&to) {
+        Ok(()) => Response::ok(json!({ "status": "migrating", "to": to })),
+        Err(e) => Response::error(400, e.to_string()),
     }
 }
 
@@ -263,6 +284,41 @@ mod tests {
         fn shutdown(&self) {
             self.shutdowns.fetch_add(1, Ordering::SeqCst);
         }
+        fn migrate(&self, to: &str) -> Result<(), crate::Refusal> {
+            if to.starts_with("tcp:") {
+                Ok(())
+            } else {
+                Err(crate::Refusal(format!("{to}: not tcp:HOST:PORT")))
+            }
+        }
+    }
+
+    #[test]
+    fn migrate_takes_a_destination() {
+        let f = Fake::default();
+        let stop = AtomicBool::new(false);
+        let r = handle(
+            &f,
+            &stop,
+            "PUT",
+            "/machine/migrate",
+            br#"{"to":"tcp:127.0.0.1:9"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("migrating"), "{}", r.body);
+        let r = handle(&f, &stop, "PUT", "/machine/migrate", br#"{"to":"x"}"#);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (400, r#"{"error":"x: not tcp:HOST:PORT"}"#)
+        );
+        assert_eq!(
+            handle(&f, &stop, "PUT", "/machine/migrate", b"{}").status,
+            400
+        );
+        assert_eq!(
+            handle(&f, &stop, "GET", "/machine/migrate", b"").status,
+            405
+        );
     }
 
     #[test]

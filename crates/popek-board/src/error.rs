@@ -168,6 +168,10 @@ pub enum BoardError {
         reason: String,
     },
 
+    /// A live migration failed (the machine stays where it was).
+    #[error("migration: {0}")]
+    Migration(String),
+
     /// This machine has a part that cannot be saved.
     #[error("cannot save this machine: {0}")]
     NotSaveable(String),

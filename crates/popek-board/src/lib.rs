@@ -11,6 +11,7 @@ pub mod jail;
 pub mod loader;
 pub mod machine;
 pub mod memmap;
+pub mod migrate;
 pub mod size;
 pub mod snapshot;
 

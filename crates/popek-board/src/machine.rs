@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use popek_cpu::{Bus, BusFault, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
+use popek_cpu::{Bus, BusFault, DirtyLog, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
 use popek_virtio::blk::Block;
@@ -251,6 +251,9 @@ pub enum RunOutcome {
     /// The guest signalled it is ready and [`MachineConfig::stop_when_ready`] was set: the
     /// machine can be saved, or run on.
     Ready,
+    /// A live migration copied RAM while the guest ran and stopped it for the final copy:
+    /// [`Machine::finish_migration`] sends the rest.
+    Migrate,
 }
 
 /// Counters for `--stats` and benchmarks.
@@ -271,11 +274,13 @@ pub struct RunStats {
 
 /// Why the harts stopped.
 #[derive(Debug)]
-enum Stop {
+pub(crate) enum Stop {
     Exit(u32),
     Quit,
     Reset,
     Ready,
+    /// Pre-copy is done: stop for the migration's final copy.
+    Migrate,
 }
 
 /// State shared by the hart threads and the console thread.
@@ -295,6 +300,14 @@ pub(crate) struct Shared {
     cpus: u32,
     memory: u64,
     stop_when_ready: bool,
+    /// Guest RAM's dirty pages (live migration).
+    pub(crate) dirty: Arc<DirtyLog>,
+    /// Per hart: the dirty log's generation it has applied (see [`DirtyLog::flush_writers`]).
+    pub(crate) dirty_acks: Vec<AtomicU64>,
+    /// A migration ready for its stop-and-copy: the connection to the destination.
+    pub(crate) migration: Mutex<Option<crate::migrate::Outgoing>>,
+    /// Where [`MachineHandle::migrate`] sends requests (the migration thread).
+    pub(crate) migrate_requests: Mutex<Option<std::sync::mpsc::Sender<String>>>,
 }
 
 /// What [`MachineHandle::status`] reports.
@@ -316,7 +329,7 @@ pub struct MachineState {
 /// [`Machine::run`] runs it. Every method returns at once: it only sets flags the hart loops
 /// check between slices.
 #[derive(Clone)]
-pub struct MachineHandle(Arc<Shared>);
+pub struct MachineHandle(pub(crate) Arc<Shared>);
 
 impl MachineHandle {
     /// The machine's state now.
@@ -379,7 +392,7 @@ impl Shared {
     }
 
     /// Record why the machine stops (the first reason wins) and wake every hart.
-    fn stop(&self, why: Result<Stop, BoardError>) {
+    pub(crate) fn stop(&self, why: Result<Stop, BoardError>) {
         let mut s = self.stop.lock().unwrap_or_else(|e| e.into_inner());
         if s.is_none() {
             *s = Some(why);
@@ -391,6 +404,16 @@ impl Shared {
 
     fn wake_all(&self) {
         self.threads.wake_all();
+    }
+
+    /// Unpark every hart (e.g. to make parked harts apply the dirty log's generation).
+    pub(crate) fn wake_all_harts(&self) {
+        self.threads.wake_all();
+    }
+
+    /// Whether the machine is stopping.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 }
 
@@ -516,7 +539,10 @@ impl Machine {
             // users of the region; the mapping is never resized.
             regions.push(unsafe { RamRegion::new(base, len, host) });
         }
-        let mem = Memory::new(regions).map_err(|e| BoardError::Internal(e.to_string()))?;
+        let dirty = Arc::new(DirtyLog::new(memmap::DRAM, size));
+        let mem = Memory::new(regions)
+            .map_err(|e| BoardError::Internal(e.to_string()))?
+            .with_dirty_log(dirty.clone());
         let boot = if load {
             load_boot_images(config, &mem)?
         } else {
@@ -550,6 +576,10 @@ impl Machine {
             cpus: config.cpus,
             memory: config.memory,
             stop_when_ready: config.stop_when_ready,
+            dirty,
+            dirty_acks: (0..config.cpus).map(|_| AtomicU64::new(0)).collect(),
+            migration: Mutex::new(None),
+            migrate_requests: Mutex::new(None),
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -609,6 +639,7 @@ impl Machine {
                 Ok(Stop::Exit(code)) => break Ok(RunOutcome::Exit(code)),
                 Ok(Stop::Quit) => break Ok(RunOutcome::Quit),
                 Ok(Stop::Ready) => break Ok(RunOutcome::Ready),
+                Ok(Stop::Migrate) => break Ok(RunOutcome::Migrate),
                 Err(e) => break Err(e),
             }
         };
@@ -731,6 +762,8 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
     let mut bus = HartBus { shared };
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.paused.load(Ordering::Relaxed) {
+            // Parked: no stores until the hart runs again, which applies the dirty log first.
+            shared.dirty_acks[idx].store(shared.dirty.generation(), Ordering::Release);
             // Paused by the control socket: resume and stop both unpark us.
             std::thread::park_timeout(Duration::from_millis(100));
             continue;
@@ -743,6 +776,7 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
         shared
             .instructions
             .fetch_add(hart.instret().wrapping_sub(before), Ordering::Relaxed);
+        shared.dirty_acks[idx].store(hart.dirty_generation_seen(), Ordering::Release);
         let mut devices = shared.devices();
         match exit {
             Exit::Budget | Exit::Io | Exit::Wfi => {}
@@ -818,6 +852,7 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
             shared.wake_all();
         }
         if let Some(wait) = wait {
+            shared.dirty_acks[idx].store(shared.dirty.generation(), Ordering::Release);
             std::thread::park_timeout(wait);
         }
     }
@@ -863,7 +898,13 @@ fn virtio_devices(
         devices.push(Box::new(VirtioConsole::new(Box::new(std::io::stderr()))));
     }
     let log = mem.dma_log().clone();
-    let wrote: GuestWriteHook = Arc::new(move |start, len| log.record(start, len));
+    let dirty = mem.dirty_log().cloned();
+    let wrote: GuestWriteHook = Arc::new(move |start, len| {
+        log.record(start, len);
+        if let Some(d) = &dirty {
+            d.mark(start, len);
+        }
+    });
     Ok(devices
         .into_iter()
         .map(|d| {

@@ -41,7 +41,7 @@ const PAGE: usize = 4096;
 
 /// What a snapshot was taken of.
 #[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
+pub(crate) struct Manifest {
     format: u32,
     popek: String,
     memory: u64,
@@ -56,7 +56,7 @@ struct Manifest {
     command_output: bool,
     disks: Vec<DiskEntry>,
     /// virtio device types in slot order (a check that the rebuilt machine matches).
-    virtio: Vec<u32>,
+    pub(crate) virtio: Vec<u32>,
     /// Bytes of RAM written to `ram.img` (pages that were not all zero).
     ram_saved: u64,
 }
@@ -172,7 +172,7 @@ impl Machine {
                 "snapshot files sized for another machine".into(),
             ));
         }
-        let state = self.save_state()?;
+        let state = self.save_state(true)?;
         let mut f = &files.state;
         f.write_all(&state)
             .and_then(|_| f.sync_all())
@@ -192,8 +192,10 @@ impl Machine {
         })
     }
 
-    /// Every hart's and device's state, as the bytes of a state file.
-    fn save_state(&mut self) -> Result<Vec<u8>, BoardError> {
+    /// Every hart's and device's state, as the bytes of a state file. With `resume`, devices
+    /// go on afterwards; without, they stay paused (a migration's final copy, which must not
+    /// see them write guest RAM any more).
+    pub(crate) fn save_state(&mut self, resume: bool) -> Result<Vec<u8>, BoardError> {
         let mut file = StateFile::new();
         for (i, hart) in self.harts.iter().enumerate() {
             file.put(format!("hart{i}"), hart);
@@ -231,9 +233,11 @@ impl Machine {
                 h.flush_caches();
             }
         }
-        // Devices go on whether or not the save worked.
-        for slot in paused {
-            bus.virtio[slot].resume();
+        // Devices go on if asked to, and whenever the save failed.
+        if resume || failure.is_some() {
+            for slot in paused {
+                bus.virtio[slot].resume();
+            }
         }
         match failure {
             Some(e) => Err(BoardError::NotSaveable(e)),
@@ -276,7 +280,7 @@ impl Machine {
         Ok(written)
     }
 
-    fn manifest(&self, ram_saved: u64) -> Result<Manifest, BoardError> {
+    pub(crate) fn manifest(&self, ram_saved: u64) -> Result<Manifest, BoardError> {
         let c = &self.config;
         let net = c.net.as_ref().map(|n| {
             let backend = match &n.backend {
@@ -362,7 +366,7 @@ impl Machine {
         tracing::info!("snapshot {}: machine rebuilt", dir.display());
         machine.map_ram(&dir.join(RAM))?;
         machine
-            .restore_state(&state)
+            .restore_state(&state, true)
             .map_err(|source| BoardError::SnapshotState {
                 dir: dir.to_path_buf(),
                 source,
@@ -407,7 +411,13 @@ impl Machine {
         Ok(())
     }
 
-    fn restore_state(&mut self, state: &StateFile) -> Result<(), PersistError> {
+    /// Put `state` into the machine just built. `new_generation`: a restore from a snapshot
+    /// (possibly one of many clones), not the same machine moved by a migration.
+    pub(crate) fn restore_state(
+        &mut self,
+        state: &StateFile,
+        new_generation: bool,
+    ) -> Result<(), PersistError> {
         for (i, hart) in self.harts.iter_mut().enumerate() {
             state.get(&format!("hart{i}"), hart)?;
         }
@@ -430,8 +440,10 @@ impl Machine {
         state.get("finisher", &mut bus.finisher)?;
         state.get("boot-timer", &mut bus.boot_timer)?;
         state.get("vmgenid", &mut bus.vmgenid)?;
-        // A restored machine is a new generation: the guest reseeds its random generator.
-        bus.new_generation();
+        if new_generation {
+            // A restored machine is a new generation: the guest reseeds its random generator.
+            bus.new_generation();
+        }
         for (slot, v) in bus.virtio.iter_mut().enumerate() {
             state.get(&format!("virtio{slot}"), v)?;
         }
@@ -444,7 +456,7 @@ impl Machine {
     }
 
     /// The virtio device types in slot order.
-    fn virtio_types(&self) -> Vec<u32> {
+    pub(crate) fn virtio_types(&self) -> Vec<u32> {
         let devices = self.shared.devices();
         devices.bus.virtio.iter().map(|v| v.device_type()).collect()
     }
@@ -458,7 +470,7 @@ impl Machine {
 }
 
 /// The machine configuration a snapshot was taken of, with the run-time settings of `run`.
-fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, String> {
+pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, String> {
     let mut disks = Vec::new();
     for d in &m.disks {
         let now = disk_entry(&DiskConfig {

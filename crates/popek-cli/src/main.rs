@@ -53,7 +53,8 @@ enum Command {
     Snapshot(snapshot::SnapshotCmd),
 
     /// Talk to a running `popek run --api PATH`: print the machine's status, pause it, resume
-    /// it or shut it down (popek then exits with status 0). Prints the JSON answer.
+    /// it, shut it down (popek then exits with status 0) or migrate it to another popek
+    /// (`migrate tcp:HOST:PORT`). Prints the JSON answer.
     Ctl(CtlArgs),
 }
 
@@ -64,8 +65,13 @@ struct CtlArgs {
     socket: PathBuf,
 
     /// What to do.
-    #[arg(value_name = "ACTION", value_parser = ["status", "pause", "resume", "shutdown"])]
+    #[arg(value_name = "ACTION", value_parser = ["status", "pause", "resume", "shutdown", "migrate"])]
     action: String,
+
+    /// With `migrate`: the destination, tcp:HOST:PORT, where `popek run --restore
+    /// tcp:HOST:PORT` listens.
+    #[arg(value_name = "TO")]
+    to: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -394,6 +400,16 @@ impl popek_api::Control for Api {
     fn shutdown(&self) {
         self.0.shutdown();
     }
+    fn migrate(&self, to: &str) -> Result<(), popek_api::Refusal> {
+        if !to.starts_with("tcp:") {
+            return Err(popek_api::Refusal(format!(
+                "{to}: give the destination as tcp:HOST:PORT (where popek run --restore tcp:HOST:PORT listens)"
+            )));
+        }
+        self.0
+            .migrate(to)
+            .map_err(|e| popek_api::Refusal(e.to_string()))
+    }
 }
 
 /// `--api`: serve the control socket from a thread confined like the vCPUs.
@@ -424,11 +440,17 @@ fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
             match other {
                 "pause" => "/machine/pause",
                 "resume" => "/machine/resume",
+                "migrate" => "/machine/migrate",
                 _ => "/machine/shutdown",
             },
         ),
     };
-    let (status, body) = popek_api::request(&args.socket, method, path)?;
+    let body = match (&args.action[..], &args.to) {
+        ("migrate", Some(to)) => Some(serde_json::json!({ "to": to }).to_string()),
+        ("migrate", None) => anyhow::bail!("popek ctl SOCKET migrate tcp:HOST:PORT: where to?"),
+        _ => None,
+    };
+    let (status, body) = popek_api::request(&args.socket, method, path, body.as_deref())?;
     println!("{body}");
     Ok(if status == 200 { 0 } else { 1 })
 }
@@ -460,6 +482,13 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
         None => Machine::new(&config)?,
     };
     if let Some(listener) = api {
+        // The migration thread first: the API may ask for it at once.
+        let jail = config.jail;
+        machine.enable_migration(Box::new(move || {
+            if jail {
+                popek_board::jail::net_thread();
+            }
+        }))?;
         start_api(listener, &machine, config.jail)?;
     }
     if args.stats && args.restore.is_some() {
@@ -474,7 +503,25 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
         if terminal.is_active() {
             machine.enable_escapes();
         }
-        machine.run()
+        loop {
+            match machine.run() {
+                Ok(RunOutcome::Migrate) => match machine.finish_migration() {
+                    Ok(r) => {
+                        eprintln!(
+                            "popek: migrated to {} in {} ms: {} pre-copy rounds, {} MiB sent, guest stopped for {:.1} ms",
+                            r.to,
+                            r.total.as_millis(),
+                            r.rounds,
+                            r.sent >> 20,
+                            r.downtime.as_secs_f64() * 1e3
+                        );
+                        return Ok(0);
+                    }
+                    Err(e) => eprintln!("popek: {e}; the machine runs on here"),
+                },
+                other => break other,
+            }
+        }
     };
     let quiet = config.quiet_boot.is_some();
     if quiet && !machine.guest_ready() {
@@ -503,7 +550,7 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
             eprintln!("popek: terminated (Ctrl-A x)");
             Ok(0)
         }
-        RunOutcome::Ready => Ok(0),
+        RunOutcome::Ready | RunOutcome::Migrate => Ok(0),
     }
 }
 
@@ -513,6 +560,7 @@ pub(crate) fn describe(outcome: RunOutcome) -> String {
         RunOutcome::Exit(code) => format!("exit status {code}"),
         RunOutcome::Quit => "Ctrl-A x".to_string(),
         RunOutcome::Ready => "ready".to_string(),
+        RunOutcome::Migrate => "migrated".to_string(),
     }
 }
 

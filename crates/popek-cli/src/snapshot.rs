@@ -115,6 +115,15 @@ pub(crate) fn restore(
     config: &MachineConfig,
     command: &[String],
 ) -> anyhow::Result<Machine> {
+    if let Some(addr) = dir.to_str().and_then(|d| d.strip_prefix("tcp:")) {
+        if !command.is_empty() {
+            anyhow::bail!("a migrated machine goes on with what it was running: drop -- CMD");
+        }
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("--restore tcp:{addr}: cannot listen"))?;
+        eprintln!("popek: waiting for a migration on tcp:{addr}");
+        return Ok(Machine::receive(&listener, config)?);
+    }
     let machine = Machine::restore(dir, config)?;
     let takes_command = machine
         .config()

@@ -236,3 +236,110 @@ fn a_changed_disk_is_refused() {
         "{e}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A guest counting on its console, moved mid-count to another popek over loopback: every
+/// number appears exactly once (the first ones from the source, the rest from the
+/// destination), the destination exits with the guest's status and the source with 0.
+#[test]
+fn a_running_guest_migrates_over_tcp_and_keeps_counting() {
+    guest();
+    let port = free_port();
+    let to = format!("tcp:127.0.0.1:{port}");
+    let dest = popek()
+        .args(["run", "--restore", &to])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let api = scratch("migrate-api.sock");
+    let mut src = popek()
+        .args(["run", "--api"])
+        .arg(&api)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 40 ]; do echo n$i; i=$((i+1)); sleep 0.05; done; exit 5",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut src_out = src.stdout.take().unwrap();
+    // Migrate once the guest has counted a little.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("n3\n") {
+        use std::io::Read;
+        let n = src_out.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the source stopped early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let ctl = run_with_timeout(
+        popek().arg("ctl").arg(&api).args(["migrate", &to]),
+        Duration::from_secs(30),
+    );
+    assert!(ctl.status.success(), "{:?}", text(&ctl));
+    let src_done = src.wait_with_output().unwrap();
+    {
+        use std::io::Read;
+        src_out.read_to_end(&mut seen).unwrap();
+    }
+    let (_, src_err) = text(&src_done);
+    assert_eq!(src_done.status.code(), Some(0), "{src_err}");
+    assert!(src_err.contains("popek: migrated to"), "{src_err}");
+    let dest_done = dest.wait_with_output().unwrap();
+    let (dest_out, dest_err) = text(&dest_done);
+    assert_eq!(dest_done.status.code(), Some(5), "{dest_err}");
+    let all = format!("{}{dest_out}", String::from_utf8_lossy(&seen));
+    let expected: String = (0..40).map(|i| format!("n{i}\n")).collect();
+    assert_eq!(all, expected, "source then destination output");
+    assert!(!dest_out.is_empty(), "the destination printed nothing");
+}
+
+/// Nobody listening: the migration fails, the guest runs on where it was.
+#[test]
+fn a_failed_migration_leaves_the_guest_running() {
+    guest();
+    let api = scratch("nomigrate-api.sock");
+    let src = popek()
+        .args(["run", "--api"])
+        .arg(&api)
+        .args(["--", "sh", "-c", "sleep 3; echo still-here; exit 4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !api.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let to = format!("tcp:127.0.0.1:{}", free_port());
+    let ctl = run_with_timeout(
+        popek().arg("ctl").arg(&api).args(["migrate", &to]),
+        Duration::from_secs(30),
+    );
+    assert!(ctl.status.success(), "{:?}", text(&ctl));
+    let out = src.wait_with_output().unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(
+        (o.as_str(), out.status.code()),
+        ("still-here\n", Some(4)),
+        "{e}"
+    );
+    assert!(e.contains("migration to") && e.contains("failed"), "{e}");
+}

@@ -157,6 +157,7 @@ impl Hart {
         loop {
             self.sync_page_perms();
             self.sync_dma_writes();
+            self.sync_dirty_log();
             self.mmu.release_dropped_pages();
             if self.s.requested(request::ECALL) {
                 self.s.requests &= !request::ECALL;

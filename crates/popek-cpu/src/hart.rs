@@ -228,6 +228,8 @@ pub struct Hart {
     pub(crate) perms_seen: u64,
     /// Generation of the memory's DMA log last applied.
     pub(crate) dma_seen: u64,
+    /// Generation of the dirty log's write-TLB flushes last applied.
+    pub(crate) dirty_seen: u64,
 }
 
 // SAFETY: the raw pointers in a Hart point into its own decode cache (owned through `mmu`) and
@@ -247,6 +249,7 @@ impl Hart {
             straddle_slot: None,
             perms_seen: 0,
             dma_seen: 0,
+            dirty_seen: 0,
         }
     }
 
@@ -365,6 +368,24 @@ impl Hart {
         for (start, len) in changes {
             self.mmu.invalidate_range(start, len);
         }
+    }
+
+    /// Drop write-TLB entries when the dirty log asks (so the next store to each page is seen).
+    #[inline]
+    pub(crate) fn sync_dirty_log(&mut self) {
+        if let Some(log) = self.mem.dirty_log() {
+            let g = log.generation();
+            if g != self.dirty_seen {
+                self.dirty_seen = g;
+                self.mmu.flush_write_tlb();
+            }
+        }
+    }
+
+    /// The dirty log's generation this hart has applied: it stores through no write-TLB entry
+    /// older than that.
+    pub fn dirty_generation_seen(&self) -> u64 {
+        self.dirty_seen
     }
 
     /// Drop decoded code of pages devices wrote since this hart last looked.

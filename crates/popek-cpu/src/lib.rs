@@ -17,7 +17,7 @@ mod persist;
 mod trap;
 
 pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
-pub use memory::{ChangeLog, Memory, MemoryError, PagePerms, RamRegion};
+pub use memory::{ChangeLog, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};
 pub use trap::{Exception, Interrupt, Trap};
 
 /// Why [`Hart::run`] returned.

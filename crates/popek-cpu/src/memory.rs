@@ -1,7 +1,7 @@
 //! Guest RAM as the hart sees it: host memory regions at guest-physical addresses.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Errors describing RAM layouts the hart cannot use.
@@ -172,12 +172,100 @@ impl PagePerms {
     }
 }
 
+/// Pages of a RAM range written while logging is on (live migration's pre-copy: whatever was
+/// written since a round's copy must be sent again).
+///
+/// Harts mark a page when a store fills its write-TLB entry or misses the TLB; stores through
+/// an existing entry are not seen, so [`DirtyLog::flush_writers`] bumps a generation that makes
+/// every hart drop its write entries before its next instruction. Devices' direct writes are
+/// marked by the board's DMA hook.
+#[derive(Debug)]
+#[allow(clippy::len_without_is_empty)]
+pub struct DirtyLog {
+    base: u64,
+    bits: Box<[AtomicU64]>,
+    enabled: AtomicBool,
+    generation: AtomicU64,
+}
+
+impl DirtyLog {
+    /// A log for guest-physical `base..base+len` (page aligned), off.
+    pub fn new(base: u64, len: u64) -> DirtyLog {
+        let pages = (len >> 12) as usize;
+        DirtyLog {
+            base,
+            bits: std::iter::repeat_with(|| AtomicU64::new(0))
+                .take(pages.div_ceil(64))
+                .collect(),
+            enabled: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Mark the pages of `paddr..paddr+len` written (nothing while logging is off, or outside
+    /// the range).
+    #[inline]
+    pub fn mark(&self, paddr: u64, len: u64) {
+        if !self.enabled.load(Ordering::Relaxed) || len == 0 {
+            return;
+        }
+        let first = paddr.wrapping_sub(self.base) >> 12;
+        let last = paddr.wrapping_add(len - 1).wrapping_sub(self.base) >> 12;
+        for page in first..=last.min(first + (self.bits.len() as u64) * 64) {
+            if let Some(w) = self.bits.get((page / 64) as usize) {
+                w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Start logging with every page clean, and make harts see their next write to each page.
+    pub fn start(&self) {
+        for w in self.bits.iter() {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.enabled.store(true, Ordering::SeqCst);
+        self.flush_writers();
+    }
+
+    /// Stop logging.
+    pub fn stop(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+    }
+
+    /// Pages (indexes from the base) marked since the last call; they are clean afterwards.
+    pub fn take(&self) -> Vec<u64> {
+        let mut pages = Vec::new();
+        for (i, w) in self.bits.iter().enumerate() {
+            let mut v = w.swap(0, Ordering::AcqRel);
+            while v != 0 {
+                let b = v.trailing_zeros() as u64;
+                pages.push(i as u64 * 64 + b);
+                v &= v - 1;
+            }
+        }
+        pages
+    }
+
+    /// Ask every hart to drop its write-TLB entries; returns the generation each hart reports
+    /// (through its owner) once it has.
+    pub fn flush_writers(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The current generation, cheap to poll.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
 /// The set of RAM regions of a machine.
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     regions: Vec<RamRegion>,
     perms: Option<Arc<PagePerms>>,
     dma: Arc<ChangeLog>,
+    dirty: Option<Arc<DirtyLog>>,
 }
 
 impl Memory {
@@ -198,6 +286,7 @@ impl Memory {
             regions,
             perms: None,
             dma: Arc::default(),
+            dirty: None,
         })
     }
 
@@ -212,6 +301,18 @@ impl Memory {
     pub fn with_page_perms(mut self, perms: Arc<PagePerms>) -> Memory {
         self.perms = Some(perms);
         self
+    }
+
+    /// Add a dirty-page log (system VMs that may migrate).
+    pub fn with_dirty_log(mut self, log: Arc<DirtyLog>) -> Memory {
+        self.dirty = Some(log);
+        self
+    }
+
+    /// The dirty-page log, if any.
+    #[inline]
+    pub fn dirty_log(&self) -> Option<&Arc<DirtyLog>> {
+        self.dirty.as_ref()
     }
 
     /// The page-permission table, if any.
@@ -252,5 +353,29 @@ impl Memory {
         // SAFETY: host_ptr checked the whole range lies in one mapped region.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_log_marks_pages_only_while_on() {
+        let log = DirtyLog::new(0x8000_0000, 1 << 20);
+        log.mark(0x8000_0000, 8);
+        assert!(log.take().is_empty(), "off: nothing marked");
+        let g = log.generation();
+        log.start();
+        assert_eq!(log.generation(), g + 1, "starting flushes writers");
+        log.mark(0x8000_1ffc, 8); // straddles pages 1 and 2
+        log.mark(0x8000_0000 + (70 << 12), 1);
+        log.mark(0x1000, 8); // outside the range
+        log.mark(0x8000_0000 + (1 << 20), 1); // just past the end
+        assert_eq!(log.take(), vec![1, 2, 70]);
+        assert!(log.take().is_empty(), "take leaves pages clean");
+        log.stop();
+        log.mark(0x8000_0000, 8);
+        assert!(log.take().is_empty());
     }
 }

@@ -131,6 +131,13 @@ impl Mmu {
         }
     }
 
+    /// Drop the write translations only (dirty-page logging).
+    pub fn flush_write_tlb(&mut self) {
+        for c in self.write.iter_mut() {
+            c.fill(EMPTY);
+        }
+    }
+
     /// Drop translations and decoded code.
     pub fn flush_all(&mut self) {
         self.flush_tlb();
@@ -284,6 +291,9 @@ impl Hart {
                 break;
             }
             self.mem.dma_log().record(pa, chunk as u64);
+            if let Some(log) = self.mem.dirty_log() {
+                log.mark(pa, chunk as u64);
+            }
             done += chunk;
         }
         done
@@ -385,6 +395,9 @@ impl Hart {
                 {
                     return self.translate(vaddr, access, prv);
                 }
+                if let Some(log) = self.mem.dirty_log() {
+                    log.mark(pte_addr, 8);
+                }
             }
             let page = (ppn & !low_mask) | ((vaddr >> 12) & low_mask);
             return Ok((page << 12) | (vaddr & 0xfff));
@@ -405,6 +418,11 @@ impl Hart {
             return Ok((None, paddr));
         };
         let ppn = paddr >> 12;
+        if access == Access::Write {
+            if let Some(log) = self.mem.dirty_log() {
+                log.mark(paddr, size);
+            }
+        }
         if access == Access::Write && self.mmu.decoded.contains_key(&ppn) {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
             // from that very page.

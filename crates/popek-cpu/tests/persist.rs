@@ -55,3 +55,22 @@ fn restored_hart_runs_on_identically() {
     }
     assert_eq!(a.csrs().mcause, b.csrs().mcause);
 }
+
+/// A store marks its page in the memory's dirty log while logging is on.
+#[test]
+fn stores_mark_the_dirty_log() {
+    use popek_cpu::DirtyLog;
+    use std::sync::Arc;
+    // auipc x1, 0; sd x0, 256(x1); j .
+    let code = [0x0000_0097, 0x1000_b023, 0x0000_006f];
+    let ram: &'static mut Vec<u64> = Box::leak(Box::default());
+    let hart = hart_with(&code, ram);
+    let log = Arc::new(DirtyLog::new(BASE, 4096));
+    let mem = hart.memory().clone().with_dirty_log(log.clone());
+    let mut hart = Hart::new(popek_cpu::HartConfig::machine(0, false), mem);
+    hart.set_pc(BASE);
+    log.start();
+    hart.run(&mut NoBus, 3);
+    assert_eq!(hart.pc(), BASE + 8, "at the final jump");
+    assert_eq!(log.take(), vec![0]);
+}

@@ -170,6 +170,19 @@ impl VirtioMmio {
         }
     }
 
+    /// Guest-physical ranges of the rings of every configured queue (descriptor table,
+    /// available and used rings), as saved: devices write the used rings directly.
+    pub fn ring_areas(&self) -> Vec<(u64, u64)> {
+        let mut areas = Vec::new();
+        for q in self.registers().queues.iter().filter(|q| q.ready) {
+            let n = q.size as u64;
+            areas.push((q.desc_table, 16 * n));
+            areas.push((q.avail_ring, 6 + 2 * n));
+            areas.push((q.used_ring, 6 + 8 * n));
+        }
+        areas
+    }
+
     /// Number of queues the device has.
     pub(crate) fn queue_count(&self) -> usize {
         self.device.queue_sizes().len()

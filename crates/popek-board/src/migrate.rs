@@ -1,0 +1,400 @@
+//! Live migration: move a running machine to another popek over TCP.
+//!
+//! The destination (`popek run --restore tcp:HOST:PORT`) listens; the source, asked through
+//! its control socket, connects from its migration thread and copies RAM while the guest runs
+//! (pre-copy): first every page that is not all zero, then, round after round, the pages
+//! written meanwhile (the [`DirtyLog`]: harts mark pages as their stores fill the write TLB,
+//! devices through their DMA hook). When a round is small, the machine stops
+//! ([`RunOutcome::Migrate`]) and [`Machine::finish_migration`] sends the last dirty pages, the
+//! virtqueue rings and the state file; the destination answers once restored, and the source
+//! exits. If anything fails before that answer, the source resumes as if nothing happened.
+//!
+//! The stream: `POPEKMIG` and a version, the snapshot manifest (JSON, length-prefixed), then
+//! records: a page (`P`, page index from the start of RAM, 4096 bytes), the state (`S`,
+//! length-prefixed state file), the end (`E`). The destination answers `K` (restored) or `F`
+//! and a message.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use popek_cpu::DirtyLog;
+use popek_persist::StateFile;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::error::BoardError;
+use crate::machine::{Machine, MachineConfig, MachineHandle, Shared, Stop};
+use crate::memmap;
+use crate::snapshot::{config_from, Manifest};
+
+const MAGIC: &[u8; 8] = b"POPEKMIG";
+const VERSION: u32 = 1;
+const PAGE: usize = 4096;
+/// Pre-copy stops when a round has fewer dirty pages than this (or after [`MAX_ROUNDS`]).
+const SMALL_ROUND: usize = 256;
+const MAX_ROUNDS: usize = 30;
+
+/// A migration whose pre-copy is done, waiting for the machine to stop.
+pub(crate) struct Outgoing {
+    out: BufWriter<TcpStream>,
+    to: String,
+    rounds: usize,
+    sent: u64,
+    started: Instant,
+}
+
+/// What a finished migration reports.
+#[derive(Clone, Debug)]
+pub struct MigrationReport {
+    /// Where the machine went.
+    pub to: String,
+    /// Pre-copy rounds.
+    pub rounds: usize,
+    /// Bytes of RAM sent in all.
+    pub sent: u64,
+    /// From the machine stopping to the destination's answer.
+    pub downtime: Duration,
+    /// From the request to the destination's answer.
+    pub total: Duration,
+}
+
+fn io_error(what: &str, e: std::io::Error) -> BoardError {
+    BoardError::Migration(format!("{what}: {e}"))
+}
+
+/// Guest RAM (DRAM) as a slice, for copying out or in.
+fn ram_slice(shared_ram: usize, size: u64) -> &'static mut [u8] {
+    // SAFETY: `shared_ram..+size` is DRAM's mapping, which lives as long as the machine (its
+    // owner joins the migration before dropping it). Harts may write it concurrently during
+    // pre-copy: a torn page read then is re-sent, because the store marked it dirty.
+    unsafe { std::slice::from_raw_parts_mut(shared_ram as *mut u8, size as usize) }
+}
+
+fn send_pages(
+    out: &mut impl Write,
+    ram: &[u8],
+    pages: impl Iterator<Item = u64>,
+) -> std::io::Result<u64> {
+    let mut sent = 0;
+    for p in pages {
+        let start = p as usize * PAGE;
+        let Some(page) = ram.get(start..start + PAGE) else {
+            continue;
+        };
+        out.write_all(b"P")?;
+        out.write_all(&p.to_le_bytes())?;
+        out.write_all(page)?;
+        sent += PAGE as u64;
+    }
+    Ok(sent)
+}
+
+/// Bump the dirty log's generation and wait until every hart has dropped its write-TLB
+/// entries (or is parked and will before it runs again).
+fn flush_writers(shared: &Shared, log: &DirtyLog) -> bool {
+    let g = log.flush_writers();
+    shared.wake_all_harts();
+    while shared
+        .dirty_acks
+        .iter()
+        .any(|a| a.load(Ordering::Acquire) < g)
+    {
+        if shared.is_stopping() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+impl MachineHandle {
+    /// Ask the migration thread to move the machine to `to` (`tcp:HOST:PORT` or `HOST:PORT`).
+    /// Returns at once; the machine stops when the destination has it.
+    pub fn migrate(&self, to: &str) -> Result<(), BoardError> {
+        let requests = self
+            .0
+            .migrate_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let tx = requests.as_ref().ok_or_else(|| {
+            BoardError::Migration(
+                "this machine has no migration thread (popek run --api starts one)".into(),
+            )
+        })?;
+        tx.send(to.to_string())
+            .map_err(|_| BoardError::Migration("the migration thread is gone".into()))
+    }
+}
+
+impl Machine {
+    /// Start the thread that carries out [`MachineHandle::migrate`] requests. `confine` runs
+    /// first on it (the jail: it may open TCP connections and nothing else).
+    pub fn enable_migration(&self, confine: Box<dyn FnOnce() + Send>) -> Result<(), BoardError> {
+        let (tx, rx) = mpsc::channel::<String>();
+        *self
+            .shared
+            .migrate_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let shared = self.shared.clone();
+        let manifest = serde_json::to_vec(&self.manifest(0)?)
+            .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
+        let ram =
+            self.ram
+                .get_host_address(GuestAddress(memmap::DRAM))
+                .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))? as usize;
+        let size = self.config.memory;
+        let has_disks = !self.config.disks.is_empty() || self.config.vsock.is_some();
+        std::thread::Builder::new()
+            .name("migrate".into())
+            .spawn(move || {
+                confine();
+                for to in rx {
+                    if has_disks {
+                        tracing::error!("migration to {to} refused: machines with disks or vsock cannot migrate yet");
+                        continue;
+                    }
+                    match precopy(&shared, &manifest, ram, size, &to) {
+                        Ok(outgoing) => {
+                            *shared.migration.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(outgoing);
+                            shared.stop(Ok(Stop::Migrate));
+                            return;
+                        }
+                        Err(e) => {
+                            shared.dirty.stop();
+                            eprintln!("popek: migration to {to} failed: {e}; the machine runs on here");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| BoardError::Internal(format!("migration thread: {e}")))?;
+        Ok(())
+    }
+
+    /// After [`RunOutcome::Migrate`](crate::RunOutcome::Migrate): send the last dirty pages,
+    /// the rings and the state; once the destination has restored the machine, report. On
+    /// error the machine is as before (devices running): run it again.
+    pub fn finish_migration(&mut self) -> Result<MigrationReport, BoardError> {
+        let outgoing = self
+            .shared
+            .migration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| BoardError::Internal("no migration in progress".into()))?;
+        let stopped = Instant::now();
+        let result = self.final_copy(outgoing, stopped);
+        self.shared.dirty.stop();
+        if result.is_err() {
+            let mut devices = self.shared.devices();
+            for v in &mut devices.bus.virtio {
+                v.resume();
+            }
+        }
+        result
+    }
+
+    fn final_copy(
+        &mut self,
+        mut o: Outgoing,
+        stopped: Instant,
+    ) -> Result<MigrationReport, BoardError> {
+        let state = self.save_state(false)?;
+        let ram = ram_slice(self.dram_host()?, self.config.memory);
+        let mut pages = self.shared.dirty.take();
+        for (start, len) in self.ring_areas() {
+            let first = start.wrapping_sub(memmap::DRAM) >> 12;
+            let last = (start + len.max(1) - 1).wrapping_sub(memmap::DRAM) >> 12;
+            pages.extend(first..=last);
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        let err = |e| io_error("sending the final copy", e);
+        o.sent += send_pages(&mut o.out, ram, pages.into_iter()).map_err(err)?;
+        o.out.write_all(b"S").map_err(err)?;
+        o.out
+            .write_all(&(state.len() as u64).to_le_bytes())
+            .map_err(err)?;
+        o.out.write_all(&state).map_err(err)?;
+        o.out.write_all(b"E").map_err(err)?;
+        o.out.flush().map_err(err)?;
+        let mut answer = [0u8; 1];
+        o.out
+            .get_mut()
+            .read_exact(&mut answer)
+            .map_err(|e| io_error("waiting for the destination", e))?;
+        if answer[0] != b'K' {
+            let mut why = String::new();
+            let _ = o.out.get_mut().read_to_string(&mut why);
+            return Err(BoardError::Migration(format!(
+                "the destination refused the machine: {}",
+                why.trim()
+            )));
+        }
+        Ok(MigrationReport {
+            to: o.to,
+            rounds: o.rounds,
+            sent: o.sent,
+            downtime: stopped.elapsed(),
+            total: o.started.elapsed(),
+        })
+    }
+
+    fn dram_host(&self) -> Result<usize, BoardError> {
+        Ok(self
+            .ram
+            .get_host_address(GuestAddress(memmap::DRAM))
+            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))? as usize)
+    }
+
+    fn ring_areas(&self) -> Vec<(u64, u64)> {
+        let devices = self.shared.devices();
+        devices
+            .bus
+            .virtio
+            .iter()
+            .flat_map(|v| v.ring_areas())
+            .collect()
+    }
+
+    /// Accept one migration on `listener` and build the machine it carries. `run` gives the
+    /// run-time settings, as for [`Machine::restore`].
+    pub fn receive(listener: &TcpListener, run: &MachineConfig) -> Result<Machine, BoardError> {
+        let (stream, peer) = listener
+            .accept()
+            .map_err(|e| io_error("accepting the migration", e))?;
+        tracing::info!("migration from {peer}");
+        let mut answer = stream
+            .try_clone()
+            .map_err(|e| io_error("migration socket", e))?;
+        let mut input = BufReader::with_capacity(1 << 20, stream);
+        match Machine::receive_from(&mut input, run) {
+            Ok(machine) => {
+                answer
+                    .write_all(b"K")
+                    .map_err(|e| io_error("answering the source", e))?;
+                Ok(machine)
+            }
+            Err(e) => {
+                let _ = answer.write_all(format!("F{e}").as_bytes());
+                Err(e)
+            }
+        }
+    }
+
+    fn receive_from(input: &mut impl Read, run: &MachineConfig) -> Result<Machine, BoardError> {
+        let err = |e| io_error("receiving the machine", e);
+        let mut head = [0u8; 12];
+        input.read_exact(&mut head).map_err(err)?;
+        if &head[..8] != MAGIC || head[8..] != VERSION.to_le_bytes() {
+            return Err(BoardError::Migration(
+                "the sender is not a popek migration of this version".into(),
+            ));
+        }
+        let len = read_u64(input).map_err(err)?;
+        if len > 1 << 20 {
+            return Err(BoardError::Migration("oversized manifest".into()));
+        }
+        let mut manifest = vec![0u8; len as usize];
+        input.read_exact(&mut manifest).map_err(err)?;
+        let manifest: Manifest = serde_json::from_slice(&manifest)
+            .map_err(|e| BoardError::Migration(format!("bad manifest: {e}")))?;
+        let config = config_from(&manifest, run).map_err(BoardError::Migration)?;
+        let mut machine = Machine::build(&config, false)?;
+        if machine.virtio_types() != manifest.virtio {
+            return Err(BoardError::Migration("the machines' devices differ".into()));
+        }
+        let ram = ram_slice(machine.dram_host()?, config.memory);
+        loop {
+            let mut tag = [0u8; 1];
+            input.read_exact(&mut tag).map_err(err)?;
+            match tag[0] {
+                b'P' => {
+                    let p = read_u64(input).map_err(err)? as usize;
+                    let page = ram
+                        .get_mut(p * PAGE..(p + 1) * PAGE)
+                        .ok_or_else(|| BoardError::Migration(format!("page {p} is outside RAM")))?;
+                    input.read_exact(page).map_err(err)?;
+                }
+                b'S' => {
+                    let len = read_u64(input).map_err(err)?;
+                    if len > 64 << 20 {
+                        return Err(BoardError::Migration("oversized state".into()));
+                    }
+                    let mut bytes = vec![0u8; len as usize];
+                    input.read_exact(&mut bytes).map_err(err)?;
+                    let state = StateFile::from_bytes(&bytes)
+                        .map_err(|e| BoardError::Migration(e.to_string()))?;
+                    machine
+                        .restore_state(&state, false)
+                        .map_err(|e| BoardError::Migration(e.to_string()))?;
+                }
+                b'E' => return Ok(machine),
+                t => return Err(BoardError::Migration(format!("unknown record {t:#x}"))),
+            }
+        }
+    }
+}
+
+fn read_u64(input: &mut impl Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    input.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Connect to `to` and copy RAM while the guest runs, until a round is small.
+fn precopy(
+    shared: &Arc<Shared>,
+    manifest: &[u8],
+    ram: usize,
+    size: u64,
+    to: &str,
+) -> Result<Outgoing, BoardError> {
+    let started = Instant::now();
+    let addr = to.strip_prefix("tcp:").unwrap_or(to);
+    let stream =
+        TcpStream::connect(addr).map_err(|e| io_error(&format!("connecting to {addr}"), e))?;
+    let _ = stream.set_nodelay(true);
+    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    let err = |e| io_error("sending RAM", e);
+    out.write_all(MAGIC).map_err(err)?;
+    out.write_all(&VERSION.to_le_bytes()).map_err(err)?;
+    out.write_all(&(manifest.len() as u64).to_le_bytes())
+        .map_err(err)?;
+    out.write_all(manifest).map_err(err)?;
+    let log = shared.dirty.clone();
+    log.start();
+    if !flush_writers(shared, &log) {
+        return Err(BoardError::Migration("the machine stopped".into()));
+    }
+    let ram = ram_slice(ram, size);
+    // Round 0: every page that is not all zero (the destination's RAM starts zeroed).
+    let nonzero = (0..(size as usize / PAGE) as u64)
+        .filter(|&p| ram[p as usize * PAGE..][..PAGE].iter().any(|&b| b != 0));
+    let mut sent = send_pages(&mut out, ram, nonzero).map_err(err)?;
+    let mut rounds = 1;
+    loop {
+        let pages = log.take();
+        if !flush_writers(shared, &log) {
+            return Err(BoardError::Migration("the machine stopped".into()));
+        }
+        let n = pages.len();
+        sent += send_pages(&mut out, ram, pages.into_iter()).map_err(err)?;
+        rounds += 1;
+        tracing::info!("migration round {rounds}: {n} dirty pages");
+        if n < SMALL_ROUND || rounds >= MAX_ROUNDS {
+            break;
+        }
+    }
+    Ok(Outgoing {
+        out,
+        to: to.to_string(),
+        rounds,
+        sent,
+        started,
+    })
+}
