@@ -82,9 +82,12 @@ pub enum Escape {
     Input(Vec<u8>),
     /// The user asked to leave (Ctrl-A x).
     Quit,
+    /// The user asked to save the machine (Ctrl-A s); the bytes before it go to the guest.
+    Save(Vec<u8>),
 }
 
-/// QEMU-style Ctrl-A escapes: Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
+/// QEMU-style Ctrl-A escapes: Ctrl-A x quits, Ctrl-A s saves a snapshot (`--save-to`),
+/// Ctrl-A Ctrl-A sends one Ctrl-A.
 #[derive(Debug, Default)]
 pub struct EscapeFilter {
     pending_ctrl_a: bool,
@@ -99,6 +102,9 @@ impl EscapeFilter {
                 self.pending_ctrl_a = false;
                 match b {
                     b'x' | b'X' => return Escape::Quit,
+                    // What follows Ctrl-A s in the same read is dropped, as a terminal
+                    // types nothing that fast.
+                    b's' | b'S' => return Escape::Save(out),
                     0x01 => out.push(0x01),
                     _ => {}
                 }
@@ -123,5 +129,6 @@ mod tests {
         assert_eq!(f.filter(b"a\x01\x01b"), Escape::Input(b"a\x01b".to_vec()));
         assert_eq!(f.filter(b"\x01"), Escape::Input(vec![]));
         assert_eq!(f.filter(b"x"), Escape::Quit);
+        assert_eq!(f.filter(b"ab\x01s"), Escape::Save(b"ab".to_vec()));
     }
 }

@@ -254,6 +254,8 @@ pub enum RunOutcome {
     /// A live migration copied RAM while the guest ran and stopped it for the final copy:
     /// [`Machine::finish_migration`] sends the rest.
     Migrate,
+    /// The user typed Ctrl-A s: save the machine ([`Machine::save`]) and run it again.
+    Save,
 }
 
 /// Counters for `--stats` and benchmarks.
@@ -281,6 +283,8 @@ pub(crate) enum Stop {
     Ready,
     /// Pre-copy is done: stop for the migration's final copy.
     Migrate,
+    /// Ctrl-A s.
+    Save,
 }
 
 /// State shared by the hart threads and the console thread.
@@ -640,6 +644,7 @@ impl Machine {
                 Ok(Stop::Quit) => break Ok(RunOutcome::Quit),
                 Ok(Stop::Ready) => break Ok(RunOutcome::Ready),
                 Ok(Stop::Migrate) => break Ok(RunOutcome::Migrate),
+                Ok(Stop::Save) => break Ok(RunOutcome::Save),
                 Err(e) => break Err(e),
             }
         };
@@ -1025,6 +1030,12 @@ fn spawn_console_reader(shared: Arc<Shared>, jail: bool) {
                     Some(Escape::Quit) => {
                         drop(devices);
                         shared.stop(Ok(Stop::Quit));
+                        continue;
+                    }
+                    Some(Escape::Save(b)) => {
+                        devices.pending_input.extend_from_slice(&b);
+                        drop(devices);
+                        shared.stop(Ok(Stop::Save));
                         continue;
                     }
                 };

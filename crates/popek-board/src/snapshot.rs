@@ -16,7 +16,6 @@
 //! decoded code) are never saved; interrupt levels are recomputed from the restored devices.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -116,6 +115,8 @@ pub struct SnapshotFiles {
     ram: File,
     manifest: File,
     ram_size: u64,
+    /// A snapshot was saved into these files already (zero pages must then be punched out).
+    used: bool,
 }
 
 impl SnapshotFiles {
@@ -137,6 +138,7 @@ impl SnapshotFiles {
             ram,
             manifest,
             ram_size,
+            used: false,
         })
     }
 }
@@ -161,7 +163,7 @@ impl Machine {
     /// Save the stopped machine into `files` (opened by [`SnapshotFiles::create`] before the
     /// machine ran: a jailed popek cannot create files). Devices stop their work while they are
     /// saved and go on afterwards, so the machine can run on.
-    pub fn save(&mut self, files: SnapshotFiles) -> Result<SaveReport, BoardError> {
+    pub fn save(&mut self, files: &mut SnapshotFiles) -> Result<SaveReport, BoardError> {
         if self.config.vsock.is_some() {
             return Err(BoardError::NotSaveable(
                 "the vsock device's connections cannot be saved: snapshot a machine without --vsock".into(),
@@ -172,20 +174,29 @@ impl Machine {
                 "snapshot files sized for another machine".into(),
             ));
         }
+        // An empty manifest first: until the new one is complete, the directory is no snapshot.
+        let manifest_path = files.dir.join(MANIFEST);
+        files
+            .manifest
+            .set_len(0)
+            .and_then(|_| files.manifest.sync_all())
+            .map_err(io_err(&manifest_path))?;
         let state = self.save_state(true)?;
-        let mut f = &files.state;
-        f.write_all(&state)
+        let f = &files.state;
+        f.set_len(0)
+            .and_then(|_| f.write_all_at(&state, 0))
             .and_then(|_| f.sync_all())
             .map_err(io_err(&files.dir.join(STATE)))?;
-        let ram_saved = self.save_ram(&files.ram, &files.dir.join(RAM))?;
+        let ram_saved = self.save_ram(&files.ram, &files.dir.join(RAM), files.used)?;
+        files.used = true;
         let manifest = self.manifest(ram_saved)?;
         let text = serde_json::to_string_pretty(&manifest)
             .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
-        // The manifest last: until it is complete, the directory is no snapshot.
-        let mut f = &files.manifest;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io_err(&files.dir.join(MANIFEST)))?;
+        files
+            .manifest
+            .write_all_at(text.as_bytes(), 0)
+            .and_then(|_| files.manifest.sync_all())
+            .map_err(io_err(&manifest_path))?;
         Ok(SaveReport {
             ram_saved,
             ram_size: self.config.memory,
@@ -246,8 +257,9 @@ impl Machine {
     }
 
     /// Write guest RAM into `f` (a sparse file of RAM's size) at guest-physical offsets;
-    /// returns the bytes written.
-    fn save_ram(&self, f: &File, path: &Path) -> Result<u64, BoardError> {
+    /// with `punch`, runs of zero pages become holes (the file held an earlier save). Returns
+    /// the bytes written.
+    fn save_ram(&self, f: &File, path: &Path, punch: bool) -> Result<u64, BoardError> {
         let size = self.config.memory;
         let host = self
             .ram
@@ -258,23 +270,41 @@ impl Machine {
         // the snapshot would then be torn, never the host memory-unsafe).
         let ram = unsafe { std::slice::from_raw_parts(host as *const u8, size as usize) };
         let mut written = 0u64;
-        let mut run_start: Option<usize> = None;
-        let flush = |start: usize, end: usize| f.write_all_at(&ram[start..end], start as u64);
+        let mut run = |zero: bool, start: usize, end: usize| -> std::io::Result<()> {
+            if !zero {
+                written += (end - start) as u64;
+                return f.write_all_at(&ram[start..end], start as u64);
+            }
+            if punch {
+                // SAFETY: fallocate on an open descriptor with a range inside the file.
+                let rc = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        start as libc::off_t,
+                        (end - start) as libc::off_t,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        let mut start = 0;
+        let mut zero_run = true;
         for (i, page) in ram.chunks(PAGE).enumerate() {
             let zero = page.iter().all(|&b| b == 0);
-            match (zero, run_start) {
-                (false, None) => run_start = Some(i * PAGE),
-                (true, Some(start)) => {
-                    flush(start, i * PAGE).map_err(io_err(path))?;
-                    written += (i * PAGE - start) as u64;
-                    run_start = None;
+            if zero != zero_run {
+                if i * PAGE > start {
+                    run(zero_run, start, i * PAGE).map_err(io_err(path))?;
                 }
-                _ => {}
+                start = i * PAGE;
+                zero_run = zero;
             }
         }
-        if let Some(start) = run_start {
-            flush(start, ram.len()).map_err(io_err(path))?;
-            written += (ram.len() - start) as u64;
+        if ram.len() > start {
+            run(zero_run, start, ram.len()).map_err(io_err(path))?;
         }
         f.sync_all().map_err(io_err(path))?;
         Ok(written)

@@ -166,6 +166,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["guest", "bios", "kernel", "initrd", "append", "memory", "cpus", "disk", "net", "vsock", "no_rng"])]
     restore: Option<PathBuf>,
 
+    /// Where Ctrl-A s saves the running machine (it then runs on): a snapshot directory for
+    /// `popek run --restore DIR`, created now. Each Ctrl-A s replaces the previous save.
+    #[arg(long, value_name = "DIR")]
+    save_to: Option<PathBuf>,
+
     /// Command to run in the guest instead of a shell or login (after `--`); popek exits with
     /// its status.
     #[arg(last = true, value_name = "CMD")]
@@ -481,6 +486,14 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
         Some(dir) => snapshot::restore(dir, &config, &args.command)?,
         None => Machine::new(&config)?,
     };
+    // Opened now: once the machine runs, popek is jailed and cannot create files.
+    let mut save_to = match &args.save_to {
+        Some(dir) => Some((
+            dir,
+            popek_board::snapshot::SnapshotFiles::create(dir, machine.config().memory)?,
+        )),
+        None => None,
+    };
     if let Some(listener) = api {
         // The migration thread first: the API may ask for it at once.
         let jail = config.jail;
@@ -519,6 +532,17 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
                     }
                     Err(e) => eprintln!("popek: {e}; the machine runs on here"),
                 },
+                Ok(RunOutcome::Save) => match &mut save_to {
+                    Some((dir, files)) => match machine.save(files) {
+                        Ok(r) => eprintln!(
+                            "popek: saved to {} ({} MiB of RAM); popek run --restore {0} starts from here",
+                            dir.display(),
+                            r.ram_saved >> 20
+                        ),
+                        Err(e) => eprintln!("popek: Ctrl-A s: {e}"),
+                    },
+                    None => eprintln!("popek: Ctrl-A s saves with popek run --save-to DIR"),
+                },
                 other => break other,
             }
         }
@@ -550,7 +574,7 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
             eprintln!("popek: terminated (Ctrl-A x)");
             Ok(0)
         }
-        RunOutcome::Ready | RunOutcome::Migrate => Ok(0),
+        RunOutcome::Ready | RunOutcome::Migrate | RunOutcome::Save => Ok(0),
     }
 }
 
@@ -561,6 +585,7 @@ pub(crate) fn describe(outcome: RunOutcome) -> String {
         RunOutcome::Quit => "Ctrl-A x".to_string(),
         RunOutcome::Ready => "ready".to_string(),
         RunOutcome::Migrate => "migrated".to_string(),
+        RunOutcome::Save => "saved".to_string(),
     }
 }
 

@@ -64,7 +64,7 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
         }
     }
     config.stop_when_ready = true;
-    let files = SnapshotFiles::create(&args.dir, config.memory)?;
+    let mut files = SnapshotFiles::create(&args.dir, config.memory)?;
     let mut machine = Machine::new(&config)?;
     let outcome = machine.run().context("booting the machine")?;
     if outcome != RunOutcome::Ready {
@@ -78,7 +78,7 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
     }
     let booted = machine.stats().elapsed;
     let started = Instant::now();
-    let report = machine.save(files)?;
+    let report = machine.save(&mut files)?;
     eprintln!(
         "popek: saved to {} after {:.2} s of boot: {} MiB of {} MiB guest RAM written in {} ms",
         args.dir.display(),

@@ -113,7 +113,12 @@ fn each_restore_is_a_new_generation_with_its_own_randomness() {
 
 #[test]
 fn restore_without_a_command_starts_a_shell() {
-    let dir = snapshot();
+    shell_answers(snapshot(), b"echo shell-$((6*7))\n", "shell-42");
+}
+
+/// Restore `dir` without a command, type `input` and then `poweroff -f` into its shell: its
+/// output must contain `expect`, and popek exit with 0.
+fn shell_answers(dir: &Path, input: &[u8], expect: &str) {
     let mut child = popek()
         .arg("run")
         .arg("--restore")
@@ -123,15 +128,13 @@ fn restore_without_a_command_starts_a_shell() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo shell-$((6*7))\npoweroff -f\n")
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    stdin.write_all(b"poweroff -f\n").unwrap();
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
     let (o, e) = text(&out);
-    assert!(o.contains("shell-42"), "stdout: {o}\nstderr: {e}");
+    assert!(o.contains(expect), "stdout: {o}\nstderr: {e}");
     assert_eq!(out.status.code(), Some(0), "{e}");
 }
 
@@ -342,4 +345,56 @@ fn a_failed_migration_leaves_the_guest_running() {
         "{e}"
     );
     assert!(e.contains("migration to") && e.contains("failed"), "{e}");
+}
+
+/// Read `r` until `needle` shows up; everything read.
+fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = r.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "no {needle:?} in: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Ctrl-A s on an interactive console saves the running machine and it runs on; the save
+/// restores with the guest's files as they were.
+#[test]
+fn ctrl_a_s_saves_a_running_machine() {
+    require("script");
+    guest();
+    let dir = scratch("ctrl-a-s");
+    let popek_bin = env!("CARGO_BIN_EXE_popek");
+    // script(1) gives popek a terminal, so it reads Ctrl-A escapes.
+    let mut child = Command::new("script")
+        .args(["-qfec"])
+        .arg(format!("{popek_bin} run --save-to {}", dir.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    read_until(&mut output, "popek-guest: ready");
+    input
+        .write_all(b"echo saved-state > /root/m; echo written-$((1+1))\r")
+        .unwrap();
+    read_until(&mut output, "written-2");
+    input.write_all(b"\x01s").unwrap();
+    read_until(&mut output, "popek: saved to");
+    input.write_all(b"echo still-$((2+2))\r").unwrap();
+    read_until(&mut output, "still-4");
+    input.write_all(b"poweroff -f\r").unwrap();
+    drop(input);
+    assert!(child.wait().unwrap().success());
+
+    shell_answers(&dir, b"cat /root/m\n", "saved-state");
 }

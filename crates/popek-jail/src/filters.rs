@@ -142,6 +142,8 @@ const VMM: &[c_long] = &[
     SYS_fsync,
     SYS_fdatasync,
     SYS_fallocate,
+    // Saving a snapshot again into the files opened at start (Ctrl-A s).
+    SYS_ftruncate,
     SYS_flock,
     SYS_openat,
     SYS_dup,
