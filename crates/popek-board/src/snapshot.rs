@@ -231,6 +231,9 @@ impl Machine {
             }
         }
         if failure.is_none() {
+            // An edge the UART raised since the last slice is not device state yet: move it
+            // into the PLIC's pending bits, or the restored guest would wait for it forever.
+            bus.route_interrupts();
             file.put("clint", &bus.clint);
             file.put("plic", &bus.plic);
             file.put("uart", &bus.uart);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use popek_board::snapshot::SnapshotFiles;
 use popek_board::{Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome, DEFAULT_MAC};
 
-use crate::{guest, machine_config, RunArgs};
+use crate::{machine_config, RunArgs};
 
 /// The kernel command-line word that tells the default guest's init to wait, once ready, for
 /// the command a restore types on its console.
@@ -108,6 +108,38 @@ pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
     }
 }
 
+/// The longest line a guest's terminal reads whole (Linux's canonical-mode buffer, less one).
+const MAX_TYPED: usize = 4095;
+
+/// CMD as the line the restored guest's init reads: each word `$'...'`-quoted for its shell,
+/// with quotes, backslashes and every control character escaped (the terminal would act on
+/// them).
+fn typed_command(command: &[String]) -> anyhow::Result<String> {
+    let mut line = String::new();
+    for word in command {
+        line.push_str("$'");
+        for c in word.chars() {
+            match c {
+                '\\' => line.push_str("\\\\"),
+                '\'' => line.push_str("\\'"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    line.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c => line.push(c),
+            }
+        }
+        line.push_str("' ");
+    }
+    let line = line.trim_end().to_string();
+    if line.len() > MAX_TYPED {
+        anyhow::bail!(
+            "the command is {} bytes quoted; a restored guest reads at most {MAX_TYPED} (put it in a script on a disk)",
+            line.len()
+        );
+    }
+    Ok(line)
+}
+
 /// Build the machine saved in `dir` and type what its init waits for: CMD, or an empty line
 /// for a shell.
 pub(crate) fn restore(
@@ -131,13 +163,7 @@ pub(crate) fn restore(
         .split_whitespace()
         .any(|w| w == SNAPSHOT_ARG);
     if takes_command {
-        let line = if command.is_empty() {
-            String::new()
-        } else {
-            guest::command_arg(command)
-                .trim_start_matches("popek.cmd=")
-                .to_string()
-        };
+        let line = typed_command(command)?;
         machine.type_input(format!("{line}\n").as_bytes());
     } else if !command.is_empty() {
         anyhow::bail!(
@@ -145,4 +171,23 @@ pub(crate) fn restore(
         );
     }
     Ok(machine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_commands_escape_what_a_terminal_would_act_on() {
+        let words: Vec<String> = ["sh", "-c", "echo 'a'\nb\\c\u{3}d é"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            typed_command(&words).unwrap(),
+            r"$'sh' $'-c' $'echo \'a\'\x0ab\\c\x03d é'"
+        );
+        assert_eq!(typed_command(&[]).unwrap(), "");
+        assert!(typed_command(&["x".repeat(5000)]).is_err());
+    }
 }

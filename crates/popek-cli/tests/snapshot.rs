@@ -81,6 +81,27 @@ fn restores_run_commands_with_their_output_and_status() {
         );
         assert_eq!((o.as_str(), e.as_str(), s), ("out\n", "err\n", 3));
     }
+    // Words reach the guest's argv exactly, whatever they hold (the terminal that carries
+    // them would act on control characters).
+    let (o, e, s) = restore(
+        dir,
+        &[
+            "--",
+            "printf",
+            "%s|",
+            "a'b \"q\"",
+            "c\nd",
+            "e\\f",
+            "\u{3}\u{4}\u{15}",
+            "é",
+            "",
+        ],
+    );
+    assert_eq!(
+        (o.as_str(), s),
+        ("a'b \"q\"|c\nd|e\\f|\u{3}\u{4}\u{15}|é||", 0),
+        "{e}"
+    );
     // The clock goes on from where the snapshot stopped: uptime is at least the boot time.
     let (o, e, s) = restore(dir, &["--", "cat", "/proc/uptime"]);
     assert_eq!(s, 0, "{e}");
