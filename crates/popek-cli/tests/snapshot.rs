@@ -269,11 +269,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A guest counting on its console, moved mid-count to another popek over loopback: every
-/// number appears exactly once (the first ones from the source, the rest from the
-/// destination), the destination exits with the guest's status and the source with 0.
-#[test]
-fn a_running_guest_migrates_over_tcp_and_keeps_counting() {
+/// Start `popek run --api SOCK ARGS -- sh -c SCRIPT`, wait for `ready_line` on its stdout,
+/// migrate it to a new `popek run --restore tcp:...` and return (what the source printed, what
+/// the destination printed, the destination's exit status).
+fn migrate_midway(args: &[&str], script: &str, ready_line: &str) -> (String, String, i32) {
     guest();
     let port = free_port();
     let to = format!("tcp:127.0.0.1:{port}");
@@ -284,35 +283,19 @@ fn a_running_guest_migrates_over_tcp_and_keeps_counting() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let api = scratch("migrate-api.sock");
+    let api = scratch(&format!("migrate-{port}.sock"));
     let mut src = popek()
         .args(["run", "--api"])
         .arg(&api)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 40 ]; do echo n$i; i=$((i+1)); sleep 0.05; done; exit 5",
-        ])
+        .args(args)
+        .args(["--", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut src_out = src.stdout.take().unwrap();
-    // Migrate once the guest has counted a little.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("n3\n") {
-        use std::io::Read;
-        let n = src_out.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "the source stopped early: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let mut seen = read_until(&mut src_out, ready_line);
     let ctl = run_with_timeout(
         popek().arg("ctl").arg(&api).args(["migrate", &to]),
         Duration::from_secs(30),
@@ -321,18 +304,56 @@ fn a_running_guest_migrates_over_tcp_and_keeps_counting() {
     let src_done = src.wait_with_output().unwrap();
     {
         use std::io::Read;
-        src_out.read_to_end(&mut seen).unwrap();
+        let mut rest = String::new();
+        src_out.read_to_string(&mut rest).unwrap();
+        seen.push_str(&rest);
     }
     let (_, src_err) = text(&src_done);
     assert_eq!(src_done.status.code(), Some(0), "{src_err}");
     assert!(src_err.contains("popek: migrated to"), "{src_err}");
     let dest_done = dest.wait_with_output().unwrap();
     let (dest_out, dest_err) = text(&dest_done);
-    assert_eq!(dest_done.status.code(), Some(5), "{dest_err}");
-    let all = format!("{}{dest_out}", String::from_utf8_lossy(&seen));
+    assert!(!dest_err.contains("panicked"), "{dest_err}");
+    (seen, dest_out, dest_done.status.code().unwrap_or(-1))
+}
+
+/// A guest counting on its console, moved mid-count to another popek over loopback: every
+/// number appears exactly once (the first ones from the source, the rest from the
+/// destination), the destination exits with the guest's status and the source with 0.
+#[test]
+fn a_running_guest_migrates_over_tcp_and_keeps_counting() {
+    let (src, dest, status) = migrate_midway(
+        &[],
+        "i=0; while [ $i -lt 40 ]; do echo n$i; i=$((i+1)); sleep 0.05; done; exit 5",
+        "n3\n",
+    );
+    assert_eq!(status, 5);
     let expected: String = (0..40).map(|i| format!("n{i}\n")).collect();
-    assert_eq!(all, expected, "source then destination output");
-    assert!(!dest_out.is_empty(), "the destination printed nothing");
+    assert_eq!(
+        format!("{src}{dest}"),
+        expected,
+        "source then destination output"
+    );
+    assert!(!dest.is_empty(), "the destination printed nothing");
+}
+
+/// Both harts of an SMP guest busy computing when it moves: the sums come out right on the
+/// destination.
+#[test]
+fn an_smp_guest_migrates_with_both_harts_busy() {
+    let script =
+        "sum() { s=0; i=0; while [ $i -lt $1 ]; do s=$((s+i*i)); i=$((i+1)); done; echo $2=$s; }; \
+                  echo started; sum 60000 a & sum 50000 b & wait";
+    let (src, dest, status) = migrate_midway(&["--cpus", "2"], script, "started\n");
+    assert_eq!(status, 0);
+    let all = format!("{src}{dest}");
+    let sq = |n: u64| (0..n).map(|i| i * i).sum::<u64>();
+    assert!(all.contains(&format!("a={}\n", sq(60000))), "{all}");
+    assert!(all.contains(&format!("b={}\n", sq(50000))), "{all}");
+    assert!(
+        dest.contains('='),
+        "the sums finished on the source already: {all}"
+    );
 }
 
 /// Nobody listening: the migration fails, the guest runs on where it was.
