@@ -33,6 +33,7 @@ pub(crate) type DecodedPage = [Insn; SLOTS];
 pub(crate) const UNDECODED: Insn = Insn::undecoded();
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct TlbEntry {
     /// Virtual page number, or `u64::MAX` when empty.
     pub tag: u64,
@@ -100,7 +101,15 @@ pub(crate) struct Mmu {
     /// Decoded pages dropped while the interpreter may still point into them; freed between
     /// slices.
     dropped: Vec<Box<DecodedPage>>,
+    /// Physical pages of decoded code dropped since an engine last looked (see
+    /// `Hart::drain_code_drops`); bounded: past `MAX_CODE_DROPS` it becomes `code_drops_all`.
+    pub code_drops: Vec<u64>,
+    /// All decoded code was dropped since an engine last looked.
+    pub code_drops_all: bool,
 }
+
+/// Most dropped pages remembered one by one for engines (an interpreter-only hart never drains).
+const MAX_CODE_DROPS: usize = 64;
 
 #[inline(always)]
 pub(crate) fn tlb_index(vaddr: u64) -> usize {
@@ -118,6 +127,9 @@ impl Mmu {
             data_priv: Priv::M,
             decoded: HashMap::new(),
             dropped: Vec::new(),
+            code_drops: Vec::new(),
+            // A new (or reset) hart: an engine must forget what it had.
+            code_drops_all: true,
         }
     }
 
@@ -131,15 +143,25 @@ impl Mmu {
         }
     }
 
+    /// Whether code was dropped since an engine last looked.
+    #[inline(always)]
+    pub fn code_drops_pending(&self) -> bool {
+        self.code_drops_all || !self.code_drops.is_empty()
+    }
+
     /// Drop translations and decoded code.
     pub fn flush_all(&mut self) {
         self.flush_tlb();
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+        self.code_drops_all = true;
+        self.code_drops.clear();
     }
 
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
     pub fn evict_decoded(&mut self) {
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+        self.code_drops_all = true;
+        self.code_drops.clear();
         for c in self.exec.iter_mut() {
             c.fill(IEMPTY);
         }
@@ -149,6 +171,14 @@ impl Mmu {
     pub fn drop_code_page(&mut self, ppn: u64) {
         if let Some(p) = self.decoded.remove(&ppn) {
             self.dropped.push(p);
+            if !self.code_drops_all {
+                if self.code_drops.len() >= MAX_CODE_DROPS {
+                    self.code_drops_all = true;
+                    self.code_drops.clear();
+                } else {
+                    self.code_drops.push(ppn);
+                }
+            }
             for c in self.exec.iter_mut() {
                 c.fill(IEMPTY);
             }

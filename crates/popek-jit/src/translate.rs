@@ -1,0 +1,545 @@
+//! Translation of one RISC-V basic block into x86-64 code.
+//!
+//! Generated code is a function `extern "sysv64" fn(state: *mut HartState, ctx: *mut Ctx) -> u64`
+//! that returns 0 when the block ran to its end (or stopped after a store that set a request
+//! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
+//! `instret` in the state are exact. Guest registers live in the state (`rbx` holds its
+//! address, `r12` the context's); within an instruction `rax`, `rcx`, `rdx`, `rsi` and `rdi` are
+//! scratch, and nothing lives across instructions in host registers.
+
+use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use popek_cpu::decode::{decode, insn_len, Insn, Op};
+use popek_cpu::engine::{DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+use popek_cpu::HartState;
+
+/// Most guest instructions in one block: bounds translation latency and budget overshoot.
+pub(crate) const MAX_BLOCK_INSNS: usize = 64;
+
+/// Addresses and offsets translated code is built against.
+pub(crate) struct Env {
+    /// `load_helper` instances by (size index 0..4 for 1/2/4/8 bytes, signed).
+    pub load: [[usize; 2]; 4],
+    /// `store_helper` instances by size index.
+    pub store: [usize; 4],
+    /// Division helpers: div, divu, rem, remu, divw, divuw, remw, remuw.
+    pub div: [usize; 8],
+    /// Offset in the context of the read-TLB pointer.
+    pub ctx_tlb_read: i32,
+    /// Offset in the context of the write-TLB pointer.
+    pub ctx_tlb_write: i32,
+}
+
+/// A translated block: host code assembled for a given address, and how many guest
+/// instructions it covers (0: the first instruction is not translatable).
+pub(crate) struct Translated {
+    pub code: Vec<u8>,
+    pub insns: u32,
+}
+
+type Asm = VecAssembler<X64Relocation>;
+
+const S: StateOffsets = StateOffsets::new();
+
+/// Offsets as `i32` displacements.
+struct StateOffsets {
+    x: i32,
+    pc: i32,
+    instret: i32,
+    requests: i32,
+}
+
+impl StateOffsets {
+    const fn new() -> StateOffsets {
+        let o = HartState::OFFSETS;
+        StateOffsets {
+            x: o.x as i32,
+            pc: o.pc as i32,
+            instret: o.instret as i32,
+            requests: o.requests as i32,
+        }
+    }
+}
+
+fn xoff(r: u8) -> i32 {
+    S.x + 8 * r as i32
+}
+
+/// Read the instruction at offset `off` of the guest page at `page` (`None` if it is a 4-byte
+/// instruction straddling the page end: the interpreter handles those).
+///
+/// # Safety
+/// `page` must point at 4096 readable bytes and `off` < 4096.
+unsafe fn fetch(page: *const u8, off: usize) -> Option<Insn> {
+    let lo = (page.add(off) as *const u16).read_unaligned();
+    if insn_len(lo) == 2 {
+        Some(decode(lo as u32))
+    } else if off + 4 <= 4096 {
+        Some(decode((page.add(off) as *const u32).read_unaligned()))
+    } else {
+        None
+    }
+}
+
+/// How an instruction ends or continues the block.
+enum Kind {
+    /// Falls through to the next instruction.
+    Straight,
+    /// Ends the block (branch or jump): the code for it includes the exits.
+    Terminal,
+}
+
+/// Pending out-of-line exits: (label, pc to store, instructions retired).
+struct Stubs {
+    fault: Vec<(DynamicLabel, u64, u32)>,
+    leave: Vec<(DynamicLabel, u64, u32)>,
+}
+
+/// Translate the block starting at offset `off` of the guest page at host address `page`,
+/// whose guest virtual address is `pc`, into code to be placed at `at`.
+///
+/// # Safety
+/// `page` must point at the 4096 bytes of a guest RAM page.
+pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -> Translated {
+    let mut ops = Asm::new(at);
+    let mut stubs = Stubs {
+        fault: Vec::new(),
+        leave: Vec::new(),
+    };
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; mov rbx, rdi
+        ; mov r12, rsi
+    );
+    let mut cur = pc;
+    let mut n = 0u32;
+    let mut terminated = false;
+    while (n as usize) < MAX_BLOCK_INSNS {
+        let off = (cur & 0xfff) as usize;
+        // SAFETY: the caller's page is 4096 bytes and off < 4096.
+        let Some(i) = (unsafe { fetch(page, off) }) else {
+            break;
+        };
+        let Some(kind) = emit(&mut ops, &i, cur, n, env, &mut stubs) else {
+            break;
+        };
+        n += 1;
+        cur = cur.wrapping_add(i.byte_len() as u64);
+        if let Kind::Terminal = kind {
+            terminated = true;
+            break;
+        }
+        if cur & 0xfff == 0 {
+            break;
+        }
+    }
+    if n == 0 {
+        return Translated {
+            code: Vec::new(),
+            insns: 0,
+        };
+    }
+    if !terminated {
+        exit(&mut ops, cur, n, 0);
+    }
+    for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
+        dynasm!(ops ; .arch x64 ; =>label);
+        exit(&mut ops, at_pc, k, 1);
+    }
+    for (label, next, k) in std::mem::take(&mut stubs.leave) {
+        dynasm!(ops ; .arch x64 ; =>label);
+        exit(&mut ops, next, k, 0);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; ->epilogue:
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    let code = ops.finalize().expect("the JIT's own labels always resolve");
+    Translated { code, insns: n }
+}
+
+/// Leave the block: `pc` = `next`, `instret` += `retired`, return `status`.
+fn exit(ops: &mut Asm, next: u64, retired: u32, status: i32) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, QWORD next as i64
+        ; mov [rbx + S.pc], rax
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; mov eax, status
+        ; jmp ->epilogue
+    );
+}
+
+fn ld_rax(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor eax, eax);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rax, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rcx(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor ecx, ecx);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rcx, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rsi(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor esi, esi);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rsi, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rdx(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor edx, edx);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + xoff(r)]);
+    }
+}
+
+fn st_rax(ops: &mut Asm, rd: u8) {
+    if rd != 0 {
+        dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], rax);
+    }
+}
+
+/// Emit instruction `i` at `pc`, the `n`th of the block; `None` if it is not translated.
+fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) -> Option<Kind> {
+    use Op::*;
+    match i.op {
+        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu => emit_load(ops, i, pc, n, env, stubs),
+        Sb | Sh | Sw | Sd => emit_store(ops, i, pc, n, env, stubs),
+        Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+            emit_branch(ops, i, pc, n);
+            return Some(Kind::Terminal);
+        }
+        Jal => {
+            if i.rd() != 0 {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
+                st_rax(ops, i.rd());
+            }
+            exit(ops, pc.wrapping_add(i.imm as i64 as u64), n + 1, 0);
+            return Some(Kind::Terminal);
+        }
+        Jalr => {
+            ld_rax(ops, i.rs1);
+            dynasm!(ops
+                ; .arch x64
+                ; add rax, i.imm
+                ; and rax, -2
+                ; mov [rbx + S.pc], rax
+            );
+            if i.rd() != 0 {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
+                st_rax(ops, i.rd());
+            }
+            dynasm!(ops
+                ; .arch x64
+                ; add QWORD [rbx + S.instret], (n + 1) as i32
+                ; xor eax, eax
+                ; jmp ->epilogue
+            );
+            return Some(Kind::Terminal);
+        }
+        Fence => {}
+        Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw => emit_div(ops, i, env),
+        _ => return emit_alu(ops, i, pc).then_some(Kind::Straight),
+    }
+    Some(Kind::Straight)
+}
+
+/// Integer computation without memory or control flow; false if `i` is not one.
+fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
+    use Op::*;
+    let (rd, imm) = (i.rd(), i.imm);
+    if rd == 0 {
+        // No side effects: a hint or nop.
+        return matches!(
+            i.op,
+            Lui | Auipc
+                | Addi
+                | Slti
+                | Sltiu
+                | Xori
+                | Ori
+                | Andi
+                | Slli
+                | Srli
+                | Srai
+                | Add
+                | Sub
+                | Sll
+                | Slt
+                | Sltu
+                | Xor
+                | Srl
+                | Sra
+                | Or
+                | And
+                | Addiw
+                | Slliw
+                | Srliw
+                | Sraiw
+                | Addw
+                | Subw
+                | Sllw
+                | Srlw
+                | Sraw
+                | Mul
+                | Mulh
+                | Mulhsu
+                | Mulhu
+                | Mulw
+        );
+    }
+    let sh = (imm & 63) as i8;
+    let sh32 = (imm & 31) as i8;
+    match i.op {
+        Lui => dynasm!(ops ; .arch x64 ; mov rax, QWORD imm as i64),
+        Auipc => {
+            dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(imm as i64 as u64) as i64)
+        }
+        Addi | Slti | Sltiu | Xori | Ori | Andi | Slli | Srli | Srai => {
+            ld_rax(ops, i.rs1);
+            match i.op {
+                Addi => dynasm!(ops ; .arch x64 ; add rax, imm),
+                Slti => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setl al ; movzx eax, al),
+                Sltiu => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setb al ; movzx eax, al),
+                Xori => dynasm!(ops ; .arch x64 ; xor rax, imm),
+                Ori => dynasm!(ops ; .arch x64 ; or rax, imm),
+                Andi => dynasm!(ops ; .arch x64 ; and rax, imm),
+                Slli => dynasm!(ops ; .arch x64 ; shl rax, sh),
+                Srli => dynasm!(ops ; .arch x64 ; shr rax, sh),
+                _ => dynasm!(ops ; .arch x64 ; sar rax, sh),
+            }
+        }
+        Addiw | Slliw | Srliw | Sraiw => {
+            ld_rax(ops, i.rs1);
+            match i.op {
+                Addiw => dynasm!(ops ; .arch x64 ; add eax, imm),
+                Slliw => dynasm!(ops ; .arch x64 ; shl eax, sh32),
+                Srliw => dynasm!(ops ; .arch x64 ; shr eax, sh32),
+                _ => dynasm!(ops ; .arch x64 ; sar eax, sh32),
+            }
+            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
+        }
+        Add | Sub | Sll | Slt | Sltu | Xor | Srl | Sra | Or | And | Mul | Mulh | Mulhu | Mulhsu => {
+            ld_rax(ops, i.rs1);
+            ld_rcx(ops, i.rs2);
+            emit_rr64(ops, i.op);
+        }
+        Addw | Subw | Sllw | Srlw | Sraw | Mulw => {
+            ld_rax(ops, i.rs1);
+            ld_rcx(ops, i.rs2);
+            match i.op {
+                Addw => dynasm!(ops ; .arch x64 ; add eax, ecx),
+                Subw => dynasm!(ops ; .arch x64 ; sub eax, ecx),
+                Sllw => dynasm!(ops ; .arch x64 ; shl eax, cl),
+                Srlw => dynasm!(ops ; .arch x64 ; shr eax, cl),
+                Sraw => dynasm!(ops ; .arch x64 ; sar eax, cl),
+                _ => dynasm!(ops ; .arch x64 ; imul eax, ecx),
+            }
+            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
+        }
+        _ => return false,
+    }
+    st_rax(ops, rd);
+    true
+}
+
+/// `rax = rax op rcx` for the 64-bit register-register operations.
+fn emit_rr64(ops: &mut Asm, op: Op) {
+    use Op::*;
+    match op {
+        Add => dynasm!(ops ; .arch x64 ; add rax, rcx),
+        Sub => dynasm!(ops ; .arch x64 ; sub rax, rcx),
+        Sll => dynasm!(ops ; .arch x64 ; shl rax, cl),
+        Srl => dynasm!(ops ; .arch x64 ; shr rax, cl),
+        Sra => dynasm!(ops ; .arch x64 ; sar rax, cl),
+        Slt => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setl al ; movzx eax, al),
+        Sltu => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setb al ; movzx eax, al),
+        Xor => dynasm!(ops ; .arch x64 ; xor rax, rcx),
+        Or => dynasm!(ops ; .arch x64 ; or rax, rcx),
+        And => dynasm!(ops ; .arch x64 ; and rax, rcx),
+        Mul => dynasm!(ops ; .arch x64 ; imul rax, rcx),
+        Mulh => dynasm!(ops ; .arch x64 ; imul rcx ; mov rax, rdx),
+        Mulhu => dynasm!(ops ; .arch x64 ; mul rcx ; mov rax, rdx),
+        // Signed × unsigned: the unsigned high half, less rs2 when rs1 is negative.
+        _ => dynasm!(ops
+            ; .arch x64
+            ; mov rsi, rax
+            ; mul rcx
+            ; sar rsi, 63
+            ; and rsi, rcx
+            ; sub rdx, rsi
+            ; mov rax, rdx
+        ),
+    }
+}
+
+/// Division and remainder through helpers (x86 division traps where RISC-V defines results).
+fn emit_div(ops: &mut Asm, i: &Insn, env: &Env) {
+    use Op::*;
+    if i.rd() == 0 {
+        return;
+    }
+    let idx = match i.op {
+        Div => 0,
+        Divu => 1,
+        Rem => 2,
+        Remu => 3,
+        Divw => 4,
+        Divuw => 5,
+        Remw => 6,
+        _ => 7,
+    };
+    if i.rs1 == 0 {
+        dynasm!(ops ; .arch x64 ; xor edi, edi);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rdi, [rbx + xoff(i.rs1)]);
+    }
+    ld_rsi(ops, i.rs2);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, QWORD env.div[idx] as i64
+        ; call rax
+    );
+    st_rax(ops, i.rd());
+}
+
+fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32) {
+    use Op::*;
+    ld_rax(ops, i.rs1);
+    ld_rcx(ops, i.rs2);
+    let taken = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; cmp rax, rcx);
+    match i.op {
+        Beq => dynasm!(ops ; .arch x64 ; je =>taken),
+        Bne => dynasm!(ops ; .arch x64 ; jne =>taken),
+        Blt => dynasm!(ops ; .arch x64 ; jl =>taken),
+        Bge => dynasm!(ops ; .arch x64 ; jge =>taken),
+        Bltu => dynasm!(ops ; .arch x64 ; jb =>taken),
+        _ => dynasm!(ops ; .arch x64 ; jae =>taken),
+    }
+    exit(ops, pc.wrapping_add(i.byte_len() as u64), n + 1, 0);
+    dynasm!(ops ; .arch x64 ; =>taken);
+    exit(ops, pc.wrapping_add(i.imm as i64 as u64), n + 1, 0);
+}
+
+/// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
+/// `tlb`; jumps to `slow` unless the entry maps the page and the access of `size` bytes stays
+/// in it. Leaves the addend in `rax` on the fast path.
+fn emit_tlb_check(ops: &mut Asm, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
+    ld_rsi(ops, i.rs1);
+    let mask = (DATA_TLB_ENTRIES - 1) as i32;
+    let shift = DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
+    dynasm!(ops
+        ; .arch x64
+        ; add rsi, i.imm
+        ; mov rax, rsi
+        ; shr rax, 12
+        ; mov ecx, eax
+        ; and ecx, mask
+        ; shl ecx, shift
+        ; add rcx, [r12 + tlb]
+        ; cmp rax, [rcx]
+        ; jne =>slow
+        ; mov eax, esi
+        ; and eax, 0xfff
+        ; cmp eax, (4096 - size) as i32
+        ; ja =>slow
+        ; mov rax, [rcx + 8]
+    );
+}
+
+fn size_index(op: Op) -> (usize, u32) {
+    use Op::*;
+    match op {
+        Lb | Lbu | Sb => (0, 1),
+        Lh | Lhu | Sh => (1, 2),
+        Lw | Lwu | Sw => (2, 4),
+        _ => (3, 8),
+    }
+}
+
+fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    use Op::*;
+    let (idx, size) = size_index(i.op);
+    let signed = matches!(i.op, Lb | Lh | Lw | Ld);
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    let fault = ops.new_dynamic_label();
+    emit_tlb_check(ops, i, env.ctx_tlb_read, size, slow);
+    match i.op {
+        Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [rsi + rax]),
+        Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [rsi + rax]),
+        Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [rsi + rax]),
+        Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [rsi + rax]),
+        Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rsi + rax]),
+        Lwu => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
+        _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>slow
+        ; mov rdi, r12
+        ; mov rax, QWORD env.load[idx][signed as usize] as i64
+        ; call rax
+        ; test rdx, rdx
+        ; jnz =>fault
+        ; =>done
+    );
+    stubs.fault.push((fault, pc, n));
+    st_rax(ops, i.rd());
+}
+
+fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    use Op::*;
+    let (idx, size) = size_index(i.op);
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    let fault = ops.new_dynamic_label();
+    let leave = ops.new_dynamic_label();
+    emit_tlb_check(ops, i, env.ctx_tlb_write, size, slow);
+    ld_rdx(ops, i.rs2);
+    match i.op {
+        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
+        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], dx),
+        Sw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
+        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>slow
+    );
+    ld_rdx(ops, i.rs2);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r12
+        ; mov rax, QWORD env.store[idx] as i64
+        ; call rax
+        ; test rax, rax
+        ; jnz =>fault
+        // The store may have hit code (possibly this block's) or MMIO: back to the hart.
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
+        ; =>done
+    );
+    stubs.fault.push((fault, pc, n));
+    stubs
+        .leave
+        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+}
