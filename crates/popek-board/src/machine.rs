@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use popek_cpu::{Bus, BusFault, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
+use popek_jit::{EngineKind, Jit};
 use popek_virtio::blk::Block;
 use popek_virtio::console::Console as VirtioConsole;
 use popek_virtio::mmio::VirtioMmio;
@@ -75,6 +76,8 @@ pub struct MachineConfig {
     /// A debugger's hold on the harts (`--gdb`): the hart loops hand their slices to it while
     /// it is engaged.
     pub debug: Option<Arc<popek_gdb::DebugHub>>,
+    /// What runs guest code (`--engine`): the interpreter, or the JIT (one code cache per hart).
+    pub engine: popek_jit::EngineKind,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -610,13 +613,14 @@ impl Machine {
         *shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
         shared.threads.list().clear();
         shared.devices().update(&shared.pins);
+        let engine = self.config.engine;
         std::thread::scope(|s| {
             for (i, hart) in self.harts.iter_mut().enumerate() {
                 std::thread::Builder::new()
                     .name(format!("hart{i}"))
                     .spawn_scoped(s, move || {
                         shared.threads.list().push(std::thread::current());
-                        hart_loop(hart, i, shared);
+                        hart_loop(hart, i, shared, engine);
                     })
                     .expect("spawning a hart thread");
             }
@@ -692,8 +696,18 @@ fn watch_readiness(shared: &Shared, limit: Duration) {
 }
 
 /// One hart's thread: run slices, then let the devices catch up.
-fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
+fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
     let mut bus = HartBus { shared };
+    let mut jit = match engine {
+        EngineKind::Interp => None,
+        EngineKind::Jit => match Jit::new() {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!("hart {idx}: {e}; using the interpreter");
+                None
+            }
+        },
+    };
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.paused.load(Ordering::Relaxed) {
             // Paused by the control socket: resume and stop both unpark us.
@@ -703,7 +717,10 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
         let before = hart.instret();
         let exit = match &shared.debug {
             Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
-            _ => hart.run(&mut bus, SLICE),
+            _ => match jit.as_mut() {
+                Some(jit) => hart.run_with(&mut bus, SLICE, jit),
+                None => hart.run(&mut bus, SLICE),
+            },
         };
         shared
             .instructions

@@ -17,6 +17,24 @@ use popek_board::{
     VsockConfig, DEFAULT_MAC,
 };
 
+/// `--engine` of `popek run` and `popek exec`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The interpreter.
+    Interp,
+    /// The JIT (RISC-V to x86-64), with the interpreter for what it does not translate.
+    Jit,
+}
+
+impl From<Engine> for popek_jit::EngineKind {
+    fn from(e: Engine) -> popek_jit::EngineKind {
+        match e {
+            Engine::Interp => popek_jit::EngineKind::Interp,
+            Engine::Jit => popek_jit::EngineKind::Jit,
+        }
+    }
+}
+
 /// popek: an efficient, isolated duplicate of a RISC-V machine
 #[derive(Parser, Debug)]
 #[command(name = "popek", version, propagate_version = true)]
@@ -138,6 +156,11 @@ struct RunArgs {
     #[arg(long)]
     stats: bool,
 
+    /// What runs guest code: the interpreter, or the JIT (x86-64 Linux hosts; it hands what
+    /// it does not translate to the interpreter).
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    engine: Engine,
+
     /// With `-- CMD`: also show the firmware's and the kernel's console output (by default
     /// only CMD's stdout and stderr are shown).
     #[arg(long, short = 'v')]
@@ -217,6 +240,7 @@ fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         command_output: false,
         quiet_boot: None,
         debug: None,
+        engine: args.engine.into(),
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
