@@ -214,8 +214,9 @@ impl Hart {
             let result = match ran {
                 Some(r) => r,
                 None => match self.fetch_page() {
-                    // The engine declined this instruction: interpret just it.
-                    Ok((page, host)) if E::ACTIVE => self.exec_page::<B, true>(bus, page, host, 1),
+                    // The engine declined this instruction: interpret up to the end of its
+                    // basic block (the first taken jump), then ask the engine again.
+                    Ok((page, host)) if E::ACTIVE => self.exec_page::<B, false>(bus, page, host, 1),
                     Ok((page, host)) => self.exec_page::<B, STEP>(bus, page, host, left),
                     Err(t) => Err(t),
                 },

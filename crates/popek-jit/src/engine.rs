@@ -21,6 +21,10 @@ const FAST_SLOTS: usize = 4096;
 struct Ctx<'a> {
     tlb_read: *const u8,
     tlb_write: *const u8,
+    /// Instructions chained blocks may still run before returning.
+    left: i64,
+    /// The chain slot the last block left through, or null.
+    exit_slot: *mut u8,
     hart: *mut Hart,
     bus: *mut (dyn Bus + 'a),
     trap: Trap,
@@ -139,12 +143,29 @@ extern "sysv64" fn remuw(a: u64, b: u64) -> u64 {
     r as i32 as i64 as u64
 }
 
+/// Point the chain slot (a `jmp rel32`) at `target`.
+///
+/// # Safety
+/// `slot` must be a chain slot of a live block in the code buffer, `target` the chain entry of
+/// a live block for the guest address the slot's exit leads to, and no translated code may be
+/// running.
+unsafe fn chain(slot: *mut u8, target: *const u8) {
+    // SAFETY: per the contract, `slot` is the 5-byte `jmp rel32` the translator emitted.
+    unsafe {
+        assert_eq!(*slot, 0xe9, "a chain slot is a jmp rel32");
+        let rel = target as i64 - (slot as i64 + 5);
+        (slot.add(1) as *mut i32).write_unaligned(rel as i32);
+    }
+}
+
 type BlockFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>) -> u64;
 
 /// A translated block (or the note that the instruction at its address is not translated).
 #[derive(Clone, Copy)]
 struct Block {
     entry: Option<BlockFn>,
+    /// Where chained blocks jump in (past the prologue).
+    chain: *const u8,
     insns: u32,
 }
 
@@ -164,12 +185,15 @@ pub struct Jit {
     fast: Box<[(u64, Block)]>,
     env: Env,
     stats: JitStats,
+    /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
+    epoch: u64,
 }
 
 const EMPTY: (u64, Block) = (
     u64::MAX,
     Block {
         entry: None,
+        chain: std::ptr::null(),
         insns: 0,
     },
 );
@@ -220,6 +244,8 @@ impl Jit {
             ],
             ctx_tlb_read,
             ctx_tlb_write,
+            ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,
+            ctx_exit_slot: std::mem::offset_of!(Ctx<'static>, exit_slot) as i32,
         };
         Ok(Jit {
             code: CodeBuf::new(CODE_BYTES)?,
@@ -228,6 +254,7 @@ impl Jit {
             fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
             env,
             stats: JitStats::default(),
+            epoch: 0,
         })
     }
 
@@ -237,6 +264,7 @@ impl Jit {
     }
 
     fn flush(&mut self) {
+        self.epoch += 1;
         self.blocks.clear();
         self.by_page.clear();
         self.fast.fill(EMPTY);
@@ -253,6 +281,7 @@ impl Jit {
             }
             CodeDrop::HostPage(page) => {
                 if let Some(keys) = self.by_page.remove(&page) {
+                    self.epoch += 1;
                     self.stats.page_drops += 1;
                     for k in keys {
                         self.blocks.remove(&k);
@@ -289,21 +318,22 @@ impl Jit {
             // SAFETY: as above.
             t = unsafe { translate(page, pc, self.code.next_addr(), &self.env) };
         }
-        let entry = if t.insns == 0 {
-            None
-        } else {
+        let mut b = Block {
+            entry: None,
+            chain: std::ptr::null(),
+            insns: t.insns,
+        };
+        if t.insns != 0 {
             let p = self
                 .code
                 .push(&t.code)
                 .expect("a block fits in an empty code buffer");
             // SAFETY: `p` holds code assembled for this address with the `BlockFn` calling
             // convention (see the translate module).
-            Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(p) })
-        };
-        let b = Block {
-            entry,
-            insns: t.insns,
-        };
+            b.entry = Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(p) });
+            // SAFETY: `chain_entry` is an offset inside the code just copied to `p`.
+            b.chain = unsafe { p.add(t.chain_entry) };
+        }
         self.blocks.insert(k, b);
         self.by_page.entry(page as u64).or_default().push(k);
         self.fast[fast_slot(k)] = (k, b);
@@ -326,6 +356,8 @@ impl Engine for Jit {
     ) -> Option<Result<(), Trap>> {
         let start = hart.instret();
         let mut first = true;
+        // The chain slot the last block left through, to point at the next block.
+        let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();
         let satp_mode = if prv == Priv::M {
             0
@@ -335,6 +367,8 @@ impl Engine for Jit {
         let mut ctx = Ctx {
             tlb_read: hart.data_tlb(false),
             tlb_write: hart.data_tlb(true),
+            left: 0,
+            exit_slot: std::ptr::null_mut(),
             hart: std::ptr::null_mut(),
             bus: bus as &mut dyn Bus,
             trap: Trap::new(Exception::IllegalInstruction, 0),
@@ -356,9 +390,18 @@ impl Engine for Jit {
             let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {
                 return if first { None } else { Some(Ok(())) };
             };
+            if let Some((slot, epoch)) = chain_from.take() {
+                if epoch == self.epoch {
+                    // SAFETY: the slot belongs to a block still cached (no drop since it was
+                    // recorded) on this same guest page, and no translated code is running.
+                    unsafe { chain(slot, block.chain) };
+                }
+            }
             first = false;
             let state = hart.state_ptr();
             ctx.hart = hart;
+            ctx.left = (left - done) as i64;
+            ctx.exit_slot = std::ptr::null_mut();
             // SAFETY: `entry` is a live translation (drops were applied just above, after the
             // fetch that could have evicted code) of the page at `pc`, built for this state
             // layout and context; the hart and bus outlive the call and are only reached through
@@ -366,6 +409,9 @@ impl Engine for Jit {
             let status = unsafe { entry(state, &mut ctx) };
             if status != 0 {
                 return Some(Err(ctx.trap));
+            }
+            if !ctx.exit_slot.is_null() {
+                chain_from = Some((ctx.exit_slot, self.epoch));
             }
             // Any request (a store to code or MMIO) goes back to the hart's outer loop.
             if hart.state().requests() != 0 || hart.instret() - start >= left {

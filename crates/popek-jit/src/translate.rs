@@ -27,6 +27,10 @@ pub(crate) struct Env {
     pub ctx_tlb_read: i32,
     /// Offset in the context of the write-TLB pointer.
     pub ctx_tlb_write: i32,
+    /// Offset in the context of the instructions left before chained blocks must return (i64).
+    pub ctx_left: i32,
+    /// Offset in the context of the chain slot the last block left through (or 0).
+    pub ctx_exit_slot: i32,
 }
 
 /// A translated block: host code assembled for a given address, and how many guest
@@ -34,6 +38,8 @@ pub(crate) struct Env {
 pub(crate) struct Translated {
     pub code: Vec<u8>,
     pub insns: u32,
+    /// Offset in `code` where blocks chained to this one jump (past the prologue).
+    pub chain_entry: usize,
 }
 
 type Asm = VecAssembler<X64Relocation>;
@@ -90,6 +96,10 @@ enum Kind {
 
 /// Pending out-of-line exits: (label, pc to store, instructions retired).
 struct Stubs {
+    /// Guest virtual page of the block: exits to it may be chained.
+    page: u64,
+    env_left: i32,
+    env_exit_slot: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
 }
@@ -102,6 +112,9 @@ struct Stubs {
 pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -> Translated {
     let mut ops = Asm::new(at);
     let mut stubs = Stubs {
+        page: pc & !0xfff,
+        env_left: env.ctx_left,
+        env_exit_slot: env.ctx_exit_slot,
         fault: Vec::new(),
         leave: Vec::new(),
     };
@@ -113,6 +126,7 @@ pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -
         ; mov rbx, rdi
         ; mov r12, rsi
     );
+    let chain_entry = ops.offset().0;
     let mut cur = pc;
     let mut n = 0u32;
     let mut terminated = false;
@@ -139,10 +153,11 @@ pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -
         return Translated {
             code: Vec::new(),
             insns: 0,
+            chain_entry: 0,
         };
     }
     if !terminated {
-        exit(&mut ops, cur, n, 0);
+        exit_to(&mut ops, &stubs, cur, n);
     }
     for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
         dynasm!(ops ; .arch x64 ; =>label);
@@ -161,7 +176,40 @@ pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -
         ; ret
     );
     let code = ops.finalize().expect("the JIT's own labels always resolve");
-    Translated { code, insns: n }
+    Translated {
+        code,
+        insns: n,
+        chain_entry,
+    }
+}
+
+/// Leave the block for the known guest address `next` after `retired` instructions. Within
+/// the block's own page the exit is a chain slot: a `jmp` the engine later points at the
+/// translation of `next` (while instructions are left); until then, and when the budget is
+/// spent, it stores `pc`, records the slot in the context and returns.
+fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
+    if next & !0xfff != stubs.page {
+        exit(ops, next, retired, 0);
+        return;
+    }
+    let slot = ops.new_dynamic_label();
+    let unchained = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; sub QWORD [r12 + stubs.env_left], retired as i32
+        ; jle =>unchained
+        ; =>slot
+        // Patched by the engine (see `Jit::chain`); rel32 form, so any target in the buffer fits.
+        ; jmp DWORD =>unchained
+        ; =>unchained
+        ; mov rax, QWORD next as i64
+        ; mov [rbx + S.pc], rax
+        ; lea rax, [=>slot]
+        ; mov [r12 + stubs.env_exit_slot], rax
+        ; xor eax, eax
+        ; jmp ->epilogue
+    );
 }
 
 /// Leave the block: `pc` = `next`, `instret` += `retired`, return `status`.
@@ -221,7 +269,7 @@ fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) 
         Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu => emit_load(ops, i, pc, n, env, stubs),
         Sb | Sh | Sw | Sd => emit_store(ops, i, pc, n, env, stubs),
         Beq | Bne | Blt | Bge | Bltu | Bgeu => {
-            emit_branch(ops, i, pc, n);
+            emit_branch(ops, i, pc, n, stubs);
             return Some(Kind::Terminal);
         }
         Jal => {
@@ -229,7 +277,7 @@ fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) 
                 dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
                 st_rax(ops, i.rd());
             }
-            exit(ops, pc.wrapping_add(i.imm as i64 as u64), n + 1, 0);
+            exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
             return Some(Kind::Terminal);
         }
         Jalr => {
@@ -418,7 +466,7 @@ fn emit_div(ops: &mut Asm, i: &Insn, env: &Env) {
     st_rax(ops, i.rd());
 }
 
-fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32) {
+fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     use Op::*;
     ld_rax(ops, i.rs1);
     ld_rcx(ops, i.rs2);
@@ -432,9 +480,9 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32) {
         Bltu => dynasm!(ops ; .arch x64 ; jb =>taken),
         _ => dynasm!(ops ; .arch x64 ; jae =>taken),
     }
-    exit(ops, pc.wrapping_add(i.byte_len() as u64), n + 1, 0);
+    exit_to(ops, stubs, pc.wrapping_add(i.byte_len() as u64), n + 1);
     dynasm!(ops ; .arch x64 ; =>taken);
-    exit(ops, pc.wrapping_add(i.imm as i64 as u64), n + 1, 0);
+    exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
 }
 
 /// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
