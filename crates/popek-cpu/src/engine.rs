@@ -10,8 +10,10 @@
 //! from [`Hart::drain_code_drops`]: translated code is only valid while the interpreter's decode
 //! cache holds the page it came from, because only those pages are write-protected.
 
+use crate::decode::{Insn, Op};
+use crate::exec::{writes_xreg, Flow};
 use crate::hart::Hart;
-use crate::trap::Trap;
+use crate::trap::{Exception, Trap};
 use crate::{Bus, BusFault, Exit, HartState};
 
 /// An execution engine the hart's outer loop can delegate to.
@@ -170,6 +172,47 @@ impl Hart {
             &self.mmu.read[ctx]
         };
         tlb.as_ptr() as *const u8
+    }
+}
+
+/// Whether an engine may run `op` through [`Hart::engine_step`] in the middle of translated
+/// code: the atomics and the F/D instructions, which neither read the counters nor change
+/// control flow, privilege, translation or the decode cache (they may store to code or MMIO, and
+/// then set [`crate::request::LEAVE`]).
+pub fn steppable(op: Op) -> bool {
+    // The enum lists the A, F and D operations last, from `LrW` to `FmvDX`.
+    (Op::LrW as u8..=Op::FmvDX as u8).contains(&(op as u8))
+}
+
+impl Hart {
+    /// Execute one [`steppable`] instruction `insn` (decoded from `raw`, the instruction's bits:
+    /// the low 16 for a compressed one) at `pc` exactly as the interpreter would, except that
+    /// `pc` and `instret` are the caller's to update. On an illegal-instruction trap `tval`
+    /// holds `raw`, as the interpreter reports it.
+    pub fn engine_step(
+        &mut self,
+        bus: &mut dyn Bus,
+        insn: &Insn,
+        pc: u64,
+        raw: u32,
+    ) -> Result<(), Trap> {
+        debug_assert!(steppable(insn.op));
+        let mut i = *insn;
+        if i.rd() == 0 && writes_xreg(i.op) {
+            i.set_rd(32);
+        }
+        let mut bus = bus;
+        let mut retired = 0;
+        match self.step(&mut bus, &i, pc, &mut retired) {
+            Ok(Flow::Next(_) | Flow::Store(_)) => Ok(()),
+            Ok(_) => unreachable!("a steppable instruction continues in sequence"),
+            Err(mut t) => {
+                if t.cause == Exception::IllegalInstruction {
+                    t.tval = raw as u64;
+                }
+                Err(t)
+            }
+        }
     }
 }
 

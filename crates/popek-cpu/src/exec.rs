@@ -12,7 +12,7 @@ use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
 
 /// Whether `op` writes an integer destination register (so rd = x0 can be redirected to the sink).
-fn writes_xreg(op: Op) -> bool {
+pub(crate) fn writes_xreg(op: Op) -> bool {
     use Op::*;
     !matches!(
         op,
@@ -94,7 +94,7 @@ fn decode_for_cache(raw: u32) -> Insn {
 
 /// Where execution continues after an instruction.
 #[derive(Clone, Copy)]
-enum Flow {
+pub(crate) enum Flow {
     /// The next instruction in sequence.
     Next(u64),
     /// A taken branch or jump: may leave the page, and bounds the slice.
@@ -379,7 +379,7 @@ impl Hart {
     /// Execute instruction `i` at `pc` and say where execution goes next. `retired` counts the
     /// instructions retired in this slice but not yet added to `instret` (counter reads need it).
     #[inline(always)]
-    fn step<B: Bus>(
+    pub(crate) fn step<B: Bus>(
         &mut self,
         bus: &mut B,
         i: &Insn,

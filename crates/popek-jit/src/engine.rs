@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use popek_cpu::decode::Insn;
 use popek_cpu::engine::{CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
@@ -82,6 +83,30 @@ unsafe extern "sysv64" fn store_helper<const N: u8>(
     // SAFETY: see `load_helper`.
     let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
     match hart.engine_store(bus, vaddr, N, value) {
+        Ok(()) => 0,
+        Err(t) => {
+            ctx.trap = t;
+            1
+        }
+    }
+}
+
+/// One steppable instruction (atomics, F and D) through the interpreter; non-zero on a fault.
+///
+/// # Safety
+/// `ctx` must be the context of the run in progress and `insn` a live decoded instruction.
+unsafe extern "sysv64" fn step_helper(
+    ctx: *mut Ctx<'_>,
+    insn: *const Insn,
+    pc: u64,
+    raw: u32,
+) -> u64 {
+    // SAFETY: see `load_helper`; `insn` points into the engine's instruction arena, which
+    // lives as long as the code referring to it.
+    let (ctx, insn) = unsafe { (&mut *ctx, &*insn) };
+    // SAFETY: see `load_helper`.
+    let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    match hart.engine_step(bus, insn, pc, raw) {
         Ok(()) => 0,
         Err(t) => {
             ctx.trap = t;
@@ -187,6 +212,8 @@ pub struct Jit {
     stats: JitStats,
     /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
     epoch: u64,
+    /// Decoded instructions translated code hands to the step helper; freed with the code.
+    insns: Vec<Box<Insn>>,
 }
 
 const EMPTY: (u64, Block) = (
@@ -242,6 +269,7 @@ impl Jit {
                 remw as *const () as usize,
                 remuw as *const () as usize,
             ],
+            step: step_helper as *const () as usize,
             ctx_tlb_read,
             ctx_tlb_write,
             ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,
@@ -255,6 +283,7 @@ impl Jit {
             env,
             stats: JitStats::default(),
             epoch: 0,
+            insns: Vec::new(),
         })
     }
 
@@ -269,6 +298,7 @@ impl Jit {
         self.by_page.clear();
         self.fast.fill(EMPTY);
         self.code.clear();
+        self.insns.clear();
         self.stats.flushes += 1;
     }
 
@@ -311,12 +341,13 @@ impl Jit {
     fn translate(&mut self, page: *const u8, pc: u64, k: u64) -> Block {
         let started = Instant::now();
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
-        let mut t = unsafe { translate(page, pc, self.code.next_addr(), &self.env) };
+        let mut t =
+            unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
         if t.code.len() > self.code.free() {
             self.flush();
             // Assembled for the old address: again for the start of the emptied buffer.
             // SAFETY: as above.
-            t = unsafe { translate(page, pc, self.code.next_addr(), &self.env) };
+            t = unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
         }
         let mut b = Block {
             entry: None,

@@ -9,7 +9,7 @@
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::decode::{decode, insn_len, Insn, Op};
-use popek_cpu::engine::{DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
@@ -23,6 +23,8 @@ pub(crate) struct Env {
     pub store: [usize; 4],
     /// Division helpers: div, divu, rem, remu, divw, divuw, remw, remuw.
     pub div: [usize; 8],
+    /// `step_helper`: one steppable instruction through the interpreter.
+    pub step: usize,
     /// Offset in the context of the read-TLB pointer.
     pub ctx_tlb_read: i32,
     /// Offset in the context of the write-TLB pointer.
@@ -75,15 +77,16 @@ fn xoff(r: u8) -> i32 {
 ///
 /// # Safety
 /// `page` must point at 4096 readable bytes and `off` < 4096.
-unsafe fn fetch(page: *const u8, off: usize) -> Option<Insn> {
+unsafe fn fetch(page: *const u8, off: usize) -> Option<(Insn, u32)> {
     let lo = (page.add(off) as *const u16).read_unaligned();
-    if insn_len(lo) == 2 {
-        Some(decode(lo as u32))
+    let raw = if insn_len(lo) == 2 {
+        lo as u32
     } else if off + 4 <= 4096 {
-        Some(decode((page.add(off) as *const u32).read_unaligned()))
+        (page.add(off) as *const u32).read_unaligned()
     } else {
-        None
-    }
+        return None;
+    };
+    Some((decode(raw), raw))
 }
 
 /// How an instruction ends or continues the block.
@@ -95,7 +98,10 @@ enum Kind {
 }
 
 /// Pending out-of-line exits: (label, pc to store, instructions retired).
-struct Stubs {
+struct Stubs<'a> {
+    /// Decoded instructions the generated code passes to the step helper (kept alive by the
+    /// engine until its code buffer is emptied).
+    insns: &'a mut Vec<Box<Insn>>,
     /// Guest virtual page of the block: exits to it may be chained.
     page: u64,
     env_left: i32,
@@ -109,9 +115,16 @@ struct Stubs {
 ///
 /// # Safety
 /// `page` must point at the 4096 bytes of a guest RAM page.
-pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -> Translated {
+pub(crate) unsafe fn translate(
+    page: *const u8,
+    pc: u64,
+    at: usize,
+    env: &Env,
+    insns: &mut Vec<Box<Insn>>,
+) -> Translated {
     let mut ops = Asm::new(at);
     let mut stubs = Stubs {
+        insns,
         page: pc & !0xfff,
         env_left: env.ctx_left,
         env_exit_slot: env.ctx_exit_slot,
@@ -133,10 +146,16 @@ pub(crate) unsafe fn translate(page: *const u8, pc: u64, at: usize, env: &Env) -
     while (n as usize) < MAX_BLOCK_INSNS {
         let off = (cur & 0xfff) as usize;
         // SAFETY: the caller's page is 4096 bytes and off < 4096.
-        let Some(i) = (unsafe { fetch(page, off) }) else {
+        let Some((i, raw)) = (unsafe { fetch(page, off) }) else {
             break;
         };
-        let Some(kind) = emit(&mut ops, &i, cur, n, env, &mut stubs) else {
+        let kind = if steppable(i.op) {
+            emit_step(&mut ops, i, raw, cur, n, env, &mut stubs);
+            Some(Kind::Straight)
+        } else {
+            emit(&mut ops, &i, cur, n, env, &mut stubs)
+        };
+        let Some(kind) = kind else {
             break;
         };
         n += 1;
@@ -585,6 +604,33 @@ fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut S
         ; cmp DWORD [rbx + S.requests], 0
         ; jne =>leave
         ; =>done
+    );
+    stubs.fault.push((fault, pc, n));
+    stubs
+        .leave
+        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+}
+
+/// An atomic or F/D instruction, run by the interpreter through the step helper; like a store,
+/// it may have set a request (code or MMIO written) and then the block ends after it.
+fn emit_step(ops: &mut Asm, i: Insn, raw: u32, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    let insn = Box::new(i);
+    let insn_ptr = &*insn as *const Insn as i64;
+    stubs.insns.push(insn);
+    let fault = ops.new_dynamic_label();
+    let leave = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r12
+        ; mov rsi, QWORD insn_ptr
+        ; mov rdx, QWORD pc as i64
+        ; mov ecx, raw as i32
+        ; mov rax, QWORD env.step as i64
+        ; call rax
+        ; test rax, rax
+        ; jnz =>fault
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
     );
     stubs.fault.push((fault, pc, n));
     stubs
