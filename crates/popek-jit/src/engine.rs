@@ -8,7 +8,7 @@ use popek_cpu::engine::{CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
-use crate::translate::{translate, Env};
+use crate::translate::{translate, Env, InsnArena};
 use crate::{JitError, JitStats};
 
 /// Bytes of executable memory per engine; when full, every translation is dropped.
@@ -213,7 +213,7 @@ pub struct Jit {
     /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
     epoch: u64,
     /// Decoded instructions translated code hands to the step helper; freed with the code.
-    insns: Vec<Box<Insn>>,
+    insns: InsnArena,
 }
 
 const EMPTY: (u64, Block) = (
@@ -283,7 +283,7 @@ impl Jit {
             env,
             stats: JitStats::default(),
             epoch: 0,
-            insns: Vec::new(),
+            insns: InsnArena::default(),
         })
     }
 

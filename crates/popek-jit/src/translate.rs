@@ -35,6 +35,27 @@ pub(crate) struct Env {
     pub ctx_exit_slot: i32,
 }
 
+/// Decoded instructions that generated code points at (one box each, so addresses stay put
+/// while the arena grows); emptied together with the code buffer.
+#[derive(Default)]
+#[allow(clippy::vec_box)]
+pub(crate) struct InsnArena(Vec<Box<Insn>>);
+
+impl InsnArena {
+    /// Keep `i` until [`InsnArena::clear`]; its address.
+    fn keep(&mut self, i: Insn) -> *const Insn {
+        let b = Box::new(i);
+        let p = &*b as *const Insn;
+        self.0.push(b);
+        p
+    }
+
+    /// Free everything (no code may refer to it any more).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A translated block: host code assembled for a given address, and how many guest
 /// instructions it covers (0: the first instruction is not translatable).
 pub(crate) struct Translated {
@@ -101,7 +122,7 @@ enum Kind {
 struct Stubs<'a> {
     /// Decoded instructions the generated code passes to the step helper (kept alive by the
     /// engine until its code buffer is emptied).
-    insns: &'a mut Vec<Box<Insn>>,
+    insns: &'a mut InsnArena,
     /// Guest virtual page of the block: exits to it may be chained.
     page: u64,
     env_left: i32,
@@ -120,7 +141,7 @@ pub(crate) unsafe fn translate(
     pc: u64,
     at: usize,
     env: &Env,
-    insns: &mut Vec<Box<Insn>>,
+    insns: &mut InsnArena,
 ) -> Translated {
     let mut ops = Asm::new(at);
     let mut stubs = Stubs {
@@ -614,9 +635,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut S
 /// An atomic or F/D instruction, run by the interpreter through the step helper; like a store,
 /// it may have set a request (code or MMIO written) and then the block ends after it.
 fn emit_step(ops: &mut Asm, i: Insn, raw: u32, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
-    let insn = Box::new(i);
-    let insn_ptr = &*insn as *const Insn as i64;
-    stubs.insns.push(insn);
+    let insn_ptr = stubs.insns.keep(i) as i64;
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     dynasm!(ops
