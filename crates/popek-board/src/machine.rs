@@ -264,6 +264,8 @@ pub struct RunStats {
     pub guest_resident: u64,
     /// Bytes held by the harts' decode caches at the end of the run.
     pub decode_cache: u64,
+    /// What the harts' JITs did (`--engine jit`), summed over harts and runs.
+    pub jit: Option<popek_jit::JitStats>,
 }
 
 /// Why the harts stopped.
@@ -290,6 +292,8 @@ struct Shared {
     started: Instant,
     cpus: u32,
     memory: u64,
+    /// JIT counters, added by each hart thread as it ends.
+    jit: Mutex<Option<popek_jit::JitStats>>,
 }
 
 /// What [`MachineHandle::status`] reports.
@@ -534,6 +538,7 @@ impl Machine {
             started: Instant::now(),
             cpus: config.cpus,
             memory: config.memory,
+            jit: Mutex::new(None),
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -546,6 +551,7 @@ impl Machine {
                 boot: None,
                 guest_resident: 0,
                 decode_cache: 0,
+                jit: None,
             },
             boot,
             config: config.clone(),
@@ -602,6 +608,7 @@ impl Machine {
             boot: devices.bus.boot_timer.ready_after(),
             guest_resident: resident_bytes(&self.ram),
             decode_cache: self.harts.iter().map(|h| h.decode_cache_bytes()).sum(),
+            jit: *self.shared.jit.lock().unwrap_or_else(|e| e.into_inner()),
         };
         result
     }
@@ -697,7 +704,6 @@ fn watch_readiness(shared: &Shared, limit: Duration) {
 
 /// One hart's thread: run slices, then let the devices catch up.
 fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
-    let mut bus = HartBus { shared };
     let mut jit = match engine {
         EngineKind::Interp => None,
         EngineKind::Jit => match Jit::new() {
@@ -708,6 +714,16 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
             }
         },
     };
+    run_slices(hart, idx, shared, jit.as_mut());
+    if let Some(jit) = jit {
+        let mut total = shared.jit.lock().unwrap_or_else(|e| e.into_inner());
+        total.get_or_insert_with(Default::default).add(&jit.stats());
+    }
+}
+
+/// [`hart_loop`]'s slices, with the JIT if there is one, until the machine stops.
+fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut Jit>) {
+    let mut bus = HartBus { shared };
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.paused.load(Ordering::Relaxed) {
             // Paused by the control socket: resume and stop both unpark us.
@@ -717,7 +733,7 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
         let before = hart.instret();
         let exit = match &shared.debug {
             Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
-            _ => match jit.as_mut() {
+            _ => match jit.as_deref_mut() {
                 Some(jit) => hart.run_with(&mut bus, SLICE, jit),
                 None => hart.run(&mut bus, SLICE),
             },

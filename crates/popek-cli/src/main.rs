@@ -498,6 +498,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(b) = s.boot {
                     eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
                 }
+                if let Some(j) = s.jit {
+                    eprintln!(
+                        "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops",
+                        j.blocks,
+                        j.insns,
+                        j.translate_ns as f64 / 1e6,
+                        j.translate_ns as f64 / 1e3 / j.insns.max(1) as f64,
+                        j.code_bytes >> 10,
+                        j.flushes,
+                        j.page_drops
+                    );
+                }
             }
             if let (Some(hub), RunOutcome::Exit(code)) = (&config.debug, &outcome) {
                 hub.exited(*code as u8);

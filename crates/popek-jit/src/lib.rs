@@ -54,6 +54,18 @@ pub struct JitStats {
     pub code_bytes: u64,
 }
 
+impl JitStats {
+    /// Add `other`'s counters (several harts, several runs).
+    pub fn add(&mut self, other: &JitStats) {
+        self.blocks += other.blocks;
+        self.insns += other.insns;
+        self.translate_ns += other.translate_ns;
+        self.flushes += other.flushes;
+        self.page_drops += other.page_drops;
+        self.code_bytes += other.code_bytes;
+    }
+}
+
 /// Which engine runs guest code: chosen on the command line (`--engine`) and threaded to the VMs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
