@@ -8,6 +8,7 @@
 //! scratch, and nothing lives across instructions in host registers.
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use popek_cpu::csr::mstatus;
 use popek_cpu::decode::{decode, insn_len, Insn, Op};
 use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
@@ -72,6 +73,8 @@ const S: StateOffsets = StateOffsets::new();
 /// Offsets as `i32` displacements.
 struct StateOffsets {
     x: i32,
+    f: i32,
+    mstatus: i32,
     pc: i32,
     instret: i32,
     requests: i32,
@@ -82,6 +85,8 @@ impl StateOffsets {
         let o = HartState::OFFSETS;
         StateOffsets {
             x: o.x as i32,
+            f: o.f as i32,
+            mstatus: o.mstatus as i32,
             pc: o.pc as i32,
             instret: o.instret as i32,
             requests: o.requests as i32,
@@ -91,6 +96,22 @@ impl StateOffsets {
 
 fn xoff(r: u8) -> i32 {
     S.x + 8 * r as i32
+}
+
+fn foff(r: u8) -> i32 {
+    S.f + 8 * r as i32
+}
+
+/// FP loads and stores: leave the block before the instruction (to the interpreter, which
+/// raises the illegal-instruction trap) when `mstatus.FS` is off.
+fn emit_fs_check(ops: &mut Asm, pc: u64, n: u32, stubs: &mut Stubs) {
+    let off = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; test DWORD [rbx + S.mstatus], mstatus::FS as i32
+        ; jz =>off
+    );
+    stubs.leave.push((off, pc, n));
 }
 
 /// Read the instruction at offset `off` of the guest page at `page` (`None` if it is a 4-byte
@@ -170,7 +191,17 @@ pub(crate) unsafe fn translate(
         let Some((i, raw)) = (unsafe { fetch(page, off) }) else {
             break;
         };
-        let kind = if steppable(i.op) {
+        let fp_mem = matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd);
+        let kind = if fp_mem && n > 0 {
+            // Inline, leaving the block before it when FP is off; first in a block (which is
+            // then where such an exit leads) it goes through the interpreter, which traps.
+            if matches!(i.op, Op::Flw | Op::Fld) {
+                emit_load(&mut ops, &i, cur, n, env, &mut stubs);
+            } else {
+                emit_store(&mut ops, &i, cur, n, env, &mut stubs);
+            }
+            Some(Kind::Straight)
+        } else if steppable(i.op) {
             emit_step(&mut ops, i, raw, cur, n, env, &mut stubs);
             Some(Kind::Straight)
         } else {
@@ -293,6 +324,15 @@ fn ld_rdx(ops: &mut Asm, r: u8) {
         dynasm!(ops ; .arch x64 ; xor edx, edx);
     } else {
         dynasm!(ops ; .arch x64 ; mov rdx, [rbx + xoff(r)]);
+    }
+}
+
+/// `rdx` = the value a store writes: integer register `r`, or FP register `r` if `fp`.
+fn ld_value(ops: &mut Asm, r: u8, fp: bool) {
+    if fp {
+        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + foff(r)]);
+    } else {
+        ld_rdx(ops, r);
     }
 }
 
@@ -556,7 +596,7 @@ fn size_index(op: Op) -> (usize, u32) {
     match op {
         Lb | Lbu | Sb => (0, 1),
         Lh | Lhu | Sh => (1, 2),
-        Lw | Lwu | Sw => (2, 4),
+        Lw | Lwu | Sw | Flw | Fsw => (2, 4),
         _ => (3, 8),
     }
 }
@@ -565,6 +605,10 @@ fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut St
     use Op::*;
     let (idx, size) = size_index(i.op);
     let signed = matches!(i.op, Lb | Lh | Lw | Ld);
+    let fp = matches!(i.op, Flw | Fld);
+    if fp {
+        emit_fs_check(ops, pc, n, stubs);
+    }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
@@ -575,7 +619,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut St
         Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [rsi + rax]),
         Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [rsi + rax]),
         Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rsi + rax]),
-        Lwu => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
+        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
         _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
     }
     dynasm!(ops
@@ -590,22 +634,38 @@ fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut St
         ; =>done
     );
     stubs.fault.push((fault, pc, n));
-    st_rax(ops, i.rd());
+    if !fp {
+        st_rax(ops, i.rd());
+        return;
+    }
+    if i.op == Flw {
+        // NaN-box the single.
+        dynasm!(ops ; .arch x64 ; mov rcx, QWORD -1i64 << 32 ; or rax, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; mov [rbx + foff(i.rd())], rax
+        ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32
+    );
 }
 
 fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let (idx, size) = size_index(i.op);
+    let fp = matches!(i.op, Fsw | Fsd);
+    if fp {
+        emit_fs_check(ops, pc, n, stubs);
+    }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     emit_tlb_check(ops, i, env.ctx_tlb_write, size, slow);
-    ld_rdx(ops, i.rs2);
+    ld_value(ops, i.rs2, fp);
     match i.op {
         Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
         Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], dx),
-        Sw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
+        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
         _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
     }
     dynasm!(ops
@@ -613,7 +673,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut S
         ; jmp =>done
         ; =>slow
     );
-    ld_rdx(ops, i.rs2);
+    ld_value(ops, i.rs2, fp);
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r12

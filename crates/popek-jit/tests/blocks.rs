@@ -75,6 +75,8 @@ impl Ram {
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     x: Vec<u64>,
+    f: Vec<u64>,
+    mstatus: u64,
     pc: u64,
     instret: u64,
     exits: Vec<Exit>,
@@ -115,6 +117,8 @@ fn run(ram: &Ram, jit: bool, budget: u64, max_ecalls: usize) -> (Outcome, Option
     }
     let out = Outcome {
         x: (0..32).map(|k| hart.xreg(k)).collect(),
+        f: (0..32).map(|k| hart.freg(k)).collect(),
+        mstatus: hart.csrs().mstatus,
         pc: hart.pc(),
         instret: hart.instret(),
         exits,
@@ -132,8 +136,15 @@ fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
         let diff = (0..got.mem.len()).find(|&k| got.mem[k] != want.mem[k]);
         assert_eq!(diff, None, "memory differs (u64 index), budget {budget}");
         assert_eq!(
-            (&got.x, got.pc, got.instret, &got.exits),
-            (&want.x, want.pc, want.instret, &want.exits),
+            (&got.x, &got.f, got.mstatus, got.pc, got.instret, &got.exits),
+            (
+                &want.x,
+                &want.f,
+                want.mstatus,
+                want.pc,
+                want.instret,
+                &want.exits
+            ),
             "budget {budget}"
         );
         if budget >= 1000 {
@@ -274,6 +285,11 @@ fn loads_and_stores_match_interpreter() {
     for (k, f3) in [0u32, 1, 2, 3, 4, 5, 6].iter().enumerate() {
         code.push(i(3 * k as i32 + 1, 5, *f3, 10 + k as u32, 0x03));
     }
+    // FP loads and stores of both sizes inside the block (NaN boxing, FS dirty).
+    code.push(i(8, 5, 3, 1, 0x07)); // fld f1, 8(x5)
+    code.push(i(12, 5, 2, 2, 0x07)); // flw f2, 12(x5)
+    code.push(s(40, 1, 5, 3) & !0x7f | 0x27); // fsd f1, 40(x5)
+    code.push(s(51, 2, 5, 2) & !0x7f | 0x27); // fsw f2, 51(x5)
     code.push(s(4093, 6, 5, 3)); // sd across into page 3
     code.push(i(4093, 5, 3, 17, 0x03));
     code.push(i(-6, 5, 2, 18, 0x03)); // lw from page 1
@@ -360,4 +376,73 @@ fn branches_across_pages() {
     let out = same(&ram, 1);
     assert_eq!(out.exits, vec![Exit::Ecall]);
     assert_eq!(out.x[9], 46);
+}
+
+/// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
+/// at exactly that instruction, as on the interpreter (a machine-mode hart with a handler).
+#[test]
+fn fp_off_traps_mid_block() {
+    fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
+        csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+    }
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            0x0000_0097,         // auipc x1, 0
+            addi(1, 1, 64),      // handler at BASE + 64
+            csr(1, 0, 1, 0x305), // csrw mtvec, x1
+            lui(2, 6),           // x2 = mstatus.FS
+            csr(3, 0, 2, 0x300), // csrc mstatus, x2
+            addi(5, 0, 7),
+            addi(6, 0, 8),
+            i(0, 1, 3, 1, 0x07), // fld f1, 0(x1): illegal
+            addi(7, 0, 9),
+        ],
+    );
+    ram.put(
+        64,
+        &[
+            csr(2, 20, 0, 0x342), // csrr x20, mcause
+            csr(2, 21, 0, 0x343), // csrr x21, mtval
+            csr(2, 22, 0, 0x341), // csrr x22, mepc
+            0x1050_0073,          // wfi
+        ],
+    );
+    let mut outs = Vec::new();
+    for jit in [false, true] {
+        let mut mem = Ram(ram.0.clone());
+        // SAFETY: `mem` outlives the hart, dropped at the end of this iteration.
+        let region = unsafe {
+            RamRegion::new(
+                BASE,
+                (PAGES * 4096) as u64,
+                NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
+            )
+        };
+        let mut hart = Hart::new(
+            HartConfig::machine(0, false),
+            Memory::new(vec![region]).unwrap(),
+        );
+        hart.set_pc(BASE);
+        let mut engine = Jit::new().unwrap();
+        let exit = if jit {
+            hart.run_with(&mut NoBus, 1000, &mut engine)
+        } else {
+            hart.run(&mut NoBus, 1000)
+        };
+        outs.push((
+            exit,
+            (0..32).map(|k| hart.xreg(k)).collect::<Vec<_>>(),
+            hart.instret(),
+        ));
+        if jit {
+            assert!(engine.stats().insns > 0);
+        }
+    }
+    assert_eq!(outs[0], outs[1]);
+    let (exit, x, _) = &outs[0];
+    assert_eq!(*exit, Exit::Wfi);
+    assert_eq!((x[20], x[21], x[22]), (2, 0x0000_b087, BASE + 28));
+    assert_eq!((x[5], x[6], x[7]), (7, 8, 0));
 }
