@@ -95,6 +95,13 @@ impl Hart {
         &mut self.s
     }
 
+    /// Changes whenever the hart's translations are flushed (`satp` writes, `sfence.vma`,
+    /// [`Hart::invalidate_range`], [`Hart::flush_caches`]...): lookups an engine keys by
+    /// virtual address are valid only while it stays the same.
+    pub fn tlb_generation(&self) -> u64 {
+        self.mmu.tlb_gen
+    }
+
     /// Whether this is a process-VM hart ([`crate::HartConfig::user_mode`]).
     pub fn is_user_mode(&self) -> bool {
         self.config.user_mode

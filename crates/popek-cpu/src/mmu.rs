@@ -106,6 +106,9 @@ pub(crate) struct Mmu {
     pub code_drops: Vec<u64>,
     /// All decoded code was dropped since an engine last looked.
     pub code_drops_all: bool,
+    /// Bumped by every TLB flush: engines caching virtual-address lookups drop them when it
+    /// changes.
+    pub tlb_gen: u64,
 }
 
 /// Most dropped pages remembered one by one for engines (an interpreter-only hart never drains).
@@ -130,11 +133,13 @@ impl Mmu {
             code_drops: Vec::new(),
             // A new (or reset) hart: an engine must forget what it had.
             code_drops_all: true,
+            tlb_gen: 0,
         }
     }
 
     /// Drop every cached translation (satp writes, sfence.vma).
     pub fn flush_tlb(&mut self) {
+        self.tlb_gen += 1;
         for c in self.read.iter_mut().chain(self.write.iter_mut()) {
             c.fill(EMPTY);
         }

@@ -8,7 +8,7 @@ use popek_cpu::engine::{CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
-use crate::translate::{translate, Env, InsnArena};
+use crate::translate::{jcache_slot, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES};
 use crate::{JitError, JitStats};
 
 /// Bytes of executable memory per engine; when full, every translation is dropped.
@@ -26,6 +26,10 @@ struct Ctx<'a> {
     left: i64,
     /// The chain slot the last block left through, or null.
     exit_slot: *mut u8,
+    /// The engine's jump cache.
+    jcache: *const JEntry,
+    /// The key valid jump-cache entries carry now.
+    jkey: u64,
     hart: *mut Hart,
     bus: *mut (dyn Bus + 'a),
     trap: Trap,
@@ -214,7 +218,21 @@ pub struct Jit {
     epoch: u64,
     /// Decoded instructions translated code hands to the step helper; freed with the code.
     insns: InsnArena,
+    /// Translations by guest virtual pc, for jumps generated code resolves itself. An entry
+    /// is valid only with the current key: `version << 8 | prv << 4 | satp mode`, where
+    /// `version` changes whenever translations are dropped or the hart's TLB is flushed.
+    jcache: Box<[JEntry]>,
+    jc_version: u64,
+    /// The hart TLB generation the jump cache reflects.
+    jc_tlb_gen: u64,
 }
+
+/// An unused jump-cache entry (no guest pc is odd).
+const JEMPTY: JEntry = JEntry {
+    vpc: 1,
+    key: 0,
+    entry: std::ptr::null(),
+};
 
 const EMPTY: (u64, Block) = (
     u64::MAX,
@@ -274,6 +292,8 @@ impl Jit {
             ctx_tlb_write,
             ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,
             ctx_exit_slot: std::mem::offset_of!(Ctx<'static>, exit_slot) as i32,
+            ctx_jcache: std::mem::offset_of!(Ctx<'static>, jcache) as i32,
+            ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
         };
         Ok(Jit {
             code: CodeBuf::new(CODE_BYTES)?,
@@ -284,6 +304,9 @@ impl Jit {
             stats: JitStats::default(),
             epoch: 0,
             insns: InsnArena::default(),
+            jcache: vec![JEMPTY; JCACHE_ENTRIES].into_boxed_slice(),
+            jc_version: 0,
+            jc_tlb_gen: u64::MAX,
         })
     }
 
@@ -294,6 +317,7 @@ impl Jit {
 
     fn flush(&mut self) {
         self.epoch += 1;
+        self.jc_version += 1;
         self.blocks.clear();
         self.by_page.clear();
         self.fast.fill(EMPTY);
@@ -312,6 +336,7 @@ impl Jit {
             CodeDrop::HostPage(page) => {
                 if let Some(keys) = self.by_page.remove(&page) {
                     self.epoch += 1;
+                    self.jc_version += 1;
                     self.stats.page_drops += 1;
                     for k in keys {
                         self.blocks.remove(&k);
@@ -395,11 +420,17 @@ impl Engine for Jit {
         } else {
             hart.csrs().satp >> 60
         };
+        if hart.tlb_generation() != self.jc_tlb_gen {
+            self.jc_tlb_gen = hart.tlb_generation();
+            self.jc_version += 1;
+        }
         let mut ctx = Ctx {
             tlb_read: hart.data_tlb(false),
             tlb_write: hart.data_tlb(true),
             left: 0,
             exit_slot: std::ptr::null_mut(),
+            jcache: self.jcache.as_ptr(),
+            jkey: 0,
             hart: std::ptr::null_mut(),
             bus: bus as &mut dyn Bus,
             trap: Trap::new(Exception::IllegalInstruction, 0),
@@ -421,6 +452,12 @@ impl Engine for Jit {
             let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {
                 return if first { None } else { Some(Ok(())) };
             };
+            let jkey = self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf);
+            self.jcache[jcache_slot(pc)] = JEntry {
+                vpc: pc,
+                key: jkey,
+                entry: block.chain,
+            };
             if let Some((slot, epoch)) = chain_from.take() {
                 if epoch == self.epoch {
                     // SAFETY: the slot belongs to a block still cached (no drop since it was
@@ -433,6 +470,7 @@ impl Engine for Jit {
             ctx.hart = hart;
             ctx.left = (left - done) as i64;
             ctx.exit_slot = std::ptr::null_mut();
+            ctx.jkey = jkey;
             // SAFETY: `entry` is a live translation (drops were applied just above, after the
             // fetch that could have evicted code) of the page at `pc`, built for this state
             // layout and context; the hart and bus outlive the call and are only reached through

@@ -34,6 +34,28 @@ pub(crate) struct Env {
     pub ctx_left: i32,
     /// Offset in the context of the chain slot the last block left through (or 0).
     pub ctx_exit_slot: i32,
+    /// Offset in the context of the jump cache's address.
+    pub ctx_jcache: i32,
+    /// Offset in the context of the key jump-cache entries must carry to be used.
+    pub ctx_jkey: i32,
+}
+
+/// Entries of the jump cache (a power of two): generated code finds the translation of an
+/// indirect or cross-page jump target there without returning to the engine.
+pub(crate) const JCACHE_ENTRIES: usize = 1024;
+
+/// One jump-cache entry: guest virtual pc, key (see `Jit`), chain entry of its translation.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct JEntry {
+    pub vpc: u64,
+    pub key: u64,
+    pub entry: *const u8,
+}
+
+/// The jump-cache slot of guest virtual address `vpc`.
+pub(crate) fn jcache_slot(vpc: u64) -> usize {
+    (vpc >> 1) as usize & (JCACHE_ENTRIES - 1)
 }
 
 /// Decoded instructions that generated code points at (one box each, so addresses stay put
@@ -148,6 +170,8 @@ struct Stubs<'a> {
     page: u64,
     env_left: i32,
     env_exit_slot: i32,
+    env_jcache: i32,
+    env_jkey: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
 }
@@ -170,6 +194,8 @@ pub(crate) unsafe fn translate(
         page: pc & !0xfff,
         env_left: env.ctx_left,
         env_exit_slot: env.ctx_exit_slot,
+        env_jcache: env.ctx_jcache,
+        env_jkey: env.ctx_jkey,
         fault: Vec::new(),
         leave: Vec::new(),
     };
@@ -240,6 +266,8 @@ pub(crate) unsafe fn translate(
     }
     dynasm!(ops
         ; .arch x64
+        ; ->leave:
+        ; xor eax, eax
         ; ->epilogue:
         ; pop r13
         ; pop r12
@@ -260,7 +288,8 @@ pub(crate) unsafe fn translate(
 /// spent, it stores `pc`, records the slot in the context and returns.
 fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
     if next & !0xfff != stubs.page {
-        exit(ops, next, retired, 0);
+        dynasm!(ops ; .arch x64 ; mov rax, QWORD next as i64);
+        exit_lookup(ops, stubs, retired);
         return;
     }
     let slot = ops.new_dynamic_label();
@@ -280,6 +309,32 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
         ; mov [r12 + stubs.env_exit_slot], rax
         ; xor eax, eax
         ; jmp ->epilogue
+    );
+}
+
+/// Leave the block for the guest address in `rax` after `retired` instructions: jump straight
+/// to its translation if the jump cache has one for the current context (and instructions are
+/// left), else return to the engine.
+fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
+    let mask = (JCACHE_ENTRIES - 1) as i32;
+    let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
+    dynasm!(ops
+        ; .arch x64
+        ; mov [rbx + S.pc], rax
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; sub QWORD [r12 + stubs.env_left], retired as i32
+        ; jle ->leave
+        ; mov rcx, rax
+        ; shr rcx, 1
+        ; and ecx, mask
+        ; shl rcx, shift
+        ; add rcx, [r12 + stubs.env_jcache]
+        ; cmp rax, [rcx]
+        ; jne ->leave
+        ; mov rdx, [r12 + stubs.env_jkey]
+        ; cmp rdx, [rcx + 8]
+        ; jne ->leave
+        ; jmp QWORD [rcx + 16]
     );
 }
 
@@ -366,18 +421,15 @@ fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) 
                 ; .arch x64
                 ; add rax, i.imm
                 ; and rax, -2
-                ; mov [rbx + S.pc], rax
             );
             if i.rd() != 0 {
-                dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
-                st_rax(ops, i.rd());
+                dynasm!(ops
+                    ; .arch x64
+                    ; mov rcx, QWORD pc.wrapping_add(i.byte_len() as u64) as i64
+                    ; mov [rbx + xoff(i.rd())], rcx
+                );
             }
-            dynasm!(ops
-                ; .arch x64
-                ; add QWORD [rbx + S.instret], (n + 1) as i32
-                ; xor eax, eax
-                ; jmp ->epilogue
-            );
+            exit_lookup(ops, stubs, n + 1);
             return Some(Kind::Terminal);
         }
         Fence => {}
