@@ -250,6 +250,12 @@ fn fast_slot(k: u64) -> usize {
 impl Jit {
     /// A JIT with an empty code cache.
     pub fn new() -> Result<Jit, JitError> {
+        Jit::with_code_bytes(CODE_BYTES)
+    }
+
+    /// A JIT whose code buffer holds `bytes` (at least 64 KiB): small ones make tests flush it.
+    #[doc(hidden)]
+    pub fn with_code_bytes(bytes: usize) -> Result<Jit, JitError> {
         let ctx_tlb_read = std::mem::offset_of!(Ctx<'static>, tlb_read) as i32;
         let ctx_tlb_write = std::mem::offset_of!(Ctx<'static>, tlb_write) as i32;
         let env = Env {
@@ -296,7 +302,7 @@ impl Jit {
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
         };
         Ok(Jit {
-            code: CodeBuf::new(CODE_BYTES)?,
+            code: CodeBuf::new(bytes.max(64 << 10))?,
             blocks: HashMap::new(),
             by_page: HashMap::new(),
             fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),

@@ -544,3 +544,44 @@ fn remapped_code_after_sfence_vma() {
     assert_eq!(outs[0], outs[1]);
     assert_eq!((outs[0].0, outs[0].1), (Exit::Wfi, 102));
 }
+
+/// Far more code than a small code buffer holds, run three times: the buffer is flushed while
+/// chain slots and jump-cache entries point into it, and everything is translated again.
+#[test]
+fn code_buffer_flushes_when_full() {
+    let mut ram = Ram::new();
+    let mut code = vec![addi(11, 0, 3)];
+    for k in 0..1500 {
+        code.push(addi(10, 10, k % 100 + 1));
+        code.push(jal(0, 4)); // a block of two instructions
+    }
+    code.push(addi(11, 11, -1));
+    let back = -(4 * (code.len() as i32 - 1));
+    code.push(b(back, 0, 11, 1));
+    code.push(ECALL);
+    ram.put(0, &code);
+    let (want, _) = run(&ram, false, 1 << 20, 1);
+    let mut mem = Ram(ram.0.clone());
+    // SAFETY: `mem` outlives the hart, dropped at the end of this test.
+    let region = unsafe {
+        RamRegion::new(
+            BASE,
+            (PAGES * 4096) as u64,
+            NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
+        )
+    };
+    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
+    hart.set_pc(BASE);
+    let mut jit = Jit::with_code_bytes(64 << 10).unwrap();
+    let exit = hart.run_with(&mut NoBus, 1 << 20, &mut jit);
+    assert_eq!(exit, Exit::Ecall);
+    assert!(jit.stats().flushes > 1, "{:?}", jit.stats());
+    assert_eq!(
+        (
+            (0..32).map(|k| hart.xreg(k)).collect::<Vec<_>>(),
+            hart.pc(),
+            hart.instret()
+        ),
+        (want.x, want.pc, want.instret)
+    );
+}
