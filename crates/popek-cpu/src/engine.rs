@@ -7,12 +7,14 @@
 //! through [`Hart::state_ptr`] at [`crate::HartState::OFFSETS`], performs memory accesses through
 //! [`Hart::engine_load`] / [`Hart::engine_store`] (same TLB, MMIO and code-protection rules as the
 //! interpreter), finds code with [`Hart::fetch_code_page`], and learns which code it must forget
-//! from [`Hart::drain_code_drops`]: translated code is only valid while the interpreter's decode
-//! cache holds the page it came from, because only those pages are write-protected.
+//! from [`Hart::drain_code_drops`]: translated code is valid while the page it came from stays
+//! registered (write-protected) as an engine code page, which is independent of the
+//! interpreter's decode cache and its bound.
 
 use crate::decode::{Insn, Op};
 use crate::exec::{writes_xreg, Flow};
 use crate::hart::Hart;
+use crate::mmu::{tlb_index, Access, EngineTlbEntry};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, BusFault, Exit, HartState};
 
@@ -50,7 +52,8 @@ impl Engine for Interpreter {
 /// Translated code an engine must forget, as reported by [`Hart::drain_code_drops`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeDrop {
-    /// Everything: the decode cache was flushed, evicted or the hart reset.
+    /// Everything: all code was dropped (`flush_caches`, `fence.i` on an SMP hart) or the hart
+    /// was reset.
     All,
     /// The 4 KiB page of guest RAM whose first byte is at this host address (as in
     /// [`CodePage::host`]; not necessarily aligned on the host).
@@ -107,16 +110,42 @@ impl Hart {
         self.config.user_mode
     }
 
-    /// The page of guest RAM holding `pc`, translated for execution (fetch permissions checked)
-    /// and registered as code: from now on stores to it drop it (reported by
+    /// The page of guest RAM holding `pc`, translated for execution (fetch permissions checked,
+    /// through a fetch TLB of the engine's own, flushed with the hart's TLB) and registered as
+    /// an engine code page: from now on stores to it drop it (reported by
     /// [`Hart::drain_code_drops`]) and set [`crate::request::LEAVE`].
+    #[inline]
     pub fn fetch_code_page(&mut self) -> Result<CodePage, Trap> {
-        let (_, host) = self.fetch_page()?;
+        let pc = self.s.pc;
+        let e = self.mmu.engine_exec[self.mmu.ictx][tlb_index(pc)];
+        if e.tag == pc >> 12 {
+            return Ok(CodePage { host: e.host });
+        }
+        self.fetch_code_page_slow()
+    }
+
+    #[inline(never)]
+    fn fetch_code_page_slow(&mut self) -> Result<CodePage, Trap> {
+        let pc = self.s.pc;
+        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
+        let host = self
+            .mem
+            .host_ptr(paddr & !0xfff, 4096)
+            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
+        if self.mmu.engine_pages.insert(paddr >> 12) {
+            // A new code page: no write-TLB entry may point at it any more.
+            self.mmu.flush_write_tlb();
+        }
+        let ctx = self.mmu.ictx;
+        self.mmu.engine_exec[ctx][tlb_index(pc)] = EngineTlbEntry {
+            tag: pc >> 12,
+            host,
+        };
         Ok(CodePage { host })
     }
 
-    /// Report (and forget) the code dropped since the last call. Call it after
-    /// [`Hart::fetch_code_page`] and before using translated code: fetching may evict.
+    /// Report (and forget) the engine code pages dropped since the last call. Call it before
+    /// using translated code.
     #[inline]
     pub fn drain_code_drops(&mut self, mut f: impl FnMut(CodeDrop)) {
         if !self.mmu.code_drops_pending() {

@@ -6,7 +6,7 @@
 //! need no flush. Pages holding decoded code never get write entries: a store to them takes the
 //! slow path, which drops the decoded page (self-modifying code and page reuse stay correct).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
@@ -47,6 +47,19 @@ pub(crate) struct ITlbEntry {
     pub addend: u64,
     pub page: *mut DecodedPage,
 }
+
+/// A fetch translation for an execution engine: virtual page to the host address of its
+/// (write-protected) physical page.
+#[derive(Clone, Copy)]
+pub(crate) struct EngineTlbEntry {
+    pub tag: u64,
+    pub host: *const u8,
+}
+
+const EEMPTY: EngineTlbEntry = EngineTlbEntry {
+    tag: u64::MAX,
+    host: std::ptr::null(),
+};
 
 const EMPTY: TlbEntry = TlbEntry {
     tag: u64::MAX,
@@ -90,6 +103,12 @@ pub(crate) struct Mmu {
     pub read: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
     pub write: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
     pub exec: [[ITlbEntry; TLB_SIZE]; 4],
+    /// Fetch translations of engines (see `Hart::fetch_code_page`), per fetch context.
+    pub engine_exec: [[EngineTlbEntry; TLB_SIZE]; 4],
+    /// Physical pages an engine translated code from: write-protected like decoded pages
+    /// (stores take the slow path, which drops them), but independent of the decode cache and
+    /// its bound.
+    pub engine_pages: HashSet<u64>,
     /// Current data context (index into `read`/`write`).
     pub dctx: usize,
     /// Current fetch context (index into `exec`).
@@ -125,6 +144,8 @@ impl Mmu {
             read: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
             write: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
             exec: [[IEMPTY; TLB_SIZE]; 4],
+            engine_exec: [[EEMPTY; TLB_SIZE]; 4],
+            engine_pages: HashSet::new(),
             dctx: 3,
             ictx: 3,
             data_priv: Priv::M,
@@ -146,6 +167,17 @@ impl Mmu {
         for c in self.exec.iter_mut() {
             c.fill(IEMPTY);
         }
+        for c in self.engine_exec.iter_mut() {
+            c.fill(EEMPTY);
+        }
+    }
+
+    /// Drop every write translation (a page just became code: stores to it must take the slow
+    /// path).
+    pub fn flush_write_tlb(&mut self) {
+        for c in self.write.iter_mut() {
+            c.fill(EMPTY);
+        }
     }
 
     /// Whether code was dropped since an engine last looked.
@@ -158,24 +190,33 @@ impl Mmu {
     pub fn flush_all(&mut self) {
         self.flush_tlb();
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+        self.engine_pages.clear();
         self.code_drops_all = true;
         self.code_drops.clear();
     }
 
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
+    /// Engines' pages stay protected: their translations remain valid.
     pub fn evict_decoded(&mut self) {
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
-        self.code_drops_all = true;
-        self.code_drops.clear();
         for c in self.exec.iter_mut() {
             c.fill(IEMPTY);
         }
     }
 
-    /// Forget the decoded code of physical page `ppn` (it is being written).
+    /// Forget the decoded (and engine-translated) code of physical page `ppn` (it is being
+    /// written).
     pub fn drop_code_page(&mut self, ppn: u64) {
         if let Some(p) = self.decoded.remove(&ppn) {
             self.dropped.push(p);
+            for c in self.exec.iter_mut() {
+                c.fill(IEMPTY);
+            }
+        }
+        if self.engine_pages.remove(&ppn) {
+            for c in self.engine_exec.iter_mut() {
+                c.fill(EEMPTY);
+            }
             if !self.code_drops_all {
                 if self.code_drops.len() >= MAX_CODE_DROPS {
                     self.code_drops_all = true;
@@ -184,10 +225,13 @@ impl Mmu {
                     self.code_drops.push(ppn);
                 }
             }
-            for c in self.exec.iter_mut() {
-                c.fill(IEMPTY);
-            }
         }
+    }
+
+    /// Whether physical page `ppn` holds code the interpreter decoded or an engine translated.
+    #[inline]
+    pub fn is_code_page(&self, ppn: u64) -> bool {
+        self.decoded.contains_key(&ppn) || self.engine_pages.contains(&ppn)
     }
 
     /// Forget translations and the decoded code of every page overlapping `start..start+len`.
@@ -203,10 +247,11 @@ impl Mmu {
         }
         let first = start >> 12;
         let last = start.saturating_add(len).saturating_sub(1) >> 12;
-        if len == u64::MAX || last - first > self.decoded.len() as u64 {
+        if len == u64::MAX || last - first > (self.decoded.len() + self.engine_pages.len()) as u64 {
             let doomed: Vec<u64> = self
                 .decoded
                 .keys()
+                .chain(self.engine_pages.iter())
                 .copied()
                 .filter(|p| (first..=last).contains(p))
                 .collect();
@@ -440,7 +485,7 @@ impl Hart {
             return Ok((None, paddr));
         };
         let ppn = paddr >> 12;
-        if access == Access::Write && self.mmu.decoded.contains_key(&ppn) {
+        if access == Access::Write && self.mmu.is_code_page(ppn) {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
             // from that very page.
             self.mmu.drop_code_page(ppn);
@@ -619,9 +664,7 @@ impl Hart {
             return &mut **p;
         }
         // New code page: no write entry may point at it any more.
-        for c in self.mmu.write.iter_mut() {
-            c.fill(EMPTY);
-        }
+        self.mmu.flush_write_tlb();
         &mut **self
             .mmu
             .decoded
