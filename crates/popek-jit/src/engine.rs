@@ -22,7 +22,8 @@ const FAST_SLOTS: usize = 4096;
 struct Ctx<'a> {
     tlb_read: *const u8,
     tlb_write: *const u8,
-    /// Instructions chained blocks may still run before returning.
+    /// Instructions chained blocks may still run before returning (read on entry; generated
+    /// code counts down in a register).
     left: i64,
     /// The chain slot the last block left through, or null.
     exit_slot: *mut u8,

@@ -4,8 +4,9 @@
 //! that returns 0 when the block ran to its end (or stopped after a store that set a request
 //! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
 //! `instret` in the state are exact. Guest registers live in the state (`rbx` holds its
-//! address, `r12` the context's); within an instruction `rax`, `rcx`, `rdx`, `rsi` and `rdi` are
-//! scratch, and nothing lives across instructions in host registers.
+//! address, `r12` the context's, `r13` the instructions chained blocks may still run, loaded
+//! from the context on entry); within an instruction `rax`, `rcx`, `rdx`, `rsi` and `rdi` are
+//! scratch, and no guest register lives across instructions in host registers.
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
@@ -168,7 +169,6 @@ struct Stubs<'a> {
     insns: &'a mut InsnArena,
     /// Guest virtual page of the block: exits to it may be chained.
     page: u64,
-    env_left: i32,
     env_exit_slot: i32,
     env_jcache: i32,
     env_jkey: i32,
@@ -192,7 +192,6 @@ pub(crate) unsafe fn translate(
     let mut stubs = Stubs {
         insns,
         page: pc & !0xfff,
-        env_left: env.ctx_left,
         env_exit_slot: env.ctx_exit_slot,
         env_jcache: env.ctx_jcache,
         env_jkey: env.ctx_jkey,
@@ -206,6 +205,7 @@ pub(crate) unsafe fn translate(
         ; push r13
         ; mov rbx, rdi
         ; mov r12, rsi
+        ; mov r13, [r12 + env.ctx_left]
     );
     let chain_entry = ops.offset().0;
     let mut cur = pc;
@@ -297,7 +297,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
     dynasm!(ops
         ; .arch x64
         ; add QWORD [rbx + S.instret], retired as i32
-        ; sub QWORD [r12 + stubs.env_left], retired as i32
+        ; sub r13, retired as i32
         ; jle =>unchained
         ; =>slot
         // Patched by the engine (see `Jit::chain`); rel32 form, so any target in the buffer fits.
@@ -322,7 +322,7 @@ fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
         ; .arch x64
         ; mov [rbx + S.pc], rax
         ; add QWORD [rbx + S.instret], retired as i32
-        ; sub QWORD [r12 + stubs.env_left], retired as i32
+        ; sub r13, retired as i32
         ; jle ->leave
         ; mov rcx, rax
         ; shr rcx, 1
