@@ -2,8 +2,8 @@
 //! `popek-jit`) needs from a hart, and nothing more.
 //!
 //! The hart keeps its outer loop (interrupts, WFI, requests, budget, trap entry) for every engine:
-//! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` and interprets one
-//! instruction whenever the engine declines. The engine reads and writes architectural state
+//! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` and, whenever the
+//! engine declines, interprets up to the end of the basic block there (the first taken jump). The engine reads and writes architectural state
 //! through [`Hart::state_ptr`] at [`crate::HartState::OFFSETS`], performs memory accesses through
 //! [`Hart::engine_load`] / [`Hart::engine_store`] (same TLB, MMIO and code-protection rules as the
 //! interpreter), finds code with [`Hart::fetch_code_page`], and learns which code it must forget
@@ -26,7 +26,7 @@ pub trait Engine {
 
     /// Run code from `hart`'s current `pc` for at most about `left` instructions, stopping when a
     /// request bit is set. `None`: the engine cannot run the instruction at `pc` (the hart
-    /// interprets exactly one instruction and asks again). `Some(Err(trap))`: the instruction
+    /// interprets from there to the first taken jump and asks again). `Some(Err(trap))`: the instruction
     /// at `pc` raised `trap`; `pc` and `instret` are exactly as the interpreter leaves them.
     fn run_code<B: Bus>(
         &mut self,
@@ -103,11 +103,6 @@ impl Hart {
     /// virtual address are valid only while it stays the same.
     pub fn tlb_generation(&self) -> u64 {
         self.mmu.tlb_gen
-    }
-
-    /// Whether this is a process-VM hart ([`crate::HartConfig::user_mode`]).
-    pub fn is_user_mode(&self) -> bool {
-        self.config.user_mode
     }
 
     /// The page of guest RAM holding `pc`, translated for execution (fetch permissions checked,

@@ -1,12 +1,17 @@
 //! popek's JIT: translates the RISC-V basic block at a hart's `pc` into x86-64 host code and runs
 //! it, through popek-cpu's [`popek_cpu::engine`] interface.
 //!
-//! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, loads and
-//! stores (an inline soft-TLB hit path, a call into the hart for everything else), `fence`.
-//! Anything else (CSRs, FP, atomics, `ecall`, system instructions) ends a block before it and the
-//! hart interprets that one instruction. Blocks never cross a 4 KiB page, so translated code is
-//! keyed by the host address of the guest's physical page (plus privilege and MMU mode) and is
-//! dropped exactly when the interpreter drops the page's decoded code.
+//! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, integer
+//! and FP loads and stores (an inline soft-TLB hit path, a call into the hart for everything
+//! else), `fence`. Atomics and F/D arithmetic stay inside blocks but run through the
+//! interpreter ([`popek_cpu::engine::steppable`]). Anything else (CSRs, `ecall`, `fence.i`,
+//! system instructions, instructions straddling a page) ends a block before it, and the hart
+//! interprets from there to the end of that basic block. Blocks never cross a 4 KiB page, so
+//! translated code is keyed by the host address of the guest's physical page (plus privilege
+//! and MMU mode) and is dropped when that page is written or code is flushed
+//! ([`popek_cpu::engine::CodeDrop`]). Blocks of one page chain to each other through patched
+//! jumps; `jalr` and jumps to other pages go through a jump cache keyed by guest virtual pc,
+//! invalidated with the hart's TLB.
 //!
 //! On hosts other than x86-64 Linux, [`Jit::new`] fails with [`JitError::Unsupported`] and callers
 //! use the interpreter.
