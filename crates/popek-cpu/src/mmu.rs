@@ -167,8 +167,11 @@ impl Mmu {
         for c in self.exec.iter_mut() {
             c.fill(IEMPTY);
         }
-        for c in self.engine_exec.iter_mut() {
-            c.fill(EEMPTY);
+        if !self.engine_pages.is_empty() {
+            // Only an engine fills these (and registers a page when it does).
+            for c in self.engine_exec.iter_mut() {
+                c.fill(EEMPTY);
+            }
         }
     }
 
@@ -231,7 +234,8 @@ impl Mmu {
     /// Whether physical page `ppn` holds code the interpreter decoded or an engine translated.
     #[inline]
     pub fn is_code_page(&self, ppn: u64) -> bool {
-        self.decoded.contains_key(&ppn) || self.engine_pages.contains(&ppn)
+        self.decoded.contains_key(&ppn)
+            || (!self.engine_pages.is_empty() && self.engine_pages.contains(&ppn))
     }
 
     /// Forget translations and the decoded code of every page overlapping `start..start+len`.
