@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use popek_cpu::{Bus, BusFault, DirtyLog, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
+use popek_jit::{EngineKind, Jit};
 use popek_virtio::blk::Block;
 use popek_virtio::console::Console as VirtioConsole;
 use popek_virtio::mmio::VirtioMmio;
@@ -78,6 +79,8 @@ pub struct MachineConfig {
     /// Stop with [`RunOutcome::Ready`] as soon as the guest signals it is ready (`popek snapshot
     /// create` saves the machine then).
     pub stop_when_ready: bool,
+    /// What runs guest code (`--engine`): the interpreter, or the JIT (one code cache per hart).
+    pub engine: popek_jit::EngineKind,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -272,6 +275,8 @@ pub struct RunStats {
     pub guest_resident: u64,
     /// Bytes held by the harts' decode caches at the end of the run.
     pub decode_cache: u64,
+    /// What the harts' JITs did (`--engine jit`), summed over harts and runs.
+    pub jit: Option<popek_jit::JitStats>,
 }
 
 /// Why the harts stopped.
@@ -312,6 +317,8 @@ pub(crate) struct Shared {
     pub(crate) migration: Mutex<Option<crate::migrate::Outgoing>>,
     /// Where [`MachineHandle::migrate`] sends requests (the migration thread).
     pub(crate) migrate_requests: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    /// JIT counters, added by each hart thread as it ends.
+    jit: Mutex<Option<popek_jit::JitStats>>,
 }
 
 /// What [`MachineHandle::status`] reports.
@@ -584,6 +591,7 @@ impl Machine {
             dirty_acks: (0..config.cpus).map(|_| AtomicU64::new(0)).collect(),
             migration: Mutex::new(None),
             migrate_requests: Mutex::new(None),
+            jit: Mutex::new(None),
         });
         spawn_console_reader(shared.clone(), config.jail);
         Ok(Machine {
@@ -596,6 +604,7 @@ impl Machine {
                 boot: None,
                 guest_resident: 0,
                 decode_cache: 0,
+                jit: None,
             },
             boot,
             config: config.clone(),
@@ -662,6 +671,7 @@ impl Machine {
             // Counted when asked for (stats()): mincore over all of RAM costs milliseconds.
             guest_resident: 0,
             decode_cache: self.harts.iter().map(|h| h.decode_cache_bytes()).sum(),
+            jit: *self.shared.jit.lock().unwrap_or_else(|e| e.into_inner()),
         };
         result
     }
@@ -673,13 +683,14 @@ impl Machine {
         *shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
         shared.threads.list().clear();
         shared.devices().update(&shared.pins);
+        let engine = self.config.engine;
         std::thread::scope(|s| {
             for (i, hart) in self.harts.iter_mut().enumerate() {
                 std::thread::Builder::new()
                     .name(format!("hart{i}"))
                     .spawn_scoped(s, move || {
                         shared.threads.list().push(std::thread::current());
-                        hart_loop(hart, i, shared);
+                        hart_loop(hart, i, shared, engine);
                     })
                     .expect("spawning a hart thread");
             }
@@ -763,7 +774,26 @@ fn watch_readiness(shared: &Shared, limit: Duration) {
 }
 
 /// One hart's thread: run slices, then let the devices catch up.
-fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
+fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
+    let mut jit = match engine {
+        EngineKind::Interp => None,
+        EngineKind::Jit => match Jit::new() {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!("hart {idx}: {e}; using the interpreter");
+                None
+            }
+        },
+    };
+    run_slices(hart, idx, shared, jit.as_mut());
+    if let Some(jit) = jit {
+        let mut total = shared.jit.lock().unwrap_or_else(|e| e.into_inner());
+        total.get_or_insert_with(Default::default).add(&jit.stats());
+    }
+}
+
+/// [`hart_loop`]'s slices, with the JIT if there is one, until the machine stops.
+fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut Jit>) {
     let mut bus = HartBus { shared };
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.paused.load(Ordering::Relaxed) {
@@ -776,7 +806,10 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared) {
         let before = hart.instret();
         let exit = match &shared.debug {
             Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
-            _ => hart.run(&mut bus, SLICE),
+            _ => match jit.as_deref_mut() {
+                Some(jit) => hart.run_with(&mut bus, SLICE, jit),
+                None => hart.run(&mut bus, SLICE),
+            },
         };
         shared
             .instructions

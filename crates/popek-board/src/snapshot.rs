@@ -556,5 +556,6 @@ pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineCo
         quiet_boot: run.quiet_boot,
         debug: run.debug.clone(),
         stop_when_ready: false,
+        engine: run.engine,
     })
 }

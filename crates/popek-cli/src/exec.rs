@@ -51,6 +51,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "ADDR")]
     gdb: Option<String>,
 
+    /// What runs the program's code: the JIT (the default on x86-64 Linux hosts; it hands
+    /// what it does not translate to the interpreter), or the interpreter alone.
+    #[arg(long, value_enum, default_value_t = crate::Engine::DEFAULT)]
+    engine: crate::Engine,
+
     /// The riscv64 program (a path inside the root, or a name found in PATH there).
     #[arg(value_name = "PROG")]
     prog: OsString,
@@ -117,6 +122,7 @@ pub fn run(mut args: ExecArgs) -> u8 {
         pass_fds: args.pass_fd,
         guest_root: args.guest_root,
         debug,
+        engine: args.engine.into(),
     };
     match popek_linux::exec(config) {
         Ok(never) => match never {},

@@ -18,6 +18,33 @@ use popek_board::{
     VsockConfig, DEFAULT_MAC,
 };
 
+/// `--engine` of `popek run` and `popek exec`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The interpreter.
+    Interp,
+    /// The JIT (RISC-V to x86-64), with the interpreter for what it does not translate.
+    Jit,
+}
+
+impl Engine {
+    /// The JIT where there is one (x86-64 Linux), the interpreter elsewhere.
+    pub(crate) const DEFAULT: Engine = if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        Engine::Jit
+    } else {
+        Engine::Interp
+    };
+}
+
+impl From<Engine> for popek_jit::EngineKind {
+    fn from(e: Engine) -> popek_jit::EngineKind {
+        match e {
+            Engine::Interp => popek_jit::EngineKind::Interp,
+            Engine::Jit => popek_jit::EngineKind::Jit,
+        }
+    }
+}
+
 /// popek: an efficient, isolated duplicate of a RISC-V machine
 #[derive(Parser, Debug)]
 #[command(name = "popek", version, propagate_version = true)]
@@ -150,6 +177,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     stats: bool,
 
+    /// What runs guest code: the JIT (the default on x86-64 Linux hosts; it hands what it does
+    /// not translate to the interpreter), or the interpreter alone.
+    #[arg(long, value_enum, default_value_t = Engine::DEFAULT)]
+    engine: Engine,
+
     /// With `-- CMD`: also show the firmware's and the kernel's console output (by default
     /// only CMD's stdout and stderr are shown).
     #[arg(long, short = 'v')]
@@ -245,6 +277,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         quiet_boot: None,
         debug: None,
         stop_when_ready: false,
+        engine: args.engine.into(),
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -606,5 +639,17 @@ pub(crate) fn print_stats(machine: &Machine) {
     );
     if let Some(b) = s.boot {
         eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
+    }
+    if let Some(j) = s.jit {
+        eprintln!(
+            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops",
+            j.blocks,
+            j.insns,
+            j.translate_ns as f64 / 1e6,
+            j.translate_ns as f64 / 1e3 / j.insns.max(1) as f64,
+            j.code_bytes >> 10,
+            j.flushes,
+            j.page_drops
+        );
     }
 }

@@ -24,8 +24,16 @@ fn qemu(elf: &Path) -> (String, i32) {
     )
 }
 
-fn popek_run(elf: &Path) -> (String, i32, String) {
-    let out = run_with_timeout(popek().arg("run").arg("--bios").arg(elf), LIMIT);
+fn popek_run(elf: &Path, engine: &str) -> (String, i32, String) {
+    let out = run_with_timeout(
+        popek()
+            .arg("run")
+            .arg("--engine")
+            .arg(engine)
+            .arg("--bios")
+            .arg(elf),
+        LIMIT,
+    );
     let (o, e) = text(&out);
     (o, out.status.code().expect("popek killed by a signal"), e)
 }
@@ -46,15 +54,18 @@ fn check(name: &str) {
         (want_out.as_str(), want_status),
         "QEMU no longer produces the recorded output for {name}: the test program is not deterministic"
     );
-    let (p_out, p_status, p_err) = popek_run(&elf);
-    assert_eq!(
-        p_out, q_out,
-        "{name}: popek's UART output differs from QEMU's (stderr: {p_err})"
-    );
-    assert_eq!(
-        p_status, q_status,
-        "{name}: exit status differs from QEMU's (stderr: {p_err})"
-    );
+    // Both engines: the interpreter, and the JIT with the interpreter beside it.
+    for engine in ["interp", "jit"] {
+        let (p_out, p_status, p_err) = popek_run(&elf, engine);
+        assert_eq!(
+            p_out, q_out,
+            "{name} ({engine}): popek's UART output differs from QEMU's (stderr: {p_err})"
+        );
+        assert_eq!(
+            p_status, q_status,
+            "{name} ({engine}): exit status differs from QEMU's (stderr: {p_err})"
+        );
+    }
 }
 
 macro_rules! baremetal_tests {
@@ -82,7 +93,7 @@ baremetal_tests!(
 #[test]
 fn flat_binary_runs_like_the_elf() {
     let bin = baremetal_dir().join("hello.bin");
-    let (out, status, err) = popek_run(&bin);
+    let (out, status, err) = popek_run(&bin, "interp");
     let want = std::fs::read_to_string(repo().join("tests/baremetal/expected/hello.out")).unwrap();
     assert_eq!((out.as_str(), status), (want.as_str(), 0), "stderr: {err}");
 }

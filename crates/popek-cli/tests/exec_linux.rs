@@ -101,8 +101,15 @@ fn status(o: &Output) -> i32 {
 }
 
 fn popek(prog: &str, args: &[&str]) -> Output {
+    popek_on("interp", prog, args)
+}
+
+/// [`popek`] with `--engine engine`.
+fn popek_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     let mut c = common::popek();
     c.arg("exec")
+        .arg("--engine")
+        .arg(engine)
         .arg("--root")
         .arg(root())
         .arg(format!("/bin/{prog}"))
@@ -129,6 +136,11 @@ fn text(b: &[u8]) -> String {
 /// Run `prog` (static and dynamic) under popek and QEMU with the same arguments (`ROOT` in an
 /// argument is replaced by the root as each one sees it) and compare stdout and exit status.
 fn same_as_qemu(prog: &str, args: &[&str]) -> Output {
+    same_as_qemu_on("interp", prog, args)
+}
+
+/// [`same_as_qemu`] with popek's `--engine engine`.
+fn same_as_qemu_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     let mut last = None;
     for variant in [prog.to_string(), format!("{prog}-dyn")] {
         let pa: Vec<String> = args.iter().map(|a| a.replace("ROOT", "")).collect();
@@ -136,24 +148,61 @@ fn same_as_qemu(prog: &str, args: &[&str]) -> Output {
             .iter()
             .map(|a| a.replace("ROOT", &root().display().to_string()))
             .collect();
-        let p = popek(&variant, &pa.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        let p = popek_on(
+            engine,
+            &variant,
+            &pa.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        );
         let q = qemu(&variant, &qa.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         assert_eq!(
             text(&p.stdout),
             text(&q.stdout),
-            "{variant}: stdout differs from qemu-riscv64 (popek stderr: {})",
+            "{variant} ({engine}): stdout differs from qemu-riscv64 (popek stderr: {})",
             text(&p.stderr)
         );
         assert_eq!(
             status(&p),
             status(&q),
-            "{variant}: exit status differs from qemu-riscv64 (popek stderr: {})",
+            "{variant} ({engine}): exit status differs from qemu-riscv64 (popek stderr: {})",
             text(&p.stderr)
         );
         assert!(!text(&p.stderr).contains("panicked"), "{}", text(&p.stderr));
         last = Some(p);
     }
     last.unwrap()
+}
+
+/// The JIT engine on the programs that exercise the most guest code: same results as QEMU.
+#[test]
+fn exec_jit_matches_qemu() {
+    let p = same_as_qemu_on("jit", "hello", &["a", "b"]);
+    assert_eq!(text(&p.stdout), "hello, world 3 /bin/hello-dyn\n");
+    same_as_qemu_on("jit", "args", &["one", "two words", "-x"]);
+    let p = same_as_qemu_on("jit", "mem", &[]);
+    assert!(text(&p.stdout).contains("malloc big ok"));
+    let p = same_as_qemu_on("jit", "sigsegv", &[]);
+    assert!(text(&p.stdout).contains("after unblock: got=10"));
+    assert_eq!(status(&same_as_qemu_on("jit", "segv", &[])), 139);
+    assert_eq!(status(&same_as_qemu_on("jit", "ill", &[])), 132);
+    let p = same_as_qemu_on("jit", "forkpipe", &[]);
+    assert!(text(&p.stdout).contains("child signaled=1 sig=11"));
+    let p = same_as_qemu_on("jit", "threads", &[]);
+    assert_eq!(text(&p.stdout), "counter=80000 sum=60 tls=0\n");
+}
+
+/// A guest execve re-executes popek with the same engine.
+#[test]
+fn exec_jit_execve() {
+    for prog in ["execve", "execve-dyn"] {
+        let p = popek_on("jit", prog, &[]);
+        assert_eq!(
+            text(&p.stdout),
+            "missing=-1 errno=2\nhello, world 3 renamed-hello\n",
+            "{}",
+            text(&p.stderr)
+        );
+        assert_eq!(status(&p), 3);
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use crate::csr::{mstatus, CsrOp};
 use crate::decode::{decode, insn_len, Insn, Op};
+use crate::engine::{Engine, Interpreter};
 use crate::fpu::{self, RoundingMode};
 use crate::hart::{request, Hart, Priv};
 use crate::mmu::{Access, DecodedPage, UNDECODED};
@@ -11,7 +12,7 @@ use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
 
 /// Whether `op` writes an integer destination register (so rd = x0 can be redirected to the sink).
-fn writes_xreg(op: Op) -> bool {
+pub(crate) fn writes_xreg(op: Op) -> bool {
     use Op::*;
     !matches!(
         op,
@@ -93,7 +94,7 @@ fn decode_for_cache(raw: u32) -> Insn {
 
 /// Where execution continues after an instruction.
 #[derive(Clone, Copy)]
-enum Flow {
+pub(crate) enum Flow {
     /// The next instruction in sequence.
     Next(u64),
     /// A taken branch or jump: may leave the page, and bounds the slice.
@@ -141,18 +142,36 @@ unsafe fn raw_bits(host: *const u8, off: usize) -> u64 {
 impl Hart {
     /// Run until `budget` instructions have retired or something needs the owner's attention.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
-        self.run_inner::<B, false>(bus, budget)
+        self.run_inner::<B, Interpreter, false>(bus, budget, &mut Interpreter)
+    }
+
+    /// [`Hart::run`] with `engine` (see [`crate::engine`]).
+    pub(crate) fn run_engine<B: Bus, E: Engine>(
+        &mut self,
+        bus: &mut B,
+        budget: u64,
+        engine: &mut E,
+    ) -> Exit {
+        self.run_inner::<B, E, false>(bus, budget, engine)
     }
 
     /// Execute exactly one instruction (or take one trap or interrupt without executing the
     /// handler), for debuggers: [`Exit::Budget`] when it retired or trapped into a handler.
     pub fn single_step<B: Bus>(&mut self, bus: &mut B) -> Exit {
-        self.run_inner::<B, true>(bus, 1)
+        self.run_inner::<B, Interpreter, true>(bus, 1, &mut Interpreter)
     }
 
     /// [`Hart::run`], or with `STEP` one instruction at a time: the single-step variant is a
     /// separate instantiation, so the normal interpreter loop carries no debugger checks.
-    fn run_inner<B: Bus, const STEP: bool>(&mut self, bus: &mut B, budget: u64) -> Exit {
+    ///
+    /// With an active engine, the engine runs code where it can and the interpreter executes one
+    /// instruction at a time where it cannot.
+    fn run_inner<B: Bus, E: Engine, const STEP: bool>(
+        &mut self,
+        bus: &mut B,
+        budget: u64,
+        engine: &mut E,
+    ) -> Exit {
         let stop_at = self.s.instret.saturating_add(budget);
         loop {
             self.sync_page_perms();
@@ -187,11 +206,21 @@ impl Hart {
                     return Exit::Wfi;
                 }
             }
-            let result = match self.fetch_page() {
-                Ok((page, host)) => {
-                    self.exec_page::<B, STEP>(bus, page, host, stop_at - self.s.instret)
-                }
-                Err(t) => Err(t),
+            let left = stop_at - self.s.instret;
+            let ran = if E::ACTIVE {
+                engine.run_code(self, bus, left)
+            } else {
+                None
+            };
+            let result = match ran {
+                Some(r) => r,
+                None => match self.fetch_page() {
+                    // The engine declined this instruction: interpret up to the end of its
+                    // basic block (the first taken jump), then ask the engine again.
+                    Ok((page, host)) if E::ACTIVE => self.exec_page::<B, false>(bus, page, host, 1),
+                    Ok((page, host)) => self.exec_page::<B, STEP>(bus, page, host, left),
+                    Err(t) => Err(t),
+                },
             };
             if let Some(slot) = self.straddle_slot.take() {
                 // SAFETY: the page the slot belongs to is still allocated: dropped pages are only
@@ -351,7 +380,7 @@ impl Hart {
     /// Execute instruction `i` at `pc` and say where execution goes next. `retired` counts the
     /// instructions retired in this slice but not yet added to `instret` (counter reads need it).
     #[inline(always)]
-    fn step<B: Bus>(
+    pub(crate) fn step<B: Bus>(
         &mut self,
         bus: &mut B,
         i: &Insn,

@@ -204,6 +204,12 @@ impl HartState {
         }
     }
 
+    /// The [`request`] bits now set (engines return to the outer loop when any is).
+    #[inline(always)]
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
     /// Whether request bit(s) `bits` are set.
     #[inline(always)]
     pub(crate) fn requested(&self, bits: u32) -> bool {

@@ -8,6 +8,7 @@
 
 pub mod csr;
 pub mod decode;
+pub mod engine;
 mod exec;
 pub mod fpu;
 mod hart;

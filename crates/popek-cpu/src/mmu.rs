@@ -6,7 +6,7 @@
 //! need no flush. Pages holding decoded code never get write entries: a store to them takes the
 //! slow path, which drops the decoded page (self-modifying code and page reuse stay correct).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
@@ -33,6 +33,7 @@ pub(crate) type DecodedPage = [Insn; SLOTS];
 pub(crate) const UNDECODED: Insn = Insn::undecoded();
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct TlbEntry {
     /// Virtual page number, or `u64::MAX` when empty.
     pub tag: u64,
@@ -46,6 +47,19 @@ pub(crate) struct ITlbEntry {
     pub addend: u64,
     pub page: *mut DecodedPage,
 }
+
+/// A fetch translation for an execution engine: virtual page to the host address of its
+/// (write-protected) physical page.
+#[derive(Clone, Copy)]
+pub(crate) struct EngineTlbEntry {
+    pub tag: u64,
+    pub host: *const u8,
+}
+
+const EEMPTY: EngineTlbEntry = EngineTlbEntry {
+    tag: u64::MAX,
+    host: std::ptr::null(),
+};
 
 const EMPTY: TlbEntry = TlbEntry {
     tag: u64::MAX,
@@ -89,6 +103,12 @@ pub(crate) struct Mmu {
     pub read: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
     pub write: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
     pub exec: [[ITlbEntry; TLB_SIZE]; 4],
+    /// Fetch translations of engines (see `Hart::fetch_code_page`), per fetch context.
+    pub engine_exec: [[EngineTlbEntry; TLB_SIZE]; 4],
+    /// Physical pages an engine translated code from: write-protected like decoded pages
+    /// (stores take the slow path, which drops them), but independent of the decode cache and
+    /// its bound.
+    pub engine_pages: HashSet<u64>,
     /// Current data context (index into `read`/`write`).
     pub dctx: usize,
     /// Current fetch context (index into `exec`).
@@ -100,7 +120,18 @@ pub(crate) struct Mmu {
     /// Decoded pages dropped while the interpreter may still point into them; freed between
     /// slices.
     dropped: Vec<Box<DecodedPage>>,
+    /// Physical pages of decoded code dropped since an engine last looked (see
+    /// `Hart::drain_code_drops`); bounded: past `MAX_CODE_DROPS` it becomes `code_drops_all`.
+    pub code_drops: Vec<u64>,
+    /// All decoded code was dropped since an engine last looked.
+    pub code_drops_all: bool,
+    /// Bumped by every TLB flush: engines caching virtual-address lookups drop them when it
+    /// changes.
+    pub tlb_gen: u64,
 }
+
+/// Most dropped pages remembered one by one for engines (an interpreter-only hart never drains).
+const MAX_CODE_DROPS: usize = 64;
 
 #[inline(always)]
 pub(crate) fn tlb_index(vaddr: u64) -> usize {
@@ -113,38 +144,62 @@ impl Mmu {
             read: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
             write: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
             exec: [[IEMPTY; TLB_SIZE]; 4],
+            engine_exec: [[EEMPTY; TLB_SIZE]; 4],
+            engine_pages: HashSet::new(),
             dctx: 3,
             ictx: 3,
             data_priv: Priv::M,
             decoded: HashMap::new(),
             dropped: Vec::new(),
+            code_drops: Vec::new(),
+            // A new (or reset) hart: an engine must forget what it had.
+            code_drops_all: true,
+            tlb_gen: 0,
         }
     }
 
     /// Drop every cached translation (satp writes, sfence.vma).
     pub fn flush_tlb(&mut self) {
+        self.tlb_gen += 1;
         for c in self.read.iter_mut().chain(self.write.iter_mut()) {
             c.fill(EMPTY);
         }
         for c in self.exec.iter_mut() {
             c.fill(IEMPTY);
         }
+        if !self.engine_pages.is_empty() {
+            // Only an engine fills these (and registers a page when it does).
+            for c in self.engine_exec.iter_mut() {
+                c.fill(EEMPTY);
+            }
+        }
     }
 
-    /// Drop the write translations only (dirty-page logging).
+    /// Drop every write translation (a page just became code, or the dirty log starts a
+    /// round: stores must take the slow path).
     pub fn flush_write_tlb(&mut self) {
         for c in self.write.iter_mut() {
             c.fill(EMPTY);
         }
     }
 
+    /// Whether code was dropped since an engine last looked.
+    #[inline(always)]
+    pub fn code_drops_pending(&self) -> bool {
+        self.code_drops_all || !self.code_drops.is_empty()
+    }
+
     /// Drop translations and decoded code.
     pub fn flush_all(&mut self) {
         self.flush_tlb();
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
+        self.engine_pages.clear();
+        self.code_drops_all = true;
+        self.code_drops.clear();
     }
 
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
+    /// Engines' pages stay protected: their translations remain valid.
     pub fn evict_decoded(&mut self) {
         self.dropped.extend(self.decoded.drain().map(|(_, p)| p));
         for c in self.exec.iter_mut() {
@@ -152,7 +207,8 @@ impl Mmu {
         }
     }
 
-    /// Forget the decoded code of physical page `ppn` (it is being written).
+    /// Forget the decoded (and engine-translated) code of physical page `ppn` (it is being
+    /// written).
     pub fn drop_code_page(&mut self, ppn: u64) {
         if let Some(p) = self.decoded.remove(&ppn) {
             self.dropped.push(p);
@@ -160,6 +216,26 @@ impl Mmu {
                 c.fill(IEMPTY);
             }
         }
+        if self.engine_pages.remove(&ppn) {
+            for c in self.engine_exec.iter_mut() {
+                c.fill(EEMPTY);
+            }
+            if !self.code_drops_all {
+                if self.code_drops.len() >= MAX_CODE_DROPS {
+                    self.code_drops_all = true;
+                    self.code_drops.clear();
+                } else {
+                    self.code_drops.push(ppn);
+                }
+            }
+        }
+    }
+
+    /// Whether physical page `ppn` holds code the interpreter decoded or an engine translated.
+    #[inline]
+    pub fn is_code_page(&self, ppn: u64) -> bool {
+        self.decoded.contains_key(&ppn)
+            || (!self.engine_pages.is_empty() && self.engine_pages.contains(&ppn))
     }
 
     /// Forget translations and the decoded code of every page overlapping `start..start+len`.
@@ -175,10 +251,11 @@ impl Mmu {
         }
         let first = start >> 12;
         let last = start.saturating_add(len).saturating_sub(1) >> 12;
-        if len == u64::MAX || last - first > self.decoded.len() as u64 {
+        if len == u64::MAX || last - first > (self.decoded.len() + self.engine_pages.len()) as u64 {
             let doomed: Vec<u64> = self
                 .decoded
                 .keys()
+                .chain(self.engine_pages.iter())
                 .copied()
                 .filter(|p| (first..=last).contains(p))
                 .collect();
@@ -423,7 +500,7 @@ impl Hart {
                 log.mark(paddr, size);
             }
         }
-        if access == Access::Write && self.mmu.decoded.contains_key(&ppn) {
+        if access == Access::Write && self.mmu.is_code_page(ppn) {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
             // from that very page.
             self.mmu.drop_code_page(ppn);

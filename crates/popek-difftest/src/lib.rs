@@ -32,10 +32,43 @@ pub fn flavour_for(seed: u64, sel: Option<Flavour>) -> Flavour {
 
 /// Run one seed; Err with a report if QEMU and popek disagree.
 pub fn check(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
+    check_engine(seed, flavour, popek_jit::EngineKind::Interp)
+}
+
+/// [`check`] with popek's JIT engine.
+pub fn check_jit(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
+    check_engine(seed, flavour, popek_jit::EngineKind::Jit)
+}
+
+/// Without QEMU: popek's JIT and interpreter must give identical results.
+pub fn check_jit_vs_interp(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
+    let prog = gen::generate(seed, flavour);
+    let img = elf::build(&prog);
+    let i = run::run_popek_with(&img, popek_jit::EngineKind::Interp);
+    let j = run::run_popek_with(&img, popek_jit::EngineKind::Jit);
+    match run::compare(&i, &j) {
+        None => Ok(()),
+        Some(diff) => Err(Divergence {
+            seed,
+            flavour,
+            report: format!(
+                "JIT DIFFERS FROM INTERPRETER seed {seed} flavour {} (left: interpreter, right: JIT)\n{diff}  sequence:\n{}",
+                flavour.name(),
+                elf::listing_text(&img)
+            ),
+        }),
+    }
+}
+
+fn check_engine(
+    seed: u64,
+    flavour: Flavour,
+    engine: popek_jit::EngineKind,
+) -> Result<(), Divergence> {
     let prog = gen::generate(seed, flavour);
     let img = elf::build(&prog);
     let q = run::run_qemu(&img);
-    let p = run::run_popek(&img);
+    let p = run::run_popek_with(&img, engine);
     match run::compare(&q, &p) {
         None => Ok(()),
         Some(diff) => {

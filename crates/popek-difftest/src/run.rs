@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use popek_cpu::{Exception, Exit, Hart, HartConfig, Memory, NoBus, RamRegion};
+use popek_jit::{EngineKind, Jit};
 
 use crate::elf::Image;
 use crate::layout::*;
@@ -194,11 +195,18 @@ pub fn signal_for(cause: Exception, tval: u64, pc: u64) -> (i32, u64) {
     }
 }
 
-/// Run the image on popek with a minimal Linux syscall shim.
+/// Run the image on popek's interpreter with a minimal Linux syscall shim.
 pub fn run_popek(img: &Image) -> Outcome {
+    run_popek_with(img, EngineKind::Interp)
+}
+
+/// [`run_popek`] with the given execution engine.
+pub fn run_popek_with(img: &Image, engine: EngineKind) -> Outcome {
     install_panic_hook();
     QUIET_PANIC.with(|q| *q.borrow_mut() = Some(String::new()));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_popek_inner(img)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_popek_inner(img, engine)
+    }));
     let msg = QUIET_PANIC
         .with(|q| q.borrow_mut().take())
         .unwrap_or_default();
@@ -211,7 +219,7 @@ pub fn run_popek(img: &Image) -> Outcome {
     }
 }
 
-fn run_popek_inner(img: &Image) -> Outcome {
+fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
     let len = (END - BASE) as usize;
     let mut ram = vec![0u64; len / 8];
     let host = ram.as_mut_ptr() as *mut u8;
@@ -233,8 +241,23 @@ fn run_popek_inner(img: &Image) -> Outcome {
     let mut stdout = Vec::new();
     let mut handlers = [false; 65];
     let mut budget_left: u64 = 10_000_000;
+    let mut jit = match engine {
+        EngineKind::Interp => None,
+        EngineKind::Jit => match Jit::new() {
+            Ok(j) => Some(j),
+            Err(e) => {
+                return Outcome {
+                    status: Status::Error(format!("no JIT: {e}")),
+                    stdout: vec![],
+                }
+            }
+        },
+    };
     loop {
-        let exit = hart.run(&mut NoBus, 100_000);
+        let exit = match jit.as_mut() {
+            Some(j) => hart.run_with(&mut NoBus, 100_000, j),
+            None => hart.run(&mut NoBus, 100_000),
+        };
         match exit {
             Exit::Ecall => {
                 let (a0, a1, a2) = (hart.xreg(10), hart.xreg(11), hart.xreg(12));

@@ -4,11 +4,16 @@
 
 use std::sync::Mutex;
 
-use popek_difftest::{run, run_many, Flavour};
+use popek_difftest::{
+    check_jit, check_jit_vs_interp, run, run_many, run_many_with, Divergence, Flavour,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const JOBS: usize = 2;
+
+/// A per-seed check (see `popek_difftest::check`).
+type Check = fn(u64, Flavour) -> Result<(), Divergence>;
 
 fn seeds_from_env(default: u64) -> u64 {
     std::env::var("POPEK_DIFFTEST_SEEDS")
@@ -18,13 +23,27 @@ fn seeds_from_env(default: u64) -> u64 {
 }
 
 fn run_flavour(flavour: Flavour, start: u64, count: u64) {
+    run_flavour_with(flavour, start, count, None, true);
+}
+
+/// `check`: another per-seed check than QEMU against the interpreter (e.g. the JIT).
+fn run_flavour_with(
+    flavour: Flavour,
+    start: u64,
+    count: u64,
+    check: Option<Check>,
+    needs_qemu: bool,
+) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
-        run::qemu_available(),
+        !needs_qemu || run::qemu_available(),
         "{} is required for the differential tests: apt-get install qemu-user",
         run::QEMU
     );
-    let summary = run_many(start, count, Some(flavour), JOBS, &|_, _, _| {});
+    let summary = match check {
+        Some(c) => run_many_with(start, count, Some(flavour), JOBS, &|_, _, _| {}, c),
+        None => run_many(start, count, Some(flavour), JOBS, &|_, _, _| {}),
+    };
     let executed = summary.executed[flavour as usize];
     let passed = summary.passed[flavour as usize];
     let mut msg = String::new();
@@ -80,4 +99,46 @@ fn random_fault() {
 #[test]
 fn random_fpmove() {
     run_flavour(Flavour::FpMove, 0, seeds_from_env(1000));
+}
+
+// The JIT engine against QEMU (fewer seeds: the interpreter runs above cover the generator).
+#[test]
+fn random_int_jit() {
+    run_flavour_with(Flavour::Int, 0, seeds_from_env(1500), Some(check_jit), true);
+}
+
+#[test]
+fn random_mixed_jit() {
+    run_flavour_with(
+        Flavour::Mixed,
+        0,
+        seeds_from_env(1000),
+        Some(check_jit),
+        true,
+    );
+}
+
+#[test]
+fn random_fault_jit() {
+    run_flavour_with(
+        Flavour::Fault,
+        0,
+        seeds_from_env(1000),
+        Some(check_jit),
+        true,
+    );
+}
+
+// The JIT against the interpreter, without QEMU: every flavour, other seeds than above.
+#[test]
+fn jit_matches_interpreter() {
+    for f in Flavour::ALL {
+        run_flavour_with(
+            f,
+            100_000,
+            seeds_from_env(500),
+            Some(check_jit_vs_interp),
+            false,
+        );
+    }
 }

@@ -49,6 +49,8 @@ pub struct ExecConfig {
     pub guest_root: Option<i32>,
     /// `--gdb`: the program's first thread waits for gdb before its first instruction.
     pub debug: Option<ExecDebug>,
+    /// `--engine`: what runs guest code (each thread gets its own JIT code cache).
+    pub engine: popek_jit::EngineKind,
 }
 
 /// The debugger of a process VM: the hub the first guest thread runs under and the listener

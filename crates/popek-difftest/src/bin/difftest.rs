@@ -1,17 +1,21 @@
 //! Long differential runs against qemu-riscv64.
 //!
 //! difftest --seeds N --start S --jobs J [--flavour all|int|fp|mixed|fault] [--max-reports K]
+//!          [--engine interp|jit]   (popek's engine; jit-vs-interp compares the two, no QEMU)
 //! difftest --seed S [--flavour F] [--emit FILE.elf]   (one seed: listing, result, optional ELF)
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use popek_difftest::{check, check_qemu_only, elf, flavour_for, gen, run, run_many_with, Flavour};
+use popek_difftest::{
+    check, check_jit, check_jit_vs_interp, check_qemu_only, elf, flavour_for, gen, run,
+    run_many_with, Flavour,
+};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: difftest [--qemu-only] [--seeds N] [--start S] [--jobs J] [--flavour all|int|fp|mixed|fault] [--max-reports K]\n       difftest --seed S [--flavour F] [--emit FILE.elf]"
+        "usage: difftest [--qemu-only] [--seeds N] [--start S] [--jobs J] [--flavour all|int|fp|mixed|fault] [--max-reports K] [--engine interp|jit|jit-vs-interp]\n       difftest --seed S [--engine interp|jit] [--flavour F] [--emit FILE.elf]"
     );
     ExitCode::from(2)
 }
@@ -21,6 +25,7 @@ fn main() -> ExitCode {
     let (mut seeds, mut start, mut jobs, mut sel, mut one, mut emit, mut max_reports) =
         (1000u64, 0u64, 2usize, None, None, None, 20u64);
     let mut qemu_only = false;
+    let mut engine = "interp".to_string();
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--qemu-only" {
@@ -62,6 +67,10 @@ fn main() -> ExitCode {
                 }
             }
             "--emit" => emit = val.clone(),
+            "--engine" => match val.as_deref() {
+                Some(e @ ("interp" | "jit" | "jit-vs-interp")) => engine = e.to_string(),
+                _ => return usage(),
+            },
             "--flavour" => {
                 sel = match val.as_deref() {
                     Some("all") => None,
@@ -94,7 +103,12 @@ fn main() -> ExitCode {
             println!("wrote {path}");
         }
         let q = run::run_qemu(&img);
-        let p = run::run_popek(&img);
+        let kind = if engine == "interp" {
+            popek_jit::EngineKind::Interp
+        } else {
+            popek_jit::EngineKind::Jit
+        };
+        let p = run::run_popek_with(&img, kind);
         println!("qemu: {:?}, popek: {:?}", q.status, p.status);
         if q.stdout.len() == popek_difftest::layout::OUT_LEN as usize {
             let w = |i: usize| {
@@ -125,7 +139,12 @@ fn main() -> ExitCode {
     }
     let t0 = Instant::now();
     let reported = AtomicU64::new(0);
-    let f = if qemu_only { check_qemu_only } else { check };
+    let f = match (qemu_only, engine.as_str()) {
+        (true, _) => check_qemu_only,
+        (_, "jit") => check_jit,
+        (_, "jit-vs-interp") => check_jit_vs_interp,
+        _ => check,
+    };
     let summary = run_many_with(
         start,
         seeds,

@@ -1,0 +1,253 @@
+//! The engine interface: what an execution engine other than the interpreter (the JIT in
+//! `popek-jit`) needs from a hart, and nothing more.
+//!
+//! The hart keeps its outer loop (interrupts, WFI, requests, budget, trap entry) for every engine:
+//! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` and, whenever the
+//! engine declines, interprets up to the end of the basic block there (the first taken jump). The engine reads and writes architectural state
+//! through [`Hart::state_ptr`] at [`crate::HartState::OFFSETS`], performs memory accesses through
+//! [`Hart::engine_load`] / [`Hart::engine_store`] (same TLB, MMIO and code-protection rules as the
+//! interpreter), finds code with [`Hart::fetch_code_page`], and learns which code it must forget
+//! from [`Hart::drain_code_drops`]: translated code is valid while the page it came from stays
+//! registered (write-protected) as an engine code page, which is independent of the
+//! interpreter's decode cache and its bound.
+
+use crate::decode::{Insn, Op};
+use crate::exec::{writes_xreg, Flow};
+use crate::hart::Hart;
+use crate::mmu::{tlb_index, Access, EngineTlbEntry};
+use crate::trap::{Exception, Trap};
+use crate::{Bus, BusFault, Exit, HartState};
+
+/// An execution engine the hart's outer loop can delegate to.
+pub trait Engine {
+    /// Whether this engine ever runs code (false only for [`Interpreter`], so its instantiation
+    /// of the outer loop is the plain interpreter's).
+    const ACTIVE: bool;
+
+    /// Run code from `hart`'s current `pc` for at most about `left` instructions, stopping when a
+    /// request bit is set. `None`: the engine cannot run the instruction at `pc` (the hart
+    /// interprets from there to the first taken jump and asks again). `Some(Err(trap))`: the instruction
+    /// at `pc` raised `trap`; `pc` and `instret` are exactly as the interpreter leaves them.
+    fn run_code<B: Bus>(
+        &mut self,
+        hart: &mut Hart,
+        bus: &mut B,
+        left: u64,
+    ) -> Option<Result<(), Trap>>;
+}
+
+/// The interpreter alone: the engine [`Hart::run`] uses.
+#[derive(Debug, Default)]
+pub struct Interpreter;
+
+impl Engine for Interpreter {
+    const ACTIVE: bool = false;
+
+    #[inline(always)]
+    fn run_code<B: Bus>(&mut self, _: &mut Hart, _: &mut B, _: u64) -> Option<Result<(), Trap>> {
+        None
+    }
+}
+
+/// Translated code an engine must forget, as reported by [`Hart::drain_code_drops`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeDrop {
+    /// Everything: all code was dropped (`flush_caches`, `fence.i` on an SMP hart) or the hart
+    /// was reset.
+    All,
+    /// The 4 KiB page of guest RAM whose first byte is at this host address (as in
+    /// [`CodePage::host`]; not necessarily aligned on the host).
+    HostPage(u64),
+}
+
+/// The page of guest RAM holding the instruction at `pc`, as returned by
+/// [`Hart::fetch_code_page`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodePage {
+    /// Host address of the first byte of the (4 KiB) guest page; unique per physical page. Not
+    /// necessarily aligned on the host: guest RAM may be any host allocation.
+    pub host: *const u8,
+}
+
+impl<T: Bus + ?Sized> Bus for &mut T {
+    fn read(&mut self, addr: u64, size: u8) -> Result<u64, BusFault> {
+        (**self).read(addr, size)
+    }
+    fn write(&mut self, addr: u64, size: u8, value: u64) -> Result<(), BusFault> {
+        (**self).write(addr, size, value)
+    }
+    fn time(&mut self) -> u64 {
+        (**self).time()
+    }
+}
+
+impl Hart {
+    /// [`Hart::run`] with `engine` running code where it can.
+    pub fn run_with<B: Bus, E: Engine>(
+        &mut self,
+        bus: &mut B,
+        budget: u64,
+        engine: &mut E,
+    ) -> Exit {
+        self.run_engine::<B, E>(bus, budget, engine)
+    }
+
+    /// Raw pointer to the architectural state, for generated code (fields at
+    /// [`HartState::OFFSETS`]). Valid while the hart is neither moved nor dropped.
+    pub fn state_ptr(&mut self) -> *mut HartState {
+        &mut self.s
+    }
+
+    /// Changes whenever the hart's translations are flushed (`satp` writes, `sfence.vma`,
+    /// [`Hart::invalidate_range`], [`Hart::flush_caches`]...): lookups an engine keys by
+    /// virtual address are valid only while it stays the same.
+    pub fn tlb_generation(&self) -> u64 {
+        self.mmu.tlb_gen
+    }
+
+    /// The page of guest RAM holding `pc`, translated for execution (fetch permissions checked,
+    /// through a fetch TLB of the engine's own, flushed with the hart's TLB) and registered as
+    /// an engine code page: from now on stores to it drop it (reported by
+    /// [`Hart::drain_code_drops`]) and set [`crate::request::LEAVE`].
+    #[inline]
+    pub fn fetch_code_page(&mut self) -> Result<CodePage, Trap> {
+        let pc = self.s.pc;
+        let e = self.mmu.engine_exec[self.mmu.ictx][tlb_index(pc)];
+        if e.tag == pc >> 12 {
+            return Ok(CodePage { host: e.host });
+        }
+        self.fetch_code_page_slow()
+    }
+
+    #[inline(never)]
+    fn fetch_code_page_slow(&mut self) -> Result<CodePage, Trap> {
+        let pc = self.s.pc;
+        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
+        let host = self
+            .mem
+            .host_ptr(paddr & !0xfff, 4096)
+            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
+        if self.mmu.engine_pages.insert(paddr >> 12) {
+            // A new code page: no write-TLB entry may point at it any more.
+            self.mmu.flush_write_tlb();
+        }
+        let ctx = self.mmu.ictx;
+        self.mmu.engine_exec[ctx][tlb_index(pc)] = EngineTlbEntry {
+            tag: pc >> 12,
+            host,
+        };
+        Ok(CodePage { host })
+    }
+
+    /// Report (and forget) the engine code pages dropped since the last call. Call it before
+    /// using translated code.
+    #[inline]
+    pub fn drain_code_drops(&mut self, mut f: impl FnMut(CodeDrop)) {
+        if !self.mmu.code_drops_pending() {
+            return;
+        }
+        if self.mmu.code_drops_all {
+            f(CodeDrop::All);
+        } else {
+            for ppn in &self.mmu.code_drops {
+                if let Some(p) = self.mem.host_ptr(ppn << 12, 4096) {
+                    f(CodeDrop::HostPage(p as u64));
+                }
+            }
+        }
+        self.mmu.code_drops_all = false;
+        self.mmu.code_drops.clear();
+    }
+
+    /// Load `size` (1, 2, 4 or 8) bytes at virtual address `vaddr`, zero-extended, exactly as a
+    /// load instruction of the interpreter would (TLB, page walk, MMIO, faults).
+    pub fn engine_load(&mut self, bus: &mut dyn Bus, vaddr: u64, size: u8) -> Result<u64, Trap> {
+        let mut bus = bus;
+        match size {
+            1 => self.load::<1, _>(&mut bus, vaddr),
+            2 => self.load::<2, _>(&mut bus, vaddr),
+            4 => self.load::<4, _>(&mut bus, vaddr),
+            _ => self.load::<8, _>(&mut bus, vaddr),
+        }
+    }
+
+    /// Store the low `size` bytes of `value` at virtual address `vaddr`, as a store instruction
+    /// of the interpreter would; afterwards [`crate::request::LEAVE`] is set if the store hit
+    /// code or MMIO, and generated code must then return to the outer loop.
+    pub fn engine_store(
+        &mut self,
+        bus: &mut dyn Bus,
+        vaddr: u64,
+        size: u8,
+        value: u64,
+    ) -> Result<(), Trap> {
+        let mut bus = bus;
+        match size {
+            1 => self.store::<1, _>(&mut bus, vaddr, value),
+            2 => self.store::<2, _>(&mut bus, vaddr, value),
+            4 => self.store::<4, _>(&mut bus, vaddr, value),
+            _ => self.store::<8, _>(&mut bus, vaddr, value),
+        }
+    }
+
+    /// The current data TLB for loads (`write` false) or stores, for inline fast paths in
+    /// generated code: [`DATA_TLB_ENTRIES`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes, entry
+    /// `(vaddr >> 12) % DATA_TLB_ENTRIES` holds the tag `vaddr >> 12` at offset 0 (or
+    /// `u64::MAX`) and at offset 8 the value to add to `vaddr` for the host address. Valid until
+    /// the privilege, `mstatus` or the TLB change, all of which set [`crate::request::LEAVE`].
+    pub fn data_tlb(&self, write: bool) -> *const u8 {
+        let ctx = self.mmu.dctx;
+        let tlb = if write {
+            &self.mmu.write[ctx]
+        } else {
+            &self.mmu.read[ctx]
+        };
+        tlb.as_ptr() as *const u8
+    }
+}
+
+/// Whether an engine may run `op` through [`Hart::engine_step`] in the middle of translated
+/// code: the atomics and the F/D instructions, which neither read the counters nor change
+/// control flow, privilege, translation or the decode cache (they may store to code or MMIO, and
+/// then set [`crate::request::LEAVE`]).
+pub fn steppable(op: Op) -> bool {
+    // The enum lists the A, F and D operations last, from `LrW` to `FmvDX`.
+    (Op::LrW as u8..=Op::FmvDX as u8).contains(&(op as u8))
+}
+
+impl Hart {
+    /// Execute one [`steppable`] instruction `insn` (decoded from `raw`, the instruction's bits:
+    /// the low 16 for a compressed one) at `pc` exactly as the interpreter would, except that
+    /// `pc` and `instret` are the caller's to update. On an illegal-instruction trap `tval`
+    /// holds `raw`, as the interpreter reports it.
+    pub fn engine_step(
+        &mut self,
+        bus: &mut dyn Bus,
+        insn: &Insn,
+        pc: u64,
+        raw: u32,
+    ) -> Result<(), Trap> {
+        debug_assert!(steppable(insn.op));
+        let mut i = *insn;
+        if i.rd() == 0 && writes_xreg(i.op) {
+            i.set_rd(32);
+        }
+        let mut bus = bus;
+        let mut retired = 0;
+        match self.step(&mut bus, &i, pc, &mut retired) {
+            Ok(Flow::Next(_) | Flow::Store(_)) => Ok(()),
+            Ok(_) => unreachable!("a steppable instruction continues in sequence"),
+            Err(mut t) => {
+                if t.cause == Exception::IllegalInstruction {
+                    t.tval = raw as u64;
+                }
+                Err(t)
+            }
+        }
+    }
+}
+
+/// Entries of each data TLB (see [`Hart::data_tlb`]).
+pub const DATA_TLB_ENTRIES: usize = crate::mmu::TLB_SIZE;
+/// Bytes per data TLB entry (see [`Hart::data_tlb`]).
+pub const DATA_TLB_ENTRY_BYTES: usize = std::mem::size_of::<crate::mmu::TlbEntry>();

@@ -1,0 +1,498 @@
+//! The engine: block cache, invalidation, the helpers generated code calls, and the run loop.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use popek_cpu::decode::Insn;
+use popek_cpu::engine::{CodeDrop, Engine};
+use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
+
+use crate::code::CodeBuf;
+use crate::translate::{jcache_slot, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES};
+use crate::{JitError, JitStats};
+
+/// Bytes of executable memory per engine; when full, every translation is dropped.
+const CODE_BYTES: usize = 32 << 20;
+/// Slots of the direct-mapped lookup in front of the block map.
+const FAST_SLOTS: usize = 4096;
+
+/// What generated code and its helpers share for one run: the hart, the bus, the TLBs the
+/// inline fast paths use, and the trap a helper reports.
+#[repr(C)]
+struct Ctx<'a> {
+    tlb_read: *const u8,
+    tlb_write: *const u8,
+    /// Instructions chained blocks may still run before returning (read on entry; generated
+    /// code counts down in a register).
+    left: i64,
+    /// The chain slot the last block left through, or null.
+    exit_slot: *mut u8,
+    /// The engine's jump cache.
+    jcache: *const JEntry,
+    /// The key valid jump-cache entries carry now.
+    jkey: u64,
+    hart: *mut Hart,
+    bus: *mut (dyn Bus + 'a),
+    trap: Trap,
+}
+
+/// What a load helper returns: in `rax` the loaded value, in `rdx` non-zero on a fault.
+#[repr(C)]
+struct LoadRet {
+    value: u64,
+    fault: u64,
+}
+
+/// Slow path of a load of `N` bytes (sign-extended if `SIGNED`), called by generated code.
+///
+/// # Safety
+/// `ctx` must be the context of the run in progress.
+unsafe extern "sysv64" fn load_helper<const N: u8, const SIGNED: bool>(
+    ctx: *mut Ctx<'_>,
+    vaddr: u64,
+) -> LoadRet {
+    // SAFETY: generated code passes the live context, whose hart and bus pointers come from
+    // the `&mut` borrows `run_code` holds for the whole run; no other reference to them is
+    // used while a block runs.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: as above.
+    let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    match hart.engine_load(bus, vaddr, N) {
+        Ok(v) => {
+            let value = match (N, SIGNED) {
+                (1, true) => v as i8 as i64 as u64,
+                (2, true) => v as i16 as i64 as u64,
+                (4, true) => v as i32 as i64 as u64,
+                _ => v,
+            };
+            LoadRet { value, fault: 0 }
+        }
+        Err(t) => {
+            ctx.trap = t;
+            LoadRet { value: 0, fault: 1 }
+        }
+    }
+}
+
+/// Slow path of a store of `N` bytes; returns non-zero on a fault.
+///
+/// # Safety
+/// `ctx` must be the context of the run in progress.
+unsafe extern "sysv64" fn store_helper<const N: u8>(
+    ctx: *mut Ctx<'_>,
+    vaddr: u64,
+    value: u64,
+) -> u64 {
+    // SAFETY: see `load_helper`.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: see `load_helper`.
+    let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    match hart.engine_store(bus, vaddr, N, value) {
+        Ok(()) => 0,
+        Err(t) => {
+            ctx.trap = t;
+            1
+        }
+    }
+}
+
+/// One steppable instruction (atomics, F and D) through the interpreter; non-zero on a fault.
+///
+/// # Safety
+/// `ctx` must be the context of the run in progress and `insn` a live decoded instruction.
+unsafe extern "sysv64" fn step_helper(
+    ctx: *mut Ctx<'_>,
+    insn: *const Insn,
+    pc: u64,
+    raw: u32,
+) -> u64 {
+    // SAFETY: see `load_helper`; `insn` points into the engine's instruction arena, which
+    // lives as long as the code referring to it.
+    let (ctx, insn) = unsafe { (&mut *ctx, &*insn) };
+    // SAFETY: see `load_helper`.
+    let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    match hart.engine_step(bus, insn, pc, raw) {
+        Ok(()) => 0,
+        Err(t) => {
+            ctx.trap = t;
+            1
+        }
+    }
+}
+
+extern "sysv64" fn div(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as i64, b as i64);
+    if b == 0 {
+        u64::MAX
+    } else {
+        a.wrapping_div(b) as u64
+    }
+}
+extern "sysv64" fn divu(a: u64, b: u64) -> u64 {
+    a.checked_div(b).unwrap_or(u64::MAX)
+}
+extern "sysv64" fn rem(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as i64, b as i64);
+    if b == 0 {
+        a as u64
+    } else {
+        a.wrapping_rem(b) as u64
+    }
+}
+extern "sysv64" fn remu(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        a % b
+    }
+}
+extern "sysv64" fn divw(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as i32, b as i32);
+    if b == 0 {
+        u64::MAX
+    } else {
+        a.wrapping_div(b) as i64 as u64
+    }
+}
+extern "sysv64" fn divuw(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as u32, b as u32);
+    a.checked_div(b)
+        .map_or(u64::MAX, |q| q as i32 as i64 as u64)
+}
+extern "sysv64" fn remw(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as i32, b as i32);
+    if b == 0 {
+        a as i64 as u64
+    } else {
+        a.wrapping_rem(b) as i64 as u64
+    }
+}
+extern "sysv64" fn remuw(a: u64, b: u64) -> u64 {
+    let (a, b) = (a as u32, b as u32);
+    let r = if b == 0 { a } else { a % b };
+    r as i32 as i64 as u64
+}
+
+/// Point the chain slot (a `jmp rel32`) at `target`.
+///
+/// # Safety
+/// `slot` must be a chain slot of a live block in the code buffer, `target` the chain entry of
+/// a live block for the guest address the slot's exit leads to, and no translated code may be
+/// running.
+unsafe fn chain(slot: *mut u8, target: *const u8) {
+    // SAFETY: per the contract, `slot` is the 5-byte `jmp rel32` the translator emitted.
+    unsafe {
+        assert_eq!(*slot, 0xe9, "a chain slot is a jmp rel32");
+        let rel = target as i64 - (slot as i64 + 5);
+        (slot.add(1) as *mut i32).write_unaligned(rel as i32);
+    }
+}
+
+type BlockFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>) -> u64;
+
+/// A translated block (or the note that the instruction at its address is not translated).
+#[derive(Clone, Copy)]
+struct Block {
+    entry: Option<BlockFn>,
+    /// Where chained blocks jump in (past the prologue).
+    chain: *const u8,
+    insns: u32,
+}
+
+/// A block's identity: host address of its first instruction (so the guest physical address),
+/// privilege mode and MMU mode, packed in one word (host addresses fit in 48 bits).
+fn key(host_pc: u64, prv: Priv, satp_mode: u64) -> u64 {
+    host_pc | (prv as u64) << 56 | (satp_mode & 0xf) << 60
+}
+
+/// The JIT engine of one hart: pass it to [`Hart::run_with`].
+pub struct Jit {
+    code: CodeBuf,
+    blocks: HashMap<u64, Block>,
+    /// Keys of the blocks on each host page, to drop them when the page's code is dropped.
+    by_page: HashMap<u64, Vec<u64>>,
+    /// Direct-mapped cache of `blocks`: (key, block); key `u64::MAX` when empty.
+    fast: Box<[(u64, Block)]>,
+    env: Env,
+    stats: JitStats,
+    /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
+    epoch: u64,
+    /// Decoded instructions translated code hands to the step helper; freed with the code.
+    insns: InsnArena,
+    /// Translations by guest virtual pc, for jumps generated code resolves itself. An entry
+    /// is valid only with the current key: `version << 8 | prv << 4 | satp mode`, where
+    /// `version` changes whenever translations are dropped or the hart's TLB is flushed.
+    jcache: Box<[JEntry]>,
+    jc_version: u64,
+    /// The hart TLB generation the jump cache reflects.
+    jc_tlb_gen: u64,
+}
+
+/// An unused jump-cache entry (no guest pc is odd).
+const JEMPTY: JEntry = JEntry {
+    vpc: 1,
+    key: 0,
+    entry: std::ptr::null(),
+};
+
+const EMPTY: (u64, Block) = (
+    u64::MAX,
+    Block {
+        entry: None,
+        chain: std::ptr::null(),
+        insns: 0,
+    },
+);
+
+fn fast_slot(k: u64) -> usize {
+    ((k >> 1) ^ (k >> 13)) as usize & (FAST_SLOTS - 1)
+}
+
+impl Jit {
+    /// A JIT with an empty code cache.
+    pub fn new() -> Result<Jit, JitError> {
+        Jit::with_code_bytes(CODE_BYTES)
+    }
+
+    /// A JIT whose code buffer holds `bytes` (at least 64 KiB): small ones make tests flush it.
+    #[doc(hidden)]
+    pub fn with_code_bytes(bytes: usize) -> Result<Jit, JitError> {
+        let ctx_tlb_read = std::mem::offset_of!(Ctx<'static>, tlb_read) as i32;
+        let ctx_tlb_write = std::mem::offset_of!(Ctx<'static>, tlb_write) as i32;
+        let env = Env {
+            load: [
+                [
+                    load_helper::<1, false> as *const () as usize,
+                    load_helper::<1, true> as *const () as usize,
+                ],
+                [
+                    load_helper::<2, false> as *const () as usize,
+                    load_helper::<2, true> as *const () as usize,
+                ],
+                [
+                    load_helper::<4, false> as *const () as usize,
+                    load_helper::<4, true> as *const () as usize,
+                ],
+                [
+                    load_helper::<8, false> as *const () as usize,
+                    load_helper::<8, true> as *const () as usize,
+                ],
+            ],
+            store: [
+                store_helper::<1> as *const () as usize,
+                store_helper::<2> as *const () as usize,
+                store_helper::<4> as *const () as usize,
+                store_helper::<8> as *const () as usize,
+            ],
+            div: [
+                div as *const () as usize,
+                divu as *const () as usize,
+                rem as *const () as usize,
+                remu as *const () as usize,
+                divw as *const () as usize,
+                divuw as *const () as usize,
+                remw as *const () as usize,
+                remuw as *const () as usize,
+            ],
+            step: step_helper as *const () as usize,
+            ctx_tlb_read,
+            ctx_tlb_write,
+            ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,
+            ctx_exit_slot: std::mem::offset_of!(Ctx<'static>, exit_slot) as i32,
+            ctx_jcache: std::mem::offset_of!(Ctx<'static>, jcache) as i32,
+            ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
+        };
+        Ok(Jit {
+            code: CodeBuf::new(bytes.max(64 << 10))?,
+            blocks: HashMap::new(),
+            by_page: HashMap::new(),
+            fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
+            env,
+            stats: JitStats::default(),
+            epoch: 0,
+            insns: InsnArena::default(),
+            jcache: vec![JEMPTY; JCACHE_ENTRIES].into_boxed_slice(),
+            jc_version: 0,
+            jc_tlb_gen: u64::MAX,
+        })
+    }
+
+    /// Counters for measurements.
+    pub fn stats(&self) -> JitStats {
+        self.stats
+    }
+
+    fn flush(&mut self) {
+        self.epoch += 1;
+        self.jc_version += 1;
+        self.blocks.clear();
+        self.by_page.clear();
+        self.fast.fill(EMPTY);
+        self.code.clear();
+        self.insns.clear();
+        self.stats.flushes += 1;
+    }
+
+    fn drop_code(&mut self, d: CodeDrop) {
+        match d {
+            CodeDrop::All => {
+                if !self.blocks.is_empty() {
+                    self.flush();
+                }
+            }
+            CodeDrop::HostPage(page) => {
+                if let Some(keys) = self.by_page.remove(&page) {
+                    self.epoch += 1;
+                    self.jc_version += 1;
+                    self.stats.page_drops += 1;
+                    for k in keys {
+                        self.blocks.remove(&k);
+                        let slot = &mut self.fast[fast_slot(k)];
+                        if slot.0 == k {
+                            *slot = EMPTY;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn lookup(&mut self, k: u64) -> Option<Block> {
+        let slot = self.fast[fast_slot(k)];
+        if slot.0 == k {
+            return Some(slot.1);
+        }
+        let b = *self.blocks.get(&k)?;
+        self.fast[fast_slot(k)] = (k, b);
+        Some(b)
+    }
+
+    /// Translate the block at guest virtual `pc` in the page of guest RAM at host address
+    /// `page`, and cache it under key `k`.
+    fn translate(&mut self, page: *const u8, pc: u64, k: u64) -> Block {
+        let started = Instant::now();
+        // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
+        let mut t =
+            unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
+        if t.code.len() > self.code.free() {
+            self.flush();
+            // Assembled for the old address: again for the start of the emptied buffer.
+            // SAFETY: as above.
+            t = unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
+        }
+        let mut b = Block {
+            entry: None,
+            chain: std::ptr::null(),
+            insns: t.insns,
+        };
+        if t.insns != 0 {
+            let p = self
+                .code
+                .push(&t.code)
+                .expect("a block fits in an empty code buffer");
+            // SAFETY: `p` holds code assembled for this address with the `BlockFn` calling
+            // convention (see the translate module).
+            b.entry = Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(p) });
+            // SAFETY: `chain_entry` is an offset inside the code just copied to `p`.
+            b.chain = unsafe { p.add(t.chain_entry) };
+        }
+        self.blocks.insert(k, b);
+        self.by_page.entry(page as u64).or_default().push(k);
+        self.fast[fast_slot(k)] = (k, b);
+        self.stats.blocks += 1;
+        self.stats.insns += t.insns as u64;
+        self.stats.code_bytes += t.code.len() as u64;
+        self.stats.translate_ns += started.elapsed().as_nanos() as u64;
+        b
+    }
+}
+
+impl Engine for Jit {
+    const ACTIVE: bool = true;
+
+    fn run_code<B: Bus>(
+        &mut self,
+        hart: &mut Hart,
+        bus: &mut B,
+        left: u64,
+    ) -> Option<Result<(), Trap>> {
+        let start = hart.instret();
+        let mut first = true;
+        // The chain slot the last block left through, to point at the next block.
+        let mut chain_from: Option<(*mut u8, u64)> = None;
+        let prv = hart.privilege();
+        let satp_mode = if prv == Priv::M {
+            0
+        } else {
+            hart.csrs().satp >> 60
+        };
+        if hart.tlb_generation() != self.jc_tlb_gen {
+            self.jc_tlb_gen = hart.tlb_generation();
+            self.jc_version += 1;
+        }
+        let mut ctx = Ctx {
+            tlb_read: hart.data_tlb(false),
+            tlb_write: hart.data_tlb(true),
+            left: 0,
+            exit_slot: std::ptr::null_mut(),
+            jcache: self.jcache.as_ptr(),
+            jkey: 0,
+            hart: std::ptr::null_mut(),
+            bus: bus as &mut dyn Bus,
+            trap: Trap::new(Exception::IllegalInstruction, 0),
+        };
+        loop {
+            let page = match hart.fetch_code_page() {
+                Ok(p) => p,
+                Err(t) => return Some(Err(t)),
+            };
+            hart.drain_code_drops(|d| self.drop_code(d));
+            let pc = hart.pc();
+            let host_pc = page.host as u64 + (pc & 0xfff);
+            let k = key(host_pc, prv, satp_mode);
+            let block = match self.lookup(k) {
+                Some(b) => b,
+                None => self.translate(page.host, pc, k),
+            };
+            let done = hart.instret() - start;
+            let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {
+                return if first { None } else { Some(Ok(())) };
+            };
+            let jkey = self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf);
+            self.jcache[jcache_slot(pc)] = JEntry {
+                vpc: pc,
+                key: jkey,
+                entry: block.chain,
+            };
+            if let Some((slot, epoch)) = chain_from.take() {
+                if epoch == self.epoch {
+                    // SAFETY: the slot belongs to a block still cached (no drop since it was
+                    // recorded) on this same guest page, and no translated code is running.
+                    unsafe { chain(slot, block.chain) };
+                }
+            }
+            first = false;
+            let state = hart.state_ptr();
+            ctx.hart = hart;
+            ctx.left = (left - done) as i64;
+            ctx.exit_slot = std::ptr::null_mut();
+            ctx.jkey = jkey;
+            // SAFETY: `entry` is a live translation (drops were applied just above, after the
+            // fetch that could have evicted code) of the page at `pc`, built for this state
+            // layout and context; the hart and bus outlive the call and are only reached through
+            // the context while it runs.
+            let status = unsafe { entry(state, &mut ctx) };
+            if status != 0 {
+                return Some(Err(ctx.trap));
+            }
+            if !ctx.exit_slot.is_null() {
+                chain_from = Some((ctx.exit_slot, self.epoch));
+            }
+            // Any request (a store to code or MMIO) goes back to the hart's outer loop.
+            if hart.state().requests() != 0 || hart.instret() - start >= left {
+                return Some(Ok(()));
+            }
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! Translation of one RISC-V basic block into x86-64 code.
+//!
+//! Generated code is a function `extern "sysv64" fn(state: *mut HartState, ctx: *mut Ctx) -> u64`
+//! that returns 0 when the block ran to its end (or stopped after a store that set a request
+//! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
+//! `instret` in the state are exact. Guest registers live in the state (`rbx` holds its
+//! address, `r12` the context's, `r13` the instructions chained blocks may still run, loaded
+//! from the context on entry); within an instruction `rax`, `rcx`, `rdx`, `rsi` and `rdi` are
+//! scratch, and no guest register lives across instructions in host registers.
+
+use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use popek_cpu::csr::mstatus;
+use popek_cpu::decode::{decode, insn_len, Insn, Op};
+use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+use popek_cpu::HartState;
+
+/// Most guest instructions in one block: bounds translation latency and budget overshoot.
+pub(crate) const MAX_BLOCK_INSNS: usize = 64;
+
+/// Addresses and offsets translated code is built against.
+pub(crate) struct Env {
+    /// `load_helper` instances by (size index 0..4 for 1/2/4/8 bytes, signed).
+    pub load: [[usize; 2]; 4],
+    /// `store_helper` instances by size index.
+    pub store: [usize; 4],
+    /// Division helpers: div, divu, rem, remu, divw, divuw, remw, remuw.
+    pub div: [usize; 8],
+    /// `step_helper`: one steppable instruction through the interpreter.
+    pub step: usize,
+    /// Offset in the context of the read-TLB pointer.
+    pub ctx_tlb_read: i32,
+    /// Offset in the context of the write-TLB pointer.
+    pub ctx_tlb_write: i32,
+    /// Offset in the context of the instructions left before chained blocks must return (i64).
+    pub ctx_left: i32,
+    /// Offset in the context of the chain slot the last block left through (or 0).
+    pub ctx_exit_slot: i32,
+    /// Offset in the context of the jump cache's address.
+    pub ctx_jcache: i32,
+    /// Offset in the context of the key jump-cache entries must carry to be used.
+    pub ctx_jkey: i32,
+}
+
+/// Entries of the jump cache (a power of two): generated code finds the translation of an
+/// indirect or cross-page jump target there without returning to the engine.
+pub(crate) const JCACHE_ENTRIES: usize = 1024;
+
+/// One jump-cache entry: guest virtual pc, key (see `Jit`), chain entry of its translation.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct JEntry {
+    pub vpc: u64,
+    pub key: u64,
+    pub entry: *const u8,
+}
+
+/// The jump-cache slot of guest virtual address `vpc`.
+pub(crate) fn jcache_slot(vpc: u64) -> usize {
+    (vpc >> 1) as usize & (JCACHE_ENTRIES - 1)
+}
+
+/// Decoded instructions that generated code points at (one box each, so addresses stay put
+/// while the arena grows); emptied together with the code buffer.
+#[derive(Default)]
+#[allow(clippy::vec_box)]
+pub(crate) struct InsnArena(Vec<Box<Insn>>);
+
+impl InsnArena {
+    /// Keep `i` until [`InsnArena::clear`]; its address.
+    fn keep(&mut self, i: Insn) -> *const Insn {
+        let b = Box::new(i);
+        let p = &*b as *const Insn;
+        self.0.push(b);
+        p
+    }
+
+    /// Free everything (no code may refer to it any more).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// A translated block: host code assembled for a given address, and how many guest
+/// instructions it covers (0: the first instruction is not translatable).
+pub(crate) struct Translated {
+    pub code: Vec<u8>,
+    pub insns: u32,
+    /// Offset in `code` where blocks chained to this one jump (past the prologue).
+    pub chain_entry: usize,
+}
+
+type Asm = VecAssembler<X64Relocation>;
+
+const S: StateOffsets = StateOffsets::new();
+
+/// Offsets as `i32` displacements.
+struct StateOffsets {
+    x: i32,
+    f: i32,
+    mstatus: i32,
+    pc: i32,
+    instret: i32,
+    requests: i32,
+}
+
+impl StateOffsets {
+    const fn new() -> StateOffsets {
+        let o = HartState::OFFSETS;
+        StateOffsets {
+            x: o.x as i32,
+            f: o.f as i32,
+            mstatus: o.mstatus as i32,
+            pc: o.pc as i32,
+            instret: o.instret as i32,
+            requests: o.requests as i32,
+        }
+    }
+}
+
+fn xoff(r: u8) -> i32 {
+    S.x + 8 * r as i32
+}
+
+fn foff(r: u8) -> i32 {
+    S.f + 8 * r as i32
+}
+
+/// FP loads and stores: leave the block before the instruction (to the interpreter, which
+/// raises the illegal-instruction trap) when `mstatus.FS` is off.
+fn emit_fs_check(ops: &mut Asm, pc: u64, n: u32, stubs: &mut Stubs) {
+    let off = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; test DWORD [rbx + S.mstatus], mstatus::FS as i32
+        ; jz =>off
+    );
+    stubs.leave.push((off, pc, n));
+}
+
+/// Read the instruction at offset `off` of the guest page at `page` (`None` if it is a 4-byte
+/// instruction straddling the page end: the interpreter handles those).
+///
+/// # Safety
+/// `page` must point at 4096 readable bytes and `off` < 4096.
+unsafe fn fetch(page: *const u8, off: usize) -> Option<(Insn, u32)> {
+    let lo = (page.add(off) as *const u16).read_unaligned();
+    let raw = if insn_len(lo) == 2 {
+        lo as u32
+    } else if off + 4 <= 4096 {
+        (page.add(off) as *const u32).read_unaligned()
+    } else {
+        return None;
+    };
+    Some((decode(raw), raw))
+}
+
+/// How an instruction ends or continues the block.
+enum Kind {
+    /// Falls through to the next instruction.
+    Straight,
+    /// Ends the block (branch or jump): the code for it includes the exits.
+    Terminal,
+}
+
+/// Pending out-of-line exits: (label, pc to store, instructions retired).
+struct Stubs<'a> {
+    /// Decoded instructions the generated code passes to the step helper (kept alive by the
+    /// engine until its code buffer is emptied).
+    insns: &'a mut InsnArena,
+    /// Guest virtual page of the block: exits to it may be chained.
+    page: u64,
+    env_exit_slot: i32,
+    env_jcache: i32,
+    env_jkey: i32,
+    fault: Vec<(DynamicLabel, u64, u32)>,
+    leave: Vec<(DynamicLabel, u64, u32)>,
+}
+
+/// Translate the block starting at offset `off` of the guest page at host address `page`,
+/// whose guest virtual address is `pc`, into code to be placed at `at`.
+///
+/// # Safety
+/// `page` must point at the 4096 bytes of a guest RAM page.
+pub(crate) unsafe fn translate(
+    page: *const u8,
+    pc: u64,
+    at: usize,
+    env: &Env,
+    insns: &mut InsnArena,
+) -> Translated {
+    let mut ops = Asm::new(at);
+    let mut stubs = Stubs {
+        insns,
+        page: pc & !0xfff,
+        env_exit_slot: env.ctx_exit_slot,
+        env_jcache: env.ctx_jcache,
+        env_jkey: env.ctx_jkey,
+        fault: Vec::new(),
+        leave: Vec::new(),
+    };
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; mov rbx, rdi
+        ; mov r12, rsi
+        ; mov r13, [r12 + env.ctx_left]
+    );
+    let chain_entry = ops.offset().0;
+    let mut cur = pc;
+    let mut n = 0u32;
+    let mut terminated = false;
+    while (n as usize) < MAX_BLOCK_INSNS {
+        let off = (cur & 0xfff) as usize;
+        // SAFETY: the caller's page is 4096 bytes and off < 4096.
+        let Some((i, raw)) = (unsafe { fetch(page, off) }) else {
+            break;
+        };
+        let fp_mem = matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd);
+        let kind = if fp_mem && n > 0 {
+            // Inline, leaving the block before it when FP is off; first in a block (which is
+            // then where such an exit leads) it goes through the interpreter, which traps.
+            if matches!(i.op, Op::Flw | Op::Fld) {
+                emit_load(&mut ops, &i, cur, n, env, &mut stubs);
+            } else {
+                emit_store(&mut ops, &i, cur, n, env, &mut stubs);
+            }
+            Some(Kind::Straight)
+        } else if steppable(i.op) {
+            emit_step(&mut ops, i, raw, cur, n, env, &mut stubs);
+            Some(Kind::Straight)
+        } else {
+            emit(&mut ops, &i, cur, n, env, &mut stubs)
+        };
+        let Some(kind) = kind else {
+            break;
+        };
+        n += 1;
+        cur = cur.wrapping_add(i.byte_len() as u64);
+        if let Kind::Terminal = kind {
+            terminated = true;
+            break;
+        }
+        if cur & 0xfff == 0 {
+            break;
+        }
+    }
+    if n == 0 {
+        return Translated {
+            code: Vec::new(),
+            insns: 0,
+            chain_entry: 0,
+        };
+    }
+    if !terminated {
+        exit_to(&mut ops, &stubs, cur, n);
+    }
+    for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
+        dynasm!(ops ; .arch x64 ; =>label);
+        exit(&mut ops, at_pc, k, 1);
+    }
+    for (label, next, k) in std::mem::take(&mut stubs.leave) {
+        dynasm!(ops ; .arch x64 ; =>label);
+        exit(&mut ops, next, k, 0);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; ->leave:
+        ; xor eax, eax
+        ; ->epilogue:
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    let code = ops.finalize().expect("the JIT's own labels always resolve");
+    Translated {
+        code,
+        insns: n,
+        chain_entry,
+    }
+}
+
+/// Leave the block for the known guest address `next` after `retired` instructions. Within
+/// the block's own page the exit is a chain slot: a `jmp` the engine later points at the
+/// translation of `next` (while instructions are left); until then, and when the budget is
+/// spent, it stores `pc`, records the slot in the context and returns.
+fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
+    if next & !0xfff != stubs.page {
+        dynasm!(ops ; .arch x64 ; mov rax, QWORD next as i64);
+        exit_lookup(ops, stubs, retired);
+        return;
+    }
+    let slot = ops.new_dynamic_label();
+    let unchained = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; sub r13, retired as i32
+        ; jle =>unchained
+        ; =>slot
+        // Patched by the engine (see `Jit::chain`); rel32 form, so any target in the buffer fits.
+        ; jmp DWORD =>unchained
+        ; =>unchained
+        ; mov rax, QWORD next as i64
+        ; mov [rbx + S.pc], rax
+        ; lea rax, [=>slot]
+        ; mov [r12 + stubs.env_exit_slot], rax
+        ; xor eax, eax
+        ; jmp ->epilogue
+    );
+}
+
+/// Leave the block for the guest address in `rax` after `retired` instructions: jump straight
+/// to its translation if the jump cache has one for the current context (and instructions are
+/// left), else return to the engine.
+fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
+    let mask = (JCACHE_ENTRIES - 1) as i32;
+    let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
+    dynasm!(ops
+        ; .arch x64
+        ; mov [rbx + S.pc], rax
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; sub r13, retired as i32
+        ; jle ->leave
+        ; mov rcx, rax
+        ; shr rcx, 1
+        ; and ecx, mask
+        ; shl rcx, shift
+        ; add rcx, [r12 + stubs.env_jcache]
+        ; cmp rax, [rcx]
+        ; jne ->leave
+        ; mov rdx, [r12 + stubs.env_jkey]
+        ; cmp rdx, [rcx + 8]
+        ; jne ->leave
+        ; jmp QWORD [rcx + 16]
+    );
+}
+
+/// Leave the block: `pc` = `next`, `instret` += `retired`, return `status`.
+fn exit(ops: &mut Asm, next: u64, retired: u32, status: i32) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, QWORD next as i64
+        ; mov [rbx + S.pc], rax
+        ; add QWORD [rbx + S.instret], retired as i32
+        ; mov eax, status
+        ; jmp ->epilogue
+    );
+}
+
+fn ld_rax(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor eax, eax);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rax, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rcx(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor ecx, ecx);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rcx, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rsi(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor esi, esi);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rsi, [rbx + xoff(r)]);
+    }
+}
+
+fn ld_rdx(ops: &mut Asm, r: u8) {
+    if r == 0 {
+        dynasm!(ops ; .arch x64 ; xor edx, edx);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + xoff(r)]);
+    }
+}
+
+/// `rdx` = the value a store writes: integer register `r`, or FP register `r` if `fp`.
+fn ld_value(ops: &mut Asm, r: u8, fp: bool) {
+    if fp {
+        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + foff(r)]);
+    } else {
+        ld_rdx(ops, r);
+    }
+}
+
+fn st_rax(ops: &mut Asm, rd: u8) {
+    if rd != 0 {
+        dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], rax);
+    }
+}
+
+/// Emit instruction `i` at `pc`, the `n`th of the block; `None` if it is not translated.
+fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) -> Option<Kind> {
+    use Op::*;
+    match i.op {
+        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu => emit_load(ops, i, pc, n, env, stubs),
+        Sb | Sh | Sw | Sd => emit_store(ops, i, pc, n, env, stubs),
+        Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+            emit_branch(ops, i, pc, n, stubs);
+            return Some(Kind::Terminal);
+        }
+        Jal => {
+            if i.rd() != 0 {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
+                st_rax(ops, i.rd());
+            }
+            exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
+            return Some(Kind::Terminal);
+        }
+        Jalr => {
+            ld_rax(ops, i.rs1);
+            dynasm!(ops
+                ; .arch x64
+                ; add rax, i.imm
+                ; and rax, -2
+            );
+            if i.rd() != 0 {
+                dynasm!(ops
+                    ; .arch x64
+                    ; mov rcx, QWORD pc.wrapping_add(i.byte_len() as u64) as i64
+                    ; mov [rbx + xoff(i.rd())], rcx
+                );
+            }
+            exit_lookup(ops, stubs, n + 1);
+            return Some(Kind::Terminal);
+        }
+        Fence => {}
+        Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw => emit_div(ops, i, env),
+        _ => return emit_alu(ops, i, pc).then_some(Kind::Straight),
+    }
+    Some(Kind::Straight)
+}
+
+/// Integer computation without memory or control flow; false if `i` is not one.
+fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
+    use Op::*;
+    let (rd, imm) = (i.rd(), i.imm);
+    if rd == 0 {
+        // No side effects: a hint or nop.
+        return matches!(
+            i.op,
+            Lui | Auipc
+                | Addi
+                | Slti
+                | Sltiu
+                | Xori
+                | Ori
+                | Andi
+                | Slli
+                | Srli
+                | Srai
+                | Add
+                | Sub
+                | Sll
+                | Slt
+                | Sltu
+                | Xor
+                | Srl
+                | Sra
+                | Or
+                | And
+                | Addiw
+                | Slliw
+                | Srliw
+                | Sraiw
+                | Addw
+                | Subw
+                | Sllw
+                | Srlw
+                | Sraw
+                | Mul
+                | Mulh
+                | Mulhsu
+                | Mulhu
+                | Mulw
+        );
+    }
+    let sh = (imm & 63) as i8;
+    let sh32 = (imm & 31) as i8;
+    match i.op {
+        Lui => dynasm!(ops ; .arch x64 ; mov rax, QWORD imm as i64),
+        Auipc => {
+            dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(imm as i64 as u64) as i64)
+        }
+        Addi | Slti | Sltiu | Xori | Ori | Andi | Slli | Srli | Srai => {
+            ld_rax(ops, i.rs1);
+            match i.op {
+                Addi => dynasm!(ops ; .arch x64 ; add rax, imm),
+                Slti => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setl al ; movzx eax, al),
+                Sltiu => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setb al ; movzx eax, al),
+                Xori => dynasm!(ops ; .arch x64 ; xor rax, imm),
+                Ori => dynasm!(ops ; .arch x64 ; or rax, imm),
+                Andi => dynasm!(ops ; .arch x64 ; and rax, imm),
+                Slli => dynasm!(ops ; .arch x64 ; shl rax, sh),
+                Srli => dynasm!(ops ; .arch x64 ; shr rax, sh),
+                _ => dynasm!(ops ; .arch x64 ; sar rax, sh),
+            }
+        }
+        Addiw | Slliw | Srliw | Sraiw => {
+            ld_rax(ops, i.rs1);
+            match i.op {
+                Addiw => dynasm!(ops ; .arch x64 ; add eax, imm),
+                Slliw => dynasm!(ops ; .arch x64 ; shl eax, sh32),
+                Srliw => dynasm!(ops ; .arch x64 ; shr eax, sh32),
+                _ => dynasm!(ops ; .arch x64 ; sar eax, sh32),
+            }
+            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
+        }
+        Add | Sub | Sll | Slt | Sltu | Xor | Srl | Sra | Or | And | Mul | Mulh | Mulhu | Mulhsu => {
+            ld_rax(ops, i.rs1);
+            ld_rcx(ops, i.rs2);
+            emit_rr64(ops, i.op);
+        }
+        Addw | Subw | Sllw | Srlw | Sraw | Mulw => {
+            ld_rax(ops, i.rs1);
+            ld_rcx(ops, i.rs2);
+            match i.op {
+                Addw => dynasm!(ops ; .arch x64 ; add eax, ecx),
+                Subw => dynasm!(ops ; .arch x64 ; sub eax, ecx),
+                Sllw => dynasm!(ops ; .arch x64 ; shl eax, cl),
+                Srlw => dynasm!(ops ; .arch x64 ; shr eax, cl),
+                Sraw => dynasm!(ops ; .arch x64 ; sar eax, cl),
+                _ => dynasm!(ops ; .arch x64 ; imul eax, ecx),
+            }
+            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
+        }
+        _ => return false,
+    }
+    st_rax(ops, rd);
+    true
+}
+
+/// `rax = rax op rcx` for the 64-bit register-register operations.
+fn emit_rr64(ops: &mut Asm, op: Op) {
+    use Op::*;
+    match op {
+        Add => dynasm!(ops ; .arch x64 ; add rax, rcx),
+        Sub => dynasm!(ops ; .arch x64 ; sub rax, rcx),
+        Sll => dynasm!(ops ; .arch x64 ; shl rax, cl),
+        Srl => dynasm!(ops ; .arch x64 ; shr rax, cl),
+        Sra => dynasm!(ops ; .arch x64 ; sar rax, cl),
+        Slt => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setl al ; movzx eax, al),
+        Sltu => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setb al ; movzx eax, al),
+        Xor => dynasm!(ops ; .arch x64 ; xor rax, rcx),
+        Or => dynasm!(ops ; .arch x64 ; or rax, rcx),
+        And => dynasm!(ops ; .arch x64 ; and rax, rcx),
+        Mul => dynasm!(ops ; .arch x64 ; imul rax, rcx),
+        Mulh => dynasm!(ops ; .arch x64 ; imul rcx ; mov rax, rdx),
+        Mulhu => dynasm!(ops ; .arch x64 ; mul rcx ; mov rax, rdx),
+        // Signed × unsigned: the unsigned high half, less rs2 when rs1 is negative.
+        _ => dynasm!(ops
+            ; .arch x64
+            ; mov rsi, rax
+            ; mul rcx
+            ; sar rsi, 63
+            ; and rsi, rcx
+            ; sub rdx, rsi
+            ; mov rax, rdx
+        ),
+    }
+}
+
+/// Division and remainder through helpers (x86 division traps where RISC-V defines results).
+fn emit_div(ops: &mut Asm, i: &Insn, env: &Env) {
+    use Op::*;
+    if i.rd() == 0 {
+        return;
+    }
+    let idx = match i.op {
+        Div => 0,
+        Divu => 1,
+        Rem => 2,
+        Remu => 3,
+        Divw => 4,
+        Divuw => 5,
+        Remw => 6,
+        _ => 7,
+    };
+    if i.rs1 == 0 {
+        dynasm!(ops ; .arch x64 ; xor edi, edi);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rdi, [rbx + xoff(i.rs1)]);
+    }
+    ld_rsi(ops, i.rs2);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, QWORD env.div[idx] as i64
+        ; call rax
+    );
+    st_rax(ops, i.rd());
+}
+
+fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
+    use Op::*;
+    ld_rax(ops, i.rs1);
+    ld_rcx(ops, i.rs2);
+    let taken = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; cmp rax, rcx);
+    match i.op {
+        Beq => dynasm!(ops ; .arch x64 ; je =>taken),
+        Bne => dynasm!(ops ; .arch x64 ; jne =>taken),
+        Blt => dynasm!(ops ; .arch x64 ; jl =>taken),
+        Bge => dynasm!(ops ; .arch x64 ; jge =>taken),
+        Bltu => dynasm!(ops ; .arch x64 ; jb =>taken),
+        _ => dynasm!(ops ; .arch x64 ; jae =>taken),
+    }
+    exit_to(ops, stubs, pc.wrapping_add(i.byte_len() as u64), n + 1);
+    dynasm!(ops ; .arch x64 ; =>taken);
+    exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
+}
+
+/// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
+/// `tlb`; jumps to `slow` unless the entry maps the page and the access of `size` bytes stays
+/// in it. Leaves the addend in `rax` on the fast path.
+fn emit_tlb_check(ops: &mut Asm, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
+    ld_rsi(ops, i.rs1);
+    let mask = (DATA_TLB_ENTRIES - 1) as i32;
+    let shift = DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
+    dynasm!(ops
+        ; .arch x64
+        ; add rsi, i.imm
+        ; mov rax, rsi
+        ; shr rax, 12
+        ; mov ecx, eax
+        ; and ecx, mask
+        ; shl ecx, shift
+        ; add rcx, [r12 + tlb]
+        ; cmp rax, [rcx]
+        ; jne =>slow
+        ; mov eax, esi
+        ; and eax, 0xfff
+        ; cmp eax, (4096 - size) as i32
+        ; ja =>slow
+        ; mov rax, [rcx + 8]
+    );
+}
+
+fn size_index(op: Op) -> (usize, u32) {
+    use Op::*;
+    match op {
+        Lb | Lbu | Sb => (0, 1),
+        Lh | Lhu | Sh => (1, 2),
+        Lw | Lwu | Sw | Flw | Fsw => (2, 4),
+        _ => (3, 8),
+    }
+}
+
+fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    use Op::*;
+    let (idx, size) = size_index(i.op);
+    let signed = matches!(i.op, Lb | Lh | Lw | Ld);
+    let fp = matches!(i.op, Flw | Fld);
+    if fp {
+        emit_fs_check(ops, pc, n, stubs);
+    }
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    let fault = ops.new_dynamic_label();
+    emit_tlb_check(ops, i, env.ctx_tlb_read, size, slow);
+    match i.op {
+        Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [rsi + rax]),
+        Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [rsi + rax]),
+        Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [rsi + rax]),
+        Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [rsi + rax]),
+        Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rsi + rax]),
+        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
+        _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>slow
+        ; mov rdi, r12
+        ; mov rax, QWORD env.load[idx][signed as usize] as i64
+        ; call rax
+        ; test rdx, rdx
+        ; jnz =>fault
+        ; =>done
+    );
+    stubs.fault.push((fault, pc, n));
+    if !fp {
+        st_rax(ops, i.rd());
+        return;
+    }
+    if i.op == Flw {
+        // NaN-box the single.
+        dynasm!(ops ; .arch x64 ; mov rcx, QWORD -1i64 << 32 ; or rax, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; mov [rbx + foff(i.rd())], rax
+        ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32
+    );
+}
+
+fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    use Op::*;
+    let (idx, size) = size_index(i.op);
+    let fp = matches!(i.op, Fsw | Fsd);
+    if fp {
+        emit_fs_check(ops, pc, n, stubs);
+    }
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    let fault = ops.new_dynamic_label();
+    let leave = ops.new_dynamic_label();
+    emit_tlb_check(ops, i, env.ctx_tlb_write, size, slow);
+    ld_value(ops, i.rs2, fp);
+    match i.op {
+        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
+        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], dx),
+        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
+        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>slow
+    );
+    ld_value(ops, i.rs2, fp);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r12
+        ; mov rax, QWORD env.store[idx] as i64
+        ; call rax
+        ; test rax, rax
+        ; jnz =>fault
+        // The store may have hit code (possibly this block's) or MMIO: back to the hart.
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
+        ; =>done
+    );
+    stubs.fault.push((fault, pc, n));
+    stubs
+        .leave
+        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+}
+
+/// An atomic or F/D instruction, run by the interpreter through the step helper; like a store,
+/// it may have set a request (code or MMIO written) and then the block ends after it.
+fn emit_step(ops: &mut Asm, i: Insn, raw: u32, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+    let insn_ptr = stubs.insns.keep(i) as i64;
+    let fault = ops.new_dynamic_label();
+    let leave = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r12
+        ; mov rsi, QWORD insn_ptr
+        ; mov rdx, QWORD pc as i64
+        ; mov ecx, raw as i32
+        ; mov rax, QWORD env.step as i64
+        ; call rax
+        ; test rax, rax
+        ; jnz =>fault
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
+    );
+    stubs.fault.push((fault, pc, n));
+    stubs
+        .leave
+        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+}

@@ -1,0 +1,587 @@
+//! The JIT against the interpreter: small programs run on both must leave the same registers,
+//! pc, instret, memory and exit.
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use std::ptr::NonNull;
+
+use popek_cpu::{Exception, Exit, Hart, HartConfig, Memory, NoBus, RamRegion};
+use popek_jit::Jit;
+
+const BASE: u64 = 0x8000_0000;
+const PAGES: usize = 4;
+
+// Encoders for the few formats the programs below use.
+fn r(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+    f7 << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | rd << 7 | op
+}
+fn i(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+    ((imm as u32) & 0xfff) << 20 | rs1 << 15 | f3 << 12 | rd << 7 | op
+}
+fn s(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let imm = imm as u32;
+    (imm >> 5 & 0x7f) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | (imm & 0x1f) << 7 | 0x23
+}
+fn b(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let o = off as u32;
+    (o >> 12 & 1) << 31
+        | (o >> 5 & 0x3f) << 25
+        | rs2 << 20
+        | rs1 << 15
+        | f3 << 12
+        | (o >> 1 & 0xf) << 8
+        | (o >> 11 & 1) << 7
+        | 0x63
+}
+fn jal(rd: u32, off: i32) -> u32 {
+    let o = off as u32;
+    (o >> 20 & 1) << 31
+        | (o >> 1 & 0x3ff) << 21
+        | (o >> 11 & 1) << 20
+        | (o >> 12 & 0xff) << 12
+        | rd << 7
+        | 0x6f
+}
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i(imm, rs1, 0, rd, 0x13)
+}
+fn lui(rd: u32, imm20: u32) -> u32 {
+    imm20 << 12 | rd << 7 | 0x37
+}
+const ECALL: u32 = 0x73;
+const FENCE_I: u32 = 0x100f;
+
+/// Guest RAM of `PAGES` pages at `BASE`, with code placed at byte offsets.
+struct Ram(Vec<u64>);
+
+impl Ram {
+    fn new() -> Ram {
+        Ram(vec![0; PAGES * 512])
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the Vec<u64> is PAGES * 4096 bytes of plain memory.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, PAGES * 4096) }
+    }
+    fn put(&mut self, off: usize, code: &[u32]) {
+        for (k, w) in code.iter().enumerate() {
+            self.bytes()[off + 4 * k..off + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    fn put16(&mut self, off: usize, h: u16) {
+        self.bytes()[off..off + 2].copy_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// The result of one run: final registers, pc, instret, exits seen and memory.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    x: Vec<u64>,
+    f: Vec<u64>,
+    mstatus: u64,
+    pc: u64,
+    instret: u64,
+    exits: Vec<Exit>,
+    mem: Vec<u64>,
+}
+
+/// Run a copy of `ram` from `BASE` until an exit other than `Budget`/`Ecall` or `max_ecalls`
+/// ecalls, with the JIT or the interpreter; `budget` per call.
+fn run(ram: &Ram, jit: bool, budget: u64, max_ecalls: usize) -> (Outcome, Option<Jit>) {
+    let mut mem = Ram(ram.0.clone());
+    // SAFETY: `mem` outlives the hart, which is dropped at the end of this function.
+    let region = unsafe {
+        RamRegion::new(
+            BASE,
+            (PAGES * 4096) as u64,
+            NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
+        )
+    };
+    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
+    hart.set_pc(BASE);
+    let mut engine = jit.then(|| Jit::new().unwrap());
+    let mut exits = Vec::new();
+    let mut ecalls = 0;
+    for _ in 0..100_000 {
+        let e = match engine.as_mut() {
+            Some(j) => hart.run_with(&mut NoBus, budget, j),
+            None => hart.run(&mut NoBus, budget),
+        };
+        if e == Exit::Budget {
+            continue;
+        }
+        exits.push(e);
+        if e == Exit::Ecall && ecalls + 1 < max_ecalls {
+            ecalls += 1;
+            continue;
+        }
+        break;
+    }
+    let out = Outcome {
+        x: (0..32).map(|k| hart.xreg(k)).collect(),
+        f: (0..32).map(|k| hart.freg(k)).collect(),
+        mstatus: hart.csrs().mstatus,
+        pc: hart.pc(),
+        instret: hart.instret(),
+        exits,
+        mem: mem.0.clone(),
+    };
+    drop(hart);
+    (out, engine)
+}
+
+/// Run on both engines with several budgets and check they agree; returns the JIT's outcome.
+fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
+    let (want, _) = run(ram, false, 1 << 20, max_ecalls);
+    for budget in [1, 3, 7, 1000, 1 << 20] {
+        let (got, jit) = run(ram, true, budget, max_ecalls);
+        let diff = (0..got.mem.len()).find(|&k| got.mem[k] != want.mem[k]);
+        assert_eq!(diff, None, "memory differs (u64 index), budget {budget}");
+        assert_eq!(
+            (&got.x, &got.f, got.mstatus, got.pc, got.instret, &got.exits),
+            (
+                &want.x,
+                &want.f,
+                want.mstatus,
+                want.pc,
+                want.instret,
+                &want.exits
+            ),
+            "budget {budget}"
+        );
+        if budget >= 1000 {
+            assert!(jit.unwrap().stats().insns > 0, "the JIT translated nothing");
+        }
+    }
+    want
+}
+
+/// A loop exercising every translated ALU, M and branch operation on awkward values.
+#[test]
+fn alu_loop_matches_interpreter() {
+    let mut ram = Ram::new();
+    let mut code = vec![
+        lui(5, 0x80000), // x5 = 0xffff_ffff_8000_0000
+        addi(6, 0, -7),  // x6 = -7
+        addi(7, 0, 3),   // x7 = 3
+        addi(28, 0, 20), // loop counter
+        addi(29, 0, 0),  // accumulator
+    ];
+    let loop_start = code.len();
+    // All R-type ALU and M ops on (x5, x6) and (x6, x7), folded into x29.
+    let ops: [(u32, u32, u32); 18] = [
+        (0, 0, 0x33),    // add
+        (0x20, 0, 0x33), // sub
+        (0, 1, 0x33),    // sll
+        (0, 2, 0x33),    // slt
+        (0, 3, 0x33),    // sltu
+        (0, 4, 0x33),    // xor
+        (0, 5, 0x33),    // srl
+        (0x20, 5, 0x33), // sra
+        (0, 6, 0x33),    // or
+        (0, 7, 0x33),    // and
+        (1, 0, 0x33),    // mul
+        (1, 1, 0x33),    // mulh
+        (1, 2, 0x33),    // mulhsu
+        (1, 3, 0x33),    // mulhu
+        (1, 4, 0x33),    // div
+        (1, 5, 0x33),    // divu
+        (1, 6, 0x33),    // rem
+        (1, 7, 0x33),    // remu
+    ];
+    for (f7, f3, op) in ops {
+        code.push(r(f7, 6, 5, f3, 30, op));
+        code.push(r(0, 30, 29, 4, 29, 0x33)); // xor x29, x29, x30
+        code.push(r(f7, 0, 6, f3, 31, op)); // rs2 = x0: division by zero and friends
+        code.push(r(0, 31, 29, 0, 29, 0x33)); // add x29, x29, x31
+    }
+    for (f7, f3) in [
+        (0, 0),
+        (0x20, 0),
+        (0, 1),
+        (0, 5),
+        (0x20, 5),
+        (1, 0),
+        (1, 4),
+        (1, 5),
+        (1, 6),
+        (1, 7),
+    ] {
+        code.push(r(f7, 7, 6, f3, 30, 0x3b)); // *w forms
+        code.push(r(0, 30, 29, 4, 29, 0x33));
+    }
+    for (f3, imm) in [
+        (0, -2048),
+        (2, -1),
+        (3, -1),
+        (4, 0x555),
+        (6, -256),
+        (7, 0x7f0),
+    ] {
+        code.push(i(imm, 5, f3, 30, 0x13));
+        code.push(r(0, 30, 29, 0, 29, 0x33));
+    }
+    code.push(i(63, 5, 1, 30, 0x13)); // slli 63
+    code.push(i(0x400 | 13, 5, 5, 31, 0x13)); // srai 13
+    code.push(i(7, 6, 0, 30, 0x1b)); // addiw
+    code.push(i(0x400 | 31, 5, 5, 30, 0x1b)); // sraiw 31
+    code.push(r(0, 30, 29, 0, 29, 0x33));
+    code.push(r(0, 31, 29, 4, 29, 0x33));
+    code.push(0x0000_0017 | 10 << 7); // auipc x10, 0
+    code.push(addi(5, 5, 0x123)); // vary the inputs each round
+    code.push(r(0, 29, 6, 4, 6, 0x33));
+    code.push(addi(28, 28, -1));
+    let here = code.len();
+    code.push(b(((loop_start as i32) - here as i32) * 4, 0, 28, 1)); // bne x28, x0, loop
+    code.push(ECALL);
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    assert_ne!(out.x[29], 0);
+}
+
+/// A load fault in the middle of a block: pc at the load, instret counting only what retired,
+/// earlier register writes done, later ones not.
+#[test]
+fn fault_mid_block_is_precise() {
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            addi(5, 0, 11),
+            addi(6, 0, 22),
+            i(0, 0, 3, 7, 0x03), // ld x7, 0(x0): no RAM at address 0
+            addi(8, 0, 33),
+            ECALL,
+        ],
+    );
+    let out = same(&ram, 1);
+    assert_eq!(
+        out.exits,
+        vec![Exit::Trap(popek_cpu::Trap::new(
+            Exception::LoadAccessFault,
+            0
+        ))]
+    );
+    assert_eq!(out.pc, BASE + 8);
+    assert_eq!(out.instret, 2);
+    assert_eq!((out.x[5], out.x[6], out.x[8]), (11, 22, 0));
+}
+
+/// Loads and stores of every size and signedness, in RAM and across a page boundary, plus a
+/// faulting store that must leave memory untouched.
+#[test]
+fn loads_and_stores_match_interpreter() {
+    let mut ram = Ram::new();
+    let data = 2 * 4096; // page 2
+    let mut code = vec![
+        lui(5, 0x80002),
+        i(32, 5, 1, 5, 0x13), // slli x5, x5, 32
+        i(32, 5, 5, 5, 0x13), // srli x5, x5, 32: x5 = BASE + 2 pages
+        lui(6, 0xfedcb),
+        addi(6, 6, -0x123), // x6 = 0xffff_ffff_fedc_aedd
+    ];
+    for (k, f3) in [0u32, 1, 2, 3].iter().enumerate() {
+        code.push(s(8 * k as i32 + 1, 6, 5, *f3)); // misaligned stores
+    }
+    for (k, f3) in [0u32, 1, 2, 3, 4, 5, 6].iter().enumerate() {
+        code.push(i(3 * k as i32 + 1, 5, *f3, 10 + k as u32, 0x03));
+    }
+    // FP loads and stores of both sizes inside the block (NaN boxing, FS dirty).
+    code.push(i(8, 5, 3, 1, 0x07)); // fld f1, 8(x5)
+    code.push(i(12, 5, 2, 2, 0x07)); // flw f2, 12(x5)
+    code.push(s(40, 1, 5, 3) & !0x7f | 0x27); // fsd f1, 40(x5)
+    code.push(s(51, 2, 5, 2) & !0x7f | 0x27); // fsw f2, 51(x5)
+    code.push(s(4093, 6, 5, 3)); // sd across into page 3
+    code.push(i(4093, 5, 3, 17, 0x03));
+    code.push(i(-6, 5, 2, 18, 0x03)); // lw from page 1
+    code.push(i(0, 0, 2, 0, 0x03)); // lw x0: must still fault
+    code.push(ECALL);
+    ram.put(0, &code);
+    ram.bytes()[data - 8..data].copy_from_slice(&0x8877_6655_4433_2211u64.to_le_bytes());
+    let out = same(&ram, 1);
+    assert!(matches!(out.exits[0], Exit::Trap(t) if t.cause == Exception::LoadAccessFault));
+    assert_eq!(out.x[17], 0xffff_ffff_fedc_aedd);
+}
+
+/// Code that rewrites an instruction of its own block, and one of another block it already
+/// ran: both must take effect at once, like on the interpreter.
+#[test]
+fn self_modifying_code() {
+    let mut ram = Ram::new();
+    let new_insn = addi(10, 10, 100);
+    let code = vec![
+        lui(5, new_insn >> 12),
+        addi(
+            5,
+            5,
+            (new_insn & 0xfff) as i32 - if new_insn & 0x800 != 0 { 4096 } else { 0 },
+        ),
+        0x0000_0317,    // auipc x6, 0 (x6 = BASE + 8)
+        addi(28, 0, 2), // two rounds
+        // loop (BASE + 16):
+        addi(10, 10, 1), // rewritten below to addi x10, x10, 100
+        s(24, 5, 6, 2),  // sw x5, 24(x6): patches the next instruction but one (BASE + 32)
+        addi(0, 0, 0),
+        addi(11, 11, 1), // BASE + 28
+        addi(12, 12, 1), // BASE + 32: replaced in this very block
+        s(8, 5, 6, 2),   // sw x5, 8(x6): patches the loop's first instruction (BASE + 16)
+        FENCE_I,
+        addi(28, 28, -1),
+        b(-32, 0, 28, 1), // bne x28, x0, loop
+        ECALL,
+    ];
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    assert_eq!(out.x[12], 0);
+    assert_eq!(out.x[10], 1 + 100 + 100 + 100);
+}
+
+/// Jumps and branches between pages, a 4-byte instruction straddling a page boundary and a
+/// compressed instruction before it.
+#[test]
+fn branches_across_pages() {
+    let mut ram = Ram::new();
+    // Page 0: call into page 1, come back, branch forward into page 1 again, end.
+    ram.put(
+        0,
+        &[
+            addi(5, 0, 3),
+            jal(1, 4096 - 4), // to BASE + 4096
+            addi(5, 5, -1),
+            b(4096 + 8 - 12, 0, 5, 1), // bne x5, x0, BASE + 4096 + 8
+            ECALL,
+        ],
+    );
+    // Page 1: a function at 0 returning with jalr; at 8, a path that jumps back to BASE + 8.
+    ram.put(
+        4096,
+        &[
+            addi(6, 6, 7),
+            i(0, 1, 0, 0, 0x67), // jalr x0, 0(x1)
+            addi(7, 7, 1),
+            jal(0, -(4096 + 12) + 8), // to BASE + 8
+        ],
+    );
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    assert_eq!(out.x[6], 7);
+
+    // End of page 2: c.addi x9, 1 at 4092, then a 4-byte addi straddling into page 3.
+    let mut ram = Ram::new();
+    ram.put(0, &[jal(0, 2 * 4096 + 4088)]);
+    ram.put(2 * 4096 + 4088, &[addi(9, 9, 5)]);
+    ram.put16(2 * 4096 + 4092, 0x0485); // c.addi x9, 1
+    ram.put16(2 * 4096 + 4094, (addi(9, 9, 40) & 0xffff) as u16);
+    ram.put16(3 * 4096, (addi(9, 9, 40) >> 16) as u16);
+    ram.put(3 * 4096 + 2, &[ECALL]);
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    assert_eq!(out.x[9], 46);
+}
+
+/// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
+/// at exactly that instruction, as on the interpreter (a machine-mode hart with a handler).
+#[test]
+fn fp_off_traps_mid_block() {
+    fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
+        csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+    }
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            0x0000_0097,         // auipc x1, 0
+            addi(1, 1, 64),      // handler at BASE + 64
+            csr(1, 0, 1, 0x305), // csrw mtvec, x1
+            lui(2, 6),           // x2 = mstatus.FS
+            csr(3, 0, 2, 0x300), // csrc mstatus, x2
+            addi(5, 0, 7),
+            addi(6, 0, 8),
+            i(0, 1, 3, 1, 0x07), // fld f1, 0(x1): illegal
+            addi(7, 0, 9),
+        ],
+    );
+    ram.put(
+        64,
+        &[
+            csr(2, 20, 0, 0x342), // csrr x20, mcause
+            csr(2, 21, 0, 0x343), // csrr x21, mtval
+            csr(2, 22, 0, 0x341), // csrr x22, mepc
+            0x1050_0073,          // wfi
+        ],
+    );
+    let mut outs = Vec::new();
+    for jit in [false, true] {
+        let mut mem = Ram(ram.0.clone());
+        // SAFETY: `mem` outlives the hart, dropped at the end of this iteration.
+        let region = unsafe {
+            RamRegion::new(
+                BASE,
+                (PAGES * 4096) as u64,
+                NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
+            )
+        };
+        let mut hart = Hart::new(
+            HartConfig::machine(0, false),
+            Memory::new(vec![region]).unwrap(),
+        );
+        hart.set_pc(BASE);
+        let mut engine = Jit::new().unwrap();
+        let exit = if jit {
+            hart.run_with(&mut NoBus, 1000, &mut engine)
+        } else {
+            hart.run(&mut NoBus, 1000)
+        };
+        outs.push((
+            exit,
+            (0..32).map(|k| hart.xreg(k)).collect::<Vec<_>>(),
+            hart.instret(),
+        ));
+        if jit {
+            assert!(engine.stats().insns > 0);
+        }
+    }
+    assert_eq!(outs[0], outs[1]);
+    let (exit, x, _) = &outs[0];
+    assert_eq!(*exit, Exit::Wfi);
+    assert_eq!((x[20], x[21], x[22]), (2, 0x0000_b087, BASE + 28));
+    assert_eq!((x[5], x[6], x[7]), (7, 8, 0));
+}
+
+/// Sv39 in S-mode: a cross-page call resolved by the JIT's jump cache must follow a remap of
+/// the callee's page after `sfence.vma` (translations found by virtual address are dropped with
+/// the TLB).
+#[test]
+fn remapped_code_after_sfence_vma() {
+    const PAGES8: usize = 8;
+    fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
+        csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+    }
+    let pa = |page: u64| BASE + 4096 * page;
+    let leaf_rx = 1 | 2 | 8 | 64;
+    let pte = |addr: u64, flags: u64| (addr >> 12) << 10 | flags;
+    let mut ram = vec![0u64; PAGES8 * 512];
+    {
+        // SAFETY: plain memory of PAGES8 pages.
+        let m =
+            unsafe { std::slice::from_raw_parts_mut(ram.as_mut_ptr() as *mut u8, PAGES8 * 4096) };
+        let put = |m: &mut [u8], off: usize, words: &[u32]| {
+            for (k, w) in words.iter().enumerate() {
+                m[off + 4 * k..off + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        };
+        let put64 =
+            |m: &mut [u8], off: usize, v: u64| m[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        // Page 0: M-mode boot: satp, MPP = S, mepc = 0x1000, mret.
+        let boot = [
+            0x0000_0317,             // auipc x6, 0
+            i(0x7f0, 6, 3, 5, 0x03), // ld x5, 0x7f0(x6): satp
+            csr(1, 0, 5, 0x180),     // csrw satp, x5
+            i(0x7f8, 6, 3, 5, 0x03), // ld x5, 0x7f8(x6): MPP = S
+            csr(2, 0, 5, 0x300),     // csrs mstatus, x5
+            i(0x7e0, 6, 3, 5, 0x03), // ld x5, 0x7e0(x6): mepc
+            csr(1, 0, 5, 0x341),     // csrw mepc, x5
+            0x3020_0073,             // mret
+        ];
+        put(m, 0, &boot);
+        put64(m, 0x7f0, 8 << 60 | (pa(1) >> 12));
+        put64(m, 0x7f8, 1 << 11);
+        put64(m, 0x7e0, 0x1000);
+        // Page tables: root (page 1) -> L1 (page 2) -> L0 (page 3).
+        put64(m, 4096, pte(pa(2), 1));
+        put64(m, 2 * 4096, pte(pa(3), 1));
+        put64(m, 3 * 4096 + 8, pte(pa(4), leaf_rx)); // VA 0x1000: caller
+        put64(m, 3 * 4096 + 16, pte(pa(5), leaf_rx)); // VA 0x2000: callee B
+        put64(m, 3 * 4096 + 24, pte(pa(3), 1 | 2 | 4 | 64 | 128)); // VA 0x3000: the L0 table
+                                                                   // Caller (VA 0x1000): call B twice, remap VA 0x2000 to C, sfence.vma, call again, wfi.
+        put(
+            m,
+            4 * 4096,
+            &[
+                addi(11, 0, 2),
+                jal(1, 0x2000 - 0x1004),
+                addi(11, 11, -1),
+                b(-8, 0, 11, 1),
+                0x0000_0317,             // auipc x6, 0 (0x1010)
+                i(0x7f0, 6, 3, 7, 0x03), // ld x7, 0x800(VA 0x1000)
+                lui(28, 3),              // x28 = 0x3000
+                s(16, 7, 28, 3),         // sd x7, 16(x28): L0[2] = C
+                0x1200_0073,             // sfence.vma
+                jal(1, 0x2000 - 0x1024),
+                0x1050_0073, // wfi
+            ],
+        );
+        put64(m, 4 * 4096 + 0x800, pte(pa(6), leaf_rx));
+        put(m, 5 * 4096, &[addi(10, 10, 1), i(0, 1, 0, 0, 0x67)]); // B
+        put(m, 6 * 4096, &[addi(10, 10, 100), i(0, 1, 0, 0, 0x67)]); // C
+    }
+    let mut outs = Vec::new();
+    for jit in [false, true] {
+        let mut mem = ram.clone();
+        // SAFETY: `mem` outlives the hart, dropped at the end of this iteration.
+        let region = unsafe {
+            RamRegion::new(
+                BASE,
+                (PAGES8 * 4096) as u64,
+                NonNull::new(mem.as_mut_ptr() as *mut u8).unwrap(),
+            )
+        };
+        let mut hart = Hart::new(
+            HartConfig::machine(0, false),
+            Memory::new(vec![region]).unwrap(),
+        );
+        hart.set_pc(BASE);
+        let mut engine = Jit::new().unwrap();
+        let exit = if jit {
+            hart.run_with(&mut NoBus, 10_000, &mut engine)
+        } else {
+            hart.run(&mut NoBus, 10_000)
+        };
+        outs.push((exit, hart.xreg(10), hart.pc(), hart.instret()));
+        if jit {
+            assert!(engine.stats().insns > 0);
+        }
+    }
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!((outs[0].0, outs[0].1), (Exit::Wfi, 102));
+}
+
+/// Far more code than a small code buffer holds, run three times: the buffer is flushed while
+/// chain slots and jump-cache entries point into it, and everything is translated again.
+#[test]
+fn code_buffer_flushes_when_full() {
+    let mut ram = Ram::new();
+    let mut code = vec![addi(11, 0, 3)];
+    for k in 0..1500 {
+        code.push(addi(10, 10, k % 100 + 1));
+        code.push(jal(0, 4)); // a block of two instructions
+    }
+    code.push(addi(11, 11, -1));
+    let back = -(4 * (code.len() as i32 - 1));
+    code.push(b(back, 0, 11, 1));
+    code.push(ECALL);
+    ram.put(0, &code);
+    let (want, _) = run(&ram, false, 1 << 20, 1);
+    let mut mem = Ram(ram.0.clone());
+    // SAFETY: `mem` outlives the hart, dropped at the end of this test.
+    let region = unsafe {
+        RamRegion::new(
+            BASE,
+            (PAGES * 4096) as u64,
+            NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
+        )
+    };
+    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
+    hart.set_pc(BASE);
+    let mut jit = Jit::with_code_bytes(64 << 10).unwrap();
+    let exit = hart.run_with(&mut NoBus, 1 << 20, &mut jit);
+    assert_eq!(exit, Exit::Ecall);
+    assert!(jit.stats().flushes > 1, "{:?}", jit.stats());
+    assert_eq!(
+        (
+            (0..32).map(|k| hart.xreg(k)).collect::<Vec<_>>(),
+            hart.pc(),
+            hart.instret()
+        ),
+        (want.x, want.pc, want.instret)
+    );
+}
