@@ -51,8 +51,8 @@ pub struct ExecArgs {
     #[arg(long, value_name = "ADDR")]
     gdb: Option<String>,
 
-    /// What runs the program's code: the JIT (the default on x86-64 Linux hosts; it hands
-    /// what it does not translate to the interpreter), or the interpreter alone.
+    /// What runs the program's code: the interpreter, or the JIT (x86-64 Linux hosts; it
+    /// hands what it does not translate to the interpreter).
     #[arg(long, value_enum, default_value_t = crate::Engine::DEFAULT)]
     engine: crate::Engine,
 

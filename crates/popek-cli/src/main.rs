@@ -28,12 +28,9 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    /// The JIT where there is one (x86-64 Linux), the interpreter elsewhere.
-    pub(crate) const DEFAULT: Engine = if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-        Engine::Jit
-    } else {
-        Engine::Interp
-    };
+    /// The interpreter, for now: under the JIT, Debian's user space crashes (systemd-logind and
+    /// popek-cmd's shell die of SIGSEGV), so the JIT stays opt-in until that is found.
+    pub(crate) const DEFAULT: Engine = Engine::Interp;
 }
 
 impl From<Engine> for popek_jit::EngineKind {
@@ -177,8 +174,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     stats: bool,
 
-    /// What runs guest code: the JIT (the default on x86-64 Linux hosts; it hands what it does
-    /// not translate to the interpreter), or the interpreter alone.
+    /// What runs guest code: the interpreter, or the JIT (x86-64 Linux hosts; it hands what it
+    /// does not translate to the interpreter; not yet the default: Debian's user space crashes
+    /// under it).
     #[arg(long, value_enum, default_value_t = Engine::DEFAULT)]
     engine: Engine,
 
