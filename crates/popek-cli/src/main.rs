@@ -28,9 +28,12 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    /// The interpreter, for now: under the JIT, Debian's user space crashes (systemd-logind and
-    /// popek-cmd's shell die of SIGSEGV), so the JIT stays opt-in until that is found.
-    pub(crate) const DEFAULT: Engine = Engine::Interp;
+    /// The JIT where there is one (x86-64 hosts); the interpreter elsewhere.
+    pub(crate) const DEFAULT: Engine = if cfg!(target_arch = "x86_64") {
+        Engine::Jit
+    } else {
+        Engine::Interp
+    };
 }
 
 impl From<Engine> for popek_jit::EngineKind {

@@ -100,17 +100,22 @@ fn status(o: &Output) -> i32 {
         .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
 }
 
+/// `popek exec` on the default engine (the JIT on x86-64).
 fn popek(prog: &str, args: &[&str]) -> Output {
-    popek_on("interp", prog, args)
+    popek_on(DEFAULT, prog, args)
 }
 
-/// [`popek`] with `--engine engine`.
+/// The engine name that means "no `--engine` option".
+const DEFAULT: &str = "default";
+
+/// [`popek`] with `--engine engine` (unless `engine` is [`DEFAULT`]).
 fn popek_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     let mut c = common::popek();
-    c.arg("exec")
-        .arg("--engine")
-        .arg(engine)
-        .arg("--root")
+    c.arg("exec");
+    if engine != DEFAULT {
+        c.arg("--engine").arg(engine);
+    }
+    c.arg("--root")
         .arg(root())
         .arg(format!("/bin/{prog}"))
         .args(args);
@@ -136,7 +141,7 @@ fn text(b: &[u8]) -> String {
 /// Run `prog` (static and dynamic) under popek and QEMU with the same arguments (`ROOT` in an
 /// argument is replaced by the root as each one sees it) and compare stdout and exit status.
 fn same_as_qemu(prog: &str, args: &[&str]) -> Output {
-    same_as_qemu_on("interp", prog, args)
+    same_as_qemu_on(DEFAULT, prog, args)
 }
 
 /// [`same_as_qemu`] with popek's `--engine engine`.
@@ -172,29 +177,30 @@ fn same_as_qemu_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     last.unwrap()
 }
 
-/// The JIT engine on the programs that exercise the most guest code: same results as QEMU.
+/// The interpreter (the fallback engine; every other test runs on the default, the JIT) on the
+/// programs that exercise the most guest code: same results as QEMU.
 #[test]
-fn exec_jit_matches_qemu() {
-    let p = same_as_qemu_on("jit", "hello", &["a", "b"]);
+fn exec_interp_matches_qemu() {
+    let p = same_as_qemu_on("interp", "hello", &["a", "b"]);
     assert_eq!(text(&p.stdout), "hello, world 3 /bin/hello-dyn\n");
-    same_as_qemu_on("jit", "args", &["one", "two words", "-x"]);
-    let p = same_as_qemu_on("jit", "mem", &[]);
+    same_as_qemu_on("interp", "args", &["one", "two words", "-x"]);
+    let p = same_as_qemu_on("interp", "mem", &[]);
     assert!(text(&p.stdout).contains("malloc big ok"));
-    let p = same_as_qemu_on("jit", "sigsegv", &[]);
+    let p = same_as_qemu_on("interp", "sigsegv", &[]);
     assert!(text(&p.stdout).contains("after unblock: got=10"));
-    assert_eq!(status(&same_as_qemu_on("jit", "segv", &[])), 139);
-    assert_eq!(status(&same_as_qemu_on("jit", "ill", &[])), 132);
-    let p = same_as_qemu_on("jit", "forkpipe", &[]);
+    assert_eq!(status(&same_as_qemu_on("interp", "segv", &[])), 139);
+    assert_eq!(status(&same_as_qemu_on("interp", "ill", &[])), 132);
+    let p = same_as_qemu_on("interp", "forkpipe", &[]);
     assert!(text(&p.stdout).contains("child signaled=1 sig=11"));
-    let p = same_as_qemu_on("jit", "threads", &[]);
+    let p = same_as_qemu_on("interp", "threads", &[]);
     assert_eq!(text(&p.stdout), "counter=80000 sum=60 tls=0\n");
 }
 
 /// A guest execve re-executes popek with the same engine.
 #[test]
-fn exec_jit_execve() {
+fn exec_interp_execve() {
     for prog in ["execve", "execve-dyn"] {
-        let p = popek_on("jit", prog, &[]);
+        let p = popek_on("interp", prog, &[]);
         assert_eq!(
             text(&p.stdout),
             "missing=-1 errno=2\nhello, world 3 renamed-hello\n",

@@ -200,19 +200,31 @@ struct Block {
 }
 
 /// A block's identity: host address of its first instruction (so the guest physical address),
-/// privilege mode and MMU mode, packed in one word (host addresses fit in 48 bits).
-fn key(host_pc: u64, prv: Priv, satp_mode: u64) -> u64 {
-    host_pc | (prv as u64) << 56 | (satp_mode & 0xf) << 60
+/// privilege mode and MMU mode packed in one word (host addresses fit in 48 bits), and the
+/// guest virtual pc. The virtual pc belongs in it because translated code embeds it (`auipc`,
+/// link addresses, exits): a page of a shared library is one physical page mapped at a
+/// different address in each process, and each mapping needs its own translation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    host: u64,
+    vpc: u64,
+}
+
+fn key(host_pc: u64, vpc: u64, prv: Priv, satp_mode: u64) -> Key {
+    Key {
+        host: host_pc | (prv as u64) << 56 | (satp_mode & 0xf) << 60,
+        vpc,
+    }
 }
 
 /// The JIT engine of one hart: pass it to [`Hart::run_with`].
 pub struct Jit {
     code: CodeBuf,
-    blocks: HashMap<u64, Block>,
+    blocks: HashMap<Key, Block>,
     /// Keys of the blocks on each host page, to drop them when the page's code is dropped.
-    by_page: HashMap<u64, Vec<u64>>,
-    /// Direct-mapped cache of `blocks`: (key, block); key `u64::MAX` when empty.
-    fast: Box<[(u64, Block)]>,
+    by_page: HashMap<u64, Vec<Key>>,
+    /// Direct-mapped cache of `blocks`: (key, block); [`NO_KEY`] when empty.
+    fast: Box<[(Key, Block)]>,
     env: Env,
     stats: JitStats,
     /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
@@ -235,8 +247,14 @@ const JEMPTY: JEntry = JEntry {
     entry: std::ptr::null(),
 };
 
-const EMPTY: (u64, Block) = (
-    u64::MAX,
+/// The key of an empty `fast` slot (no block's: guest pcs are even).
+const NO_KEY: Key = Key {
+    host: u64::MAX,
+    vpc: 1,
+};
+
+const EMPTY: (Key, Block) = (
+    NO_KEY,
     Block {
         entry: None,
         chain: std::ptr::null(),
@@ -244,8 +262,8 @@ const EMPTY: (u64, Block) = (
     },
 );
 
-fn fast_slot(k: u64) -> usize {
-    ((k >> 1) ^ (k >> 13)) as usize & (FAST_SLOTS - 1)
+fn fast_slot(k: Key) -> usize {
+    ((k.host >> 1) ^ (k.host >> 13) ^ (k.vpc >> 12)) as usize & (FAST_SLOTS - 1)
 }
 
 impl Jit {
@@ -358,7 +376,7 @@ impl Jit {
     }
 
     #[inline]
-    fn lookup(&mut self, k: u64) -> Option<Block> {
+    fn lookup(&mut self, k: Key) -> Option<Block> {
         let slot = self.fast[fast_slot(k)];
         if slot.0 == k {
             return Some(slot.1);
@@ -370,7 +388,7 @@ impl Jit {
 
     /// Translate the block at guest virtual `pc` in the page of guest RAM at host address
     /// `page`, and cache it under key `k`.
-    fn translate(&mut self, page: *const u8, pc: u64, k: u64) -> Block {
+    fn translate(&mut self, page: *const u8, pc: u64, k: Key) -> Block {
         let started = Instant::now();
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
         let mut t =
@@ -450,7 +468,7 @@ impl Engine for Jit {
             hart.drain_code_drops(|d| self.drop_code(d));
             let pc = hart.pc();
             let host_pc = page.host as u64 + (pc & 0xfff);
-            let k = key(host_pc, prv, satp_mode);
+            let k = key(host_pc, pc, prv, satp_mode);
             let block = match self.lookup(k) {
                 Some(b) => b,
                 None => self.translate(page.host, pc, k),

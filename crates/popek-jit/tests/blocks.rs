@@ -450,73 +450,71 @@ fn fp_off_traps_mid_block() {
 /// Sv39 in S-mode: a cross-page call resolved by the JIT's jump cache must follow a remap of
 /// the callee's page after `sfence.vma` (translations found by virtual address are dropped with
 /// the TLB).
-#[test]
-fn remapped_code_after_sfence_vma() {
-    const PAGES8: usize = 8;
-    fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
-        csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+/// Pages of the Sv39 rigs below.
+const PAGES8: usize = 8;
+
+fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
+    csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+}
+
+/// Guest physical address of page `page` of the rig.
+fn pa(page: u64) -> u64 {
+    BASE + 4096 * page
+}
+
+/// A leaf PTE (valid, readable, executable, accessed) for physical address `addr`.
+fn leaf_rx(addr: u64) -> u64 {
+    (addr >> 12) << 10 | 1 | 2 | 8 | 64
+}
+
+fn put_words(m: &mut [u8], off: usize, words: &[u32]) {
+    for (k, w) in words.iter().enumerate() {
+        m[off + 4 * k..off + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
     }
-    let pa = |page: u64| BASE + 4096 * page;
-    let leaf_rx = 1 | 2 | 8 | 64;
-    let pte = |addr: u64, flags: u64| (addr >> 12) << 10 | flags;
+}
+
+fn put64(m: &mut [u8], off: usize, v: u64) {
+    m[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// An Sv39 machine of PAGES8 pages: page 0 boots in M mode, turns on paging and enters S mode
+/// at VA 0x1000; pages 1-3 are the page tables, whose last level (page 3, mapped read-write at
+/// VA 0x3000) gets `leaves` as (VA page number, PTE); the rest is for `fill`.
+fn sv39_rig(leaves: &[(usize, u64)], fill: impl FnOnce(&mut [u8])) -> Vec<u64> {
     let mut ram = vec![0u64; PAGES8 * 512];
-    {
-        // SAFETY: plain memory of PAGES8 pages.
-        let m =
-            unsafe { std::slice::from_raw_parts_mut(ram.as_mut_ptr() as *mut u8, PAGES8 * 4096) };
-        let put = |m: &mut [u8], off: usize, words: &[u32]| {
-            for (k, w) in words.iter().enumerate() {
-                m[off + 4 * k..off + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
-            }
-        };
-        let put64 =
-            |m: &mut [u8], off: usize, v: u64| m[off..off + 8].copy_from_slice(&v.to_le_bytes());
-        // Page 0: M-mode boot: satp, MPP = S, mepc = 0x1000, mret.
-        let boot = [
-            0x0000_0317,             // auipc x6, 0
-            i(0x7f0, 6, 3, 5, 0x03), // ld x5, 0x7f0(x6): satp
-            csr(1, 0, 5, 0x180),     // csrw satp, x5
-            i(0x7f8, 6, 3, 5, 0x03), // ld x5, 0x7f8(x6): MPP = S
-            csr(2, 0, 5, 0x300),     // csrs mstatus, x5
-            i(0x7e0, 6, 3, 5, 0x03), // ld x5, 0x7e0(x6): mepc
-            csr(1, 0, 5, 0x341),     // csrw mepc, x5
-            0x3020_0073,             // mret
-        ];
-        put(m, 0, &boot);
-        put64(m, 0x7f0, 8 << 60 | (pa(1) >> 12));
-        put64(m, 0x7f8, 1 << 11);
-        put64(m, 0x7e0, 0x1000);
-        // Page tables: root (page 1) -> L1 (page 2) -> L0 (page 3).
-        put64(m, 4096, pte(pa(2), 1));
-        put64(m, 2 * 4096, pte(pa(3), 1));
-        put64(m, 3 * 4096 + 8, pte(pa(4), leaf_rx)); // VA 0x1000: caller
-        put64(m, 3 * 4096 + 16, pte(pa(5), leaf_rx)); // VA 0x2000: callee B
-        put64(m, 3 * 4096 + 24, pte(pa(3), 1 | 2 | 4 | 64 | 128)); // VA 0x3000: the L0 table
-                                                                   // Caller (VA 0x1000): call B twice, remap VA 0x2000 to C, sfence.vma, call again, wfi.
-        put(
-            m,
-            4 * 4096,
-            &[
-                addi(11, 0, 2),
-                jal(1, 0x2000 - 0x1004),
-                addi(11, 11, -1),
-                b(-8, 0, 11, 1),
-                0x0000_0317,             // auipc x6, 0 (0x1010)
-                i(0x7f0, 6, 3, 7, 0x03), // ld x7, 0x800(VA 0x1000)
-                lui(28, 3),              // x28 = 0x3000
-                s(16, 7, 28, 3),         // sd x7, 16(x28): L0[2] = C
-                0x1200_0073,             // sfence.vma
-                jal(1, 0x2000 - 0x1024),
-                0x1050_0073, // wfi
-            ],
-        );
-        put64(m, 4 * 4096 + 0x800, pte(pa(6), leaf_rx));
-        put(m, 5 * 4096, &[addi(10, 10, 1), i(0, 1, 0, 0, 0x67)]); // B
-        put(m, 6 * 4096, &[addi(10, 10, 100), i(0, 1, 0, 0, 0x67)]); // C
+    // SAFETY: plain memory of PAGES8 pages.
+    let m = unsafe { std::slice::from_raw_parts_mut(ram.as_mut_ptr() as *mut u8, PAGES8 * 4096) };
+    let boot = [
+        0x0000_0317,             // auipc x6, 0
+        i(0x7f0, 6, 3, 5, 0x03), // ld x5, 0x7f0(x6): satp
+        csr(1, 0, 5, 0x180),     // csrw satp, x5
+        i(0x7f8, 6, 3, 5, 0x03), // ld x5, 0x7f8(x6): MPP = S
+        csr(2, 0, 5, 0x300),     // csrs mstatus, x5
+        i(0x7e0, 6, 3, 5, 0x03), // ld x5, 0x7e0(x6): mepc
+        csr(1, 0, 5, 0x341),     // csrw mepc, x5
+        0x3020_0073,             // mret
+    ];
+    put_words(m, 0, &boot);
+    put64(m, 0x7f0, 8 << 60 | (pa(1) >> 12));
+    put64(m, 0x7f8, 1 << 11);
+    put64(m, 0x7e0, 0x1000);
+    // Page tables: root (page 1) -> L1 (page 2) -> L0 (page 3).
+    put64(m, 4096, (pa(2) >> 12) << 10 | 1);
+    put64(m, 2 * 4096, (pa(3) >> 12) << 10 | 1);
+    put64(m, 3 * 4096 + 24, (pa(3) >> 12) << 10 | 1 | 2 | 4 | 64 | 128);
+    for &(vpn, pte) in leaves {
+        put64(m, 3 * 4096 + 8 * vpn, pte);
     }
+    fill(m);
+    ram
+}
+
+/// Run the rig on the interpreter and on the JIT until it stops (at most 10,000 instructions);
+/// both must end the same way. The outcome: exit, x10, pc and instret.
+fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
     let mut outs = Vec::new();
     for jit in [false, true] {
-        let mut mem = ram.clone();
+        let mut mem = ram.to_vec();
         // SAFETY: `mem` outlives the hart, dropped at the end of this iteration.
         let region = unsafe {
             RamRegion::new(
@@ -541,8 +539,85 @@ fn remapped_code_after_sfence_vma() {
             assert!(engine.stats().insns > 0);
         }
     }
-    assert_eq!(outs[0], outs[1]);
-    assert_eq!((outs[0].0, outs[0].1), (Exit::Wfi, 102));
+    assert_eq!(outs[0], outs[1], "interpreter, then JIT");
+    outs[0]
+}
+
+#[test]
+fn remapped_code_after_sfence_vma() {
+    // VA 0x1000: caller; VA 0x2000: callee B (later C).
+    let ram = sv39_rig(&[(1, leaf_rx(pa(4))), (2, leaf_rx(pa(5)))], |m| {
+        // Call B twice, remap VA 0x2000 to C, sfence.vma, call again, wfi.
+        put_words(
+            m,
+            4 * 4096,
+            &[
+                addi(11, 0, 2),
+                jal(1, 0x2000 - 0x1004),
+                addi(11, 11, -1),
+                b(-8, 0, 11, 1),
+                0x0000_0317,             // auipc x6, 0 (0x1010)
+                i(0x7f0, 6, 3, 7, 0x03), // ld x7, 0x800(VA 0x1000)
+                lui(28, 3),              // x28 = 0x3000
+                s(16, 7, 28, 3),         // sd x7, 16(x28): L0[2] = C
+                0x1200_0073,             // sfence.vma
+                jal(1, 0x2000 - 0x1024),
+                0x1050_0073, // wfi
+            ],
+        );
+        put64(m, 4 * 4096 + 0x800, leaf_rx(pa(6)));
+        put_words(m, 5 * 4096, &[addi(10, 10, 1), i(0, 1, 0, 0, 0x67)]); // B
+        put_words(m, 6 * 4096, &[addi(10, 10, 100), i(0, 1, 0, 0, 0x67)]); // C
+    });
+    let (exit, x10, _, _) = run_rig(&ram);
+    assert_eq!((exit, x10), (Exit::Wfi, 102));
+}
+
+/// One physical page of code mapped at two virtual addresses at once (a shared library in two
+/// processes): code that uses its own pc (`auipc`, link addresses) must see the address it
+/// runs at, so each mapping needs its own translation.
+#[test]
+fn one_code_page_at_two_addresses() {
+    // VA 0x1000: caller; VA 0x2000 and VA 0x5000: the same callee page.
+    let ram = sv39_rig(
+        &[
+            (1, leaf_rx(pa(4))),
+            (2, leaf_rx(pa(5))),
+            (5, leaf_rx(pa(5))),
+        ],
+        |m| {
+            // Call the callee through each address, three times over, then wfi.
+            put_words(
+                m,
+                4 * 4096,
+                &[
+                    addi(11, 0, 3),
+                    jal(1, 0x2000 - 0x1004),
+                    jal(1, 0x5000 - 0x1008),
+                    addi(11, 11, -1),
+                    b(-12, 0, 11, 1),
+                    0x1050_0073, // wfi
+                ],
+            );
+            // Callee: x10 += its own address (auipc) + the link address.
+            put_words(
+                m,
+                5 * 4096,
+                &[
+                    0x0000_0617,               // auipc x12, 0
+                    r(0, 12, 10, 0, 10, 0x33), // add x10, x10, x12
+                    r(0, 1, 10, 0, 10, 0x33),  // add x10, x10, ra
+                    i(0, 1, 0, 0, 0x67),       // ret
+                ],
+            );
+        },
+    );
+    let (exit, x10, _, _) = run_rig(&ram);
+    // Each round: 0x2000 + 0x1008 (its link) and 0x5000 + 0x100c.
+    assert_eq!(
+        (exit, x10),
+        (Exit::Wfi, 3 * (0x2000 + 0x1008 + 0x5000 + 0x100c))
+    );
 }
 
 /// Far more code than a small code buffer holds, run three times: the buffer is flushed while
