@@ -413,12 +413,8 @@ impl Shared {
         self.wake_all();
     }
 
-    fn wake_all(&self) {
-        self.threads.wake_all();
-    }
-
-    /// Unpark every hart (e.g. to make parked harts apply the dirty log's generation).
-    pub(crate) fn wake_all_harts(&self) {
+    /// Unpark every hart (to see a stop request, or to apply the dirty log's generation).
+    pub(crate) fn wake_all(&self) {
         self.threads.wake_all();
     }
 
@@ -731,6 +727,45 @@ impl Machine {
             guest_resident: resident_bytes(&self.ram),
             ..self.stats
         }
+    }
+
+    /// Guest DRAM's mapping, kept alive by the handle: for code that copies RAM in and out
+    /// (snapshots, migration) rather than through the harts.
+    pub(crate) fn dram_mapping(&self) -> Result<DramMapping, BoardError> {
+        let host = self
+            .ram
+            .get_host_address(GuestAddress(memmap::DRAM))
+            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
+        Ok(DramMapping {
+            _owner: self.ram.clone(),
+            host: host as usize,
+            size: self.config.memory as usize,
+        })
+    }
+
+    /// Guest DRAM, to fill before the harts run.
+    pub(crate) fn dram_mut(&mut self) -> Result<&mut [u8], BoardError> {
+        let m = self.dram_mapping()?;
+        // SAFETY: the mapping is owned by `self.ram` and lives as long as `self`, borrowed
+        // mutably here, so the harts are not running.
+        Ok(unsafe { std::slice::from_raw_parts_mut(m.host as *mut u8, m.size) })
+    }
+}
+
+/// Guest DRAM's host mapping ([`Machine::dram_mapping`]), which stays mapped while this
+/// exists (it shares the machine's regions), even on another thread.
+pub(crate) struct DramMapping {
+    _owner: GuestMemoryMmap,
+    pub(crate) host: usize,
+    pub(crate) size: usize,
+}
+
+impl DramMapping {
+    /// The mapping as bytes. Harts may write them meanwhile: a page read as they write it is
+    /// torn, which migration mends by sending it again (the write marked it dirty).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `_owner` keeps the `size` bytes at `host` mapped for as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.host as *const u8, self.size) }
     }
 }
 

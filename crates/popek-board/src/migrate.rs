@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 
 use popek_cpu::DirtyLog;
 use popek_persist::StateFile;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::error::BoardError;
-use crate::machine::{Machine, MachineConfig, MachineHandle, Shared, Stop};
+use crate::machine::{DramMapping, Machine, MachineConfig, MachineHandle, Shared, Stop};
 use crate::memmap;
 use crate::snapshot::{config_from, Manifest};
 
@@ -65,14 +64,6 @@ fn io_error(what: &str, e: std::io::Error) -> BoardError {
     BoardError::Migration(format!("{what}: {e}"))
 }
 
-/// Guest RAM (DRAM) as a slice, for copying out or in.
-fn ram_slice(shared_ram: usize, size: u64) -> &'static mut [u8] {
-    // SAFETY: `shared_ram..+size` is DRAM's mapping, which lives as long as the machine (its
-    // owner joins the migration before dropping it). Harts may write it concurrently during
-    // pre-copy: a torn page read then is re-sent, because the store marked it dirty.
-    unsafe { std::slice::from_raw_parts_mut(shared_ram as *mut u8, size as usize) }
-}
-
 fn send_pages(
     out: &mut impl Write,
     ram: &[u8],
@@ -96,7 +87,7 @@ fn send_pages(
 /// entries (or is parked and will before it runs again).
 fn flush_writers(shared: &Shared, log: &DirtyLog) -> bool {
     let g = log.flush_writers();
-    shared.wake_all_harts();
+    shared.wake_all();
     while shared
         .dirty_acks
         .iter()
@@ -142,11 +133,7 @@ impl Machine {
         let shared = self.shared.clone();
         let manifest = serde_json::to_vec(&self.manifest(0)?)
             .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
-        let ram =
-            self.ram
-                .get_host_address(GuestAddress(memmap::DRAM))
-                .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))? as usize;
-        let size = self.config.memory;
+        let ram = self.dram_mapping()?;
         let has_disks = !self.config.disks.is_empty() || self.config.vsock.is_some();
         std::thread::Builder::new()
             .name("migrate".into())
@@ -157,7 +144,7 @@ impl Machine {
                         tracing::error!("migration to {to} refused: machines with disks or vsock cannot migrate yet");
                         continue;
                     }
-                    match precopy(&shared, &manifest, ram, size, &to) {
+                    match precopy(&shared, &manifest, &ram, &to) {
                         Ok(outgoing) => {
                             *shared.migration.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(outgoing);
@@ -204,7 +191,8 @@ impl Machine {
         stopped: Instant,
     ) -> Result<MigrationReport, BoardError> {
         let state = self.save_state(false)?;
-        let ram = ram_slice(self.dram_host()?, self.config.memory);
+        let dram = self.dram_mapping()?;
+        let ram = dram.bytes();
         let mut pages = self.shared.dirty.take();
         for (start, len) in self.ring_areas() {
             let first = start.wrapping_sub(memmap::DRAM) >> 12;
@@ -242,13 +230,6 @@ impl Machine {
             downtime: stopped.elapsed(),
             total: o.started.elapsed(),
         })
-    }
-
-    fn dram_host(&self) -> Result<usize, BoardError> {
-        Ok(self
-            .ram
-            .get_host_address(GuestAddress(memmap::DRAM))
-            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))? as usize)
     }
 
     fn ring_areas(&self) -> Vec<(u64, u64)> {
@@ -308,14 +289,14 @@ impl Machine {
         if machine.virtio_types() != manifest.virtio {
             return Err(BoardError::Migration("the machines' devices differ".into()));
         }
-        let ram = ram_slice(machine.dram_host()?, config.memory);
         loop {
             let mut tag = [0u8; 1];
             input.read_exact(&mut tag).map_err(err)?;
             match tag[0] {
                 b'P' => {
                     let p = read_u64(input).map_err(err)? as usize;
-                    let page = ram
+                    let page = machine
+                        .dram_mut()?
                         .get_mut(p * PAGE..(p + 1) * PAGE)
                         .ok_or_else(|| BoardError::Migration(format!("page {p} is outside RAM")))?;
                     input.read_exact(page).map_err(err)?;
@@ -350,8 +331,7 @@ fn read_u64(input: &mut impl Read) -> std::io::Result<u64> {
 fn precopy(
     shared: &Arc<Shared>,
     manifest: &[u8],
-    ram: usize,
-    size: u64,
+    ram: &DramMapping,
     to: &str,
 ) -> Result<Outgoing, BoardError> {
     let started = Instant::now();
@@ -371,7 +351,8 @@ fn precopy(
     if !flush_writers(shared, &log) {
         return Err(BoardError::Migration("the machine stopped".into()));
     }
-    let ram = ram_slice(ram, size);
+    let ram = ram.bytes();
+    let size = ram.len() as u64;
     // Round 0: every page that is not all zero (the destination's RAM starts zeroed).
     let nonzero = (0..(size as usize / PAGE) as u64)
         .filter(|&p| ram[p as usize * PAGE..][..PAGE].iter().any(|&b| b != 0));

@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use popek_persist::{Decoder, Encoder, Persist, PersistError, StateFile};
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::error::BoardError;
 use crate::machine::{DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig};
@@ -263,15 +262,10 @@ impl Machine {
     /// with `punch`, runs of zero pages become holes (the file held an earlier save). Returns
     /// the bytes written.
     fn save_ram(&self, f: &File, path: &Path, punch: bool) -> Result<u64, BoardError> {
-        let size = self.config.memory;
-        let host = self
-            .ram
-            .get_host_address(GuestAddress(memmap::DRAM))
-            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
-        // SAFETY: DRAM is one mapping of `size` bytes owned by `self.ram`; the harts are stopped
-        // and the devices paused or idle (a device thread writing now would be a bug of its own:
-        // the snapshot would then be torn, never the host memory-unsafe).
-        let ram = unsafe { std::slice::from_raw_parts(host as *const u8, size as usize) };
+        // The harts are stopped and the devices paused or idle (a device thread writing now
+        // would be a bug of its own: the snapshot would then be torn).
+        let dram = self.dram_mapping()?;
+        let ram = dram.bytes();
         let mut written = 0u64;
         let mut run = |zero: bool, start: usize, end: usize| -> std::io::Result<()> {
             if !zero {
@@ -421,17 +415,14 @@ impl Machine {
                 ),
             });
         }
-        let host = self
-            .ram
-            .get_host_address(GuestAddress(memmap::DRAM))
-            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
+        let dram = self.dram_mapping()?;
         // SAFETY: `host..host+size` is DRAM's anonymous mapping, owned by `self.ram` and not yet
         // used by anyone (the harts have not run); MAP_FIXED replaces it in place with a private
         // mapping of the same size and protection, which `self.ram` unmaps when dropped as before.
         let rc = unsafe {
             libc::mmap(
-                host as *mut libc::c_void,
-                size as usize,
+                dram.host as *mut libc::c_void,
+                dram.size,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
                 f.as_raw_fd(),

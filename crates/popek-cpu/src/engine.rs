@@ -14,7 +14,7 @@
 use crate::decode::{Insn, Op};
 use crate::exec::{writes_xreg, Flow};
 use crate::hart::Hart;
-use crate::mmu::{tlb_index, Access, EngineTlbEntry};
+use crate::mmu::{tlb_index, EngineTlbEntry};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, BusFault, Exit, HartState};
 
@@ -122,14 +122,9 @@ impl Hart {
     #[inline(never)]
     fn fetch_code_page_slow(&mut self) -> Result<CodePage, Trap> {
         let pc = self.s.pc;
-        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
-        let host = self
-            .mem
-            .host_ptr(paddr & !0xfff, 4096)
-            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
-        if self.mmu.engine_pages.insert(paddr >> 12) {
-            // A new code page: no write-TLB entry may point at it any more.
-            self.mmu.flush_write_tlb();
+        let (ppn, host) = self.fetch_page_host()?;
+        if self.mmu.engine_pages.insert(ppn) {
+            self.forget_writes_to(ppn);
         }
         let ctx = self.mmu.ictx;
         self.mmu.engine_exec[ctx][tlb_index(pc)] = EngineTlbEntry {

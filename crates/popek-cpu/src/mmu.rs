@@ -651,12 +651,7 @@ impl Hart {
     #[inline(never)]
     fn fetch_page_slow(&mut self) -> Result<(*mut DecodedPage, *const u8), Trap> {
         let pc = self.s.pc;
-        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
-        let host = self
-            .mem
-            .host_ptr(paddr & !0xfff, 4096)
-            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
-        let ppn = paddr >> 12;
+        let (ppn, host) = self.fetch_page_host()?;
         if self.mmu.decoded.len() >= MAX_DECODED_PAGES && !self.mmu.decoded.contains_key(&ppn) {
             // Bound popek's own memory: start the decode cache afresh (nothing executes from it
             // now; the pages are freed at the next slice boundary).
@@ -672,14 +667,22 @@ impl Hart {
         Ok((page, host))
     }
 
-    /// The decoded page for physical page `ppn`, created if needed; from then on stores to the
-    /// page take the slow path, which drops the decoded code.
-    fn mark_code_page(&mut self, ppn: u64) -> *mut DecodedPage {
-        if let Some(p) = self.mmu.decoded.get_mut(&ppn) {
-            return &mut **p;
-        }
-        // New code page: no write entry may point at it any more. An entry maps virtual page
-        // `tag` to host address `(tag << 12) + addend`; only those landing on this page go.
+    /// The physical page number and host address of the page holding the pc, translated for
+    /// execution (the page walk, permission and access-fault checks of an instruction fetch).
+    pub(crate) fn fetch_page_host(&mut self) -> Result<(u64, *const u8), Trap> {
+        let pc = self.s.pc;
+        let paddr = self.translate(pc, Access::Exec, self.s.prv)?;
+        let host = self
+            .mem
+            .host_ptr(paddr & !0xfff, 4096)
+            .ok_or(Trap::new(Exception::InstructionAccessFault, pc))?;
+        Ok((paddr >> 12, host))
+    }
+
+    /// Drop the write-TLB entries that lead into physical page `ppn`, which now holds code: its
+    /// stores must take the slow path, which drops the code. An entry maps virtual page `tag`
+    /// to host address `(tag << 12) + addend`; only those landing on this page go.
+    pub(crate) fn forget_writes_to(&mut self, ppn: u64) {
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;
@@ -689,12 +692,17 @@ impl Hart {
                     }
                 }
             }
-            None => {
-                for c in self.mmu.write.iter_mut() {
-                    c.fill(EMPTY);
-                }
-            }
+            None => self.mmu.flush_write_tlb(),
         }
+    }
+
+    /// The decoded page for physical page `ppn`, created if needed; from then on stores to the
+    /// page take the slow path, which drops the decoded code.
+    fn mark_code_page(&mut self, ppn: u64) -> *mut DecodedPage {
+        if let Some(p) = self.mmu.decoded.get_mut(&ppn) {
+            return &mut **p;
+        }
+        self.forget_writes_to(ppn);
         &mut **self.mmu.decoded.entry(ppn).or_insert_with(|| {
             // Filled in place on the heap (an array literal would be built on the stack and
             // copied: 24 KiB per new code page).

@@ -55,7 +55,6 @@ pub struct VirtioMmio {
 
 /// The transport's registers and queue states, as saved.
 pub(crate) struct Registers {
-    pub device_type: u32,
     pub device_features_sel: u32,
     pub driver_features_sel: u32,
     pub queue_sel: u32,
@@ -156,7 +155,6 @@ impl VirtioMmio {
             _ => self.queues.iter().map(|q| q.state()).collect(),
         };
         Registers {
-            device_type: self.device.device_type(),
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
             queue_sel: self.queue_sel,

@@ -57,7 +57,7 @@ impl Persist for VirtioMmio {
     /// those of a device with nothing in flight.
     fn save(&self, out: &mut Encoder) {
         let r = self.registers();
-        out.u32(r.device_type);
+        out.u32(self.device_type());
         for v in [
             r.device_features_sel,
             r.driver_features_sel,
@@ -101,7 +101,6 @@ impl Persist for VirtioMmio {
             w;
         self.set_registers(
             crate::mmio::Registers {
-                device_type: 0,
                 device_features_sel,
                 driver_features_sel,
                 queue_sel,
