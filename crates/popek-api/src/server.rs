@@ -176,7 +176,7 @@ fn serve_one(mut s: UnixStream, control: &dyn Control, stopping: &AtomicBool) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let resp = match read_request(&mut s) {
         Ok((method, path, body)) => handle(control, stopping, &method, &path, &body),
-        Err(why) => Response::error(400, why),
+        Err(why) => Response::error(400, why.to_string()),
     };
     let reason = match resp.status {
         200 => "OK",
@@ -198,8 +198,31 @@ fn serve_one(mut s: UnixStream, control: &dyn Control, stopping: &AtomicBool) {
     let _ = s.write_all(resp.body.as_bytes());
 }
 
+/// Why a request could not be read; the client gets the message with a 400.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// A Content-Length header that is not a number.
+    #[error("bad Content-Length")]
+    BadContentLength,
+    /// Head and body larger than [`MAX_REQUEST`].
+    #[error("the request is too large")]
+    TooLarge,
+    /// The client closed the connection before the whole body came.
+    #[error("the body is shorter than Content-Length")]
+    ShortBody,
+    /// The client closed the connection before the whole head came.
+    #[error("the connection closed mid-request")]
+    Closed,
+    /// Bytes that do not parse as an HTTP request.
+    #[error("not an HTTP request: {0}")]
+    NotHttp(#[source] httparse::Error),
+    /// Reading the socket failed (the client's timeout ran out).
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+}
+
 /// Read and parse one HTTP/1.1 request: method, path and body.
-fn read_request(s: &mut UnixStream) -> Result<(String, String, Vec<u8>), String> {
+fn read_request(s: &mut UnixStream) -> Result<(String, String, Vec<u8>), RequestError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -209,34 +232,34 @@ fn read_request(s: &mut UnixStream) -> Result<(String, String, Vec<u8>), String>
             Ok(httparse::Status::Complete(head)) => {
                 let len = content_length(req.headers)?;
                 if head + len > MAX_REQUEST {
-                    return Err("the request is too large".into());
+                    return Err(RequestError::TooLarge);
                 }
                 let method = req.method.unwrap_or_default().to_string();
                 let path = req.path.unwrap_or_default().to_string();
                 while buf.len() < head + len {
-                    let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+                    let n = s.read(&mut chunk)?;
                     if n == 0 {
-                        return Err("the body is shorter than Content-Length".into());
+                        return Err(RequestError::ShortBody);
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
                 return Ok((method, path, buf[head..head + len].to_vec()));
             }
             Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(format!("not an HTTP request: {e}")),
+            Err(e) => return Err(RequestError::NotHttp(e)),
         }
         if buf.len() > MAX_REQUEST {
-            return Err("the request is too large".into());
+            return Err(RequestError::TooLarge);
         }
-        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        let n = s.read(&mut chunk)?;
         if n == 0 {
-            return Err("the connection closed mid-request".into());
+            return Err(RequestError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, String> {
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, RequestError> {
     match headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
@@ -245,7 +268,7 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, String> {
         Some(h) => std::str::from_utf8(h.value)
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| "bad Content-Length".to_string()),
+            .ok_or(RequestError::BadContentLength),
     }
 }
 

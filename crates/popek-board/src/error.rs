@@ -176,3 +176,79 @@ pub enum BoardError {
     #[error("cannot save this machine: {0}")]
     NotSaveable(String),
 }
+
+/// Why a command-line value (a size, a MAC address, a `--disk` or `--vsock` argument) was
+/// refused; each message shows the form that is accepted. clap prints it after the argument.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A size that is not a number with an optional unit suffix.
+    #[error("bad size '{0}': use a number of MiB, or one with a B, K, M, G or T suffix")]
+    BadSize(String),
+    /// A size beyond 2^64 bytes.
+    #[error("size '{0}' is too large")]
+    SizeTooLarge(String),
+    /// Not six colon-separated hex bytes.
+    #[error("'{0}' is not a MAC address (like 52:54:00:12:34:56)")]
+    BadMac(String),
+    /// A group address, which no card may have.
+    #[error("{0} is a multicast address; a card needs a unicast one (first byte even)")]
+    MulticastMac(String),
+    /// `--vsock` without a socket path.
+    #[error("expected PATH[,cid=N], e.g. --vsock /tmp/vm.sock")]
+    VsockPath,
+    /// A `cid=` that is not a number.
+    #[error("cid={0} is not a number (guest CIDs start at 3)")]
+    VsockCid(String),
+    /// A `--vsock` option other than `cid=`.
+    #[error("unknown vsock option '{0}' (the only option is cid=)")]
+    VsockOption(String),
+    /// `--disk` without an image path.
+    #[error("expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly")]
+    DiskPath,
+    /// A `--disk` option other than `readonly`.
+    #[error("unknown disk option '{0}' (the only option is readonly)")]
+    DiskOption(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::machine::{parse_mac, DiskConfig, VsockConfig};
+
+    #[test]
+    fn parse_errors_show_the_accepted_form() {
+        let err = |r: Result<(), super::ParseError>| r.unwrap_err().to_string();
+        let cases = [
+            (
+                err(parse_mac("52:54:00").map(drop)),
+                "'52:54:00' is not a MAC address (like 52:54:00:12:34:56)",
+            ),
+            (
+                err(parse_mac("01:00:5e:00:00:01").map(drop)),
+                "01:00:5e:00:00:01 is a multicast address; a card needs a unicast one (first byte even)",
+            ),
+            (
+                err("".parse::<DiskConfig>().map(drop)),
+                "expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly",
+            ),
+            (
+                err("d.img,fast".parse::<DiskConfig>().map(drop)),
+                "unknown disk option 'fast' (the only option is readonly)",
+            ),
+            (
+                err(",cid=3".parse::<VsockConfig>().map(drop)),
+                "expected PATH[,cid=N], e.g. --vsock /tmp/vm.sock",
+            ),
+            (
+                err("v.sock,cid=x".parse::<VsockConfig>().map(drop)),
+                "cid=x is not a number (guest CIDs start at 3)",
+            ),
+            (
+                err("v.sock,port=1".parse::<VsockConfig>().map(drop)),
+                "unknown vsock option 'port=1' (the only option is cid=)",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}

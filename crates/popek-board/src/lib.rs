@@ -15,7 +15,7 @@ pub mod migrate;
 pub mod size;
 pub mod snapshot;
 
-pub use error::BoardError;
+pub use error::{BoardError, ParseError};
 pub use machine::{
     parse_mac, DiskConfig, Machine, MachineConfig, MachineHandle, MachineState, NetBackendConfig,
     NetConfig, RunOutcome, RunStats, VsockConfig, DEFAULT_MAC,

@@ -29,7 +29,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use crate::bus::VirtBus;
 use crate::console::{Escape, EscapeFilter};
 use crate::console_out::Console;
-use crate::error::BoardError;
+use crate::error::{BoardError, ParseError};
 use crate::fdt::{self, FdtParams};
 use crate::loader::{load_blob, load_image, load_kernel};
 use crate::memmap;
@@ -95,13 +95,13 @@ pub struct VsockConfig {
 }
 
 impl std::str::FromStr for VsockConfig {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<VsockConfig, String> {
+    fn from_str(s: &str) -> Result<VsockConfig, ParseError> {
         let mut parts = s.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err("expected PATH[,cid=N], e.g. --vsock /tmp/vm.sock".into());
+            return Err(ParseError::VsockPath);
         }
         let mut v = VsockConfig {
             cid: 3,
@@ -109,16 +109,8 @@ impl std::str::FromStr for VsockConfig {
         };
         for opt in parts {
             match opt.strip_prefix("cid=") {
-                Some(n) => {
-                    v.cid = n
-                        .parse()
-                        .map_err(|_| format!("cid={n} is not a number (guest CIDs start at 3)"))?
-                }
-                None => {
-                    return Err(format!(
-                        "unknown vsock option '{opt}' (the only option is cid=)"
-                    ))
-                }
+                Some(n) => v.cid = n.parse().map_err(|_| ParseError::VsockCid(n.to_string()))?,
+                None => return Err(ParseError::VsockOption(opt.to_string())),
             }
         }
         Ok(v)
@@ -153,22 +145,17 @@ pub enum NetBackendConfig {
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Parse `52:54:00:12:34:56`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ParseError> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
     if parts.len() != 6 {
-        return Err(format!(
-            "'{s}' is not a MAC address (like 52:54:00:12:34:56)"
-        ));
+        return Err(ParseError::BadMac(s.to_string()));
     }
     for (b, p) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)"))?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| ParseError::BadMac(s.to_string()))?;
     }
     if mac[0] & 1 != 0 {
-        return Err(format!(
-            "{s} is a multicast address; a card needs a unicast one (first byte even)"
-        ));
+        return Err(ParseError::MulticastMac(s.to_string()));
     }
     Ok(mac)
 }
@@ -200,16 +187,13 @@ pub struct DiskConfig {
 }
 
 impl std::str::FromStr for DiskConfig {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<DiskConfig, String> {
+    fn from_str(s: &str) -> Result<DiskConfig, ParseError> {
         let mut parts = s.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err(
-                "expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly"
-                    .into(),
-            );
+            return Err(ParseError::DiskPath);
         }
         let mut disk = DiskConfig {
             path: PathBuf::from(path),
@@ -219,11 +203,7 @@ impl std::str::FromStr for DiskConfig {
             match opt {
                 "readonly" | "ro" | "readonly=on" => disk.readonly = true,
                 "readonly=off" | "rw" => disk.readonly = false,
-                other => {
-                    return Err(format!(
-                        "unknown disk option '{other}' (the only option is readonly)"
-                    ))
-                }
+                other => return Err(ParseError::DiskOption(other.to_string())),
             }
         }
         Ok(disk)

@@ -1,7 +1,9 @@
 //! Human-friendly memory sizes ("128M", "2G", "65536").
 
+use crate::error::ParseError;
+
 /// Parse a size with an optional K/M/G/T suffix (powers of 1024), as QEMU's `-m` accepts.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ParseError> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -11,22 +13,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "bad size '{s}': use a number of MiB, or one with a B, K, M, G or T suffix"
-                    ))
-                }
+                _ => return Err(ParseError::BadSize(s.to_string())),
             };
             (&t[..i], m)
         }
         // A bare number is MiB, as with QEMU's -m.
         _ => (t, 1 << 20),
     };
-    let n: u64 = num.parse().map_err(|_| {
-        format!("bad size '{s}': use a number of MiB, or one with a B, K, M, G or T suffix")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| ParseError::BadSize(s.to_string()))?;
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
+        .ok_or_else(|| ParseError::SizeTooLarge(s.to_string()))
 }
 
 /// A size as a person would write it: `1 byte`, `512 KiB`, `16 MiB`, `2 GiB` (the largest
@@ -64,6 +62,18 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_accepted_form() {
+        assert_eq!(
+            parse_size("12Q").unwrap_err().to_string(),
+            "bad size '12Q': use a number of MiB, or one with a B, K, M, G or T suffix"
+        );
+        assert_eq!(
+            parse_size("99999999999T").unwrap_err().to_string(),
+            "size '99999999999T' is too large"
+        );
     }
 
     #[test]

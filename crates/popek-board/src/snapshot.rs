@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use popek_persist::{Decoder, Encoder, Persist, PersistError, StateFile};
 use serde::{Deserialize, Serialize};
 
-use crate::error::BoardError;
+use crate::error::{BoardError, ParseError};
 use crate::machine::{DiskConfig, Machine, MachineConfig, NetBackendConfig, NetConfig};
 use crate::memmap;
 
@@ -253,7 +253,7 @@ impl Machine {
             }
         }
         match failure {
-            Some(e) => Err(BoardError::NotSaveable(e)),
+            Some(e) => Err(BoardError::NotSaveable(e.to_string())),
             None => Ok(file.to_bytes()),
         }
     }
@@ -374,7 +374,7 @@ impl Machine {
                 manifest.format
             )));
         }
-        let config = config_from(&manifest, run).map_err(refused)?;
+        let config = config_from(&manifest, run).map_err(|e| refused(e.to_string()))?;
         let state_path = dir.join(STATE);
         let state_bytes = std::fs::read(&state_path).map_err(io_err(&state_path))?;
         let state =
@@ -493,20 +493,32 @@ impl Machine {
     }
 }
 
+/// Why the machine a manifest describes cannot be built again here (a restore or a
+/// migration's destination refuses it with this message).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// A disk of the snapshot cannot be examined.
+    #[error(transparent)]
+    Disk(BoardError),
+    /// A disk's size or modification time differ from the saved ones.
+    #[error("disk {} changed since the snapshot was taken (the restored guest's caches would not match it): create the snapshot again", .0.display())]
+    DiskChanged(PathBuf),
+    /// The saved MAC address is not one.
+    #[error(transparent)]
+    Mac(#[from] ParseError),
+}
+
 /// The machine configuration a snapshot was taken of, with the run-time settings of `run`.
-pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, String> {
+pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, ConfigError> {
     let mut disks = Vec::new();
     for d in &m.disks {
         let now = disk_entry(&DiskConfig {
             path: d.path.clone(),
             readonly: d.readonly,
         })
-        .map_err(|e| format!("{e}"))?;
+        .map_err(ConfigError::Disk)?;
         if now.size != d.size || now.mtime_ns != d.mtime_ns {
-            return Err(format!(
-                "disk {} changed since the snapshot was taken (the restored guest's caches would not match it): create the snapshot again",
-                d.path.display()
-            ));
+            return Err(ConfigError::DiskChanged(d.path.clone()));
         }
         disks.push(DiskConfig {
             path: d.path.clone(),

@@ -347,7 +347,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut mac = DEFAULT_MAC;
     for opt in parts {
         match opt.strip_prefix("mac=") {
-            Some(m) => mac = parse_mac(m)?,
+            Some(m) => mac = parse_mac(m).map_err(|e| e.to_string())?,
             None => {
                 return Err(format!(
                     "unknown network option '{opt}' (the only option is mac=)"

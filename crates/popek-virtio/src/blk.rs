@@ -15,8 +15,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use crate::chain::{self, Chain, Segment};
 use crate::drain_queue;
 use crate::{
-    device_type, features, read_config_bytes, Activation, GuestMem, GuestWriteHook, SingleQueue,
-    VirtioDevice,
+    device_type, features, read_config_bytes, Activation, DeviceError, GuestMem, GuestWriteHook,
+    SingleQueue, VirtioDevice,
 };
 
 const SECTOR: u64 = 512;
@@ -182,15 +182,15 @@ impl Block {
             return;
         }
         if let Err(e) = serve_queue(&mut self.disk, a) {
-            a.signals.fail(&e);
+            a.signals.fail(&e.to_string());
         }
     }
 }
 
-fn serve_queue(disk: &mut Disk, a: &mut SingleQueue) -> Result<(), String> {
+fn serve_queue(disk: &mut Disk, a: &mut SingleQueue) -> Result<(), DeviceError> {
     let (mem, wrote) = (&a.mem, &a.wrote);
     drain_queue(&mut a.queue, mem, &a.signals, |chain| {
-        disk.request(mem, chain, wrote).map_err(|e| e.to_string())
+        Ok(disk.request(mem, chain, wrote)?)
     })
 }
 
@@ -493,7 +493,7 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.disk.config(), offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
         self.active = Some(a.single_queue("virtio-blk")?);
         // Requests made available before DRIVER_OK are served now.
         self.process();
@@ -508,13 +508,10 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 
-    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, String> {
+    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, DeviceError> {
         // Requests finish inside notify: nothing is in flight between MMIO accesses.
         if !self.disk.readonly {
-            self.disk
-                .file
-                .sync_data()
-                .map_err(|e| format!("virtio-blk: flushing the disk: {e}"))?;
+            self.disk.file.sync_data().map_err(DeviceError::Flush)?;
         }
         Ok(self
             .active

@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::chain;
 use crate::drain_queue;
-use crate::{device_type, features, Activation, GuestMem, Signals, VirtioDevice};
+use crate::{device_type, features, Activation, DeviceError, GuestMem, Signals, VirtioDevice};
 
 const QUEUE_SIZE: u16 = 64;
 const RECEIVE_QUEUE: usize = 0;
@@ -39,7 +39,7 @@ impl Console {
         Console { out, active: None }
     }
 
-    fn transmit(&mut self) -> Result<(), String> {
+    fn transmit(&mut self) -> Result<(), DeviceError> {
         let Some(Active {
             mem,
             transmit,
@@ -77,10 +77,13 @@ impl VirtioDevice for Console {
         data.fill(0);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
         let mut queues = a.queues;
         if queues.len() <= TRANSMIT_QUEUE || !queues[TRANSMIT_QUEUE].ready() {
-            return Err("virtio-console: transmit queue not set up".into());
+            return Err(DeviceError::QueueNotSetUp {
+                device: "virtio-console",
+                queue: "transmit",
+            });
         }
         let transmit = queues.swap_remove(TRANSMIT_QUEUE);
         let receive = queues.swap_remove(RECEIVE_QUEUE);
@@ -99,7 +102,7 @@ impl VirtioDevice for Console {
         }
         if let Err(e) = self.transmit() {
             if let Some(active) = &self.active {
-                active.signals.fail(&e);
+                active.signals.fail(&e.to_string());
             }
         }
     }
@@ -108,7 +111,7 @@ impl VirtioDevice for Console {
         self.active = None;
     }
 
-    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
+    fn take_queues(&mut self) -> Result<Vec<Queue>, DeviceError> {
         Ok(self
             .active
             .take()

@@ -9,6 +9,7 @@
 pub mod blk;
 pub mod chain;
 pub mod console;
+mod error;
 pub mod mmio;
 pub mod net;
 mod persist;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+
+pub use error::DeviceError;
 
 /// Guest memory as devices see it.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -155,13 +158,13 @@ pub struct SingleQueue {
 impl Activation {
     /// The state of a single-queue device (`name` is for the error): its first queue must be
     /// ready.
-    pub fn single_queue(self, name: &str) -> Result<SingleQueue, String> {
-        let queue = self
-            .queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or_else(|| format!("{name}: request queue not set up"))?;
+    pub fn single_queue(self, name: &'static str) -> Result<SingleQueue, DeviceError> {
+        let queue = self.queues.into_iter().next().filter(|q| q.ready()).ok_or(
+            DeviceError::QueueNotSetUp {
+                device: name,
+                queue: "request",
+            },
+        )?;
         Ok(SingleQueue {
             mem: self.mem,
             queue,
@@ -185,7 +188,7 @@ pub trait VirtioDevice: Send {
     /// read-only).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Start working on the queues.
-    fn activate(&mut self, activation: Activation) -> Result<(), String>;
+    fn activate(&mut self, activation: Activation) -> Result<(), DeviceError>;
     /// The driver made buffers available on queue `index`.
     fn notify(&mut self, index: u16);
     /// Stop all work and drop the queues (the driver reset the device).
@@ -193,11 +196,10 @@ pub trait VirtioDevice: Send {
     /// Stop working and hand the queues back, one per entry of [`VirtioDevice::queue_sizes`],
     /// with nothing in flight, so the transport can save them (and activate the device again to
     /// go on). A device whose state lives outside its queues and cannot be saved says why.
-    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
-        Err(format!(
-            "virtio device type {} cannot be saved in a snapshot",
-            self.device_type()
-        ))
+    fn take_queues(&mut self) -> Result<Vec<Queue>, DeviceError> {
+        Err(DeviceError::NotSaveable {
+            device_type: self.device_type(),
+        })
     }
 }
 
@@ -209,24 +211,24 @@ pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMem,
     signals: &Signals,
-    mut serve: impl FnMut(chain::Chain) -> Result<u32, String>,
-) -> Result<(), String> {
+    mut serve: impl FnMut(chain::Chain) -> Result<u32, DeviceError>,
+) -> Result<(), DeviceError> {
     use virtio_queue::QueueT;
     let mut used_any = false;
     loop {
-        queue.disable_notification(mem).map_err(|e| e.to_string())?;
+        queue.disable_notification(mem)?;
         while let Some(dc) = next_chain(queue, mem)? {
             let head = dc.head_index();
-            let parsed = chain::Chain::parse(dc, mem).map_err(|e| e.to_string())?;
+            let parsed = chain::Chain::parse(dc, mem)?;
             let used = serve(parsed)?;
-            queue.add_used(mem, head, used).map_err(|e| e.to_string())?;
+            queue.add_used(mem, head, used)?;
             used_any = true;
         }
-        if !queue.enable_notification(mem).map_err(|e| e.to_string())? {
+        if !queue.enable_notification(mem)? {
             break;
         }
     }
-    if used_any && queue.needs_notification(mem).map_err(|e| e.to_string())? {
+    if used_any && queue.needs_notification(mem)? {
         signals.used_buffer();
     }
     Ok(())
@@ -237,11 +239,9 @@ pub fn drain_queue(
 pub fn next_chain<'a>(
     queue: &mut Queue,
     mem: &'a GuestMem,
-) -> Result<Option<virtio_queue::DescriptorChain<&'a GuestMem>>, String> {
+) -> Result<Option<virtio_queue::DescriptorChain<&'a GuestMem>>, DeviceError> {
     use virtio_queue::QueueOwnedT;
-    let mut iter = queue
-        .iter(mem)
-        .map_err(|e| format!("available ring: {e}"))?;
+    let mut iter = queue.iter(mem).map_err(DeviceError::AvailRing)?;
     Ok(iter.next())
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use popek_devices::MmioDevice;
 use virtio_queue::{Queue, QueueT};
 
-use crate::{features, Activation, GuestMem, GuestWriteHook, Signals, VirtioDevice};
+use crate::{features, Activation, DeviceError, GuestMem, GuestWriteHook, Signals, VirtioDevice};
 
 /// Size of one transport's register window.
 pub const SIZE: u64 = 0x1000;
@@ -133,7 +133,7 @@ impl VirtioMmio {
     /// [`VirtioDevice::take_queues`]) so that [`popek_persist::Persist::save`] sees every queue's
     /// state with nothing in flight; [`VirtioMmio::resume`] starts it again. Fails for a device
     /// that cannot be saved.
-    pub fn pause(&mut self) -> Result<(), String> {
+    pub fn pause(&mut self) -> Result<(), DeviceError> {
         if !self.active() || self.signals.failed() || self.paused.is_some() {
             return Ok(());
         }
@@ -187,7 +187,11 @@ impl VirtioMmio {
     }
 
     /// Restore saved registers on a fresh transport; an active device is started on `queues`.
-    pub(crate) fn set_registers(&mut self, r: Registers, queues: Vec<Queue>) -> Result<(), String> {
+    pub(crate) fn set_registers(
+        &mut self,
+        r: Registers,
+        queues: Vec<Queue>,
+    ) -> Result<(), DeviceError> {
         self.reset();
         self.device_features_sel = r.device_features_sel;
         self.driver_features_sel = r.driver_features_sel;
@@ -202,7 +206,7 @@ impl VirtioMmio {
         if self.active() && !r.failed {
             for q in queues.iter().filter(|q| q.ready()) {
                 if !q.is_valid(&self.mem) {
-                    return Err("a queue lies outside guest RAM".into());
+                    return Err(DeviceError::QueueOutsideRam);
                 }
             }
             self.start_device(queues);
@@ -223,7 +227,7 @@ impl VirtioMmio {
             wrote: self.wrote.clone(),
         };
         if let Err(e) = self.device.activate(activation) {
-            self.signals.fail(&e);
+            self.signals.fail(&e.to_string());
         }
     }
 

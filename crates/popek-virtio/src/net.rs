@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::chain::{self, Chain};
 use crate::{
-    device_type, drain_queue, features, next_chain, read_config_bytes, Activation, GuestMem,
-    GuestWriteHook, Signals, VirtioDevice,
+    device_type, drain_queue, features, next_chain, read_config_bytes, Activation, DeviceError,
+    GuestMem, GuestWriteHook, Signals, VirtioDevice,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -96,7 +96,7 @@ struct Queues {
 }
 
 impl Queues {
-    fn transmit(&mut self) -> Result<(), String> {
+    fn transmit(&mut self) -> Result<(), DeviceError> {
         let (mem, backend) = (&self.mem, &mut self.backend);
         drain_queue(&mut self.tx, mem, &self.signals, |c| {
             let len = chain::total_len(&c.readable) as usize;
@@ -111,24 +111,20 @@ impl Queues {
     }
 
     /// Move frames from the backend into receive buffers until either runs out.
-    fn receive(&mut self) -> Result<(), String> {
+    fn receive(&mut self) -> Result<(), DeviceError> {
         let mem = &self.mem;
         let mut used_any = false;
         while let Some(frame) = self.waiting.take().or_else(|| self.backend.recv()) {
             let Some(dc) = next_chain(&mut self.rx, mem)? else {
                 self.waiting = Some(frame);
                 // Ask for a notification when buffers come; if some came meanwhile, go on.
-                if self
-                    .rx
-                    .enable_notification(mem)
-                    .map_err(|e| e.to_string())?
-                {
+                if self.rx.enable_notification(mem)? {
                     continue;
                 }
                 break;
             };
             let head = dc.head_index();
-            let c = Chain::parse(dc, mem).map_err(|e| e.to_string())?;
+            let c = Chain::parse(dc, mem)?;
             let room = chain::total_len(&c.writable) as usize;
             let mut packet = vec![0u8; HDR_LEN];
             packet[10] = 1; // num_buffers
@@ -146,12 +142,10 @@ impl Queues {
                 );
                 0
             };
-            self.rx
-                .add_used(mem, head, written)
-                .map_err(|e| e.to_string())?;
+            self.rx.add_used(mem, head, written)?;
             used_any = true;
         }
-        if used_any && self.rx.needs_notification(mem).map_err(|e| e.to_string())? {
+        if used_any && self.rx.needs_notification(mem)? {
             self.signals.used_buffer();
         }
         Ok(())
@@ -224,20 +218,28 @@ impl VirtioDevice for Net {
         read_config_bytes(&c, offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
         self.stop_worker();
         let mut queues = a.queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err("virtio-net: needs a receive and a transmit queue".into());
+            return Err(DeviceError::MissingQueues {
+                device: "virtio-net",
+                needs: "a receive and a transmit queue",
+            });
         };
         if !rx.ready() || !tx.ready() {
-            return Err("virtio-net: receive or transmit queue not set up".into());
+            return Err(DeviceError::QueueNotSetUp {
+                device: "virtio-net",
+                queue: "receive or transmit",
+            });
         }
-        let backend = self
-            .backend
-            .take()
-            .ok_or("virtio-net: the network backend was lost")?;
-        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+        let backend = self.backend.take().ok_or(DeviceError::BackendLost)?;
+        let kick = Arc::new(
+            EventFd::new(EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
+                device: "virtio-net",
+                source,
+            })?,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let q = Queues {
             mem: a.mem,
@@ -252,7 +254,10 @@ impl VirtioDevice for Net {
         let handle = std::thread::Builder::new()
             .name("virtio-net".into())
             .spawn(move || worker_loop(q, k, s))
-            .map_err(|e| format!("virtio-net: cannot start its thread: {e}"))?;
+            .map_err(|source| DeviceError::Thread {
+                device: "virtio-net",
+                source,
+            })?;
         self.worker = Some(Worker { kick, stop, handle });
         Ok(())
     }
@@ -267,7 +272,7 @@ impl VirtioDevice for Net {
         self.stop_worker();
     }
 
-    fn take_queues(&mut self) -> Result<Vec<Queue>, String> {
+    fn take_queues(&mut self) -> Result<Vec<Queue>, DeviceError> {
         Ok(self
             .stop_worker()
             .map(|(rx, tx)| vec![rx, tx])

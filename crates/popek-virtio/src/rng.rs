@@ -2,7 +2,7 @@
 
 use crate::chain;
 use crate::drain_queue;
-use crate::{device_type, features, Activation, SingleQueue, VirtioDevice};
+use crate::{device_type, features, Activation, DeviceError, SingleQueue, VirtioDevice};
 
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request (bounds the work one notification causes).
@@ -20,7 +20,7 @@ impl Rng {
         Rng::default()
     }
 
-    fn process(&mut self) -> Result<(), String> {
+    fn process(&mut self) -> Result<(), DeviceError> {
         let Some(SingleQueue {
             mem,
             queue,
@@ -34,7 +34,7 @@ impl Rng {
         drain_queue(queue, mem, signals, |chain| {
             let want = (chain::total_len(&chain.writable) as usize).min(MAX_REQUEST);
             let mut buf = vec![0u8; want];
-            fill_random(&mut buf).map_err(|e| format!("getrandom: {e}"))?;
+            fill_random(&mut buf).map_err(DeviceError::Entropy)?;
             let n = chain::scatter(mem, &chain.writable, &buf);
             for s in &chain.writable {
                 wrote(s.addr, s.len as u64);
@@ -85,7 +85,7 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
         self.active = Some(a.single_queue("virtio-rng")?);
         Ok(())
     }
@@ -93,12 +93,12 @@ impl VirtioDevice for Rng {
     fn notify(&mut self, _index: u16) {
         if let Err(e) = self.process() {
             if let Some(active) = &self.active {
-                active.signals.fail(&e);
+                active.signals.fail(&e.to_string());
             }
         }
     }
 
-    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, String> {
+    fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, DeviceError> {
         Ok(self
             .active
             .take()

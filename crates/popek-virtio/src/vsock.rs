@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{device_type, features, read_config_bytes, Activation, VirtioDevice};
+use crate::{device_type, features, read_config_bytes, Activation, DeviceError, VirtioDevice};
 
 pub use packet::{Header, HDR_LEN, HOST_CID};
 
@@ -201,20 +201,30 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
         self.stop_worker();
         let mut queues = a.queues.into_iter();
         let rxq = queues
             .next()
             .filter(|q| q.ready())
-            .ok_or("virtio-vsock: rx queue not set up")?;
+            .ok_or(DeviceError::QueueNotSetUp {
+                device: "virtio-vsock",
+                queue: "rx",
+            })?;
         let txq = queues
             .next()
             .filter(|q| q.ready())
-            .ok_or("virtio-vsock: tx queue not set up")?;
+            .ok_or(DeviceError::QueueNotSetUp {
+                device: "virtio-vsock",
+                queue: "tx",
+            })?;
         let kick = Arc::new(
-            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(|e| format!("virtio-vsock: eventfd: {e}"))?,
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+                DeviceError::EventFd {
+                    device: "virtio-vsock",
+                    source,
+                }
+            })?,
         );
         let stop = Arc::new(AtomicBool::new(false));
         let worker = worker::Worker::new(worker::Setup {
@@ -232,7 +242,10 @@ impl VirtioDevice for Vsock {
         let thread = std::thread::Builder::new()
             .name("popek-vsock".into())
             .spawn(move || worker.run())
-            .map_err(|e| format!("virtio-vsock: cannot start worker thread: {e}"))?;
+            .map_err(|source| DeviceError::Thread {
+                device: "virtio-vsock",
+                source,
+            })?;
         self.worker = Some(Running { kick, stop, thread });
         Ok(())
     }

@@ -27,7 +27,7 @@ use super::packet::{
     op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use crate::chain::{self, Chain};
-use crate::{GuestMem, GuestWriteHook, Signals};
+use crate::{DeviceError, GuestMem, GuestWriteHook, Signals};
 
 /// Receive buffer popek advertises for each connection: guest data it holds for the host.
 pub(super) const BUF_ALLOC: u32 = 256 << 10;
@@ -434,7 +434,7 @@ impl Worker {
     }
 
     /// Serve the queues as far as they go.
-    fn work(&mut self) -> Result<(), String> {
+    fn work(&mut self) -> Result<(), DeviceError> {
         self.expire(Instant::now());
         loop {
             let blocked = self.process_tx()?;
@@ -679,14 +679,11 @@ impl Worker {
     }
 
     /// Serve the transmit queue; true if it stopped because too many resets are owed.
-    fn process_tx(&mut self) -> Result<bool, String> {
+    fn process_tx(&mut self) -> Result<bool, DeviceError> {
         let mut used_any = false;
         let mut blocked = false;
         loop {
-            self.s
-                .txq
-                .disable_notification(&self.s.mem)
-                .map_err(|e| e.to_string())?;
+            self.s.txq.disable_notification(&self.s.mem)?;
             loop {
                 if self.stray_rst.len() >= MAX_STRAY_RST {
                     blocked = true;
@@ -696,31 +693,20 @@ impl Worker {
                     break;
                 };
                 let head = dc.head_index();
-                let chain = Chain::parse(dc, &self.s.mem).map_err(|e| format!("tx queue: {e}"))?;
+                let chain =
+                    Chain::parse(dc, &self.s.mem).map_err(|source| DeviceError::QueueChain {
+                        queue: "tx",
+                        source,
+                    })?;
                 self.tx_packet(chain);
-                self.s
-                    .txq
-                    .add_used(&self.s.mem, head, 0)
-                    .map_err(|e| e.to_string())?;
+                self.s.txq.add_used(&self.s.mem, head, 0)?;
                 used_any = true;
             }
-            if blocked
-                || !self
-                    .s
-                    .txq
-                    .enable_notification(&self.s.mem)
-                    .map_err(|e| e.to_string())?
-            {
+            if blocked || !self.s.txq.enable_notification(&self.s.mem)? {
                 break;
             }
         }
-        if used_any
-            && self
-                .s
-                .txq
-                .needs_notification(&self.s.mem)
-                .map_err(|e| e.to_string())?
-        {
+        if used_any && self.s.txq.needs_notification(&self.s.mem)? {
             self.s.signals.used_buffer();
         }
         Ok(blocked)
@@ -951,20 +937,14 @@ impl Worker {
     }
 
     /// Put packets in the guest's receive buffers while there are both.
-    fn fill_rx(&mut self) -> Result<(), String> {
+    fn fill_rx(&mut self) -> Result<(), DeviceError> {
         let mut used_any = false;
         // Whether notifications were re-enabled since the last chain: with EVENT_IDX, they
         // must be each time the ring runs dry, or the driver's next buffer goes unnoticed.
         let mut rechecked = false;
         while self.has_rx_work() {
             let Some(dc) = pop(&mut self.s.rxq, &self.s.mem)? else {
-                if rechecked
-                    || !self
-                        .s
-                        .rxq
-                        .enable_notification(&self.s.mem)
-                        .map_err(|e| e.to_string())?
-                {
+                if rechecked || !self.s.rxq.enable_notification(&self.s.mem)? {
                     break;
                 }
                 rechecked = true;
@@ -972,15 +952,17 @@ impl Worker {
             };
             rechecked = false;
             let head = dc.head_index();
-            let chain = Chain::parse(dc, &self.s.mem).map_err(|e| format!("rx queue: {e}"))?;
+            let chain =
+                Chain::parse(dc, &self.s.mem).map_err(|source| DeviceError::QueueChain {
+                    queue: "rx",
+                    source,
+                })?;
             if !chain.readable.is_empty() {
-                return Err("rx buffer with device-readable descriptors".into());
+                return Err(DeviceError::RxBufferReadable);
             }
             let room = chain::total_len(&chain.writable);
             if room < HDR_LEN as u64 {
-                return Err(format!(
-                    "rx buffer of {room} bytes cannot hold a packet header"
-                ));
+                return Err(DeviceError::RxBufferTooSmall { room });
             }
             let cap = (room - HDR_LEN as u64).min(MAX_PKT_LEN as u64) as usize;
             let Some(packet) = self.next_packet(cap) else {
@@ -997,19 +979,10 @@ impl Worker {
                 (self.s.wrote)(s.addr, w);
                 left -= w;
             }
-            self.s
-                .rxq
-                .add_used(&self.s.mem, head, n as u32)
-                .map_err(|e| e.to_string())?;
+            self.s.rxq.add_used(&self.s.mem, head, n as u32)?;
             used_any = true;
         }
-        if used_any
-            && self
-                .s
-                .rxq
-                .needs_notification(&self.s.mem)
-                .map_err(|e| e.to_string())?
-        {
+        if used_any && self.s.rxq.needs_notification(&self.s.mem)? {
             self.s.signals.used_buffer();
         }
         Ok(())
@@ -1021,8 +994,8 @@ impl Worker {
 fn pop<'a>(
     queue: &mut Queue,
     mem: &'a GuestMem,
-) -> Result<Option<DescriptorChain<&'a GuestMem>>, String> {
-    let mut iter = queue.iter(mem).map_err(|e| e.to_string())?;
+) -> Result<Option<DescriptorChain<&'a GuestMem>>, DeviceError> {
+    let mut iter = queue.iter(mem)?;
     Ok(iter.next())
 }
 
