@@ -131,6 +131,14 @@ pub enum BoardError {
         /// The M-mode trap vector.
         mtvec: u64,
     },
+    /// `--engine verify` found the JIT and the interpreter disagreeing: a JIT bug.
+    #[error("--engine verify, hart {hart}: {found}; please report it (--engine interp avoids it)")]
+    Divergence {
+        /// The hart that ran the block.
+        hart: usize,
+        /// Where, and what differs.
+        found: popek_jit::Divergence,
+    },
     /// An exit a machine hart should never produce.
     #[error("internal error: unexpected hart exit {0}")]
     Internal(String),

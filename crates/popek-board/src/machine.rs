@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use popek_cpu::{Bus, BusFault, DirtyLog, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
-use popek_jit::{EngineKind, Jit};
+use popek_jit::{EngineConfig, Jit};
 use popek_virtio::blk::Block;
 use popek_virtio::console::Console as VirtioConsole;
 use popek_virtio::mmio::VirtioMmio;
@@ -80,7 +80,7 @@ pub struct MachineConfig {
     /// create` saves the machine then).
     pub stop_when_ready: bool,
     /// What runs guest code (`--engine`): the interpreter, or the JIT (one code cache per hart).
-    pub engine: popek_jit::EngineKind,
+    pub engine: popek_jit::EngineConfig,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -789,17 +789,11 @@ fn watch_readiness(shared: &Shared, limit: Duration) {
 }
 
 /// One hart's thread: run slices, then let the devices catch up.
-fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineKind) {
-    let mut jit = match engine {
-        EngineKind::Interp => None,
-        EngineKind::Jit => match Jit::new() {
-            Ok(j) => Some(j),
-            Err(e) => {
-                tracing::warn!("hart {idx}: {e}; using the interpreter");
-                None
-            }
-        },
-    };
+fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineConfig) {
+    let mut jit = engine.jit().unwrap_or_else(|e| {
+        tracing::warn!("hart {idx}: {e}; using the interpreter");
+        None
+    });
     run_slices(hart, idx, shared, jit.as_mut());
     if let Some(jit) = jit {
         let mut total = shared.jit.lock().unwrap_or_else(|e| e.into_inner());
@@ -822,7 +816,16 @@ fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut
         let exit = match &shared.debug {
             Some(hub) if hub.engaged() => hub.run_slice(idx, hart, &mut bus, SLICE),
             _ => match jit.as_deref_mut() {
-                Some(jit) => hart.run_with(&mut bus, SLICE, jit),
+                Some(jit) => {
+                    let exit = hart.run_with(&mut bus, SLICE, jit);
+                    if let Some(d) = jit.take_divergence() {
+                        shared.stop(Err(BoardError::Divergence {
+                            hart: idx,
+                            found: d,
+                        }));
+                    }
+                    exit
+                }
                 None => hart.run(&mut bus, SLICE),
             },
         };

@@ -51,10 +51,8 @@ pub struct ExecArgs {
     #[arg(long, value_name = "ADDR")]
     gdb: Option<String>,
 
-    /// What runs the program's code: the interpreter, or the JIT (x86-64 Linux hosts; it
-    /// hands what it does not translate to the interpreter).
-    #[arg(long, value_enum, default_value_t = crate::Engine::DEFAULT)]
-    engine: crate::Engine,
+    #[command(flatten)]
+    engine: crate::EngineArgs,
 
     /// The riscv64 program (a path inside the root, or a name found in PATH there).
     #[arg(value_name = "PROG")]
@@ -122,7 +120,7 @@ pub fn run(mut args: ExecArgs) -> u8 {
         pass_fds: args.pass_fd,
         guest_root: args.guest_root,
         debug,
-        engine: args.engine.into(),
+        engine: args.engine.config(),
     };
     match popek_linux::exec(config) {
         Ok(never) => match never {},

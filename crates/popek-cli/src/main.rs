@@ -25,6 +25,44 @@ pub(crate) enum Engine {
     Interp,
     /// The JIT (RISC-V to x86-64), with the interpreter for what it does not translate.
     Jit,
+    /// Every translated block on the JIT and then on the interpreter, stopping at the first
+    /// difference (slow: for finding JIT bugs).
+    Verify,
+}
+
+/// `--engine` and `--jit-cache`, shared by `popek run` and `popek exec`.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct EngineArgs {
+    /// What runs guest code: `jit` (the default on x86-64 Linux hosts) translates RISC-V to
+    /// x86-64 and hands what it does not translate to the interpreter; `interp` interprets
+    /// everything; `verify` runs every translated block on both and stops at the first
+    /// difference with both states printed (slow; use one hart).
+    #[arg(long, value_enum, default_value_t = Engine::DEFAULT)]
+    engine: Engine,
+
+    /// Size of the JIT's code cache, per hart (or guest thread), e.g. 8M; emptied whole when
+    /// full. From 64K to 1G.
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_jit_cache)]
+    jit_cache: usize,
+}
+
+impl EngineArgs {
+    /// What the VMs take.
+    pub(crate) fn config(&self) -> popek_jit::EngineConfig {
+        popek_jit::EngineConfig {
+            kind: self.engine.into(),
+            code_bytes: self.jit_cache,
+        }
+    }
+}
+
+fn parse_jit_cache(s: &str) -> Result<usize, String> {
+    use popek_jit::EngineConfig as C;
+    let n = parse_size(s).map_err(|e| e.to_string())?;
+    if n < C::MIN_CODE_BYTES as u64 || n > C::MAX_CODE_BYTES as u64 {
+        return Err("the JIT code cache must be from 64K to 1G".into());
+    }
+    Ok(n as usize)
 }
 
 impl Engine {
@@ -41,6 +79,7 @@ impl From<Engine> for popek_jit::EngineKind {
         match e {
             Engine::Interp => popek_jit::EngineKind::Interp,
             Engine::Jit => popek_jit::EngineKind::Jit,
+            Engine::Verify => popek_jit::EngineKind::Verify,
         }
     }
 }
@@ -177,11 +216,8 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     stats: bool,
 
-    /// What runs guest code: the interpreter, or the JIT (x86-64 Linux hosts; it hands what it
-    /// does not translate to the interpreter; not yet the default: Debian's user space crashes
-    /// under it).
-    #[arg(long, value_enum, default_value_t = Engine::DEFAULT)]
-    engine: Engine,
+    #[command(flatten)]
+    engine: EngineArgs,
 
     /// With `-- CMD`: also show the firmware's and the kernel's console output (by default
     /// only CMD's stdout and stderr are shown).
@@ -278,7 +314,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         quiet_boot: None,
         debug: None,
         stop_when_ready: false,
-        engine: args.engine.into(),
+        engine: args.engine.config(),
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -652,5 +688,11 @@ pub(crate) fn print_stats(machine: &Machine) {
             j.flushes,
             j.page_drops
         );
+        if j.verified + j.unverified > 0 {
+            eprintln!(
+                "popek: verify: {} block runs the same on the JIT and the interpreter, {} not checked (MMIO)",
+                j.verified, j.unverified
+            );
+        }
     }
 }

@@ -98,7 +98,7 @@ pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
     let publish = args.publish.clone();
     MachineConfig {
         jail: true,
-        engine: args.engine.into(),
+        engine: args.engine.config(),
         quiet_boot: (!args.command.is_empty() && !args.verbose)
             .then(|| Duration::from_secs(args.ready_timeout)),
         net: (!publish.is_empty()).then_some(NetConfig {

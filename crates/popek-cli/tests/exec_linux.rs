@@ -105,16 +105,13 @@ fn popek(prog: &str, args: &[&str]) -> Output {
     popek_on(DEFAULT, prog, args)
 }
 
-/// The engine name that means "no `--engine` option".
-const DEFAULT: &str = "default";
+/// No engine options: the default engine.
+const DEFAULT: &str = "";
 
-/// [`popek`] with `--engine engine` (unless `engine` is [`DEFAULT`]).
+/// [`popek`] with the engine options `engine` (space-separated, e.g. `--engine=interp`).
 fn popek_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     let mut c = common::popek();
-    c.arg("exec");
-    if engine != DEFAULT {
-        c.arg("--engine").arg(engine);
-    }
+    c.arg("exec").args(engine.split_whitespace());
     c.arg("--root")
         .arg(root())
         .arg(format!("/bin/{prog}"))
@@ -144,7 +141,7 @@ fn same_as_qemu(prog: &str, args: &[&str]) -> Output {
     same_as_qemu_on(DEFAULT, prog, args)
 }
 
-/// [`same_as_qemu`] with popek's `--engine engine`.
+/// [`same_as_qemu`] with popek's engine options `engine` (see [`popek_on`]).
 fn same_as_qemu_on(engine: &str, prog: &str, args: &[&str]) -> Output {
     let mut last = None;
     for variant in [prog.to_string(), format!("{prog}-dyn")] {
@@ -181,26 +178,46 @@ fn same_as_qemu_on(engine: &str, prog: &str, args: &[&str]) -> Output {
 /// programs that exercise the most guest code: same results as QEMU.
 #[test]
 fn exec_interp_matches_qemu() {
-    let p = same_as_qemu_on("interp", "hello", &["a", "b"]);
+    let p = same_as_qemu_on("--engine=interp", "hello", &["a", "b"]);
     assert_eq!(text(&p.stdout), "hello, world 3 /bin/hello-dyn\n");
-    same_as_qemu_on("interp", "args", &["one", "two words", "-x"]);
-    let p = same_as_qemu_on("interp", "mem", &[]);
+    same_as_qemu_on("--engine=interp", "args", &["one", "two words", "-x"]);
+    let p = same_as_qemu_on("--engine=interp", "mem", &[]);
     assert!(text(&p.stdout).contains("malloc big ok"));
-    let p = same_as_qemu_on("interp", "sigsegv", &[]);
+    let p = same_as_qemu_on("--engine=interp", "sigsegv", &[]);
     assert!(text(&p.stdout).contains("after unblock: got=10"));
-    assert_eq!(status(&same_as_qemu_on("interp", "segv", &[])), 139);
-    assert_eq!(status(&same_as_qemu_on("interp", "ill", &[])), 132);
-    let p = same_as_qemu_on("interp", "forkpipe", &[]);
+    assert_eq!(
+        status(&same_as_qemu_on("--engine=interp", "segv", &[])),
+        139
+    );
+    assert_eq!(status(&same_as_qemu_on("--engine=interp", "ill", &[])), 132);
+    let p = same_as_qemu_on("--engine=interp", "forkpipe", &[]);
     assert!(text(&p.stdout).contains("child signaled=1 sig=11"));
-    let p = same_as_qemu_on("interp", "threads", &[]);
+    let p = same_as_qemu_on("--engine=interp", "threads", &[]);
     assert_eq!(text(&p.stdout), "counter=80000 sum=60 tls=0\n");
 }
 
-/// A guest execve re-executes popek with the same engine.
+/// `--engine verify` (every block also run on the interpreter, stopping at the first
+/// difference) and a JIT code cache small enough to be emptied again and again: the same
+/// results as QEMU. (Single-threaded programs: verify assumes no other thread writes memory.)
+#[test]
+fn exec_verify_and_small_code_cache_match_qemu() {
+    for opts in ["--engine=verify", "--jit-cache=64K"] {
+        let p = same_as_qemu_on(opts, "hello", &["a", "b"]);
+        assert_eq!(text(&p.stdout), "hello, world 3 /bin/hello-dyn\n");
+        let p = same_as_qemu_on(opts, "mem", &[]);
+        assert!(text(&p.stdout).contains("malloc big ok"));
+        let p = same_as_qemu_on(opts, "sigsegv", &[]);
+        assert!(text(&p.stdout).contains("after unblock: got=10"));
+        let p = same_as_qemu_on(opts, "forkpipe", &[]);
+        assert!(text(&p.stdout).contains("child signaled=1 sig=11"));
+    }
+}
+
+/// A guest execve re-executes popek with the same engine options.
 #[test]
 fn exec_interp_execve() {
     for prog in ["execve", "execve-dyn"] {
-        let p = popek_on("interp", prog, &[]);
+        let p = popek_on("--engine=interp", prog, &[]);
         assert_eq!(
             text(&p.stdout),
             "missing=-1 errno=2\nhello, world 3 renamed-hello\n",

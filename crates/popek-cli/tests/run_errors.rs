@@ -132,3 +132,17 @@ fn version_and_help() {
     assert!(out.status.success());
     assert!(text(&out).0.contains("--bios"));
 }
+
+#[test]
+fn bad_jit_cache_sizes() {
+    let hello = baremetal_dir().join("hello.elf");
+    let h = hello.to_str().unwrap();
+    for size in ["1K", "2G", "lots"] {
+        let (_, e) = fails(&["run", "--jit-cache", size, "--bios", h]);
+        assert!(
+            e.contains("--jit-cache")
+                && (e.contains("from 64K to 1G") || e.contains(&format!("bad size '{size}'"))),
+            "{size}: {e}"
+        );
+    }
+}

@@ -143,6 +143,9 @@ macro_rules! csr_words {
         /// Number of 64-bit registers [`Csrs::words`] lists.
         pub(crate) const WORDS: usize = [$(stringify!($field)),*].len();
 
+        /// Their names, in the same order.
+        pub(crate) const NAMES: [&'static str; Csrs::WORDS] = [$(stringify!($field)),*];
+
         /// Every 64-bit field, in declaration order.
         pub(crate) fn words(&self) -> [u64; Csrs::WORDS] {
             [$(self.$field),*]

@@ -236,6 +236,8 @@ pub struct Hart {
     pub(crate) dma_seen: u64,
     /// Generation of the dirty log's write-TLB flushes last applied.
     pub(crate) dirty_seen: u64,
+    /// Stores logged for engine verification ([`Hart::log_stores`]); `None` almost always.
+    pub(crate) store_log: Option<crate::verify::StoreLog>,
 }
 
 // SAFETY: the raw pointers in a Hart point into its own decode cache (owned through `mmu`) and
@@ -256,6 +258,7 @@ impl Hart {
             perms_seen: 0,
             dma_seen: 0,
             dirty_seen: 0,
+            store_log: None,
         }
     }
 

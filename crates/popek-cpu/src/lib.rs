@@ -16,6 +16,7 @@ mod memory;
 mod mmu;
 mod persist;
 mod trap;
+pub mod verify;
 
 pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
 pub use memory::{ChangeLog, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};

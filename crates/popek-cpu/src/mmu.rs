@@ -499,6 +499,9 @@ impl Hart {
             if let Some(log) = self.mem.dirty_log() {
                 log.mark(paddr, size);
             }
+            if let Some(log) = &mut self.store_log {
+                log.record(&self.mem, paddr, size);
+            }
         }
         if access == Access::Write && self.mmu.is_code_page(ppn) {
             // Code is being overwritten: forget it and leave the inner loop, which may be running
@@ -506,7 +509,11 @@ impl Hart {
             self.mmu.drop_code_page(ppn);
             self.s.requests |= request::LEAVE;
         }
-        if self.mmu.dctx != CTX_NO_CACHE && self.mem.host_ptr(paddr & !0xfff, 4096).is_some() {
+        let logged = access == Access::Write && self.store_log.is_some();
+        if self.mmu.dctx != CTX_NO_CACHE
+            && !logged
+            && self.mem.host_ptr(paddr & !0xfff, 4096).is_some()
+        {
             let entry = TlbEntry {
                 tag: vaddr >> 12,
                 addend: (host as u64)
@@ -554,8 +561,13 @@ impl Hart {
                 if paddr & (size - 1) != 0 {
                     return Err(Access::Read.access_fault(vaddr));
                 }
-                bus.read(paddr, size as u8)
-                    .map_err(|_| Access::Read.access_fault(vaddr))
+                let v = bus
+                    .read(paddr, size as u8)
+                    .map_err(|_| Access::Read.access_fault(vaddr))?;
+                if let Some(log) = &mut self.store_log {
+                    log.record_mmio();
+                }
+                Ok(v)
             }
         }
     }
@@ -608,6 +620,9 @@ impl Hart {
                 }
                 bus.write(paddr, size as u8, value)
                     .map_err(|_| Access::Write.access_fault(vaddr))?;
+                if let Some(log) = &mut self.store_log {
+                    log.record_mmio();
+                }
                 self.s.requests |= request::IO;
                 self.s.requests |= request::LEAVE;
                 Ok(())

@@ -42,18 +42,34 @@ pub fn check_jit(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
 
 /// Without QEMU: popek's JIT and interpreter must give identical results.
 pub fn check_jit_vs_interp(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
+    check_against_interp(seed, flavour, popek_jit::EngineKind::Jit)
+}
+
+/// Without QEMU: under `--engine verify` (every block checked against the interpreter as it
+/// runs) no block differs, and the end result is the interpreter's.
+pub fn check_verify(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
+    check_against_interp(seed, flavour, popek_jit::EngineKind::Verify)
+}
+
+fn check_against_interp(
+    seed: u64,
+    flavour: Flavour,
+    engine: popek_jit::EngineKind,
+) -> Result<(), Divergence> {
     let prog = gen::generate(seed, flavour);
     let img = elf::build(&prog);
     let i = run::run_popek_with(&img, popek_jit::EngineKind::Interp);
-    let j = run::run_popek_with(&img, popek_jit::EngineKind::Jit);
+    let j = run::run_popek_with(&img, engine);
     match run::compare(&i, &j) {
         None => Ok(()),
         Some(diff) => Err(Divergence {
             seed,
             flavour,
             report: format!(
-                "JIT DIFFERS FROM INTERPRETER seed {seed} flavour {} (left: interpreter, right: JIT)\n{diff}  sequence:\n{}",
+                "{} DIFFERS FROM INTERPRETER seed {seed} flavour {} (left: interpreter, right: {})\n{diff}  sequence:\n{}",
+                engine.name(),
                 flavour.name(),
+                engine.name(),
                 elf::listing_text(&img)
             ),
         }),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use popek_cpu::{Exception, Exit, Hart, HartConfig, Memory, NoBus, RamRegion};
-use popek_jit::{EngineKind, Jit};
+use popek_jit::{EngineConfig, EngineKind};
 
 use crate::elf::Image;
 use crate::layout::*;
@@ -241,21 +241,27 @@ fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
     let mut stdout = Vec::new();
     let mut handlers = [false; 65];
     let mut budget_left: u64 = 10_000_000;
-    let mut jit = match engine {
-        EngineKind::Interp => None,
-        EngineKind::Jit => match Jit::new() {
-            Ok(j) => Some(j),
-            Err(e) => {
-                return Outcome {
-                    status: Status::Error(format!("no JIT: {e}")),
-                    stdout: vec![],
-                }
+    let mut jit = match EngineConfig::new(engine).jit() {
+        Ok(j) => j,
+        Err(e) => {
+            return Outcome {
+                status: Status::Error(format!("no JIT: {e}")),
+                stdout: vec![],
             }
-        },
+        }
     };
     loop {
         let exit = match jit.as_mut() {
-            Some(j) => hart.run_with(&mut NoBus, 100_000, j),
+            Some(j) => {
+                let exit = hart.run_with(&mut NoBus, 100_000, j);
+                if let Some(d) = j.take_divergence() {
+                    return Outcome {
+                        status: Status::Error(d.to_string()),
+                        stdout,
+                    };
+                }
+                exit
+            }
             None => hart.run(&mut NoBus, 100_000),
         };
         match exit {

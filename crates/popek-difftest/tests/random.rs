@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use popek_difftest::{
-    check_jit, check_jit_vs_interp, run, run_many, run_many_with, Divergence, Flavour,
+    check_jit, check_jit_vs_interp, check_verify, run, run_many, run_many_with, Divergence, Flavour,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -140,5 +140,14 @@ fn jit_matches_interpreter() {
             Some(check_jit_vs_interp),
             false,
         );
+    }
+}
+
+// `--engine verify` (every block run on the JIT and on the interpreter as the program runs): no
+// block differs, and the program ends as on the interpreter.
+#[test]
+fn verify_engine_finds_no_difference() {
+    for f in Flavour::ALL {
+        run_flavour_with(f, 200_000, seeds_from_env(500), Some(check_verify), false);
     }
 }

@@ -9,31 +9,30 @@ use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
 use crate::translate::{jcache_slot, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES};
-use crate::{JitError, JitStats};
+use crate::verify::Verdict;
+use crate::{Divergence, EngineConfig, JitError, JitStats};
 
-/// Bytes of executable memory per engine; when full, every translation is dropped.
-const CODE_BYTES: usize = 32 << 20;
 /// Slots of the direct-mapped lookup in front of the block map.
 const FAST_SLOTS: usize = 4096;
 
 /// What generated code and its helpers share for one run: the hart, the bus, the TLBs the
 /// inline fast paths use, and the trap a helper reports.
 #[repr(C)]
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     tlb_read: *const u8,
     tlb_write: *const u8,
     /// Instructions chained blocks may still run before returning (read on entry; generated
     /// code counts down in a register).
-    left: i64,
+    pub(crate) left: i64,
     /// The chain slot the last block left through, or null.
     exit_slot: *mut u8,
     /// The engine's jump cache.
     jcache: *const JEntry,
     /// The key valid jump-cache entries carry now.
     jkey: u64,
-    hart: *mut Hart,
-    bus: *mut (dyn Bus + 'a),
-    trap: Trap,
+    pub(crate) hart: *mut Hart,
+    pub(crate) bus: *mut (dyn Bus + 'a),
+    pub(crate) trap: Trap,
 }
 
 /// What a load helper returns: in `rax` the loaded value, in `rdx` non-zero on a fault.
@@ -188,7 +187,7 @@ unsafe fn chain(slot: *mut u8, target: *const u8) {
     }
 }
 
-type BlockFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>) -> u64;
+pub(crate) type BlockFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>) -> u64;
 
 /// A translated block (or the note that the instruction at its address is not translated).
 #[derive(Clone, Copy)]
@@ -238,6 +237,10 @@ pub struct Jit {
     jc_version: u64,
     /// The hart TLB generation the jump cache reflects.
     jc_tlb_gen: u64,
+    /// `--engine verify`: every block also runs on the interpreter (see the verify module).
+    verify: bool,
+    /// The first difference verification found, until the owner takes it.
+    divergence: Option<Divergence>,
 }
 
 /// An unused jump-cache entry (no guest pc is odd).
@@ -267,14 +270,29 @@ fn fast_slot(k: Key) -> usize {
 }
 
 impl Jit {
-    /// A JIT with an empty code cache.
+    /// A JIT with an empty code cache of the default size.
     pub fn new() -> Result<Jit, JitError> {
-        Jit::with_code_bytes(CODE_BYTES)
+        Jit::with_code_bytes(EngineConfig::DEFAULT_CODE_BYTES)
     }
 
-    /// A JIT whose code buffer holds `bytes` (at least 64 KiB): small ones make tests flush it.
-    #[doc(hidden)]
+    /// A JIT that checks every block it runs against the interpreter (`--engine verify`); see
+    /// [`Jit::take_divergence`].
+    pub fn verifying(code_bytes: usize) -> Result<Jit, JitError> {
+        let mut jit = Jit::with_code_bytes(code_bytes)?;
+        jit.verify = true;
+        Ok(jit)
+    }
+
+    /// The first difference between the JIT and the interpreter that verification found (the
+    /// hart goes on from the interpreter's results). Check after every run.
+    pub fn take_divergence(&mut self) -> Option<Divergence> {
+        self.divergence.take()
+    }
+
+    /// A JIT whose code buffer holds `bytes` (clamped to [`EngineConfig::MIN_CODE_BYTES`] ..=
+    /// [`EngineConfig::MAX_CODE_BYTES`]): when it is full, every translation is dropped.
     pub fn with_code_bytes(bytes: usize) -> Result<Jit, JitError> {
+        let bytes = bytes.clamp(EngineConfig::MIN_CODE_BYTES, EngineConfig::MAX_CODE_BYTES);
         let ctx_tlb_read = std::mem::offset_of!(Ctx<'static>, tlb_read) as i32;
         let ctx_tlb_write = std::mem::offset_of!(Ctx<'static>, tlb_write) as i32;
         let env = Env {
@@ -321,7 +339,7 @@ impl Jit {
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
         };
         Ok(Jit {
-            code: CodeBuf::new(bytes.max(64 << 10))?,
+            code: CodeBuf::new(bytes)?,
             blocks: HashMap::new(),
             by_page: HashMap::new(),
             fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
@@ -332,6 +350,8 @@ impl Jit {
             jcache: vec![JEMPTY; JCACHE_ENTRIES].into_boxed_slice(),
             jc_version: 0,
             jc_tlb_gen: u64::MAX,
+            verify: false,
+            divergence: None,
         })
     }
 
@@ -491,18 +511,34 @@ impl Engine for Jit {
                 }
             }
             first = false;
-            let state = hart.state_ptr();
-            ctx.hart = hart;
             ctx.left = (left - done) as i64;
             ctx.exit_slot = std::ptr::null_mut();
             ctx.jkey = jkey;
-            // SAFETY: `entry` is a live translation (drops were applied just above, after the
-            // fetch that could have evicted code) of the page at `pc`, built for this state
-            // layout and context; the hart and bus outlive the call and are only reached through
-            // the context while it runs.
-            let status = unsafe { entry(state, &mut ctx) };
-            if status != 0 {
-                return Some(Err(ctx.trap));
+            let result = if self.verify {
+                // SAFETY: as below.
+                let (result, verdict) = unsafe { crate::verify::run_both(hart, entry, &mut ctx) };
+                match verdict {
+                    Verdict::Same => self.stats.verified += 1,
+                    Verdict::Unverifiable => self.stats.unverified += 1,
+                    Verdict::Differs(d) => {
+                        self.divergence.get_or_insert(d);
+                    }
+                }
+                result
+            } else {
+                let state = hart.state_ptr();
+                ctx.hart = hart;
+                // SAFETY: `entry` is a live translation (drops were applied just above, after
+                // the fetch that could have evicted code) of the page at `pc`, built for this
+                // state layout and context; the hart and bus outlive the call and are only
+                // reached through the context while it runs.
+                match unsafe { entry(state, &mut ctx) } {
+                    0 => Ok(()),
+                    _ => Err(ctx.trap),
+                }
+            };
+            if let Err(t) = result {
+                return Some(Err(t));
             }
             if !ctx.exit_slot.is_null() {
                 chain_from = Some((ctx.exit_slot, self.epoch));

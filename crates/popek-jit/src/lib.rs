@@ -22,6 +22,8 @@ mod code;
 mod engine;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod translate;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod verify;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use engine::Jit;
@@ -57,6 +59,10 @@ pub struct JitStats {
     pub page_drops: u64,
     /// Bytes of host code emitted.
     pub code_bytes: u64,
+    /// Blocks `--engine verify` ran on both engines and found the same.
+    pub verified: u64,
+    /// Blocks `--engine verify` could not run twice (they touched MMIO).
+    pub unverified: u64,
 }
 
 impl JitStats {
@@ -68,6 +74,8 @@ impl JitStats {
         self.flushes += other.flushes;
         self.page_drops += other.page_drops;
         self.code_bytes += other.code_bytes;
+        self.verified += other.verified;
+        self.unverified += other.unverified;
     }
 }
 
@@ -79,6 +87,70 @@ pub enum EngineKind {
     Interp,
     /// The JIT, with the interpreter for what it does not translate.
     Jit,
+    /// Every translated block run on the JIT, then again on the interpreter from the same state,
+    /// stopping at the first difference: the interpreter is the oracle.
+    Verify,
+}
+
+impl EngineKind {
+    /// The name `--engine` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Interp => "interp",
+            EngineKind::Jit => "jit",
+            EngineKind::Verify => "verify",
+        }
+    }
+}
+
+/// How guest code runs: the engine and the size of each JIT's code cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The engine.
+    pub kind: EngineKind,
+    /// Bytes of translated code each hart (or guest thread) keeps; when full, it is emptied.
+    pub code_bytes: usize,
+}
+
+impl EngineConfig {
+    /// The code cache when none is asked for: enough for a Debian boot's kernel and user space
+    /// without a flush.
+    pub const DEFAULT_CODE_BYTES: usize = 32 << 20;
+    /// The smallest code cache: a few hundred blocks.
+    pub const MIN_CODE_BYTES: usize = 64 << 10;
+    /// The largest code cache (generated code reaches its helpers with 32-bit jumps inside it).
+    pub const MAX_CODE_BYTES: usize = 1 << 30;
+
+    /// `kind` with the default code cache.
+    pub const fn new(kind: EngineKind) -> EngineConfig {
+        EngineConfig {
+            kind,
+            code_bytes: EngineConfig::DEFAULT_CODE_BYTES,
+        }
+    }
+
+    /// The JIT this asks for, or `None` for the interpreter.
+    pub fn jit(&self) -> Result<Option<Jit>, JitError> {
+        match self.kind {
+            EngineKind::Interp => Ok(None),
+            EngineKind::Jit => Jit::with_code_bytes(self.code_bytes).map(Some),
+            EngineKind::Verify => Jit::verifying(self.code_bytes).map(Some),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig::new(EngineKind::default())
+    }
+}
+
+/// The first difference `--engine verify` found between the JIT and the interpreter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the JIT and the interpreter differ {report}")]
+pub struct Divergence {
+    /// Where, and every register and memory byte that differs.
+    pub report: String,
 }
 
 /// Stand-in on hosts without a JIT backend: it cannot be created.
@@ -90,6 +162,21 @@ impl Jit {
     /// Always [`JitError::Unsupported`] on this host.
     pub fn new() -> Result<Jit, JitError> {
         Err(JitError::Unsupported)
+    }
+
+    /// Always [`JitError::Unsupported`] on this host.
+    pub fn with_code_bytes(_: usize) -> Result<Jit, JitError> {
+        Err(JitError::Unsupported)
+    }
+
+    /// Always [`JitError::Unsupported`] on this host.
+    pub fn verifying(_: usize) -> Result<Jit, JitError> {
+        Err(JitError::Unsupported)
+    }
+
+    /// Never called: no `Jit` exists on this host.
+    pub fn take_divergence(&mut self) -> Option<Divergence> {
+        match self.0 {}
     }
 
     /// Never called: no `Jit` exists on this host.

@@ -83,9 +83,18 @@ struct Outcome {
     mem: Vec<u64>,
 }
 
+/// Which engine [`run`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Eng {
+    Interp,
+    Jit,
+    /// The JIT, every block checked against the interpreter as it runs.
+    Verify,
+}
+
 /// Run a copy of `ram` from `BASE` until an exit other than `Budget`/`Ecall` or `max_ecalls`
-/// ecalls, with the JIT or the interpreter; `budget` per call.
-fn run(ram: &Ram, jit: bool, budget: u64, max_ecalls: usize) -> (Outcome, Option<Jit>) {
+/// ecalls, on engine `eng`; `budget` per call.
+fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<Jit>) {
     let mut mem = Ram(ram.0.clone());
     // SAFETY: `mem` outlives the hart, which is dropped at the end of this function.
     let region = unsafe {
@@ -97,12 +106,20 @@ fn run(ram: &Ram, jit: bool, budget: u64, max_ecalls: usize) -> (Outcome, Option
     };
     let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
     hart.set_pc(BASE);
-    let mut engine = jit.then(|| Jit::new().unwrap());
+    let mut engine = match eng {
+        Eng::Interp => None,
+        Eng::Jit => Some(Jit::new().unwrap()),
+        Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
+    };
     let mut exits = Vec::new();
     let mut ecalls = 0;
     for _ in 0..100_000 {
         let e = match engine.as_mut() {
-            Some(j) => hart.run_with(&mut NoBus, budget, j),
+            Some(j) => {
+                let e = hart.run_with(&mut NoBus, budget, j);
+                assert_eq!(j.take_divergence(), None);
+                e
+            }
             None => hart.run(&mut NoBus, budget),
         };
         if e == Exit::Budget {
@@ -128,13 +145,21 @@ fn run(ram: &Ram, jit: bool, budget: u64, max_ecalls: usize) -> (Outcome, Option
     (out, engine)
 }
 
-/// Run on both engines with several budgets and check they agree; returns the JIT's outcome.
+/// Run on both engines with several budgets, and under `--engine verify`, and check they
+/// agree; returns the interpreter's outcome.
 fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
-    let (want, _) = run(ram, false, 1 << 20, max_ecalls);
-    for budget in [1, 3, 7, 1000, 1 << 20] {
-        let (got, jit) = run(ram, true, budget, max_ecalls);
+    let (want, _) = run(ram, Eng::Interp, 1 << 20, max_ecalls);
+    let runs = [1, 3, 7, 1000, 1 << 20]
+        .map(|b| (Eng::Jit, b))
+        .into_iter()
+        .chain([(Eng::Verify, 1 << 20)]);
+    for (eng, budget) in runs {
+        let (got, jit) = run(ram, eng, budget, max_ecalls);
         let diff = (0..got.mem.len()).find(|&k| got.mem[k] != want.mem[k]);
-        assert_eq!(diff, None, "memory differs (u64 index), budget {budget}");
+        assert_eq!(
+            diff, None,
+            "memory differs (u64 index), {eng:?}, budget {budget}"
+        );
         assert_eq!(
             (&got.x, &got.f, got.mstatus, got.pc, got.instret, &got.exits),
             (
@@ -145,10 +170,14 @@ fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
                 want.instret,
                 &want.exits
             ),
-            "budget {budget}"
+            "{eng:?}, budget {budget}"
         );
+        let stats = jit.unwrap().stats();
         if budget >= 1000 {
-            assert!(jit.unwrap().stats().insns > 0, "the JIT translated nothing");
+            assert!(stats.insns > 0, "the JIT translated nothing");
+        }
+        if eng == Eng::Verify {
+            assert!(stats.verified > 0, "nothing verified: {stats:?}");
         }
     }
     want
@@ -513,7 +542,7 @@ fn sv39_rig(leaves: &[(usize, u64)], fill: impl FnOnce(&mut [u8])) -> Vec<u64> {
 /// both must end the same way. The outcome: exit, x10, pc and instret.
 fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
     let mut outs = Vec::new();
-    for jit in [false, true] {
+    for eng in [Eng::Interp, Eng::Jit, Eng::Verify] {
         let mut mem = ram.to_vec();
         // SAFETY: `mem` outlives the hart, dropped at the end of this iteration.
         let region = unsafe {
@@ -528,18 +557,24 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
             Memory::new(vec![region]).unwrap(),
         );
         hart.set_pc(BASE);
-        let mut engine = Jit::new().unwrap();
-        let exit = if jit {
-            hart.run_with(&mut NoBus, 10_000, &mut engine)
-        } else {
-            hart.run(&mut NoBus, 10_000)
+        let mut engine = match eng {
+            Eng::Verify => Jit::verifying(1 << 20).unwrap(),
+            _ => Jit::new().unwrap(),
+        };
+        let exit = match eng {
+            Eng::Interp => hart.run(&mut NoBus, 10_000),
+            _ => hart.run_with(&mut NoBus, 10_000, &mut engine),
         };
         outs.push((exit, hart.xreg(10), hart.pc(), hart.instret()));
-        if jit {
-            assert!(engine.stats().insns > 0);
+        assert_eq!(engine.take_divergence(), None);
+        match eng {
+            Eng::Interp => {}
+            Eng::Jit => assert!(engine.stats().insns > 0),
+            Eng::Verify => assert!(engine.stats().verified > 0),
         }
     }
     assert_eq!(outs[0], outs[1], "interpreter, then JIT");
+    assert_eq!(outs[0], outs[2], "interpreter, then verify");
     outs[0]
 }
 
@@ -635,7 +670,7 @@ fn code_buffer_flushes_when_full() {
     code.push(b(back, 0, 11, 1));
     code.push(ECALL);
     ram.put(0, &code);
-    let (want, _) = run(&ram, false, 1 << 20, 1);
+    let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
     let mut mem = Ram(ram.0.clone());
     // SAFETY: `mem` outlives the hart, dropped at the end of this test.
     let region = unsafe {

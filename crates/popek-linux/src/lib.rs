@@ -50,7 +50,7 @@ pub struct ExecConfig {
     /// `--gdb`: the program's first thread waits for gdb before its first instruction.
     pub debug: Option<ExecDebug>,
     /// `--engine`: what runs guest code (each thread gets its own JIT code cache).
-    pub engine: popek_jit::EngineKind,
+    pub engine: popek_jit::EngineConfig,
 }
 
 /// The debugger of a process VM: the hub the first guest thread runs under and the listener

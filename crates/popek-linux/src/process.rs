@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use popek_cpu::{Bus, BusFault, Exception, Exit, Hart, HartConfig, Memory, PagePerms, Trap};
-use popek_jit::{EngineKind, Jit};
 
 use crate::elf;
 use crate::fs::Sandbox;
@@ -307,20 +306,25 @@ pub fn run(mut t: Thread) {
     // Only the first thread is under the debugger (its host tid is the process's pid).
     // SAFETY: getpid has no preconditions.
     let debug = debug.filter(|_| t.tid == unsafe { libc::getpid() });
-    let mut jit = match t.sh.config.engine {
-        EngineKind::Interp => None,
-        EngineKind::Jit => match Jit::new() {
-            Ok(j) => Some(j),
-            Err(e) => {
-                eprintln!("popek: {e}; using the interpreter");
-                None
-            }
-        },
-    };
+    let mut jit = t.sh.config.engine.jit().unwrap_or_else(|e| {
+        eprintln!("popek: {e}; using the interpreter");
+        None
+    });
     loop {
         let exit = match (&debug, jit.as_mut()) {
             (Some(hub), _) if hub.engaged() => hub.run_slice(0, &mut t.hart, &mut bus, 1 << 20),
-            (_, Some(jit)) => t.hart.run_with(&mut bus, 1 << 20, jit),
+            (_, Some(jit)) => {
+                let exit = t.hart.run_with(&mut bus, 1 << 20, jit);
+                if let Some(d) = jit.take_divergence() {
+                    eprintln!(
+                        "popek: {}: --engine verify: {d}; please report it (--engine interp avoids it)",
+                        t.sh.prog_name
+                    );
+                    // SAFETY: terminating the process.
+                    unsafe { libc::_exit(70) };
+                }
+                exit
+            }
             _ => t.hart.run(&mut bus, 1 << 20),
         };
         match exit {
@@ -769,9 +773,8 @@ pub fn reexec_args(sh: &Shared, path: &[u8], argv: &[Vec<u8>], envp: &[Vec<u8>])
     }
     a.push(format!("--memory={}", sh.config.memory_limit).into_bytes());
     a.push(format!("--guest-root={}", sh.pids.root()).into_bytes());
-    if sh.config.engine == EngineKind::Jit {
-        a.push(b"--engine=jit".to_vec());
-    }
+    a.push(format!("--engine={}", sh.config.engine.kind.name()).into_bytes());
+    a.push(format!("--jit-cache={}B", sh.config.engine.code_bytes).into_bytes());
     a.push(b"--clear-env".to_vec());
     for e in envp {
         a.push([b"--env=".as_slice(), e].concat());

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use popek_difftest::{
-    check, check_jit, check_jit_vs_interp, check_qemu_only, elf, flavour_for, gen, run,
-    run_many_with, Flavour,
+    check, check_jit, check_jit_vs_interp, check_qemu_only, check_verify, elf, flavour_for, gen,
+    run, run_many_with, Flavour,
 };
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: difftest [--qemu-only] [--seeds N] [--start S] [--jobs J] [--flavour all|int|fp|mixed|fault] [--max-reports K] [--engine interp|jit|jit-vs-interp]\n       difftest --seed S [--engine interp|jit] [--flavour F] [--emit FILE.elf]"
+        "usage: difftest [--qemu-only] [--seeds N] [--start S] [--jobs J] [--flavour all|int|fp|mixed|fault] [--max-reports K] [--engine interp|jit|jit-vs-interp|verify]\n       difftest --seed S [--engine interp|jit|verify] [--flavour F] [--emit FILE.elf]"
     );
     ExitCode::from(2)
 }
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             }
             "--emit" => emit = val.clone(),
             "--engine" => match val.as_deref() {
-                Some(e @ ("interp" | "jit" | "jit-vs-interp")) => engine = e.to_string(),
+                Some(e @ ("interp" | "jit" | "jit-vs-interp" | "verify")) => engine = e.to_string(),
                 _ => return usage(),
             },
             "--flavour" => {
@@ -103,10 +103,10 @@ fn main() -> ExitCode {
             println!("wrote {path}");
         }
         let q = run::run_qemu(&img);
-        let kind = if engine == "interp" {
-            popek_jit::EngineKind::Interp
-        } else {
-            popek_jit::EngineKind::Jit
+        let kind = match engine.as_str() {
+            "interp" => popek_jit::EngineKind::Interp,
+            "verify" => popek_jit::EngineKind::Verify,
+            _ => popek_jit::EngineKind::Jit,
         };
         let p = run::run_popek_with(&img, kind);
         println!("qemu: {:?}, popek: {:?}", q.status, p.status);
@@ -143,6 +143,7 @@ fn main() -> ExitCode {
         (true, _) => check_qemu_only,
         (_, "jit") => check_jit,
         (_, "jit-vs-interp") => check_jit_vs_interp,
+        (_, "verify") => check_verify,
         _ => check,
     };
     let summary = run_many_with(
