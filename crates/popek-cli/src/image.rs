@@ -41,7 +41,7 @@ pub enum ImageName {
     /// packages, a minute.
     Default,
     /// A whole Debian system on a disk image (`popek run debian`): stage 2 runs inside popek,
-    /// about 30 minutes on a 2-core machine.
+    /// about 10 minutes on a 2-core machine (with the JIT).
     Debian,
     /// A riscv64 Debian root for `popek exec --root` (busybox, lua, sqlite3, python3).
     ExecRoot,
@@ -78,7 +78,7 @@ impl ImageName {
             ImageName::Default => "about 120 MB of Debian packages, a minute",
             ImageName::Debian => {
                 "about 200 MB of Debian packages; its second stage runs inside popek, \
-                 about 30 minutes on a 2-core machine"
+                 about 10 minutes on a 2-core machine"
             }
             ImageName::ExecRoot => "about 60 MB of Debian packages, a minute",
         }
