@@ -373,6 +373,9 @@ impl HartThreads {
 pub(crate) struct Devices {
     pub(crate) bus: VirtBus<Console>,
     pub(crate) pending_input: Vec<u8>,
+    /// Console input waits in `pending_input` until the machine's state is restored (the
+    /// console reader starts with the machine, and a restore replaces the UART's FIFO).
+    pub(crate) hold_input: bool,
     escapes: Option<EscapeFilter>,
     last_flush: Instant,
 }
@@ -407,7 +410,7 @@ impl Shared {
 impl Devices {
     /// Propagate device state to every hart's interrupt lines and feed waiting console input.
     pub(crate) fn update(&mut self, pins: &[Arc<IrqPins>]) {
-        if !self.pending_input.is_empty() {
+        if !self.hold_input && !self.pending_input.is_empty() {
             let n = self.bus.uart.receive(&self.pending_input);
             self.pending_input.drain(..n);
         }
@@ -550,6 +553,7 @@ impl Machine {
             bus: Mutex::new(Devices {
                 bus,
                 pending_input: Vec::new(),
+                hold_input: !load,
                 escapes: None,
                 last_flush: Instant::now(),
             }),

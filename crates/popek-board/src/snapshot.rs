@@ -471,6 +471,8 @@ impl Machine {
         for (slot, v) in bus.virtio.iter_mut().enumerate() {
             state.get(&format!("virtio{slot}"), v)?;
         }
+        // Console input that came while restoring goes to the restored UART now.
+        devices.hold_input = false;
         devices.update(&self.shared.pins);
         drop(devices);
         for h in &mut self.harts {
