@@ -132,7 +132,7 @@ pub enum BoardError {
         mtvec: u64,
     },
     /// `--engine verify` found the JIT and the interpreter disagreeing: a JIT bug.
-    #[error("--engine verify, hart {hart}: {found}; please report it (--engine interp avoids it)")]
+    #[error("--engine verify, hart {hart}: {found}")]
     Divergence {
         /// The hart that ran the block.
         hart: usize,

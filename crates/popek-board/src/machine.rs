@@ -716,23 +716,28 @@ impl Machine {
     /// Guest DRAM's mapping, kept alive by the handle: for code that copies RAM in and out
     /// (snapshots, migration) rather than through the harts.
     pub(crate) fn dram_mapping(&self) -> Result<DramMapping, BoardError> {
-        let host = self
-            .ram
-            .get_host_address(GuestAddress(memmap::DRAM))
-            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
         Ok(DramMapping {
             _owner: self.ram.clone(),
-            host: host as usize,
+            host: self.dram_host()?,
             size: self.config.memory as usize,
         })
     }
 
     /// Guest DRAM, to fill before the harts run.
     pub(crate) fn dram_mut(&mut self) -> Result<&mut [u8], BoardError> {
-        let m = self.dram_mapping()?;
-        // SAFETY: the mapping is owned by `self.ram` and lives as long as `self`, borrowed
-        // mutably here, so the harts are not running.
-        Ok(unsafe { std::slice::from_raw_parts_mut(m.host as *mut u8, m.size) })
+        let host = self.dram_host()?;
+        // SAFETY: DRAM is one mapping of `config.memory` bytes owned by `self.ram`, which lives
+        // as long as `self`, borrowed mutably here, so the harts are not running.
+        Ok(unsafe { std::slice::from_raw_parts_mut(host as *mut u8, self.config.memory as usize) })
+    }
+
+    /// Host address of guest DRAM's first byte.
+    fn dram_host(&self) -> Result<usize, BoardError> {
+        let host = self
+            .ram
+            .get_host_address(GuestAddress(memmap::DRAM))
+            .map_err(|e| BoardError::Internal(format!("guest RAM: {e}")))?;
+        Ok(host as usize)
     }
 }
 

@@ -286,6 +286,28 @@ pub fn insn_len(lo: u16) -> u8 {
     }
 }
 
+/// The bits of the instruction at offset `off` of the 4 KiB page of guest RAM at `page` (the
+/// low 16 for a compressed one), or `None` for a 4-byte instruction straddling the page's end
+/// (whose second half may be mapped anywhere).
+///
+/// # Safety
+/// `page` must point at 4096 readable bytes and `off` < 4096.
+#[inline]
+pub unsafe fn raw_in_page(page: *const u8, off: usize) -> Option<u32> {
+    // SAFETY: per the contract, 2 bytes at `off` (< 4096, and instructions are 2-aligned)
+    // are in the page; 4 only when `off + 4 <= 4096`.
+    unsafe {
+        let lo = (page.add(off) as *const u16).read_unaligned();
+        if insn_len(lo) == 2 {
+            Some(lo as u32)
+        } else if off + 4 <= 4096 {
+            Some((page.add(off) as *const u32).read_unaligned())
+        } else {
+            None
+        }
+    }
+}
+
 #[inline]
 fn bits(x: u32, hi: u32, lo: u32) -> u32 {
     (x >> lo) & ((1 << (hi - lo + 1)) - 1)

@@ -223,22 +223,34 @@ impl Hart {
         raw: u32,
     ) -> Result<(), Trap> {
         debug_assert!(steppable(insn.op));
+        match self.step_decoded(bus, insn, pc, raw)? {
+            Flow::Next(_) | Flow::Store(_) => Ok(()),
+            _ => unreachable!("a steppable instruction continues in sequence"),
+        }
+    }
+
+    /// Execute `insn` (freshly decoded from `raw`, not from the decode cache) at `pc`, as the
+    /// interpreter would, but leaving `pc` and `instret` to the caller: writes to x0 go to the
+    /// sink, and an illegal-instruction trap reports `raw`.
+    pub(crate) fn step_decoded(
+        &mut self,
+        bus: &mut dyn Bus,
+        insn: &Insn,
+        pc: u64,
+        raw: u32,
+    ) -> Result<Flow, Trap> {
         let mut i = *insn;
         if i.rd() == 0 && writes_xreg(i.op) {
             i.set_rd(32);
         }
         let mut bus = bus;
         let mut retired = 0;
-        match self.step(&mut bus, &i, pc, &mut retired) {
-            Ok(Flow::Next(_) | Flow::Store(_)) => Ok(()),
-            Ok(_) => unreachable!("a steppable instruction continues in sequence"),
-            Err(mut t) => {
-                if t.cause == Exception::IllegalInstruction {
-                    t.tval = raw as u64;
-                }
-                Err(t)
+        self.step(&mut bus, &i, pc, &mut retired).map_err(|mut t| {
+            if t.cause == Exception::IllegalInstruction {
+                t.tval = raw as u64;
             }
-        }
+            t
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use crate::csr::{mstatus, CsrOp};
-use crate::decode::{decode, insn_len, Insn, Op};
+use crate::decode::{decode, raw_in_page, Insn, Op};
 use crate::engine::{Engine, Interpreter};
 use crate::fpu::{self, RoundingMode};
 use crate::hart::{request, Hart, Priv};
@@ -131,11 +131,10 @@ fn box32(v: u32) -> u64 {
 /// # Safety
 /// `host` must be the start of a 4 KiB page of guest RAM and `off` < 4096.
 unsafe fn raw_bits(host: *const u8, off: usize) -> u64 {
-    let lo = (host.add(off) as *const u16).read_unaligned();
-    if insn_len(lo) == 2 || off + 4 > 4096 {
-        lo as u64
-    } else {
-        (host.add(off) as *const u32).read_unaligned() as u64
+    // SAFETY: per the contract (a straddling instruction reports its first parcel).
+    unsafe {
+        raw_in_page(host, off)
+            .unwrap_or_else(|| (host.add(off) as *const u16).read_unaligned() as u32) as u64
     }
 }
 
@@ -267,14 +266,8 @@ impl Hart {
                         break $exec Ok(());
                     }
                     // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                    let lo = unsafe { (host.add(off) as *const u16).read_unaligned() } as u32;
-                    if insn_len(lo as u16) == 2 {
-                        *slot = decode_for_cache(lo);
-                    } else if off + 4 <= 4096 {
-                        // SAFETY: as above, and the 4 bytes stay inside the page.
-                        *slot = decode_for_cache(unsafe {
-                            (host.add(off) as *const u32).read_unaligned()
-                        });
+                    if let Some(raw) = unsafe { raw_in_page(host, off) } {
+                        *slot = decode_for_cache(raw);
                     } else {
                         // Straddles into the next page, which may map anywhere: decode it for this visit
                         // only (the outer loop clears the slot again).

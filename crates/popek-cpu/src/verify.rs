@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::decode::{decode, insn_len};
-use crate::exec::{writes_xreg, Flow};
+use crate::csr::{Csrs, PMP_ENTRIES};
+use crate::decode::{decode, raw_in_page};
+use crate::exec::Flow;
 use crate::hart::Hart;
-use crate::trap::{Exception, Trap};
+use crate::trap::Trap;
 use crate::Bus;
 
 /// A hart's architectural state (and LR reservation) at one point, to return to or compare.
@@ -21,7 +22,7 @@ pub struct Checkpoint {
     instret: u64,
     requests: u32,
     prv: crate::Priv,
-    csr: crate::csr::Csrs,
+    csr: Csrs,
     reservation: Option<(u64, u64)>,
 }
 
@@ -40,65 +41,80 @@ impl Checkpoint {
     /// compared: they tell the outer loop what to look at, and an engine may raise more of them
     /// than the interpreter).
     pub fn same_as(&self, other: &Checkpoint) -> bool {
+        // Field by field rather than through `compared`: this runs twice per verified block.
         let (a, b) = (self, other);
         a.x[1..] == b.x[1..]
             && a.f == b.f
             && a.pc == b.pc
             && a.instret == b.instret
             && a.prv == b.prv
-            && a.csr.words() == b.csr.words()
-            && a.csr.pmpcfg == b.csr.pmpcfg
-            && a.csr.pmpaddr == b.csr.pmpaddr
             && a.reservation.map(|r| r.0) == b.reservation.map(|r| r.0)
+            && a.csr.words() == b.csr.words()
+            && a.csr.pmpaddr == b.csr.pmpaddr
+            && a.csr.pmpcfg == b.csr.pmpcfg
     }
 
     /// Every register (and the reservation) that differs between `self` and `other`, as
     /// (name, value here, value there); see [`Checkpoint::same_as`].
     pub fn differences(&self, other: &Checkpoint) -> Vec<(String, u64, u64)> {
+        self.compared(other)
+            .filter(|(_, x, y)| x != y)
+            .map(|(r, x, y)| (r.to_string(), x, y))
+            .collect()
+    }
+
+    /// Every compared value of `self` and `other`, with what it is.
+    fn compared<'a>(&'a self, other: &'a Checkpoint) -> impl Iterator<Item = (Reg, u64, u64)> + 'a {
         let (a, b) = (self, other);
-        let mut d = Vec::new();
-        for r in 1..32 {
-            if a.x[r] != b.x[r] {
-                d.push((format!("x{r}"), a.x[r], b.x[r]));
-            }
-        }
-        for r in 0..32 {
-            if a.f[r] != b.f[r] {
-                d.push((format!("f{r}"), a.f[r], b.f[r]));
-            }
-        }
         let (wa, wb) = (a.csr.words(), b.csr.words());
-        let named = [
-            ("pc", a.pc, b.pc),
-            ("instret", a.instret, b.instret),
-            ("privilege", a.prv as u64, b.prv as u64),
-        ]
-        .into_iter()
-        .chain(
-            crate::csr::Csrs::NAMES
-                .iter()
-                .enumerate()
-                .map(|(k, name)| (*name, wa[k], wb[k])),
-        );
-        for (name, x, y) in named {
-            if x != y {
-                d.push((name.to_string(), x, y));
-            }
-        }
-        for k in 0..crate::csr::PMP_ENTRIES {
-            if a.csr.pmpaddr[k] != b.csr.pmpaddr[k] || a.csr.pmpcfg[k] != b.csr.pmpcfg[k] {
-                d.push((format!("pmpaddr{k}"), a.csr.pmpaddr[k], b.csr.pmpaddr[k]));
-            }
-        }
         let res = |r: Option<(u64, u64)>| r.map_or(u64::MAX, |(addr, _)| addr);
-        if res(self.reservation) != res(other.reservation) {
-            d.push((
-                "reservation".into(),
-                res(self.reservation),
-                res(other.reservation),
-            ));
+        (1..32)
+            .map(move |r| (Reg::X(r), a.x[r], b.x[r]))
+            .chain((0..32).map(move |r| (Reg::F(r), a.f[r], b.f[r])))
+            .chain([
+                (Reg::Named("pc"), a.pc, b.pc),
+                (Reg::Named("instret"), a.instret, b.instret),
+                (Reg::Named("privilege"), a.prv as u64, b.prv as u64),
+                (
+                    Reg::Named("reservation"),
+                    res(a.reservation),
+                    res(b.reservation),
+                ),
+            ])
+            .chain((0..Csrs::WORDS).map(move |k| (Reg::Named(Csrs::NAMES[k]), wa[k], wb[k])))
+            .chain(
+                (0..PMP_ENTRIES)
+                    .map(move |k| (Reg::PmpAddr(k), a.csr.pmpaddr[k], b.csr.pmpaddr[k])),
+            )
+            .chain((0..PMP_ENTRIES).map(move |k| {
+                (
+                    Reg::PmpCfg(k),
+                    a.csr.pmpcfg[k] as u64,
+                    b.csr.pmpcfg[k] as u64,
+                )
+            }))
+    }
+}
+
+/// What a compared value of a [`Checkpoint`] is, for reports.
+#[derive(Clone, Copy, Debug)]
+enum Reg {
+    X(usize),
+    F(usize),
+    PmpAddr(usize),
+    PmpCfg(usize),
+    Named(&'static str),
+}
+
+impl std::fmt::Display for Reg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reg::X(r) => write!(f, "x{r}"),
+            Reg::F(r) => write!(f, "f{r}"),
+            Reg::PmpAddr(k) => write!(f, "pmpaddr{k}"),
+            Reg::PmpCfg(k) => write!(f, "pmpcfg{k}"),
+            Reg::Named(n) => f.write_str(n),
         }
-        d
     }
 }
 
@@ -146,26 +162,35 @@ impl StoreLog {
 
     /// Every byte the logged stores wrote, with the value it held before the first of them.
     pub fn previous(&self) -> MemoryEffects {
-        let mut m = BTreeMap::new();
-        for &(paddr, size, old) in self.entries.iter().rev() {
-            for k in 0..size as u64 {
-                m.insert(paddr + k, (old >> (8 * k)) as u8);
-            }
-        }
-        m
+        bytes(
+            self.entries
+                .iter()
+                .rev()
+                .map(|&(p, size, old)| (p, size, old)),
+        )
     }
 
     /// Every byte the logged stores wrote, with the value `results` (from
     /// [`Hart::store_results`]) gives it.
     pub fn effects(&self, results: &[u64]) -> MemoryEffects {
-        let mut m = BTreeMap::new();
-        for (&(paddr, size, _), v) in self.entries.iter().zip(results) {
-            for k in 0..size as u64 {
-                m.insert(paddr + k, (v >> (8 * k)) as u8);
-            }
-        }
-        m
+        bytes(
+            self.entries
+                .iter()
+                .zip(results)
+                .map(|(&(p, size, _), &v)| (p, size, v)),
+        )
     }
+}
+
+/// The bytes of little-endian values of (address, size, value); a later value of a byte wins.
+fn bytes(values: impl Iterator<Item = (u64, u8, u64)>) -> MemoryEffects {
+    let mut m = BTreeMap::new();
+    for (paddr, size, v) in values {
+        for k in 0..size as u64 {
+            m.insert(paddr + k, (v >> (8 * k)) as u8);
+        }
+    }
+    m
 }
 
 /// Guest memory by byte: physical address → value.
@@ -259,7 +284,6 @@ impl Hart {
     /// returned, not taken: `pc` and `instret` are then at the faulting instruction, as an
     /// engine leaves them.
     pub fn interpret_exactly(&mut self, bus: &mut dyn Bus, n: u64) -> Result<(), Trap> {
-        let mut bus = bus;
         let mut page: Option<(u64, *const u8)> = None;
         for _ in 0..n {
             let pc = self.s.pc;
@@ -271,36 +295,72 @@ impl Hart {
                     host
                 }
             };
-            let off = (pc & 0xfff) as usize;
-            // SAFETY: `host` is the start of a 4 KiB page of guest RAM and off < 4096.
-            let lo = unsafe { (host.add(off) as *const u16).read_unaligned() };
-            let raw = if insn_len(lo) == 2 {
-                lo as u32
-            } else if off + 4 <= 4096 {
-                // SAFETY: as above, and the 4 bytes stay inside the page.
-                unsafe { (host.add(off) as *const u32).read_unaligned() }
-            } else {
-                self.fetch_straddling()?
+            // SAFETY: `host` is the start of a 4 KiB page of guest RAM and the offset < 4096.
+            let raw = match unsafe { raw_in_page(host, (pc & 0xfff) as usize) } {
+                Some(raw) => raw,
+                None => self.fetch_straddling()?,
             };
-            let mut i = decode(raw);
-            if i.rd() == 0 && writes_xreg(i.op) {
-                i.set_rd(32);
-            }
-            let mut retired = 0;
-            match self.step(&mut bus, &i, pc, &mut retired) {
-                Ok(Flow::Next(next) | Flow::Jump(next) | Flow::Store(next) | Flow::Leave(next)) => {
+            match self.step_decoded(bus, &decode(raw), pc, raw)? {
+                Flow::Next(next) | Flow::Jump(next) | Flow::Store(next) | Flow::Leave(next) => {
                     self.s.pc = next;
                     self.s.instret += 1;
                 }
-                Ok(Flow::Decode) => unreachable!("a decoded instruction is never Undecoded"),
-                Err(mut t) => {
-                    if t.cause == Exception::IllegalInstruction {
-                        t.tval = raw as u64;
-                    }
-                    return Err(t);
-                }
+                Flow::Decode => unreachable!("a decoded instruction is never Undecoded"),
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank() -> Checkpoint {
+        Checkpoint {
+            x: [0; 32],
+            f: [0; 32],
+            pc: 0,
+            instret: 0,
+            requests: 0,
+            prv: crate::Priv::M,
+            csr: Csrs::default(),
+            reservation: None,
+        }
+    }
+
+    /// `same_as` (the fast check) and `differences` (the report) must look at the same values.
+    #[test]
+    fn same_as_and_differences_agree_on_every_field() {
+        type Poke = fn(&mut Checkpoint);
+        let pokes: Vec<(&str, Poke)> = vec![
+            ("x5", |c| c.x[5] = 1),
+            ("x31", |c| c.x[31] = 1),
+            ("f0", |c| c.f[0] = 1),
+            ("pc", |c| c.pc = 4),
+            ("instret", |c| c.instret = 1),
+            ("privilege", |c| c.prv = crate::Priv::U),
+            ("reservation", |c| c.reservation = Some((0x80, 0))),
+            ("pmpaddr3", |c| c.csr.pmpaddr[3] = 1),
+            ("pmpcfg15", |c| c.csr.pmpcfg[15] = 1),
+            ("mscratch", |c| c.csr.mscratch = 1),
+            ("satp", |c| c.csr.satp = 1),
+        ];
+        let base = blank();
+        assert!(base.same_as(&blank()));
+        assert!(base.differences(&blank()).is_empty());
+        for (name, poke) in pokes {
+            let mut other = blank();
+            poke(&mut other);
+            assert!(!base.same_as(&other), "same_as misses {name}");
+            let d = base.differences(&other);
+            assert_eq!(d.len(), 1, "{name}: {d:?}");
+            assert_eq!(d[0].0, name);
+        }
+        // x0 and the pending requests are not architectural results.
+        let mut other = blank();
+        other.x[0] = 1;
+        other.requests = 1;
+        assert!(base.same_as(&other) && base.differences(&other).is_empty());
     }
 }

@@ -147,7 +147,9 @@ impl Default for EngineConfig {
 
 /// The first difference `--engine verify` found between the JIT and the interpreter.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the JIT and the interpreter differ {report}")]
+#[error(
+    "the JIT and the interpreter differ {report}; please report it (--engine interp avoids it)"
+)]
 pub struct Divergence {
     /// Where, and every register and memory byte that differs.
     pub report: String,

@@ -10,7 +10,7 @@
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
-use popek_cpu::decode::{decode, insn_len, Insn, Op};
+use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
 use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
@@ -143,14 +143,8 @@ fn emit_fs_check(ops: &mut Asm, pc: u64, n: u32, stubs: &mut Stubs) {
 /// # Safety
 /// `page` must point at 4096 readable bytes and `off` < 4096.
 unsafe fn fetch(page: *const u8, off: usize) -> Option<(Insn, u32)> {
-    let lo = (page.add(off) as *const u16).read_unaligned();
-    let raw = if insn_len(lo) == 2 {
-        lo as u32
-    } else if off + 4 <= 4096 {
-        (page.add(off) as *const u32).read_unaligned()
-    } else {
-        return None;
-    };
+    // SAFETY: per this function's contract.
+    let raw = unsafe { raw_in_page(page, off) }?;
     Some((decode(raw), raw))
 }
 

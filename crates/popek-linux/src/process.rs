@@ -316,10 +316,7 @@ pub fn run(mut t: Thread) {
             (_, Some(jit)) => {
                 let exit = t.hart.run_with(&mut bus, 1 << 20, jit);
                 if let Some(d) = jit.take_divergence() {
-                    eprintln!(
-                        "popek: {}: --engine verify: {d}; please report it (--engine interp avoids it)",
-                        t.sh.prog_name
-                    );
+                    eprintln!("popek: {}: --engine verify: {d}", t.sh.prog_name);
                     // SAFETY: terminating the process.
                     unsafe { libc::_exit(70) };
                 }

@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{
     op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use crate::chain::{self, Chain};
-use crate::{DeviceError, GuestMem, GuestWriteHook, Signals};
+use crate::{next_chain, DeviceError, GuestMem, GuestWriteHook, Signals};
 
 /// Receive buffer popek advertises for each connection: guest data it holds for the host.
 pub(super) const BUF_ALLOC: u32 = 256 << 10;
@@ -689,7 +689,7 @@ impl Worker {
                     blocked = true;
                     break;
                 }
-                let Some(dc) = pop(&mut self.s.txq, &self.s.mem)? else {
+                let Some(dc) = next_chain(&mut self.s.txq, &self.s.mem)? else {
                     break;
                 };
                 let head = dc.head_index();
@@ -943,7 +943,7 @@ impl Worker {
         // must be each time the ring runs dry, or the driver's next buffer goes unnoticed.
         let mut rechecked = false;
         while self.has_rx_work() {
-            let Some(dc) = pop(&mut self.s.rxq, &self.s.mem)? else {
+            let Some(dc) = next_chain(&mut self.s.rxq, &self.s.mem)? else {
                 if rechecked || !self.s.rxq.enable_notification(&self.s.mem)? {
                     break;
                 }
@@ -987,16 +987,6 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-/// The next available chain of `queue`, None if there is none; an error if the driver's
-/// available index is impossible (more entries than the ring holds).
-fn pop<'a>(
-    queue: &mut Queue,
-    mem: &'a GuestMem,
-) -> Result<Option<DescriptorChain<&'a GuestMem>>, DeviceError> {
-    let mut iter = queue.iter(mem)?;
-    Ok(iter.next())
 }
 
 /// The unix socket a guest connection to host port `port` goes to: `<path>_<port>`.
