@@ -33,6 +33,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) hart: *mut Hart,
     pub(crate) bus: *mut (dyn Bus + 'a),
     pub(crate) trap: Trap,
+    /// Scratch for generated code (`stmxcsr`/`ldmxcsr` need a memory operand).
+    scratch: u32,
 }
 
 /// What a load helper returns: in `rax` the loaded value, in `rdx` non-zero on a fault.
@@ -337,6 +339,8 @@ impl Jit {
             ctx_exit_slot: std::mem::offset_of!(Ctx<'static>, exit_slot) as i32,
             ctx_jcache: std::mem::offset_of!(Ctx<'static>, jcache) as i32,
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
+            ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
+            fma: std::arch::is_x86_feature_detected!("fma"),
         };
         Ok(Jit {
             code: CodeBuf::new(bytes)?,
@@ -479,6 +483,7 @@ impl Engine for Jit {
             hart: std::ptr::null_mut(),
             bus: bus as &mut dyn Bus,
             trap: Trap::new(Exception::IllegalInstruction, 0),
+            scratch: 0,
         };
         loop {
             let page = match hart.fetch_code_page() {

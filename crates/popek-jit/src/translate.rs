@@ -5,14 +5,16 @@
 //! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
 //! `instret` in the state are exact. Guest registers live in the state (`rbx` holds its
 //! address, `r12` the context's, `r13` the instructions chained blocks may still run, loaded
-//! from the context on entry); within an instruction `rax`, `rcx`, `rdx`, `rsi` and `rdi` are
-//! scratch, and no guest register lives across instructions in host registers.
+//! from the context on entry); within an instruction `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `xmm0`
+//! and `xmm1` are scratch, and no guest register lives across instructions in host registers.
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
 use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
+
+mod fp;
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
@@ -39,6 +41,10 @@ pub(crate) struct Env {
     pub ctx_jcache: i32,
     /// Offset in the context of the key jump-cache entries must carry to be used.
     pub ctx_jkey: i32,
+    /// Offset in the context of a 4-byte scratch word (for `stmxcsr`/`ldmxcsr`).
+    pub ctx_scratch: i32,
+    /// The host has FMA3 (`vfmadd…sd`), so fused multiply-adds may run natively.
+    pub fma: bool,
 }
 
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
@@ -101,6 +107,8 @@ struct StateOffsets {
     pc: i32,
     instret: i32,
     requests: i32,
+    frm: i32,
+    fflags: i32,
 }
 
 impl StateOffsets {
@@ -113,6 +121,8 @@ impl StateOffsets {
             pc: o.pc as i32,
             instret: o.instret as i32,
             requests: o.requests as i32,
+            frm: o.frm as i32,
+            fflags: o.fflags as i32,
         }
     }
 }
@@ -125,16 +135,23 @@ fn foff(r: u8) -> i32 {
     S.f + 8 * r as i32
 }
 
-/// FP loads and stores: leave the block before the instruction (to the interpreter, which
-/// raises the illegal-instruction trap) when `mstatus.FS` is off.
-fn emit_fs_check(ops: &mut Asm, pc: u64, n: u32, stubs: &mut Stubs) {
-    let off = ops.new_dynamic_label();
+/// F/D instructions: go to `off` when `mstatus.FS` is off (where the caller runs the
+/// instruction through the step helper, which raises the illegal-instruction trap).
+fn emit_fs_check(ops: &mut Asm, off: DynamicLabel) {
     dynasm!(ops
         ; .arch x64
         ; test DWORD [rbx + S.mstatus], mstatus::FS as i32
         ; jz =>off
     );
-    stubs.leave.push((off, pc, n));
+}
+
+/// The target of [`emit_fs_check`] for F/D loads and stores, placed after their code: `i`
+/// through the step helper.
+fn emit_fs_off(ops: &mut Asm, off: DynamicLabel, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
+    let after = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; jmp =>after ; =>off);
+    emit_step(ops, *i, at, env, stubs);
+    dynasm!(ops ; .arch x64 ; =>after);
 }
 
 /// Read the instruction at offset `off` of the guest page at `page` (`None` if it is a 4-byte
@@ -154,6 +171,15 @@ enum Kind {
     Straight,
     /// Ends the block (branch or jump): the code for it includes the exits.
     Terminal,
+}
+
+/// Where an instruction is: its bits (the low 16 for a compressed one), guest pc, and place
+/// in its block (the instructions before it retire if it faults).
+#[derive(Clone, Copy)]
+struct At {
+    raw: u32,
+    pc: u64,
+    n: u32,
 }
 
 /// Pending out-of-line exits: (label, pc to store, instructions retired).
@@ -211,21 +237,15 @@ pub(crate) unsafe fn translate(
         let Some((i, raw)) = (unsafe { fetch(page, off) }) else {
             break;
         };
-        let fp_mem = matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd);
-        let kind = if fp_mem && n > 0 {
-            // Inline, leaving the block before it when FP is off; first in a block (which is
-            // then where such an exit leads) it goes through the interpreter, which traps.
-            if matches!(i.op, Op::Flw | Op::Fld) {
-                emit_load(&mut ops, &i, cur, n, env, &mut stubs);
-            } else {
-                emit_store(&mut ops, &i, cur, n, env, &mut stubs);
-            }
+        let at = At { raw, pc: cur, n };
+        let kind = if fp::native(&i, env) {
+            fp::emit(&mut ops, &i, at, env, &mut stubs);
             Some(Kind::Straight)
-        } else if steppable(i.op) {
-            emit_step(&mut ops, i, raw, cur, n, env, &mut stubs);
+        } else if steppable(i.op) && !matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd) {
+            emit_step(&mut ops, i, at, env, &mut stubs);
             Some(Kind::Straight)
         } else {
-            emit(&mut ops, &i, cur, n, env, &mut stubs)
+            emit(&mut ops, &i, at, env, &mut stubs)
         };
         let Some(kind) = kind else {
             break;
@@ -391,12 +411,22 @@ fn st_rax(ops: &mut Asm, rd: u8) {
     }
 }
 
+/// `f[rd]` = `rax`, and `mstatus.FS` dirty, as every write of an FP register leaves it.
+fn st_f_rax(ops: &mut Asm, rd: u8) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov [rbx + foff(rd)], rax
+        ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32
+    );
+}
+
 /// Emit instruction `i` at `pc`, the `n`th of the block; `None` if it is not translated.
-fn emit(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) -> Option<Kind> {
+fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option<Kind> {
     use Op::*;
+    let At { pc, n, .. } = at;
     match i.op {
-        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu => emit_load(ops, i, pc, n, env, stubs),
-        Sb | Sh | Sw | Sd => emit_store(ops, i, pc, n, env, stubs),
+        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Flw | Fld => emit_load(ops, i, at, env, stubs),
+        Sb | Sh | Sw | Sd | Fsw | Fsd => emit_store(ops, i, at, env, stubs),
         Beq | Bne | Blt | Bge | Bltu | Bgeu => {
             emit_branch(ops, i, pc, n, stubs);
             return Some(Kind::Terminal);
@@ -647,13 +677,15 @@ fn size_index(op: Op) -> (usize, u32) {
     }
 }
 
-fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
+    let At { pc, n, .. } = at;
     let (idx, size) = size_index(i.op);
     let signed = matches!(i.op, Lb | Lh | Lw | Ld);
     let fp = matches!(i.op, Flw | Fld);
+    let fs_off = ops.new_dynamic_label();
     if fp {
-        emit_fs_check(ops, pc, n, stubs);
+        emit_fs_check(ops, fs_off);
     }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
@@ -688,19 +720,18 @@ fn emit_load(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut St
         // NaN-box the single.
         dynasm!(ops ; .arch x64 ; mov rcx, QWORD -1i64 << 32 ; or rax, rcx);
     }
-    dynasm!(ops
-        ; .arch x64
-        ; mov [rbx + foff(i.rd())], rax
-        ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32
-    );
+    st_f_rax(ops, i.rd());
+    emit_fs_off(ops, fs_off, i, at, env, stubs);
 }
 
-fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
+    let At { pc, n, .. } = at;
     let (idx, size) = size_index(i.op);
     let fp = matches!(i.op, Fsw | Fsd);
+    let fs_off = ops.new_dynamic_label();
     if fp {
-        emit_fs_check(ops, pc, n, stubs);
+        emit_fs_check(ops, fs_off);
     }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
@@ -736,14 +767,33 @@ fn emit_store(ops: &mut Asm, i: &Insn, pc: u64, n: u32, env: &Env, stubs: &mut S
     stubs
         .leave
         .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+    if fp {
+        emit_fs_off(ops, fs_off, i, at, env, stubs);
+    }
 }
 
 /// An atomic or F/D instruction, run by the interpreter through the step helper; like a store,
 /// it may have set a request (code or MMIO written) and then the block ends after it.
-fn emit_step(ops: &mut Asm, i: Insn, raw: u32, pc: u64, n: u32, env: &Env, stubs: &mut Stubs) {
+fn emit_step(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
+    emit_step_call(ops, i, at, env, stubs);
+    let At { pc, n, .. } = at;
+    let leave = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
+    );
+    stubs
+        .leave
+        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
+}
+
+/// Call the step helper for `i` (at `at`), leaving the
+/// block through a fault exit if it trapped.
+fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
+    let At { raw, pc, n } = at;
     let insn_ptr = stubs.insns.keep(i) as i64;
     let fault = ops.new_dynamic_label();
-    let leave = ops.new_dynamic_label();
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r12
@@ -754,11 +804,6 @@ fn emit_step(ops: &mut Asm, i: Insn, raw: u32, pc: u64, n: u32, env: &Env, stubs
         ; call rax
         ; test rax, rax
         ; jnz =>fault
-        ; cmp DWORD [rbx + S.requests], 0
-        ; jne =>leave
     );
     stubs.fault.push((fault, pc, n));
-    stubs
-        .leave
-        .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
 }

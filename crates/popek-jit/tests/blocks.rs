@@ -77,6 +77,7 @@ struct Outcome {
     x: Vec<u64>,
     f: Vec<u64>,
     mstatus: u64,
+    fcsr: u64,
     pc: u64,
     instret: u64,
     exits: Vec<Exit>,
@@ -136,6 +137,7 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
         x: (0..32).map(|k| hart.xreg(k)).collect(),
         f: (0..32).map(|k| hart.freg(k)).collect(),
         mstatus: hart.csrs().mstatus,
+        fcsr: hart.csrs().fcsr(),
         pc: hart.pc(),
         instret: hart.instret(),
         exits,
@@ -161,11 +163,20 @@ fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
             "memory differs (u64 index), {eng:?}, budget {budget}"
         );
         assert_eq!(
-            (&got.x, &got.f, got.mstatus, got.pc, got.instret, &got.exits),
+            (
+                &got.x,
+                &got.f,
+                got.mstatus,
+                got.fcsr,
+                got.pc,
+                got.instret,
+                &got.exits
+            ),
             (
                 &want.x,
                 &want.f,
                 want.mstatus,
+                want.fcsr,
                 want.pc,
                 want.instret,
                 &want.exits
@@ -409,11 +420,26 @@ fn branches_across_pages() {
 
 /// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
 /// at exactly that instruction, as on the interpreter (a machine-mode hart with a handler).
+/// With `mstatus.FS` off, an F/D instruction traps as illegal with the exact pc and bits,
+/// whether it opens a block (after a jump) or sits in the middle of one, and whether the JIT
+/// runs it inline (loads, stores, native arithmetic) or not.
 #[test]
-fn fp_off_traps_mid_block() {
-    fn csr(f3: u32, rd: u32, rs1: u32, csr: u32) -> u32 {
-        csr << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+fn fp_off_traps_exactly_first_or_mid_block() {
+    let fld = i(0, 1, 3, 1, 0x07); // fld f1, 0(x1)
+    let fsd = s(8, 1, 1, 3) & !0x7f | 0x27; // fsd f1, 8(x1)
+    let fadd = r(0x01, 2, 1, 7, 3, 0x53); // fadd.d f3, f1, f2
+    let fcvt = r(0x61, 0, 1, 1, 5, 0x53); // fcvt.w.d x5, f1, rtz (stepped)
+    for insn in [fld, fsd, fadd, fcvt] {
+        for first in [false, true] {
+            let lead = if first { jal(0, 4) } else { addi(6, 0, 8) };
+            fp_off_trap(insn, lead);
+        }
     }
+}
+
+/// Run `insn` with FP off after `lead` (which it must follow in sequence) on both engines and
+/// check the trap.
+fn fp_off_trap(insn: u32, lead: u32) {
     let mut ram = Ram::new();
     ram.put(
         0,
@@ -424,8 +450,8 @@ fn fp_off_traps_mid_block() {
             lui(2, 6),           // x2 = mstatus.FS
             csr(3, 0, 2, 0x300), // csrc mstatus, x2
             addi(5, 0, 7),
-            addi(6, 0, 8),
-            i(0, 1, 3, 1, 0x07), // fld f1, 0(x1): illegal
+            lead,
+            insn, // illegal
             addi(7, 0, 9),
         ],
     );
@@ -469,11 +495,93 @@ fn fp_off_traps_mid_block() {
             assert!(engine.stats().insns > 0);
         }
     }
-    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0], outs[1], "insn {insn:#x} after {lead:#x}");
     let (exit, x, _) = &outs[0];
     assert_eq!(*exit, Exit::Wfi);
-    assert_eq!((x[20], x[21], x[22]), (2, 0x0000_b087, BASE + 28));
-    assert_eq!((x[5], x[6], x[7]), (7, 8, 0));
+    assert_eq!((x[20], x[21], x[22]), (2, insn as u64, BASE + 28));
+    assert_eq!((x[5], x[7]), (7, 0));
+}
+
+/// F/D arithmetic the JIT runs natively: results, canonical NaNs and `fflags` as the
+/// interpreter's, including the slow paths (a new flag, a NaN, a rounding mode other than RNE).
+#[test]
+fn native_fp_matches_interpreter() {
+    fn fop(f7: u32, rs2: u32, rs1: u32, rm: u32, rd: u32) -> u32 {
+        r(f7, rs2, rs1, rm, rd, 0x53)
+    }
+    fn fused(op: u32, rs3: u32, rs2: u32, rs1: u32, rd: u32) -> u32 {
+        rs3 << 27 | 1 << 25 | rs2 << 20 | rs1 << 15 | 7 << 12 | rd << 7 | op
+    }
+    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
+    let fflags_to = |rd: u32| csr(2, rd, 0, 0x001);
+    let nop = addi(0, 0, 0);
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            0x0000_0097, // auipc x1, 0
+            fld(1, 0x700),
+            fld(2, 0x708),
+            fld(3, 0x710),
+            fld(4, 0x718),
+            fld(5, 0x720),
+            fop(0x01, 4, 3, 7, 6), // fadd.d f6, f3, f4 (exact)
+            fflags_to(10),
+            nop,
+            fop(0x01, 2, 1, 0, 7), // fadd.d f7, f1, f2, rne (inexact, NX new: slow)
+            fflags_to(11),
+            nop,
+            fop(0x09, 2, 1, 7, 8), // fmul.d f8, f1, f2 (inexact, NX known: fast)
+            fop(0x05, 5, 5, 7, 9), // fsub.d f9, f5, f5 (inf - inf: NaN, NV)
+            fflags_to(12),
+            nop,
+            fused(0x43, 3, 2, 1, 10), // fmadd.d f10, f1, f2, f3
+            fused(0x47, 3, 2, 1, 11), // fmsub.d
+            fused(0x4b, 3, 2, 1, 12), // fnmsub.d
+            fused(0x4f, 3, 2, 1, 13), // fnmadd.d
+            fop(0x0d, 0, 3, 7, 14),   // fdiv.d f14, f3, f0 (1/0: DZ)
+            fop(0x2d, 0, 4, 7, 15),   // fsqrt.d f15, f4
+            fop(0x11, 3, 3, 1, 16),   // fsgnjn.d f16, f3, f3
+            fop(0x11, 16, 16, 2, 17), // fsgnjx.d f17, f16, f16
+            fop(0x51, 3, 3, 2, 13),   // feq.d x13, f3, f3
+            fop(0x51, 4, 3, 1, 14),   // flt.d x14, f3, f4
+            fop(0x51, 3, 4, 0, 15),   // fle.d x15, f4, f3
+            fop(0x51, 3, 9, 1, 16),   // flt.d x16, f9 (NaN), f3: NV
+            addi(17, 0, -5),
+            fop(0x69, 0, 17, 7, 18), // fcvt.d.w f18, x17
+            fop(0x69, 1, 17, 7, 19), // fcvt.d.wu f19, x17
+            fop(0x71, 0, 18, 0, 18), // fmv.x.d x18, f18
+            fop(0x79, 0, 17, 0, 20), // fmv.d.x f20, x17
+            csr(5, 0, 1, 0x002),     // csrwi frm, 1 (RTZ)
+            nop,
+            fop(0x01, 2, 1, 7, 21), // fadd.d f21, f1, f2, dyn: RTZ, slow
+            fflags_to(19),
+            ECALL,
+        ],
+    );
+    for (k, v) in [0.1f64, 0.2, 1.0, 2.0, f64::INFINITY].iter().enumerate() {
+        ram.bytes()[0x700 + 8 * k..][..8].copy_from_slice(&v.to_bits().to_le_bytes());
+    }
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    let (x, f) = (&out.x, &out.f);
+    assert_eq!((x[10], x[11], x[12], x[19]), (0, 0x01, 0x11, 0x19));
+    assert_eq!(f[6], 3.0f64.to_bits());
+    assert_eq!(f[7], 0x3fd3_3333_3333_3334, "0.1 + 0.2, RNE");
+    assert_eq!(f[21], 0x3fd3_3333_3333_3333, "0.1 + 0.2, RTZ");
+    assert_eq!(f[9], 0x7ff8_0000_0000_0000, "canonical NaN");
+    assert_eq!(f[10], (0.1f64).mul_add(0.2, 1.0).to_bits());
+    assert_eq!(f[13], (-0.1f64).mul_add(0.2, -1.0).to_bits());
+    assert_eq!(f[14], f64::INFINITY.to_bits());
+    assert_eq!(f[15], 2f64.sqrt().to_bits());
+    assert_eq!((f[16], f[17]), ((-1.0f64).to_bits(), 1.0f64.to_bits()));
+    assert_eq!((x[13], x[14], x[15], x[16]), (1, 1, 0, 0));
+    assert_eq!(
+        (f[18], f[19]),
+        ((-5.0f64).to_bits(), 4294967291.0f64.to_bits())
+    );
+    assert_eq!((x[18], f[20]), ((-5.0f64).to_bits(), -5i64 as u64));
+    assert_eq!(out.fcsr, 1 << 5 | 0x19);
 }
 
 /// Sv39 in S-mode: a cross-page call resolved by the JIT's jump cache must follow a remap of

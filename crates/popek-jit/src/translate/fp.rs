@@ -1,0 +1,226 @@
+//! F/D instructions run natively on SSE2 (and FMA3), with the interpreter as the slow path.
+//!
+//! IEEE 754 fixes every non-NaN result of add, sub, mul, div, sqrt and the fused multiply-adds
+//! in round-to-nearest-even, so the host's results are the guest's. What differs is the rest,
+//! and each difference sends the instruction to the step helper (the interpreter's exact
+//! software FPU), which leaves `fflags`, `mstatus` and the result as the interpreter does:
+//! - a NaN result (RISC-V returns the canonical NaN, x86 propagates payloads);
+//! - a rounding mode other than RNE (static, or dynamic with `frm` not RNE);
+//! - any host exception flag the guest has not already accrued. MXCSR's flags are sticky and
+//!   may also hold flags from host code, so the fast path reads them after the operation and
+//!   takes it only if they add nothing to the guest's `fflags`: inexact (PE) is accepted when
+//!   NX is already set; invalid, divide-by-zero, overflow and underflow never are. The slow
+//!   path clears MXCSR's flags afterwards.
+//!
+//! Underflow needs no agreement on when tininess is detected: any host underflow goes slow,
+//! and a result tiny after rounding (RISC-V's rule) is tiny before rounding as well.
+
+use super::{emit_fs_check, emit_step_call, foff, st_f_rax, xoff, Asm, At, Env, Stubs, S};
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
+use popek_cpu::decode::{Insn, Op};
+
+/// MXCSR's exception flags that map to RISC-V flags (all but DE, denormal operand).
+const MXCSR_FLAGS: i32 = 0x3d;
+/// MXCSR's precision (inexact) flag.
+const MXCSR_PE: i32 = 0x20;
+/// MXCSR's six exception flags, DE included (what the slow path clears).
+const MXCSR_ALL_FLAGS: i32 = 0x3f;
+
+/// How an instruction is run natively.
+#[derive(Clone, Copy)]
+enum Form {
+    /// `f[rd] = op(f[rs1], f[rs2])`, rounded: add, sub, mul, div.
+    Arith,
+    /// `f[rd] = sqrt(f[rs1])`, rounded.
+    Sqrt,
+    /// `f[rd] = ±(f[rs1] * f[rs2]) ± f[rs3]`, rounded once.
+    Fused,
+    /// Sign injection (bit operations, no flags).
+    SignInject,
+    /// `x[rd] = compare(f[rs1], f[rs2])` (ordered operands only; no flags then).
+    Compare,
+    /// `f[rd] = x[rs1]` as a signed or unsigned 32-bit integer (always exact).
+    FromInt32,
+    /// `x[rd] = f[rs1]` bits.
+    MoveToX,
+    /// `f[rd] = x[rs1]` bits.
+    MoveFromX,
+}
+
+fn form(op: Op) -> Option<Form> {
+    use Op::*;
+    Some(match op {
+        FaddD | FsubD | FmulD | FdivD => Form::Arith,
+        FsqrtD => Form::Sqrt,
+        FmaddD | FmsubD | FnmsubD | FnmaddD => Form::Fused,
+        FsgnjD | FsgnjnD | FsgnjxD => Form::SignInject,
+        FeqD | FltD | FleD => Form::Compare,
+        FcvtDW | FcvtDWu => Form::FromInt32,
+        FmvXD => Form::MoveToX,
+        FmvDX => Form::MoveFromX,
+        _ => return None,
+    })
+}
+
+/// Whether [`emit`] runs `i` natively. A rounding mode other than RNE (0) or dynamic (7,
+/// checked at run time) goes through the step helper.
+pub(super) fn native(i: &Insn, env: &Env) -> bool {
+    match form(i.op) {
+        None => false,
+        Some(Form::Fused) if !env.fma => false,
+        Some(Form::Arith | Form::Sqrt | Form::Fused | Form::FromInt32) => matches!(i.rm(), 0 | 7),
+        Some(_) => true,
+    }
+}
+
+/// Emit `i` (at `at`), for which
+/// [`native`] said yes.
+pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
+    let form = form(i.op).expect("native() accepted it");
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    // With FP off, the slow path's step helper raises the illegal-instruction trap.
+    emit_fs_check(ops, slow);
+    if matches!(
+        form,
+        Form::Arith | Form::Sqrt | Form::Fused | Form::FromInt32
+    ) && i.rm() == 7
+    {
+        dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + S.frm], 0 ; jne =>slow);
+    }
+    let (rd, rs1, rs2) = (i.rd(), i.rs1, i.rs2);
+    match form {
+        Form::Arith | Form::Sqrt | Form::Fused => {
+            dynasm!(ops ; .arch x64 ; movsd xmm0, [rbx + foff(rs1)]);
+            emit_rounded(ops, i);
+            dynasm!(ops
+                ; .arch x64
+                ; ucomisd xmm0, xmm0
+                ; jp =>slow
+            );
+            emit_flags_check(ops, env, slow);
+            dynasm!(ops ; .arch x64 ; movq rax, xmm0);
+            st_f_rax(ops, rd);
+        }
+        Form::SignInject => {
+            dynasm!(ops
+                ; .arch x64
+                ; mov rax, [rbx + foff(rs1)]
+                ; mov rcx, [rbx + foff(rs2)]
+                ; btr rax, 63
+            );
+            match i.op {
+                Op::FsgnjD => {}
+                Op::FsgnjnD => dynasm!(ops ; .arch x64 ; not rcx),
+                _ => dynasm!(ops ; .arch x64 ; xor rcx, [rbx + foff(rs1)]),
+            }
+            dynasm!(ops
+                ; .arch x64
+                ; shr rcx, 63
+                ; shl rcx, 63
+                ; or rax, rcx
+            );
+            st_f_rax(ops, rd);
+        }
+        Form::Compare => {
+            dynasm!(ops
+                ; .arch x64
+                ; movsd xmm0, [rbx + foff(rs1)]
+                ; xor eax, eax
+                ; ucomisd xmm0, [rbx + foff(rs2)]
+                ; jp =>slow
+            );
+            match i.op {
+                Op::FeqD => dynasm!(ops ; .arch x64 ; sete al),
+                Op::FltD => dynasm!(ops ; .arch x64 ; setb al),
+                _ => dynasm!(ops ; .arch x64 ; setbe al),
+            }
+            if rd != 0 {
+                dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], rax);
+            }
+        }
+        Form::FromInt32 => {
+            if rs1 == 0 {
+                dynasm!(ops ; .arch x64 ; xor eax, eax);
+            } else if i.op == Op::FcvtDW {
+                dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rbx + xoff(rs1)]);
+            } else {
+                dynasm!(ops ; .arch x64 ; mov eax, DWORD [rbx + xoff(rs1)]);
+            }
+            // Every 32-bit integer is a double: no rounding, no flags.
+            dynasm!(ops
+                ; .arch x64
+                ; cvtsi2sd xmm0, rax
+                ; movq rax, xmm0
+            );
+            st_f_rax(ops, rd);
+        }
+        Form::MoveToX => {
+            if rd != 0 {
+                dynasm!(ops
+                    ; .arch x64
+                    ; mov rax, [rbx + foff(rs1)]
+                    ; mov [rbx + xoff(rd)], rax
+                );
+            }
+        }
+        Form::MoveFromX => {
+            if rs1 == 0 {
+                dynasm!(ops ; .arch x64 ; xor eax, eax);
+            } else {
+                dynasm!(ops ; .arch x64 ; mov rax, [rbx + xoff(rs1)]);
+            }
+            st_f_rax(ops, rd);
+        }
+    }
+    dynasm!(ops ; .arch x64 ; jmp =>done ; =>slow);
+    emit_step_call(ops, *i, at, env, stubs);
+    dynasm!(ops
+        ; .arch x64
+        ; stmxcsr [r12 + env.ctx_scratch]
+        ; and DWORD [r12 + env.ctx_scratch], !MXCSR_ALL_FLAGS
+        ; ldmxcsr [r12 + env.ctx_scratch]
+        ; =>done
+    );
+}
+
+/// `xmm0` = the rounded result of `i`, with `xmm0` holding `f[rs1]`.
+fn emit_rounded(ops: &mut Asm, i: &Insn) {
+    let b = foff(i.rs2);
+    match i.op {
+        Op::FaddD => dynasm!(ops ; .arch x64 ; addsd xmm0, [rbx + b]),
+        Op::FsubD => dynasm!(ops ; .arch x64 ; subsd xmm0, [rbx + b]),
+        Op::FmulD => dynasm!(ops ; .arch x64 ; mulsd xmm0, [rbx + b]),
+        Op::FdivD => dynasm!(ops ; .arch x64 ; divsd xmm0, [rbx + b]),
+        Op::FsqrtD => dynasm!(ops ; .arch x64 ; sqrtsd xmm0, xmm0),
+        _ => {
+            let c = foff(i.rs3());
+            dynasm!(ops ; .arch x64 ; movsd xmm1, [rbx + b]);
+            // RISC-V's negated forms negate the product: FNMSUB = -(a*b) + c, FNMADD = -(a*b) - c,
+            // which are x86's VFNMADD and VFNMSUB.
+            match i.op {
+                Op::FmaddD => dynasm!(ops ; .arch x64 ; vfmadd213sd xmm0, xmm1, [rbx + c]),
+                Op::FmsubD => dynasm!(ops ; .arch x64 ; vfmsub213sd xmm0, xmm1, [rbx + c]),
+                Op::FnmsubD => dynasm!(ops ; .arch x64 ; vfnmadd213sd xmm0, xmm1, [rbx + c]),
+                _ => dynasm!(ops ; .arch x64 ; vfnmsub213sd xmm0, xmm1, [rbx + c]),
+            }
+        }
+    }
+}
+
+/// Go to `slow` unless MXCSR's flags add nothing to the guest's `fflags` (see the module
+/// comment): only PE is accepted, and only when NX is set.
+fn emit_flags_check(ops: &mut Asm, env: &Env, slow: dynasmrt::DynamicLabel) {
+    dynasm!(ops
+        ; .arch x64
+        ; stmxcsr [r12 + env.ctx_scratch]
+        ; mov eax, [r12 + env.ctx_scratch]
+        ; and eax, MXCSR_FLAGS
+        ; mov ecx, [rbx + S.fflags]
+        ; and ecx, popek_cpu::fpu::NX as i32
+        ; shl ecx, MXCSR_PE.trailing_zeros() as i8
+        ; not ecx
+        ; test eax, ecx
+        ; jnz =>slow
+    );
+}
