@@ -258,6 +258,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any sandbox: a sandboxed hart thread could not create the map.
+    popek_jit::open_perf_map();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),

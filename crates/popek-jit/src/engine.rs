@@ -8,6 +8,7 @@ use popek_cpu::engine::{CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
+use crate::perfmap;
 use crate::translate::{jcache_slot, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES};
 use crate::verify::Verdict;
 use crate::{Divergence, EngineConfig, JitError, JitStats};
@@ -438,6 +439,7 @@ impl Jit {
             b.entry = Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(p) });
             // SAFETY: `chain_entry` is an offset inside the code just copied to `p`.
             b.chain = unsafe { p.add(t.chain_entry) };
+            perfmap::block(p, t.code.len(), pc);
         }
         self.blocks.insert(k, b);
         self.by_page.entry(page as u64).or_default().push(k);

@@ -21,12 +21,20 @@ mod code;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod engine;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod perfmap;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod translate;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod verify;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use engine::Jit;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use perfmap::open_perf_map;
+
+/// No JIT on this host, so no symbols to list.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub fn open_perf_map() {}
 
 /// Why a JIT could not be created.
 #[derive(Debug, thiserror::Error)]

@@ -3,10 +3,13 @@
 //! Generated code is a function `extern "sysv64" fn(state: *mut HartState, ctx: *mut Ctx) -> u64`
 //! that returns 0 when the block ran to its end (or stopped after a store that set a request
 //! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
-//! `instret` in the state are exact. Guest registers live in the state (`rbx` holds its
-//! address, `r12` the context's, `r13` the instructions chained blocks may still run, loaded
-//! from the context on entry); within an instruction `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `xmm0`
-//! and `xmm1` are scratch, and no guest register lives across instructions in host registers.
+//! `instret` in the state are exact on return; while blocks run (chained ones included),
+//! retired instructions are counted only in `r13`, which starts at the context's `left` and
+//! counts down, and the epilogue adds what was retired to `instret`. `rbx` holds the state's
+//! address and `r12` the context's. Guest registers live in the state; a block keeps the
+//! ones it reads most in host registers as well (see `regs`). Within an instruction `rax`,
+//! `rcx`, `rdx`, `rsi`, `rdi`, `xmm0` and `xmm1` are scratch. Slow paths (helper calls) are
+//! placed after the block's straight-line code.
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
@@ -15,6 +18,9 @@ use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 mod fp;
+mod regs;
+
+use regs::{ld, st, st_rax, Cache, RAX, RCX, RDI, RDX, RSI};
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
@@ -189,12 +195,22 @@ struct Stubs<'a> {
     insns: &'a mut InsnArena,
     /// Guest virtual page of the block: exits to it may be chained.
     page: u64,
+    /// Guest virtual address of the block's first instruction.
+    start: u64,
     env_exit_slot: i32,
     env_jcache: i32,
     env_jkey: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
+    /// Guest registers this block keeps in host registers.
+    cache: Cache,
+    /// Slow paths, emitted after the block's straight-line code so the fast paths fall
+    /// through.
+    cold: Vec<ColdPath>,
 }
+
+/// Code emitted after the block (see [`Stubs::cold`]).
+type ColdPath = Box<dyn FnOnce(&mut Asm)>;
 
 /// Translate the block starting at offset `off` of the guest page at host address `page`,
 /// whose guest virtual address is `pc`, into code to be placed at `at`.
@@ -212,22 +228,33 @@ pub(crate) unsafe fn translate(
     let mut stubs = Stubs {
         insns,
         page: pc & !0xfff,
+        start: pc,
         env_exit_slot: env.ctx_exit_slot,
         env_jcache: env.ctx_jcache,
         env_jkey: env.ctx_jkey,
         fault: Vec::new(),
         leave: Vec::new(),
+        // SAFETY: the caller's page is 4096 bytes and the offset < 4096.
+        cache: unsafe { Cache::plan(page, (pc & 0xfff) as usize, MAX_BLOCK_INSNS) },
+        cold: Vec::new(),
     };
+    // Six pushes and the return address: 8 more bytes keep calls 16-byte aligned.
     dynasm!(ops
         ; .arch x64
         ; push rbx
         ; push r12
         ; push r13
+        ; push rbp
+        ; push r14
+        ; push r15
+        ; sub rsp, 8
         ; mov rbx, rdi
         ; mov r12, rsi
         ; mov r13, [r12 + env.ctx_left]
     );
     let chain_entry = ops.offset().0;
+    stubs.cache.load(&mut ops, false);
+    dynasm!(ops ; .arch x64 ; ->again:);
     let mut cur = pc;
     let mut n = 0u32;
     let mut terminated = false;
@@ -270,6 +297,9 @@ pub(crate) unsafe fn translate(
     if !terminated {
         exit_to(&mut ops, &stubs, cur, n);
     }
+    for cold in std::mem::take(&mut stubs.cold) {
+        cold(&mut ops);
+    }
     for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
         dynasm!(ops ; .arch x64 ; =>label);
         exit(&mut ops, at_pc, k, 1);
@@ -283,6 +313,14 @@ pub(crate) unsafe fn translate(
         ; ->leave:
         ; xor eax, eax
         ; ->epilogue:
+        // Generated code counts retired instructions only in r13: instret catches up here.
+        ; mov rcx, [r12 + env.ctx_left]
+        ; sub rcx, r13
+        ; add [rbx + S.instret], rcx
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop rbp
         ; pop r13
         ; pop r12
         ; pop rbx
@@ -308,9 +346,21 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
     }
     let slot = ops.new_dynamic_label();
     let unchained = ops.new_dynamic_label();
+    if next == stubs.start {
+        // A loop to this block's own start: straight back, past the reload of cached
+        // registers (still valid: the cache is write-through).
+        dynasm!(ops
+            ; .arch x64
+            ; sub r13, retired as i32
+            ; jg ->again
+            ; mov rax, QWORD next as i64
+            ; mov [rbx + S.pc], rax
+            ; jmp ->leave
+        );
+        return;
+    }
     dynasm!(ops
         ; .arch x64
-        ; add QWORD [rbx + S.instret], retired as i32
         ; sub r13, retired as i32
         ; jle =>unchained
         ; =>slot
@@ -335,7 +385,6 @@ fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
     dynasm!(ops
         ; .arch x64
         ; mov [rbx + S.pc], rax
-        ; add QWORD [rbx + S.instret], retired as i32
         ; sub r13, retired as i32
         ; jle ->leave
         ; mov rcx, rax
@@ -358,72 +407,37 @@ fn exit(ops: &mut Asm, next: u64, retired: u32, status: i32) {
         ; .arch x64
         ; mov rax, QWORD next as i64
         ; mov [rbx + S.pc], rax
-        ; add QWORD [rbx + S.instret], retired as i32
+        ; sub r13, retired as i32
         ; mov eax, status
         ; jmp ->epilogue
     );
 }
 
-fn ld_rax(ops: &mut Asm, r: u8) {
-    if r == 0 {
-        dynasm!(ops ; .arch x64 ; xor eax, eax);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rax, [rbx + xoff(r)]);
-    }
-}
-
-fn ld_rcx(ops: &mut Asm, r: u8) {
-    if r == 0 {
-        dynasm!(ops ; .arch x64 ; xor ecx, ecx);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rcx, [rbx + xoff(r)]);
-    }
-}
-
-fn ld_rsi(ops: &mut Asm, r: u8) {
-    if r == 0 {
-        dynasm!(ops ; .arch x64 ; xor esi, esi);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rsi, [rbx + xoff(r)]);
-    }
-}
-
-fn ld_rdx(ops: &mut Asm, r: u8) {
-    if r == 0 {
-        dynasm!(ops ; .arch x64 ; xor edx, edx);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + xoff(r)]);
-    }
-}
-
 /// `rdx` = the value a store writes: integer register `r`, or FP register `r` if `fp`.
-fn ld_value(ops: &mut Asm, r: u8, fp: bool) {
+fn ld_value(ops: &mut Asm, c: &Cache, r: u8, fp: bool) {
     if fp {
         dynasm!(ops ; .arch x64 ; mov rdx, [rbx + foff(r)]);
     } else {
-        ld_rdx(ops, r);
-    }
-}
-
-fn st_rax(ops: &mut Asm, rd: u8) {
-    if rd != 0 {
-        dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], rax);
+        ld(ops, c, RDX, r);
     }
 }
 
 /// `f[rd]` = `rax`, and `mstatus.FS` dirty, as every write of an FP register leaves it.
 fn st_f_rax(ops: &mut Asm, rd: u8) {
-    dynasm!(ops
-        ; .arch x64
-        ; mov [rbx + foff(rd)], rax
-        ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32
-    );
+    dynasm!(ops ; .arch x64 ; mov [rbx + foff(rd)], rax);
+    set_fs_dirty(ops);
+}
+
+/// `mstatus.FS` = dirty.
+fn set_fs_dirty(ops: &mut Asm) {
+    dynasm!(ops ; .arch x64 ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32);
 }
 
 /// Emit instruction `i` at `pc`, the `n`th of the block; `None` if it is not translated.
 fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option<Kind> {
     use Op::*;
     let At { pc, n, .. } = at;
+    let c = stubs.cache;
     match i.op {
         Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Flw | Fld => emit_load(ops, i, at, env, stubs),
         Sb | Sh | Sw | Sd | Fsw | Fsd => emit_store(ops, i, at, env, stubs),
@@ -434,13 +448,13 @@ fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option
         Jal => {
             if i.rd() != 0 {
                 dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(i.byte_len() as u64) as i64);
-                st_rax(ops, i.rd());
+                st_rax(ops, &c, i.rd());
             }
             exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
             return Some(Kind::Terminal);
         }
         Jalr => {
-            ld_rax(ops, i.rs1);
+            ld(ops, &c, RAX, i.rs1);
             dynasm!(ops
                 ; .arch x64
                 ; add rax, i.imm
@@ -450,21 +464,21 @@ fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option
                 dynasm!(ops
                     ; .arch x64
                     ; mov rcx, QWORD pc.wrapping_add(i.byte_len() as u64) as i64
-                    ; mov [rbx + xoff(i.rd())], rcx
                 );
+                st(ops, &c, i.rd(), RCX);
             }
             exit_lookup(ops, stubs, n + 1);
             return Some(Kind::Terminal);
         }
         Fence => {}
-        Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw => emit_div(ops, i, env),
-        _ => return emit_alu(ops, i, pc).then_some(Kind::Straight),
+        Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw => emit_div(ops, &c, i, env),
+        _ => return emit_alu(ops, &c, i, pc).then_some(Kind::Straight),
     }
     Some(Kind::Straight)
 }
 
 /// Integer computation without memory or control flow; false if `i` is not one.
-fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
+fn emit_alu(ops: &mut Asm, c: &Cache, i: &Insn, pc: u64) -> bool {
     use Op::*;
     let (rd, imm) = (i.rd(), i.imm);
     if rd == 0 {
@@ -515,7 +529,7 @@ fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
             dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(imm as i64 as u64) as i64)
         }
         Addi | Slti | Sltiu | Xori | Ori | Andi | Slli | Srli | Srai => {
-            ld_rax(ops, i.rs1);
+            ld(ops, c, RAX, i.rs1);
             match i.op {
                 Addi => dynasm!(ops ; .arch x64 ; add rax, imm),
                 Slti => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setl al ; movzx eax, al),
@@ -529,7 +543,7 @@ fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
             }
         }
         Addiw | Slliw | Srliw | Sraiw => {
-            ld_rax(ops, i.rs1);
+            ld(ops, c, RAX, i.rs1);
             match i.op {
                 Addiw => dynasm!(ops ; .arch x64 ; add eax, imm),
                 Slliw => dynasm!(ops ; .arch x64 ; shl eax, sh32),
@@ -539,13 +553,13 @@ fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
             dynasm!(ops ; .arch x64 ; movsxd rax, eax);
         }
         Add | Sub | Sll | Slt | Sltu | Xor | Srl | Sra | Or | And | Mul | Mulh | Mulhu | Mulhsu => {
-            ld_rax(ops, i.rs1);
-            ld_rcx(ops, i.rs2);
+            ld(ops, c, RAX, i.rs1);
+            ld(ops, c, RCX, i.rs2);
             emit_rr64(ops, i.op);
         }
         Addw | Subw | Sllw | Srlw | Sraw | Mulw => {
-            ld_rax(ops, i.rs1);
-            ld_rcx(ops, i.rs2);
+            ld(ops, c, RAX, i.rs1);
+            ld(ops, c, RCX, i.rs2);
             match i.op {
                 Addw => dynasm!(ops ; .arch x64 ; add eax, ecx),
                 Subw => dynasm!(ops ; .arch x64 ; sub eax, ecx),
@@ -558,7 +572,7 @@ fn emit_alu(ops: &mut Asm, i: &Insn, pc: u64) -> bool {
         }
         _ => return false,
     }
-    st_rax(ops, rd);
+    st_rax(ops, c, rd);
     true
 }
 
@@ -593,7 +607,7 @@ fn emit_rr64(ops: &mut Asm, op: Op) {
 }
 
 /// Division and remainder through helpers (x86 division traps where RISC-V defines results).
-fn emit_div(ops: &mut Asm, i: &Insn, env: &Env) {
+fn emit_div(ops: &mut Asm, c: &Cache, i: &Insn, env: &Env) {
     use Op::*;
     if i.rd() == 0 {
         return;
@@ -608,24 +622,21 @@ fn emit_div(ops: &mut Asm, i: &Insn, env: &Env) {
         Remw => 6,
         _ => 7,
     };
-    if i.rs1 == 0 {
-        dynasm!(ops ; .arch x64 ; xor edi, edi);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rdi, [rbx + xoff(i.rs1)]);
-    }
-    ld_rsi(ops, i.rs2);
+    ld(ops, c, RDI, i.rs1);
+    ld(ops, c, RSI, i.rs2);
     dynasm!(ops
         ; .arch x64
         ; mov rax, QWORD env.div[idx] as i64
         ; call rax
     );
-    st_rax(ops, i.rd());
+    c.load(ops, true);
+    st_rax(ops, c, i.rd());
 }
 
 fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     use Op::*;
-    ld_rax(ops, i.rs1);
-    ld_rcx(ops, i.rs2);
+    ld(ops, &stubs.cache, RAX, i.rs1);
+    ld(ops, &stubs.cache, RCX, i.rs2);
     let taken = ops.new_dynamic_label();
     dynasm!(ops ; .arch x64 ; cmp rax, rcx);
     match i.op {
@@ -644,8 +655,8 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 /// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
 /// `tlb`; jumps to `slow` unless the entry maps the page and the access of `size` bytes stays
 /// in it. Leaves the addend in `rax` on the fast path.
-fn emit_tlb_check(ops: &mut Asm, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
-    ld_rsi(ops, i.rs1);
+fn emit_tlb_check(ops: &mut Asm, c: &Cache, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
+    ld(ops, c, RSI, i.rs1);
     let mask = (DATA_TLB_ENTRIES - 1) as i32;
     let shift = DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
     dynasm!(ops
@@ -659,12 +670,17 @@ fn emit_tlb_check(ops: &mut Asm, i: &Insn, tlb: i32, size: u32, slow: DynamicLab
         ; add rcx, [r12 + tlb]
         ; cmp rax, [rcx]
         ; jne =>slow
-        ; mov eax, esi
-        ; and eax, 0xfff
-        ; cmp eax, (4096 - size) as i32
-        ; ja =>slow
-        ; mov rax, [rcx + 8]
     );
+    if size > 1 {
+        dynasm!(ops
+            ; .arch x64
+            ; mov eax, esi
+            ; and eax, 0xfff
+            ; cmp eax, (4096 - size) as i32
+            ; ja =>slow
+        );
+    }
+    dynasm!(ops ; .arch x64 ; mov rax, [rcx + 8]);
 }
 
 fn size_index(op: Op) -> (usize, u32) {
@@ -690,7 +706,8 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
-    emit_tlb_check(ops, i, env.ctx_tlb_read, size, slow);
+    let c = stubs.cache;
+    emit_tlb_check(ops, &c, i, env.ctx_tlb_read, size, slow);
     match i.op {
         Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [rsi + rax]),
         Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [rsi + rax]),
@@ -700,20 +717,21 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         Lwu | Flw => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
         _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
     }
-    dynasm!(ops
-        ; .arch x64
-        ; jmp =>done
-        ; =>slow
-        ; mov rdi, r12
-        ; mov rax, QWORD env.load[idx][signed as usize] as i64
-        ; call rax
-        ; test rdx, rdx
-        ; jnz =>fault
-        ; =>done
-    );
+    dynasm!(ops ; .arch x64 ; =>done);
+    let helper = env.load[idx][signed as usize] as i64;
+    stubs.cold.push(Box::new(move |ops: &mut Asm| {
+        dynasm!(ops ; .arch x64 ; =>slow);
+        call_memory_helper(ops, &c, helper);
+        dynasm!(ops
+            ; .arch x64
+            ; test rdx, rdx
+            ; jnz =>fault
+            ; jmp =>done
+        );
+    }));
     stubs.fault.push((fault, pc, n));
     if !fp {
-        st_rax(ops, i.rd());
+        st_rax(ops, &c, i.rd());
         return;
     }
     if i.op == Flw {
@@ -722,6 +740,18 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     }
     st_f_rax(ops, i.rd());
     emit_fs_off(ops, fs_off, i, at, env, stubs);
+}
+
+/// Call a load or store helper (its address and the value to store already in `rsi` and
+/// `rdx`) with the context, and reload the cached registers the call may have clobbered.
+fn call_memory_helper(ops: &mut Asm, c: &Cache, helper: i64) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r12
+        ; mov rax, QWORD helper
+        ; call rax
+    );
+    c.load(ops, true);
 }
 
 fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
@@ -737,32 +767,31 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
-    emit_tlb_check(ops, i, env.ctx_tlb_write, size, slow);
-    ld_value(ops, i.rs2, fp);
+    let c = stubs.cache;
+    emit_tlb_check(ops, &c, i, env.ctx_tlb_write, size, slow);
+    ld_value(ops, &c, i.rs2, fp);
     match i.op {
         Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
         Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], dx),
         Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
         _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
     }
-    dynasm!(ops
-        ; .arch x64
-        ; jmp =>done
-        ; =>slow
-    );
-    ld_value(ops, i.rs2, fp);
-    dynasm!(ops
-        ; .arch x64
-        ; mov rdi, r12
-        ; mov rax, QWORD env.store[idx] as i64
-        ; call rax
-        ; test rax, rax
-        ; jnz =>fault
-        // The store may have hit code (possibly this block's) or MMIO: back to the hart.
-        ; cmp DWORD [rbx + S.requests], 0
-        ; jne =>leave
-        ; =>done
-    );
+    dynasm!(ops ; .arch x64 ; =>done);
+    let (helper, value) = (env.store[idx] as i64, i.rs2);
+    stubs.cold.push(Box::new(move |ops: &mut Asm| {
+        dynasm!(ops ; .arch x64 ; =>slow);
+        ld_value(ops, &c, value, fp);
+        call_memory_helper(ops, &c, helper);
+        dynasm!(ops
+            ; .arch x64
+            ; test rax, rax
+            ; jnz =>fault
+            // The store may have hit code (possibly this block's) or MMIO: back to the hart.
+            ; cmp DWORD [rbx + S.requests], 0
+            ; jne =>leave
+            ; jmp =>done
+        );
+    }));
     stubs.fault.push((fault, pc, n));
     stubs
         .leave
@@ -788,8 +817,8 @@ fn emit_step(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
         .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
 }
 
-/// Call the step helper for `i` (at `at`), leaving the
-/// block through a fault exit if it trapped.
+/// Call the step helper for `i` (at `at`), leaving the block through a fault exit if it
+/// trapped.
 fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let At { raw, pc, n } = at;
     let insn_ptr = stubs.insns.keep(i) as i64;
@@ -802,6 +831,11 @@ fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) 
         ; mov ecx, raw as i32
         ; mov rax, QWORD env.step as i64
         ; call rax
+    );
+    // The step helper may have written any guest register (its result, an AMO's old value).
+    stubs.cache.load(ops, false);
+    dynasm!(ops
+        ; .arch x64
         ; test rax, rax
         ; jnz =>fault
     );

@@ -15,7 +15,10 @@
 //! Underflow needs no agreement on when tininess is detected: any host underflow goes slow,
 //! and a result tiny after rounding (RISC-V's rule) is tiny before rounding as well.
 
-use super::{emit_fs_check, emit_step_call, foff, st_f_rax, xoff, Asm, At, Env, Stubs, S};
+use super::{
+    emit_fs_check, emit_step_call, foff, ld, set_fs_dirty, st_f_rax, st_rax, xoff, Asm, At, Env,
+    Stubs, RAX, S,
+};
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{Insn, Op};
 
@@ -99,8 +102,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
                 ; jp =>slow
             );
             emit_flags_check(ops, env, slow);
-            dynasm!(ops ; .arch x64 ; movq rax, xmm0);
-            st_f_rax(ops, rd);
+            st_f_xmm0(ops, rd);
         }
         Form::SignInject => {
             dynasm!(ops
@@ -135,9 +137,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
                 Op::FltD => dynasm!(ops ; .arch x64 ; setb al),
                 _ => dynasm!(ops ; .arch x64 ; setbe al),
             }
-            if rd != 0 {
-                dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], rax);
-            }
+            st_rax(ops, &stubs.cache, rd);
         }
         Form::FromInt32 => {
             if rs1 == 0 {
@@ -151,25 +151,17 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
             dynasm!(ops
                 ; .arch x64
                 ; cvtsi2sd xmm0, rax
-                ; movq rax, xmm0
             );
-            st_f_rax(ops, rd);
+            st_f_xmm0(ops, rd);
         }
         Form::MoveToX => {
             if rd != 0 {
-                dynasm!(ops
-                    ; .arch x64
-                    ; mov rax, [rbx + foff(rs1)]
-                    ; mov [rbx + xoff(rd)], rax
-                );
+                dynasm!(ops ; .arch x64 ; mov rax, [rbx + foff(rs1)]);
+                st_rax(ops, &stubs.cache, rd);
             }
         }
         Form::MoveFromX => {
-            if rs1 == 0 {
-                dynasm!(ops ; .arch x64 ; xor eax, eax);
-            } else {
-                dynasm!(ops ; .arch x64 ; mov rax, [rbx + xoff(rs1)]);
-            }
+            ld(ops, &stubs.cache, RAX, rs1);
             st_f_rax(ops, rd);
         }
     }
@@ -182,6 +174,12 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
         ; ldmxcsr [r12 + env.ctx_scratch]
         ; =>done
     );
+}
+
+/// `f[rd]` = `xmm0`, and `mstatus.FS` dirty.
+fn st_f_xmm0(ops: &mut Asm, rd: u8) {
+    dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], xmm0);
+    set_fs_dirty(ops);
 }
 
 /// `xmm0` = the rounded result of `i`, with `xmm0` holding `f[rs1]`.
