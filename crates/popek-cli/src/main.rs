@@ -258,8 +258,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Before any sandbox: a sandboxed hart thread could not create the map.
-    popek_jit::open_perf_map();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -537,7 +535,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ctl(args) => ctl(args),
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Image(cmd) => image::run(cmd),
-        Command::Run(args) => run_machine(args),
+        Command::Run(args) => {
+            // Before any sandbox: a sandboxed hart thread could not create the map. (Not for
+            // `popek exec`, which closes every descriptor it did not inherit on purpose.)
+            popek_jit::open_perf_map();
+            run_machine(args)
+        }
         Command::Snapshot(cmd) => snapshot::run(cmd),
     }
 }
