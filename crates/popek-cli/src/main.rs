@@ -30,7 +30,7 @@ pub(crate) enum Engine {
     Verify,
 }
 
-/// `--engine` and `--jit-cache`, shared by `popek run` and `popek exec`.
+/// `--engine`, `--jit-cache` and `--jit-hot`, shared by `popek run` and `popek exec`.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct EngineArgs {
     /// What runs guest code: `jit` (the default on x86-64 Linux hosts) translates RISC-V to
@@ -44,6 +44,12 @@ pub(crate) struct EngineArgs {
     /// full. From 64K to 1G.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_jit_cache)]
     jit_cache: usize,
+
+    /// Translate a block when it starts for the Nth time (1: at once); until then the
+    /// interpreter runs it, which is cheaper for code that runs only a few times.
+    #[arg(long, value_name = "N", default_value_t = popek_jit::EngineConfig::DEFAULT_HOT,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    jit_hot: u32,
 }
 
 impl EngineArgs {
@@ -52,6 +58,7 @@ impl EngineArgs {
         popek_jit::EngineConfig {
             kind: self.engine.into(),
             code_bytes: self.jit_cache,
+            hot: self.jit_hot,
         }
     }
 }

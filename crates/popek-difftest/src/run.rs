@@ -241,7 +241,12 @@ fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
     let mut stdout = Vec::new();
     let mut handlers = [false; 65];
     let mut budget_left: u64 = 10_000_000;
-    let mut jit = match EngineConfig::new(engine).jit() {
+    // Every block translated at once: a sequence runs once, and the JIT is what is tested.
+    let config = EngineConfig {
+        hot: 1,
+        ..EngineConfig::new(engine)
+    };
+    let mut jit = match config.jit() {
         Ok(j) => j,
         Err(e) => {
             return Outcome {

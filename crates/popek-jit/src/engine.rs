@@ -244,6 +244,19 @@ pub struct Jit {
     verify: bool,
     /// The first difference verification found, until the owner takes it.
     divergence: Option<Divergence>,
+    /// How often a block starts before it is translated (see [`EngineConfig::hot`]).
+    hot: u32,
+    /// Blocks not translated yet: how often each has started (direct-mapped: a collision
+    /// restarts the count, which only delays a translation).
+    heat: Box<[(Key, u32)]>,
+}
+
+/// Entries of a JIT's table of cold blocks (see `Jit::heat`), a power of two.
+const HEAT_SLOTS: usize = 1 << 14;
+
+/// The slot of the cold block under `k` in `Jit::heat`.
+fn heat_slot(k: Key) -> usize {
+    ((k.host >> 1) ^ (k.host >> 15) ^ (k.vpc >> 13)) as usize & (HEAT_SLOTS - 1)
 }
 
 /// An unused jump-cache entry (no guest pc is odd).
@@ -284,6 +297,26 @@ impl Jit {
         let mut jit = Jit::with_code_bytes(code_bytes)?;
         jit.verify = true;
         Ok(jit)
+    }
+
+    /// This JIT, translating a block only when it starts for the `hot`th time (1, the default
+    /// of [`Jit::new`] and the tests: at once); see [`EngineConfig::hot`].
+    pub fn translating_after(mut self, hot: u32) -> Jit {
+        self.hot = hot.max(1);
+        self
+    }
+
+    /// Whether the block under `k`, about to start, should be translated now.
+    fn is_hot(&mut self, k: Key) -> bool {
+        if self.hot <= 1 {
+            return true;
+        }
+        let slot = &mut self.heat[heat_slot(k)];
+        if slot.0 != k {
+            *slot = (k, 0);
+        }
+        slot.1 += 1;
+        slot.1 >= self.hot
     }
 
     /// The first difference between the JIT and the interpreter that verification found (the
@@ -357,6 +390,8 @@ impl Jit {
             jc_tlb_gen: u64::MAX,
             verify: false,
             divergence: None,
+            hot: 1,
+            heat: vec![(NO_KEY, 0); HEAT_SLOTS].into_boxed_slice(),
         })
     }
 
@@ -498,7 +533,9 @@ impl Engine for Jit {
             let k = key(host_pc, pc, prv, satp_mode);
             let block = match self.lookup(k) {
                 Some(b) => b,
-                None => self.translate(page.host, pc, k),
+                None if self.is_hot(k) => self.translate(page.host, pc, k),
+                // Still cold: the interpreter runs it (up to its first taken jump).
+                None => return if first { None } else { Some(Ok(())) },
             };
             let done = hart.instret() - start;
             let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {

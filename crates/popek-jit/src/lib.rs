@@ -118,6 +118,11 @@ pub struct EngineConfig {
     pub kind: EngineKind,
     /// Bytes of translated code each hart (or guest thread) keeps; when full, it is emptied.
     pub code_bytes: usize,
+    /// A block is translated when it starts for this many times (1: at once); until then the
+    /// interpreter runs it. Translating costs about as much as interpreting a block a few
+    /// hundred times, so code that runs only a few times (start-up, a restored guest's one
+    /// command) is cheaper to interpret.
+    pub hot: u32,
 }
 
 impl EngineConfig {
@@ -129,19 +134,27 @@ impl EngineConfig {
     /// The largest code cache (generated code reaches its helpers with 32-bit jumps inside it).
     pub const MAX_CODE_BYTES: usize = 1 << 30;
 
-    /// `kind` with the default code cache.
+    /// How often a block starts before it is translated, when not asked otherwise (see
+    /// [`EngineConfig::hot`]).
+    pub const DEFAULT_HOT: u32 = 16;
+
+    /// `kind` with the default code cache and threshold.
     pub const fn new(kind: EngineKind) -> EngineConfig {
         EngineConfig {
             kind,
             code_bytes: EngineConfig::DEFAULT_CODE_BYTES,
+            hot: EngineConfig::DEFAULT_HOT,
         }
     }
 
-    /// The JIT this asks for, or `None` for the interpreter.
+    /// The JIT this asks for, or `None` for the interpreter. `verify` translates every block
+    /// at once: a block left to the interpreter would not be checked.
     pub fn jit(&self) -> Result<Option<Jit>, JitError> {
         match self.kind {
             EngineKind::Interp => Ok(None),
-            EngineKind::Jit => Jit::with_code_bytes(self.code_bytes).map(Some),
+            EngineKind::Jit => {
+                Jit::with_code_bytes(self.code_bytes).map(|j| Some(j.translating_after(self.hot)))
+            }
             EngineKind::Verify => Jit::verifying(self.code_bytes).map(Some),
         }
     }
@@ -182,6 +195,11 @@ impl Jit {
     /// Always [`JitError::Unsupported`] on this host.
     pub fn verifying(_: usize) -> Result<Jit, JitError> {
         Err(JitError::Unsupported)
+    }
+
+    /// Never called: no `Jit` exists on this host.
+    pub fn translating_after(self, _: u32) -> Jit {
+        match self.0 {}
     }
 
     /// Never called: no `Jit` exists on this host.

@@ -772,6 +772,7 @@ pub fn reexec_args(sh: &Shared, path: &[u8], argv: &[Vec<u8>], envp: &[Vec<u8>])
     a.push(format!("--guest-root={}", sh.pids.root()).into_bytes());
     a.push(format!("--engine={}", sh.config.engine.kind.name()).into_bytes());
     a.push(format!("--jit-cache={}B", sh.config.engine.code_bytes).into_bytes());
+    a.push(format!("--jit-hot={}", sh.config.engine.hot).into_bytes());
     a.push(b"--clear-env".to_vec());
     for e in envp {
         a.push([b"--env=".as_slice(), e].concat());
