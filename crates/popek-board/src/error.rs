@@ -149,6 +149,9 @@ pub enum BoardError {
     #[error("cannot set up the sandbox: {0}")]
     Jail(String),
 
+    /// A copy-on-write disk's writes live only in this process: a snapshot would lose them.
+    #[error("disk {} is copy-on-write: its writes live only in this process and a snapshot or migration would lose them; give the disk without ,cow (or restore with --write-disks) to save this machine", .0.display())]
+    CowDiskNotSaved(PathBuf),
     /// A snapshot file could not be read or written.
     #[error("snapshot {}: {source}", path.display())]
     SnapshotIo {
@@ -211,10 +214,10 @@ pub enum ParseError {
     #[error("unknown vsock option '{0}' (the only option is cid=)")]
     VsockOption(String),
     /// `--disk` without an image path.
-    #[error("expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly")]
+    #[error("expected PATH[,readonly|,cow], e.g. --disk debian.img or --disk data.img,readonly")]
     DiskPath,
-    /// A `--disk` option other than `readonly`.
-    #[error("unknown disk option '{0}' (the only option is readonly)")]
+    /// A `--disk` option other than `readonly` or `cow`.
+    #[error("unknown disk option '{0}' (the options are readonly and cow)")]
     DiskOption(String),
 }
 
@@ -236,11 +239,11 @@ mod tests {
             ),
             (
                 err("".parse::<DiskConfig>().map(drop)),
-                "expected PATH[,readonly], e.g. --disk debian.img or --disk data.img,readonly",
+                "expected PATH[,readonly|,cow], e.g. --disk debian.img or --disk data.img,readonly",
             ),
             (
                 err("d.img,fast".parse::<DiskConfig>().map(drop)),
-                "unknown disk option 'fast' (the only option is readonly)",
+                "unknown disk option 'fast' (the options are readonly and cow)",
             ),
             (
                 err(",cid=3".parse::<VsockConfig>().map(drop)),

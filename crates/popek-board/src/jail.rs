@@ -73,7 +73,7 @@ pub fn main_thread(config: &MachineConfig) -> Result<FsStatus, BoardError> {
         .collect();
     let mut read_write = Vec::new();
     for d in &config.disks {
-        if d.readonly {
+        if d.readonly || d.cow {
             read.push(d.path.clone());
         } else {
             read_write.push(d.path.clone());

@@ -81,6 +81,10 @@ pub struct MachineConfig {
     pub stop_when_ready: bool,
     /// What runs guest code (`--engine`): the interpreter, or the JIT (one code cache per hart).
     pub engine: popek_jit::EngineConfig,
+    /// On a restore: the guest writes the snapshot's writable disks in place. By default a
+    /// restored guest writes them copy-on-write, so the snapshot stays restorable and clones
+    /// started from it do not see (or corrupt) each other's writes.
+    pub restore_writes_disks: bool,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -177,13 +181,16 @@ impl NetBackend for UserNetBackend {
     }
 }
 
-/// One `--disk PATH[,readonly]`.
+/// One `--disk PATH[,readonly|,cow]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
     /// Raw image file (or block device).
     pub path: PathBuf,
     /// The guest may not write it.
     pub readonly: bool,
+    /// The guest writes a private copy-on-write overlay, discarded at exit: the image never
+    /// changes and other VMs may share it (restored clones do this unless told otherwise).
+    pub cow: bool,
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -198,11 +205,13 @@ impl std::str::FromStr for DiskConfig {
         let mut disk = DiskConfig {
             path: PathBuf::from(path),
             readonly: false,
+            cow: false,
         };
         for opt in parts {
             match opt {
                 "readonly" | "ro" | "readonly=on" => disk.readonly = true,
                 "readonly=off" | "rw" => disk.readonly = false,
+                "cow" => disk.cow = true,
                 other => return Err(ParseError::DiskOption(other.to_string())),
             }
         }
@@ -936,7 +945,12 @@ fn virtio_devices(
     }
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
-        devices.push(Box::new(Block::open(&disk.path, disk.readonly)?));
+        let block = if disk.cow && !disk.readonly {
+            Block::open_cow(&disk.path)?
+        } else {
+            Block::open(&disk.path, disk.readonly)?
+        };
+        devices.push(Box::new(block));
     }
     if let Some(net) = &config.net {
         let backend: Box<dyn NetBackend> = match &net.backend {

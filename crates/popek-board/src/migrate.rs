@@ -285,7 +285,7 @@ impl Machine {
         let manifest: Manifest = serde_json::from_slice(&manifest)
             .map_err(|e| BoardError::Migration(format!("bad manifest: {e}")))?;
         let config =
-            config_from(&manifest, run).map_err(|e| BoardError::Migration(e.to_string()))?;
+            config_from(&manifest, run, true).map_err(|e| BoardError::Migration(e.to_string()))?;
         let mut machine = Machine::build(&config, false)?;
         if machine.virtio_types() != manifest.virtio {
             return Err(BoardError::Migration("the machines' devices differ".into()));

@@ -69,6 +69,9 @@ struct DiskEntry {
 }
 
 fn disk_entry(d: &DiskConfig) -> Result<DiskEntry, BoardError> {
+    if d.cow && !d.readonly {
+        return Err(BoardError::CowDiskNotSaved(d.path.clone()));
+    }
     let meta = std::fs::metadata(&d.path).map_err(|source| BoardError::SnapshotIo {
         path: d.path.clone(),
         source,
@@ -374,7 +377,7 @@ impl Machine {
                 manifest.format
             )));
         }
-        let config = config_from(&manifest, run).map_err(|e| refused(e.to_string()))?;
+        let config = config_from(&manifest, run, false).map_err(|e| refused(e.to_string()))?;
         let state_path = dir.join(STATE);
         let state_bytes = std::fs::read(&state_path).map_err(io_err(&state_path))?;
         let state =
@@ -511,12 +514,19 @@ pub(crate) enum ConfigError {
 }
 
 /// The machine configuration a snapshot was taken of, with the run-time settings of `run`.
-pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineConfig, ConfigError> {
+/// Writable disks are copy-on-write unless `run.restore_writes_disks` or `moved` (a migrated
+/// machine is the same machine, not a clone: it goes on writing its disks).
+pub(crate) fn config_from(
+    m: &Manifest,
+    run: &MachineConfig,
+    moved: bool,
+) -> Result<MachineConfig, ConfigError> {
     let mut disks = Vec::new();
     for d in &m.disks {
         let now = disk_entry(&DiskConfig {
             path: d.path.clone(),
             readonly: d.readonly,
+            cow: false,
         })
         .map_err(ConfigError::Disk)?;
         if now.size != d.size || now.mtime_ns != d.mtime_ns {
@@ -525,6 +535,7 @@ pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineCo
         disks.push(DiskConfig {
             path: d.path.clone(),
             readonly: d.readonly,
+            cow: !d.readonly && !run.restore_writes_disks && !moved,
         });
     }
     let net = match &m.net {
@@ -562,5 +573,6 @@ pub(crate) fn config_from(m: &Manifest, run: &MachineConfig) -> Result<MachineCo
         debug: run.debug.clone(),
         stop_when_ready: false,
         engine: run.engine,
+        restore_writes_disks: run.restore_writes_disks,
     })
 }

@@ -242,6 +242,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["guest", "bios", "kernel", "initrd", "append", "memory", "cpus", "disk", "net", "vsock", "no_rng"])]
     restore: Option<PathBuf>,
 
+    /// With --restore: the guest writes the snapshot's disks in place. By default a restored
+    /// guest's disk writes go to a private copy-on-write overlay, discarded at exit, so the
+    /// snapshot can be restored again and clones do not share writes.
+    #[arg(long, requires = "restore")]
+    write_disks: bool,
+
     /// Where Ctrl-A s saves the running machine (it then runs on): a snapshot directory for
     /// `popek run --restore DIR`, created now. Each Ctrl-A s replaces the previous save.
     #[arg(long, value_name = "DIR")]
@@ -322,6 +328,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         debug: None,
         stop_when_ready: false,
         engine: args.engine.config(),
+        restore_writes_disks: false,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -335,6 +342,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
                 DiskConfig {
                     path: guest::debian_disk()?,
                     readonly: false,
+                    cow: false,
                 },
             );
             config.append = guest::DEBIAN_APPEND.to_string();

@@ -99,6 +99,7 @@ pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
     MachineConfig {
         jail: true,
         engine: args.engine.config(),
+        restore_writes_disks: args.write_disks,
         quiet_boot: (!args.command.is_empty() && !args.verbose)
             .then(|| Duration::from_secs(args.ready_timeout)),
         net: (!publish.is_empty()).then_some(NetConfig {

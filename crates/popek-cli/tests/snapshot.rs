@@ -261,6 +261,56 @@ fn a_changed_disk_is_refused() {
     );
 }
 
+/// A restored guest writes its disk copy-on-write: the image stays as the snapshot saw it,
+/// so the snapshot restores again and clones never see each other's writes. `--write-disks`
+/// writes in place (and then the snapshot no longer matches its disk). A machine whose disk is
+/// copy-on-write is not saved: its writes would be lost.
+#[test]
+fn restored_disks_are_copy_on_write_unless_asked() {
+    let img = scratch("cow-disk.img");
+    let original = vec![0x5au8; 1 << 20];
+    std::fs::write(&img, &original).unwrap();
+    let dir = scratch("with-cow-disk");
+    create(&dir, &["--disk", img.to_str().unwrap()]);
+    let write = "printf AB | dd of=/dev/vda conv=notrunc 2>/dev/null; sync; head -c 4 /dev/vda";
+    for _ in 0..2 {
+        let (o, e, s) = restore(&dir, &["--", "sh", "-c", write]);
+        assert_eq!((o.as_str(), s), ("ABZZ", 0), "{e}");
+        assert_eq!(std::fs::read(&img).unwrap(), original, "the image changed");
+    }
+    let (o, e, s) = restore(&dir, &["--", "sh", "-c", "head -c 4 /dev/vda"]);
+    assert_eq!(
+        (o.as_str(), s),
+        ("ZZZZ", 0),
+        "a restore saw an earlier one's write: {e}"
+    );
+
+    let (o, e, s) = restore(&dir, &["--write-disks", "--", "sh", "-c", write]);
+    assert_eq!((o.as_str(), s), ("ABZZ", 0), "{e}");
+    assert_eq!(
+        &std::fs::read(&img).unwrap()[..4],
+        b"ABZZ",
+        "--write-disks wrote nothing"
+    );
+    let e = refused(&dir, &["--", "true"]);
+    assert!(e.contains("changed since the snapshot was taken"), "{e}");
+
+    let cow = format!("{},cow", img.display());
+    let out = run_with_timeout(
+        popek()
+            .args(["snapshot", "create"])
+            .arg(scratch("of-a-cow-disk"))
+            .args(["--disk", &cow]),
+        LIMIT,
+    );
+    let (_, e) = text(&out);
+    assert!(
+        !out.status.success(),
+        "saved a machine with a copy-on-write disk"
+    );
+    assert!(e.contains("is copy-on-write"), "{e}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

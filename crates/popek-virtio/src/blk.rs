@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
+use crate::blk_overlay::Overlay;
 use crate::chain::{self, Chain, Segment};
 use crate::drain_queue;
 use crate::{
@@ -77,6 +78,14 @@ pub enum BlockError {
         /// Its size.
         size: u64,
     },
+    /// The copy-on-write overlay could not be created.
+    #[error("disk image {path}: {source} (set TMPDIR to a writable directory)")]
+    Overlay {
+        /// The image.
+        path: PathBuf,
+        /// What the host said.
+        source: std::io::Error,
+    },
 }
 
 /// An open disk image, and the queue it serves once the driver is ready.
@@ -91,9 +100,26 @@ struct Disk {
     readonly: bool,
     sectors: u64,
     id: [u8; 20],
+    /// Copy-on-write: the guest's writes, kept from the image (opened read-only).
+    overlay: Option<Overlay>,
 }
 
 impl Block {
+    /// Open `path` read-only and lock it shared, for a guest that may write it all the same:
+    /// its writes go to a private overlay that disappears with the process, so the image never
+    /// changes and other VMs may share it (clones of one snapshot).
+    pub fn open_cow(path: &Path) -> Result<Block, BlockError> {
+        let mut b = Block::open(path, true)?;
+        let overlay =
+            Overlay::new(b.disk.sectors * SECTOR).map_err(|source| BlockError::Overlay {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        b.disk.overlay = Some(overlay);
+        b.disk.readonly = false;
+        Ok(b)
+    }
+
     /// Open `path` (read-only if `readonly`) and lock it.
     pub fn open(path: &Path, readonly: bool) -> Result<Block, BlockError> {
         let file = OpenOptions::new()
@@ -163,6 +189,7 @@ impl Block {
                 readonly,
                 sectors: size / SECTOR,
                 id: disk_id(path),
+                overlay: None,
             },
             active: None,
         })
@@ -284,6 +311,10 @@ impl Disk {
                 if self.readonly {
                     return (S_OK, 0);
                 }
+                if self.overlay.is_some() {
+                    // The overlay dies with the process: nothing to make durable.
+                    return (S_OK, 0);
+                }
                 match self.file.sync_data() {
                     Ok(()) => (S_OK, 0),
                     Err(e) => {
@@ -317,10 +348,13 @@ impl Disk {
                     let Some(offset) = self.range(start, count as u64 * SECTOR) else {
                         return (S_IOERR, 0);
                     };
-                    let status = if kind == T_DISCARD {
-                        self.discard(offset, count as u64 * SECTOR)
+                    let len = count as u64 * SECTOR;
+                    let status = if let Some(st) = self.zero_overlay(offset, len) {
+                        st
+                    } else if kind == T_DISCARD {
+                        self.discard(offset, len)
                     } else {
-                        self.write_zeroes(offset, count as u64 * SECTOR, flags)
+                        self.write_zeroes(offset, len, flags)
                     };
                     if status != S_OK {
                         return (status, 0);
@@ -341,15 +375,34 @@ impl Disk {
         (end <= self.sectors).then(|| sector * SECTOR)
     }
 
+    /// Whether guest writes reach the image file (not read-only, not copy-on-write).
+    fn writes_image(&self) -> bool {
+        !self.readonly && self.overlay.is_none()
+    }
+
+    /// The descriptor that holds (or takes, if `to_disk`) the bytes at `at`, and how many of
+    /// the `left` bytes from there it does: the image, or the overlay chunk by chunk.
+    fn piece(&mut self, at: u64, left: usize, to_disk: bool) -> std::io::Result<(i32, usize)> {
+        let size = self.sectors * SECTOR;
+        let Some(ov) = &mut self.overlay else {
+            return Ok((self.file.as_raw_fd(), left));
+        };
+        let (from, n) = ov.source(&self.file, at, left as u64);
+        if !to_disk {
+            return Ok((from.as_raw_fd(), n as usize));
+        }
+        let to = ov.prepare_write(&self.file, size, at, n)?;
+        Ok((to.as_raw_fd(), n as usize))
+    }
+
     /// Move data between the image at `offset` and the segments (`to_disk`: a write).
     fn transfer(
-        &self,
+        &mut self,
         mem: &GuestMem,
         segs: &[Segment],
         mut offset: u64,
         to_disk: bool,
     ) -> std::io::Result<usize> {
-        let fd = self.file.as_raw_fd();
         let mut total = 0usize;
         for s in segs {
             let slice = mem
@@ -359,7 +412,8 @@ impl Disk {
             let base = guard.as_ptr();
             let mut done = 0usize;
             while done < s.len as usize {
-                let left = s.len as usize - done;
+                let (fd, left) =
+                    self.piece(offset + done as u64, s.len as usize - done, to_disk)?;
                 // SAFETY: `base..base+s.len` is guest RAM checked by get_slice, mapped for the
                 // machine's lifetime; the kernel reads or writes it as plain bytes, and the
                 // driver does not touch buffers it has made available.
@@ -410,6 +464,20 @@ impl Disk {
         } else {
             Err(std::io::Error::last_os_error())
         }
+    }
+
+    /// Zeros over `len` bytes at `offset` in the overlay, for a discard or write-zeroes
+    /// request on a copy-on-write disk.
+    fn zero_overlay(&mut self, offset: u64, len: u64) -> Option<u8> {
+        let size = self.sectors * SECTOR;
+        let ov = self.overlay.as_mut()?;
+        Some(match ov.zero(&self.file, size, offset, len) {
+            Ok(()) => S_OK,
+            Err(e) => {
+                popek_devices::guest_warn!("virtio-blk: zeroing the overlay: {e}");
+                S_IOERR
+            }
+        })
     }
 
     fn discard(&self, offset: u64, len: u64) -> u8 {
@@ -510,7 +578,7 @@ impl VirtioDevice for Block {
 
     fn take_queues(&mut self) -> Result<Vec<virtio_queue::Queue>, DeviceError> {
         // Requests finish inside notify: nothing is in flight between MMIO accesses.
-        if !self.disk.readonly {
+        if self.disk.writes_image() {
             self.disk.file.sync_data().map_err(DeviceError::Flush)?;
         }
         Ok(self
@@ -523,7 +591,7 @@ impl VirtioDevice for Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        if !self.disk.readonly {
+        if self.disk.writes_image() {
             let _ = self.disk.file.sync_data();
         }
     }

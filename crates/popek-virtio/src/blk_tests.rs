@@ -317,3 +317,66 @@ proptest! {
         prop_assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
     }
 }
+
+/// A copy-on-write disk: the guest reads back what it wrote (whole and partial chunks,
+/// zeroed ranges), the image never changes, several VMs share it, and a writer is kept out.
+#[test]
+fn copy_on_write_disk_keeps_the_image_unchanged() {
+    let mut bytes = vec![0u8; 64 << 10];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i / 512) as u8;
+    }
+    let path = image("cow.img", &bytes);
+    let mut d = Driver::new(Box::new(Block::open_cow(&path).unwrap()));
+    d.setup(u64::MAX);
+    let mut sibling = Driver::new(Box::new(Block::open_cow(&path).unwrap()));
+    sibling.setup(u64::MAX);
+    assert!(
+        matches!(Block::open(&path, false), Err(BlockError::Locked { .. })),
+        "a writer must not open an image clones read"
+    );
+
+    // One sector in the middle of chunk 1 (sectors 8..16): the rest of the chunk is copied up.
+    let (s, _, _) = request(&mut d, T_OUT, 10, &[0x5a; 512], 0);
+    assert_eq!(s, S_OK);
+    // A whole chunk (sectors 16..24).
+    let (s, _, _) = request(&mut d, T_OUT, 16, &[0xa5; 4096], 0);
+    assert_eq!(s, S_OK);
+    assert_eq!(request(&mut d, T_FLUSH, 0, &[], 0).0, S_OK);
+    let seg = [
+        40u64.to_le_bytes().to_vec(),
+        3u32.to_le_bytes().to_vec(),
+        0u32.to_le_bytes().to_vec(),
+    ]
+    .concat();
+    assert_eq!(request(&mut d, T_WRITE_ZEROES, 0, &seg, 0).0, S_OK);
+
+    let (s, _, data) = request(&mut d, T_IN, 8, &[], 24 * 512);
+    assert_eq!(s, S_OK);
+    for (k, sector) in data.chunks(512).enumerate() {
+        let want = match 8 + k as u8 {
+            10 => 0x5a,
+            16..=23 => 0xa5,
+            n => n,
+        };
+        assert!(sector.iter().all(|&b| b == want), "sector {}", 8 + k);
+    }
+    let (_, _, zeroed) = request(&mut d, T_IN, 39, &[], 5 * 512);
+    assert!(zeroed[..512].iter().all(|&b| b == 39));
+    assert!(zeroed[512..2048].iter().all(|&b| b == 0));
+    assert!(zeroed[2048..].iter().all(|&b| b == 43));
+
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the image changed");
+    let (_, _, theirs) = request(&mut sibling, T_IN, 10, &[], 512);
+    assert!(
+        theirs.iter().all(|&b| b == 10),
+        "a sibling saw another VM's write"
+    );
+    drop(d);
+    drop(sibling);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert!(
+        Block::open(&path, false).is_ok(),
+        "the shared locks were released"
+    );
+}

@@ -7,6 +7,7 @@
 //! through [`Signals`], whose `kick` hook the board provides.
 
 pub mod blk;
+mod blk_overlay;
 pub mod chain;
 pub mod console;
 mod error;
