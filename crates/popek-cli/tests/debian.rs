@@ -64,11 +64,11 @@ fn strip_escapes(text: &str) -> String {
     out
 }
 
-#[test]
-fn debian_boots_to_login_networks_writes_and_powers_off() {
+/// A copy of the Debian guest in the test's scratch directory `name`: the cached image stays
+/// as built.
+fn debian_copy(name: &str) -> PathBuf {
     let src = debian_dir();
-    // Boot a copy: the cached image stays as built.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-guest");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("VERSION"), dir.join("VERSION")).unwrap();
@@ -79,6 +79,12 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
         .status()
         .unwrap();
     assert!(st.success(), "copying the Debian image failed");
+    dir
+}
+
+#[test]
+fn debian_boots_to_login_networks_writes_and_powers_off() {
+    let dir = debian_copy("debian-guest");
 
     let mut child = popek()
         .args(["run", "debian"])
@@ -155,4 +161,158 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
         "the file written in the guest is not in the image"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Everything a child printed so far, gathered by a reader thread.
+struct Console {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Console {
+    fn new(mut out: impl Read + Send + 'static) -> Console {
+        let (tx, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Console {
+            chunks,
+            seen: String::new(),
+        }
+    }
+
+    /// Wait until the output (from `from` on) contains `what`; panic with it all after `limit`.
+    fn wait_for(&mut self, from: usize, what: &str, limit: Duration) -> usize {
+        self.seen_within(from, what, limit)
+            .unwrap_or_else(|| panic!("no {what:?} within {limit:?}; output:\n{}", self.seen))
+    }
+
+    /// Where the output (from `from` on) first contains `what`, waiting up to `limit`.
+    fn seen_within(&mut self, from: usize, what: &str, limit: Duration) -> Option<usize> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.seen[from.min(self.seen.len())..].find(what) {
+                return Some(from + at + what.len());
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(c) => self.seen.push_str(&String::from_utf8_lossy(&c)),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// The Debian system saved by `popek snapshot create` (once its boot-timer service said it is
+/// up) restores in seconds, again and again from the same snapshot (its disk is written
+/// copy-on-write, so the image stays as saved): each restore logs in on the console, still
+/// has its address from the user network and opens a new TCP connection to the host.
+#[test]
+fn debian_restored_from_a_snapshot_answers_on_console_and_network() {
+    require("script");
+    let dir = debian_copy("debian-snapshot-guest");
+    let snap = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-snapshot");
+    let _ = std::fs::remove_dir_all(&snap);
+    let out = run_with_timeout(
+        popek()
+            .args(["snapshot", "create"])
+            .arg(&snap)
+            .arg("debian")
+            .env("POPEK_GUEST_DIR_DEBIAN", &dir),
+        Duration::from_secs(900),
+    );
+    let (_, e) = text(&out);
+    assert!(out.status.success(), "snapshot create debian failed: {e}");
+    let image = dir.join("disk.img");
+    let saved = std::fs::metadata(&image).unwrap().modified().unwrap();
+
+    for round in 0..2 {
+        let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = host.local_addr().unwrap().port();
+        // script(1) gives popek a terminal: the console then behaves as for a user.
+        let mut child = Command::new("script")
+            .arg("-qfec")
+            .arg(format!(
+                "{} run --restore {}",
+                env!("CARGO_BIN_EXE_popek"),
+                snap.display()
+            ))
+            .arg("/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let mut console = Console::new(child.stdout.take().unwrap());
+        let limit = Duration::from_secs(120);
+        input.write_all(b"\r").unwrap();
+        let at = console.wait_for(0, "login: ", limit);
+        // agetty probes the terminal (ESC [6n) after a restore and may swallow what is typed
+        // meanwhile: type the name again until a shell answers.
+        let mut shell = None;
+        for _ in 0..6 {
+            input.write_all(b"root\r").unwrap();
+            shell = console.seen_within(at, "# ", Duration::from_secs(20));
+            if shell.is_some() {
+                break;
+            }
+        }
+        let at =
+            shell.unwrap_or_else(|| panic!("no shell after login; console:\n{}", console.seen));
+        input
+            .write_all(
+                format!(
+                    "ip -color=never -4 -o addr show scope global; \
+                     echo restored-{round} > /dev/tcp/10.0.2.2/{port}; echo SENT-$((40+{round}))\r"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        host.set_nonblocking(false).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let accept = std::thread::spawn(move || {
+            let (mut c, _) = host.accept().unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            let _ = tx.send(got);
+        });
+        let at = console.wait_for(at, &format!("SENT-4{round}"), limit);
+        let got = rx
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("no connection from the guest; console:\n{}", console.seen));
+        accept.join().unwrap();
+        assert_eq!(got, format!("restored-{round}\n"));
+        assert!(
+            strip_escapes(&console.seen[..at]).contains("10.0.2.15/24"),
+            "the restored guest lost its address; console:\n{}",
+            console.seen
+        );
+        input.write_all(b"poweroff\r").unwrap();
+        drop(input);
+        let end = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("poweroff did not end popek; console:\n{}", console.seen);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(status.success(), "console:\n{}", console.seen);
+    }
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().modified().unwrap(),
+        saved,
+        "a restore wrote the snapshot's disk"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&snap);
 }
