@@ -130,17 +130,8 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
         .unwrap();
     expect(&lines, &mut seen, "WROTE-IT", Duration::from_secs(300));
     stdin.write_all(b"poweroff\n").unwrap();
-    let end = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("poweroff did not end popek; console:\n{seen}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = exit_status(&mut child)
+        .unwrap_or_else(|| panic!("poweroff did not end popek; console:\n{seen}"));
     while let Ok(l) = lines.try_recv() {
         seen.push_str(&l);
         seen.push('\n');
@@ -161,6 +152,21 @@ fn debian_boots_to_login_networks_writes_and_powers_off() {
         "the file written in the guest is not in the image"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How `child` ended, waiting up to 5 minutes; None (and the child killed) if it did not.
+fn exit_status(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Everything a child printed so far, gathered by a reader thread.
@@ -214,7 +220,6 @@ impl Console {
 /// has its address from the user network and opens a new TCP connection to the host.
 #[test]
 fn debian_restored_from_a_snapshot_answers_on_console_and_network() {
-    require("script");
     let dir = debian_copy("debian-snapshot-guest");
     let snap = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-snapshot");
     let _ = std::fs::remove_dir_all(&snap);
@@ -234,20 +239,7 @@ fn debian_restored_from_a_snapshot_answers_on_console_and_network() {
     for round in 0..2 {
         let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = host.local_addr().unwrap().port();
-        // script(1) gives popek a terminal: the console then behaves as for a user.
-        let mut child = Command::new("script")
-            .arg("-qfec")
-            .arg(format!(
-                "{} run --restore {}",
-                env!("CARGO_BIN_EXE_popek"),
-                snap.display()
-            ))
-            .arg("/dev/null")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = popek_on_a_terminal(&format!("run --restore {}", snap.display()));
         let mut input = child.stdin.take().unwrap();
         let mut console = Console::new(child.stdout.take().unwrap());
         let limit = Duration::from_secs(120);
@@ -295,17 +287,8 @@ fn debian_restored_from_a_snapshot_answers_on_console_and_network() {
         );
         input.write_all(b"poweroff\r").unwrap();
         drop(input);
-        let end = Instant::now() + Duration::from_secs(300);
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > end {
-                let _ = child.kill();
-                panic!("poweroff did not end popek; console:\n{}", console.seen);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let status = exit_status(&mut child)
+            .unwrap_or_else(|| panic!("poweroff did not end popek; console:\n{}", console.seen));
         assert!(status.success(), "console:\n{}", console.seen);
     }
     assert_eq!(

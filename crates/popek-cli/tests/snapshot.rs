@@ -459,20 +459,10 @@ fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
 /// restores with the guest's files as they were.
 #[test]
 fn ctrl_a_s_saves_a_running_machine() {
-    require("script");
     guest();
     let dir = scratch("ctrl-a-s");
-    let popek_bin = env!("CARGO_BIN_EXE_popek");
-    // script(1) gives popek a terminal, so it reads Ctrl-A escapes.
-    let mut child = Command::new("script")
-        .args(["-qfec"])
-        .arg(format!("{popek_bin} run --save-to {}", dir.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // On a terminal, popek reads Ctrl-A escapes.
+    let mut child = popek_on_a_terminal(&format!("run --save-to {}", dir.display()));
     let mut input = child.stdin.take().unwrap();
     let mut output = child.stdout.take().unwrap();
     read_until(&mut output, "popek-guest: ready");

@@ -31,6 +31,22 @@ pub fn popek() -> Command {
     Command::new(env!("CARGO_BIN_EXE_popek"))
 }
 
+/// Start `popek ARGS` on a terminal of its own (script(1)), as a user at a console would:
+/// popek then reads Ctrl-A escapes and the guest's getty sees a terminal. Input and output
+/// are piped.
+pub fn popek_on_a_terminal(args: &str) -> std::process::Child {
+    require("script");
+    Command::new("script")
+        .arg("-qfec")
+        .arg(format!("{} {args}", env!("CARGO_BIN_EXE_popek")))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1)")
+}
+
 /// Run a command with a timeout (via coreutils `timeout`), stdin closed, capturing output.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let prog = cmd.get_program().to_owned();
