@@ -131,20 +131,30 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(tx);
         let shared = self.shared.clone();
-        let manifest = serde_json::to_vec(&self.manifest(0)?)
-            .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
+        // What a migration would send, or why this machine cannot migrate (it still runs and
+        // serves its API either way).
+        let manifest: Result<Vec<u8>, String> =
+            if !self.config.disks.is_empty() || self.config.vsock.is_some() {
+                Err("machines with disks or vsock cannot migrate yet".into())
+            } else {
+                self.manifest(0)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| serde_json::to_vec(&m).map_err(|e| format!("manifest: {e}")))
+            };
         let ram = self.dram_mapping()?;
-        let has_disks = !self.config.disks.is_empty() || self.config.vsock.is_some();
         std::thread::Builder::new()
             .name("migrate".into())
             .spawn(move || {
                 confine();
                 for to in rx {
-                    if has_disks {
-                        tracing::error!("migration to {to} refused: machines with disks or vsock cannot migrate yet");
-                        continue;
-                    }
-                    match precopy(&shared, &manifest, &ram, &to) {
+                    let manifest = match &manifest {
+                        Ok(m) => m,
+                        Err(why) => {
+                            tracing::error!("migration to {to} refused: {why}");
+                            continue;
+                        }
+                    };
+                    match precopy(&shared, manifest, &ram, &to) {
                         Ok(outgoing) => {
                             *shared.migration.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(outgoing);
@@ -153,7 +163,9 @@ impl Machine {
                         }
                         Err(e) => {
                             shared.dirty.stop();
-                            eprintln!("popek: migration to {to} failed: {e}; the machine runs on here");
+                            eprintln!(
+                                "popek: migration to {to} failed: {e}; the machine runs on here"
+                            );
                         }
                     }
                 }

@@ -278,7 +278,19 @@ fn restored_disks_are_copy_on_write_unless_asked() {
         assert_eq!((o.as_str(), s), ("ABZZ", 0), "{e}");
         assert_eq!(std::fs::read(&img).unwrap(), original, "the image changed");
     }
-    let (o, e, s) = restore(&dir, &["--", "sh", "-c", "head -c 4 /dev/vda"]);
+    // With a control socket too (such a machine cannot migrate, but it runs).
+    let api = scratch("cow-disk.sock");
+    let (o, e, s) = restore(
+        &dir,
+        &[
+            "--api",
+            api.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "head -c 4 /dev/vda",
+        ],
+    );
     assert_eq!(
         (o.as_str(), s),
         ("ZZZZ", 0),
