@@ -27,7 +27,7 @@ use popek_persist::StateFile;
 use crate::error::BoardError;
 use crate::machine::{DramMapping, Machine, MachineConfig, MachineHandle, Shared, Stop};
 use crate::memmap;
-use crate::snapshot::{config_from, Manifest};
+use crate::snapshot::{config_from, Manifest, Source};
 
 const MAGIC: &[u8; 8] = b"POPEKMIG";
 const VERSION: u32 = 1;
@@ -296,8 +296,8 @@ impl Machine {
         input.read_exact(&mut manifest).map_err(err)?;
         let manifest: Manifest = serde_json::from_slice(&manifest)
             .map_err(|e| BoardError::Migration(format!("bad manifest: {e}")))?;
-        let config =
-            config_from(&manifest, run, true).map_err(|e| BoardError::Migration(e.to_string()))?;
+        let config = config_from(&manifest, run, Source::Migration)
+            .map_err(|e| BoardError::Migration(e.to_string()))?;
         let mut machine = Machine::build(&config, false)?;
         if machine.virtio_types() != manifest.virtio {
             return Err(BoardError::Migration("the machines' devices differ".into()));

@@ -62,10 +62,15 @@ pub(crate) struct Manifest {
 /// A disk and the content check that tells whether it changed since the snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 struct DiskEntry {
+    /// The image; relative to the snapshot directory when `in_snapshot`.
     path: PathBuf,
     readonly: bool,
     size: u64,
     mtime_ns: i128,
+    /// A copy saved with the snapshot (a machine that ran on after its save goes on writing
+    /// its own image).
+    #[serde(default)]
+    in_snapshot: bool,
 }
 
 fn disk_entry(d: &DiskConfig) -> Result<DiskEntry, BoardError> {
@@ -81,7 +86,50 @@ fn disk_entry(d: &DiskConfig) -> Result<DiskEntry, BoardError> {
         readonly: d.readonly,
         size: meta.len(),
         mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        in_snapshot: false,
     })
+}
+
+/// The name of disk `k`'s copy in a snapshot directory.
+fn disk_copy_name(k: usize) -> String {
+    format!("disk-{k}.img")
+}
+
+/// Copy the `size` bytes of `from` into `to` (emptied first), keeping holes: only the data
+/// extents `SEEK_DATA`/`SEEK_HOLE` report are read and written.
+fn copy_sparse(from: &File, to: &File, size: u64) -> std::io::Result<()> {
+    to.set_len(0)?;
+    to.set_len(size)?;
+    let fd = from.as_raw_fd();
+    let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we hold; no memory is involved.
+        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < size {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        let mut at = data;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], at)?;
+            to.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        pos = end;
+    }
+    to.sync_all()
 }
 
 fn mac_string(mac: [u8; 6]) -> String {
@@ -119,12 +167,21 @@ pub struct SnapshotFiles {
     ram_size: u64,
     /// A snapshot was saved into these files already (zero pages must then be punched out).
     used: bool,
+    /// Per disk of the machine: the file its copy goes to, for the writable disks of a
+    /// machine that runs on after the save.
+    disk_copies: Vec<Option<File>>,
 }
 
 impl SnapshotFiles {
-    /// Create `dir` (if missing) and empty files for a machine with `ram_size` bytes of RAM. A
-    /// snapshot already there stops being one (its manifest is emptied first).
-    pub fn create(dir: &Path, ram_size: u64) -> Result<SnapshotFiles, BoardError> {
+    /// Create `dir` (if missing) and empty files for `config`'s machine. A snapshot already
+    /// there stops being one (its manifest is emptied first). With `runs_on` (the machine goes
+    /// on after a save, and so goes on writing its disks), each writable disk is copied into
+    /// the snapshot when it is saved, so the snapshot keeps the disk as the guest saw it.
+    pub fn create(
+        dir: &Path,
+        config: &MachineConfig,
+        runs_on: bool,
+    ) -> Result<SnapshotFiles, BoardError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let open = |name: &str| {
             let path = dir.join(name);
@@ -133,14 +190,25 @@ impl SnapshotFiles {
         let manifest = open(MANIFEST)?;
         let state = open(STATE)?;
         let ram = open(RAM)?;
-        ram.set_len(ram_size).map_err(io_err(&dir.join(RAM)))?;
+        ram.set_len(config.memory).map_err(io_err(&dir.join(RAM)))?;
+        let disk_copies = config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                (runs_on && !d.readonly && !d.cow)
+                    .then(|| open(&disk_copy_name(k)))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),
             state,
             ram,
             manifest,
-            ram_size,
+            ram_size: config.memory,
             used: false,
+            disk_copies,
         })
     }
 }
@@ -191,7 +259,8 @@ impl Machine {
             .map_err(io_err(&files.dir.join(STATE)))?;
         let ram_saved = self.save_ram(&files.ram, &files.dir.join(RAM), files.used)?;
         files.used = true;
-        let manifest = self.manifest(ram_saved)?;
+        let mut manifest = self.manifest(ram_saved)?;
+        self.save_disk_copies(files, &mut manifest)?;
         let text = serde_json::to_string_pretty(&manifest)
             .map_err(|e| BoardError::Internal(format!("manifest: {e}")))?;
         files
@@ -203,6 +272,33 @@ impl Machine {
             ram_saved,
             ram_size: self.config.memory,
         })
+    }
+
+    /// Copy the disks `files` has copies for (the harts are stopped: no request is in flight)
+    /// and point the manifest at the copies.
+    fn save_disk_copies(
+        &self,
+        files: &SnapshotFiles,
+        manifest: &mut Manifest,
+    ) -> Result<(), BoardError> {
+        for (k, to) in files.disk_copies.iter().enumerate() {
+            let (Some(to), Some(disk)) = (to, self.config.disks.get(k)) else {
+                continue;
+            };
+            let copy = files.dir.join(disk_copy_name(k));
+            let from = File::open(&disk.path).map_err(io_err(&disk.path))?;
+            let size = from.metadata().map_err(io_err(&disk.path))?.len();
+            copy_sparse(&from, to, size).map_err(io_err(&copy))?;
+            let meta = to.metadata().map_err(io_err(&copy))?;
+            manifest.disks[k] = DiskEntry {
+                path: PathBuf::from(disk_copy_name(k)),
+                readonly: disk.readonly,
+                size: meta.len(),
+                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+                in_snapshot: true,
+            };
+        }
+        Ok(())
     }
 
     /// Every hart's and device's state, as the bytes of a state file. With `resume`, devices
@@ -377,7 +473,8 @@ impl Machine {
                 manifest.format
             )));
         }
-        let config = config_from(&manifest, run, false).map_err(|e| refused(e.to_string()))?;
+        let config = config_from(&manifest, run, Source::Snapshot(dir))
+            .map_err(|e| refused(e.to_string()))?;
         let state_path = dir.join(STATE);
         let state_bytes = std::fs::read(&state_path).map_err(io_err(&state_path))?;
         let state =
@@ -513,27 +610,41 @@ pub(crate) enum ConfigError {
     Mac(#[from] ParseError),
 }
 
+/// Where a manifest comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source<'a> {
+    /// A snapshot directory (disk copies saved with it are found there).
+    Snapshot(&'a Path),
+    /// A migration: the same machine moving, not a clone.
+    Migration,
+}
+
 /// The machine configuration a snapshot was taken of, with the run-time settings of `run`.
-/// Writable disks are copy-on-write unless `run.restore_writes_disks` or `moved` (a migrated
-/// machine is the same machine, not a clone: it goes on writing its disks).
+/// Writable disks are copy-on-write unless `run.restore_writes_disks` or the machine is
+/// migrating (then it is the same machine, not a clone: it goes on writing its disks).
 pub(crate) fn config_from(
     m: &Manifest,
     run: &MachineConfig,
-    moved: bool,
+    from: Source<'_>,
 ) -> Result<MachineConfig, ConfigError> {
     let mut disks = Vec::new();
     for d in &m.disks {
+        let path = match from {
+            Source::Snapshot(dir) if d.in_snapshot => dir.join(&d.path),
+            _ => d.path.clone(),
+        };
         let now = disk_entry(&DiskConfig {
-            path: d.path.clone(),
+            path: path.clone(),
             readonly: d.readonly,
             cow: false,
         })
         .map_err(ConfigError::Disk)?;
         if now.size != d.size || now.mtime_ns != d.mtime_ns {
-            return Err(ConfigError::DiskChanged(d.path.clone()));
+            return Err(ConfigError::DiskChanged(path));
         }
+        let moved = matches!(from, Source::Migration);
         disks.push(DiskConfig {
-            path: d.path.clone(),
+            path,
             readonly: d.readonly,
             cow: !d.readonly && !run.restore_writes_disks && !moved,
         });

@@ -580,7 +580,8 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
     let mut save_to = match &args.save_to {
         Some(dir) => Some((
             dir,
-            popek_board::snapshot::SnapshotFiles::create(dir, machine.config().memory)?,
+            // The machine runs on after each save: its writable disks are copied.
+            popek_board::snapshot::SnapshotFiles::create(dir, machine.config(), true)?,
         )),
         None => None,
     };

@@ -64,7 +64,8 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
         }
     }
     config.stop_when_ready = true;
-    let mut files = SnapshotFiles::create(&args.dir, config.memory)?;
+    // The machine stops after its save: its disks stay as saved, no copy needed.
+    let mut files = SnapshotFiles::create(&args.dir, &config, false)?;
     let mut machine = Machine::new(&config)?;
     let outcome = machine.run().context("booting the machine")?;
     if outcome != RunOutcome::Ready {

@@ -492,3 +492,57 @@ fn ctrl_a_s_saves_a_running_machine() {
 
     shell_answers(&dir, b"cat /root/m\n", "saved-state");
 }
+
+/// A machine saved with Ctrl-A s runs on and goes on writing its disk; the snapshot keeps a
+/// copy of the disk as it was at the save, so it restores (again and again) with the guest's
+/// disk and memory in agreement.
+#[test]
+fn ctrl_a_s_keeps_the_disk_as_it_was_at_the_save() {
+    guest();
+    let img = scratch("saved-disk.img");
+    std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
+    let dir = scratch("ctrl-a-s-disk");
+    let mut child = popek_on_a_terminal(&format!(
+        "run --disk {} --save-to {}",
+        img.display(),
+        dir.display()
+    ));
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    read_until(&mut output, "popek-guest: ready");
+    let write = |input: &mut std::process::ChildStdin, what: &str, mark: u32| {
+        input
+            .write_all(
+                format!(
+                    "printf {what} | dd of=/dev/vda conv=notrunc 2>/dev/null; sync; echo w-$((0+{mark}))\r"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+    };
+    write(&mut input, "one", 1);
+    read_until(&mut output, "w-1");
+    input.write_all(b"\x01s").unwrap();
+    read_until(&mut output, "popek: saved to");
+    write(&mut input, "two", 2);
+    read_until(&mut output, "w-2");
+    input.write_all(b"poweroff -f\r").unwrap();
+    drop(input);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        &std::fs::read(&img).unwrap()[..4],
+        b"twoZ",
+        "the machine ran on"
+    );
+
+    for _ in 0..2 {
+        shell_answers(&dir, b"head -c 4 /dev/vda; echo\n", "oneZ");
+    }
+    assert_eq!(&std::fs::read(&img).unwrap()[..4], b"twoZ");
+    let copy = std::fs::read(dir.join("disk-0.img")).unwrap();
+    assert_eq!(
+        (&copy[..4], copy.len()),
+        (&b"oneZ"[..], 1 << 20),
+        "the snapshot's copy"
+    );
+}
