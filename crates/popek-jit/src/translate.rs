@@ -151,13 +151,19 @@ fn emit_fs_check(ops: &mut Asm, off: DynamicLabel) {
     );
 }
 
-/// The target of [`emit_fs_check`] for F/D loads and stores, placed after their code: `i`
-/// through the step helper.
-fn emit_fs_off(ops: &mut Asm, off: DynamicLabel, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
+/// The target of [`emit_fs_check`] for F/D loads and stores, a cold path back to just after
+/// their code (emitted now): `i` through the step helper.
+fn emit_fs_off(ops: &mut Asm, off: DynamicLabel, i: &Insn, at: At, stubs: &mut Stubs) {
     let after = ops.new_dynamic_label();
-    dynasm!(ops ; .arch x64 ; jmp =>after ; =>off);
-    emit_step(ops, *i, at, env, stubs);
     dynasm!(ops ; .arch x64 ; =>after);
+    let i = *i;
+    stubs.cold.push(Box::new(
+        move |ops: &mut Asm, env: &Env, stubs: &mut Stubs| {
+            dynasm!(ops ; .arch x64 ; =>off);
+            emit_step(ops, i, at, env, stubs);
+            dynasm!(ops ; .arch x64 ; jmp =>after);
+        },
+    ));
 }
 
 /// Read the instruction at offset `off` of the guest page at `page` (`None` if it is a 4-byte
@@ -210,7 +216,7 @@ struct Stubs<'a> {
 }
 
 /// Code emitted after the block (see [`Stubs::cold`]).
-type ColdPath = Box<dyn FnOnce(&mut Asm)>;
+type ColdPath = Box<dyn FnOnce(&mut Asm, &Env, &mut Stubs<'_>)>;
 
 /// Translate the block starting at offset `off` of the guest page at host address `page`,
 /// whose guest virtual address is `pc`, into code to be placed at `at`.
@@ -298,7 +304,7 @@ pub(crate) unsafe fn translate(
         exit_to(&mut ops, &stubs, cur, n);
     }
     for cold in std::mem::take(&mut stubs.cold) {
-        cold(&mut ops);
+        cold(&mut ops, env, &mut stubs);
     }
     for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
         dynasm!(ops ; .arch x64 ; =>label);
@@ -719,16 +725,18 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let helper = env.load[idx][signed as usize] as i64;
-    stubs.cold.push(Box::new(move |ops: &mut Asm| {
-        dynasm!(ops ; .arch x64 ; =>slow);
-        call_memory_helper(ops, &c, helper);
-        dynasm!(ops
-            ; .arch x64
-            ; test rdx, rdx
-            ; jnz =>fault
-            ; jmp =>done
-        );
-    }));
+    stubs
+        .cold
+        .push(Box::new(move |ops: &mut Asm, _: &Env, _: &mut Stubs| {
+            dynasm!(ops ; .arch x64 ; =>slow);
+            call_memory_helper(ops, &c, helper);
+            dynasm!(ops
+                ; .arch x64
+                ; test rdx, rdx
+                ; jnz =>fault
+                ; jmp =>done
+            );
+        }));
     stubs.fault.push((fault, pc, n));
     if !fp {
         st_rax(ops, &c, i.rd());
@@ -739,7 +747,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         dynasm!(ops ; .arch x64 ; mov rcx, QWORD -1i64 << 32 ; or rax, rcx);
     }
     st_f_rax(ops, i.rd());
-    emit_fs_off(ops, fs_off, i, at, env, stubs);
+    emit_fs_off(ops, fs_off, i, at, stubs);
 }
 
 /// Call a load or store helper (its address and the value to store already in `rsi` and
@@ -778,26 +786,28 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let (helper, value) = (env.store[idx] as i64, i.rs2);
-    stubs.cold.push(Box::new(move |ops: &mut Asm| {
-        dynasm!(ops ; .arch x64 ; =>slow);
-        ld_value(ops, &c, value, fp);
-        call_memory_helper(ops, &c, helper);
-        dynasm!(ops
-            ; .arch x64
-            ; test rax, rax
-            ; jnz =>fault
-            // The store may have hit code (possibly this block's) or MMIO: back to the hart.
-            ; cmp DWORD [rbx + S.requests], 0
-            ; jne =>leave
-            ; jmp =>done
-        );
-    }));
+    stubs
+        .cold
+        .push(Box::new(move |ops: &mut Asm, _: &Env, _: &mut Stubs| {
+            dynasm!(ops ; .arch x64 ; =>slow);
+            ld_value(ops, &c, value, fp);
+            call_memory_helper(ops, &c, helper);
+            dynasm!(ops
+                ; .arch x64
+                ; test rax, rax
+                ; jnz =>fault
+                // The store may have hit code (possibly this block's) or MMIO: back to the hart.
+                ; cmp DWORD [rbx + S.requests], 0
+                ; jne =>leave
+                ; jmp =>done
+            );
+        }));
     stubs.fault.push((fault, pc, n));
     stubs
         .leave
         .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
     if fp {
-        emit_fs_off(ops, fs_off, i, at, env, stubs);
+        emit_fs_off(ops, fs_off, i, at, stubs);
     }
 }
 

@@ -308,11 +308,8 @@ impl Disk {
                 }
             }
             T_FLUSH => {
-                if self.readonly {
-                    return (S_OK, 0);
-                }
-                if self.overlay.is_some() {
-                    // The overlay dies with the process: nothing to make durable.
+                if !self.writes_image() {
+                    // Nothing written, or only to an overlay that dies with the process.
                     return (S_OK, 0);
                 }
                 match self.file.sync_data() {
@@ -383,7 +380,6 @@ impl Disk {
     /// The descriptor that holds (or takes, if `to_disk`) the bytes at `at`, and how many of
     /// the `left` bytes from there it does: the image, or the overlay chunk by chunk.
     fn piece(&mut self, at: u64, left: usize, to_disk: bool) -> std::io::Result<(i32, usize)> {
-        let size = self.sectors * SECTOR;
         let Some(ov) = &mut self.overlay else {
             return Ok((self.file.as_raw_fd(), left));
         };
@@ -391,7 +387,7 @@ impl Disk {
         if !to_disk {
             return Ok((from.as_raw_fd(), n as usize));
         }
-        let to = ov.prepare_write(&self.file, size, at, n)?;
+        let to = ov.prepare_write(&self.file, at, n)?;
         Ok((to.as_raw_fd(), n as usize))
     }
 
@@ -469,9 +465,8 @@ impl Disk {
     /// Zeros over `len` bytes at `offset` in the overlay, for a discard or write-zeroes
     /// request on a copy-on-write disk.
     fn zero_overlay(&mut self, offset: u64, len: u64) -> Option<u8> {
-        let size = self.sectors * SECTOR;
         let ov = self.overlay.as_mut()?;
-        Some(match ov.zero(&self.file, size, offset, len) {
+        Some(match ov.zero(&self.file, offset, len) {
             Ok(()) => S_OK,
             Err(e) => {
                 popek_devices::guest_warn!("virtio-blk: zeroing the overlay: {e}");

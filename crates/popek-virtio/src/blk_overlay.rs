@@ -15,6 +15,8 @@ const CHUNK: u64 = 4096;
 /// The overlay of one disk.
 pub(crate) struct Overlay {
     file: File,
+    /// Bytes of the disk (the last chunk may be shorter).
+    size: u64,
     /// One bit per chunk: set when the chunk lives in `file`.
     written: Vec<u64>,
 }
@@ -29,6 +31,7 @@ impl Overlay {
         let chunks = size.div_ceil(CHUNK);
         Ok(Overlay {
             file,
+            size,
             written: vec![0; chunks.div_ceil(64) as usize],
         })
     }
@@ -60,13 +63,12 @@ impl Overlay {
     pub(crate) fn prepare_write(
         &mut self,
         image: &File,
-        size: u64,
         offset: u64,
         len: u64,
     ) -> io::Result<&File> {
         let chunk = offset / CHUNK;
         let start = chunk * CHUNK;
-        let end = (start + CHUNK).min(size);
+        let end = (start + CHUNK).min(self.size);
         if !self.is_written(chunk) {
             if offset != start || offset + len < end {
                 let mut buf = vec![0u8; (end - start) as usize];
@@ -79,19 +81,13 @@ impl Overlay {
     }
 
     /// Write `len` zero bytes at `offset` (discard and write-zeroes requests).
-    pub(crate) fn zero(
-        &mut self,
-        image: &File,
-        size: u64,
-        offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    pub(crate) fn zero(&mut self, image: &File, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; CHUNK as usize];
         let mut done = 0;
         while done < len {
             let at = offset + done;
             let n = (len - done).min((at / CHUNK + 1) * CHUNK - at);
-            self.prepare_write(image, size, at, n)?
+            self.prepare_write(image, at, n)?
                 .write_all_at(&zeros[..n as usize], at)?;
             done += n;
         }

@@ -16,8 +16,8 @@
 //! and a result tiny after rounding (RISC-V's rule) is tiny before rounding as well.
 
 use super::{
-    emit_fs_check, emit_step_call, foff, ld, set_fs_dirty, st_f_rax, st_rax, xoff, Asm, At, Env,
-    Stubs, RAX, S,
+    emit_fs_check, emit_step_call, foff, ld, set_fs_dirty, st_f_rax, st_rax, Asm, At, Env, Stubs,
+    RAX, S,
 };
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{Insn, Op};
@@ -76,8 +76,7 @@ pub(super) fn native(i: &Insn, env: &Env) -> bool {
     }
 }
 
-/// Emit `i` (at `at`), for which
-/// [`native`] said yes.
+/// Emit `i` (at `at`), for which [`native`] said yes; its slow path goes after the block.
 pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let form = form(i.op).expect("native() accepted it");
     let slow = ops.new_dynamic_label();
@@ -140,12 +139,11 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
             st_rax(ops, &stubs.cache, rd);
         }
         Form::FromInt32 => {
-            if rs1 == 0 {
-                dynasm!(ops ; .arch x64 ; xor eax, eax);
-            } else if i.op == Op::FcvtDW {
-                dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rbx + xoff(rs1)]);
+            ld(ops, &stubs.cache, RAX, rs1);
+            if i.op == Op::FcvtDW {
+                dynasm!(ops ; .arch x64 ; movsxd rax, eax);
             } else {
-                dynasm!(ops ; .arch x64 ; mov eax, DWORD [rbx + xoff(rs1)]);
+                dynasm!(ops ; .arch x64 ; mov eax, eax);
             }
             // Every 32-bit integer is a double: no rounding, no flags.
             dynasm!(ops
@@ -165,15 +163,21 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
             st_f_rax(ops, rd);
         }
     }
-    dynasm!(ops ; .arch x64 ; jmp =>done ; =>slow);
-    emit_step_call(ops, *i, at, env, stubs);
-    dynasm!(ops
-        ; .arch x64
-        ; stmxcsr [r12 + env.ctx_scratch]
-        ; and DWORD [r12 + env.ctx_scratch], !MXCSR_ALL_FLAGS
-        ; ldmxcsr [r12 + env.ctx_scratch]
-        ; =>done
-    );
+    dynasm!(ops ; .arch x64 ; =>done);
+    let i = *i;
+    stubs.cold.push(Box::new(
+        move |ops: &mut Asm, env: &Env, stubs: &mut Stubs| {
+            dynasm!(ops ; .arch x64 ; =>slow);
+            emit_step_call(ops, i, at, env, stubs);
+            dynasm!(ops
+                ; .arch x64
+                ; stmxcsr [r12 + env.ctx_scratch]
+                ; and DWORD [r12 + env.ctx_scratch], !MXCSR_ALL_FLAGS
+                ; ldmxcsr [r12 + env.ctx_scratch]
+                ; jmp =>done
+            );
+        },
+    ));
 }
 
 /// `f[rd]` = `xmm0`, and `mstatus.FS` dirty.
