@@ -214,7 +214,8 @@ impl Insn {
         }
     }
 
-    /// A slot that holds no instruction yet (decode caches start with these).
+    /// A slot that holds no instruction yet (decode caches start with these). All its bytes
+    /// are zero, so freshly mapped memory is a page of them.
     pub const fn undecoded() -> Insn {
         Insn {
             op: Op::Undecoded,
@@ -223,7 +224,7 @@ impl Insn {
             rs2: 0,
             rs3: 0,
             rm: 0,
-            len: 4,
+            len: 0,
             imm: 0,
         }
     }

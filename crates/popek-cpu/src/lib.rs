@@ -8,6 +8,7 @@
 
 pub mod csr;
 pub mod decode;
+mod decode_pool;
 pub mod engine;
 mod exec;
 pub mod fpu;

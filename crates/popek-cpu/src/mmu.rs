@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
 use crate::decode::Insn;
+use crate::decode_pool::{DecodePool, PooledPage};
 use crate::hart::{request, Hart, Priv};
 use crate::memory::PagePerms;
 use crate::trap::{Exception, Trap};
@@ -24,7 +25,8 @@ const CTX_NO_CACHE: usize = 4;
 /// sequential execution running off the page's end.
 pub(crate) const SLOTS: usize = 2048 + 2;
 
-/// Most decoded pages a hart keeps (24 KiB each, so 6 MiB); past this the cache starts over.
+/// Most decoded pages a hart keeps (24 KiB each, so 24 MiB, of which the host backs only the
+/// parts that held code); past this the cache starts over.
 const MAX_DECODED_PAGES: usize = 1024;
 
 /// A page of decoded instructions, indexed by (offset / 2).
@@ -116,10 +118,12 @@ pub(crate) struct Mmu {
     /// Effective privilege for loads and stores (MPRV applied).
     pub data_priv: Priv,
     /// Decoded code, keyed by physical page number.
-    pub decoded: HashMap<u64, Box<DecodedPage>>,
-    /// Decoded pages dropped while the interpreter may still point into them; freed between
-    /// slices.
-    dropped: Vec<Box<DecodedPage>>,
+    pub decoded: HashMap<u64, PooledPage>,
+    /// Decoded pages dropped while the interpreter may still point into them; given back to
+    /// the pool between slices.
+    dropped: Vec<PooledPage>,
+    /// Where decoded pages come from (see the decode_pool module).
+    pool: DecodePool,
     /// Physical pages of decoded code dropped since an engine last looked (see
     /// `Hart::drain_code_drops`); bounded: past `MAX_CODE_DROPS` it becomes `code_drops_all`.
     pub code_drops: Vec<u64>,
@@ -151,6 +155,7 @@ impl Mmu {
             data_priv: Priv::M,
             decoded: HashMap::new(),
             dropped: Vec::new(),
+            pool: DecodePool::new(),
             code_drops: Vec::new(),
             // A new (or reset) hart: an engine must forget what it had.
             code_drops_all: true,
@@ -271,8 +276,8 @@ impl Mmu {
 
     /// Free dropped decoded pages; only called when no instruction is executing.
     pub fn release_dropped_pages(&mut self) {
-        if !self.dropped.is_empty() {
-            self.dropped.clear();
+        for p in self.dropped.drain(..) {
+            self.pool.give(p);
         }
     }
 
@@ -714,18 +719,14 @@ impl Hart {
     /// The decoded page for physical page `ppn`, created if needed; from then on stores to the
     /// page take the slow path, which drops the decoded code.
     fn mark_code_page(&mut self, ppn: u64) -> *mut DecodedPage {
-        if let Some(p) = self.mmu.decoded.get_mut(&ppn) {
-            return &mut **p;
+        if let Some(p) = self.mmu.decoded.get(&ppn) {
+            return p.as_ptr();
         }
         self.forget_writes_to(ppn);
-        &mut **self.mmu.decoded.entry(ppn).or_insert_with(|| {
-            // Filled in place on the heap (an array literal would be built on the stack and
-            // copied: 24 KiB per new code page).
-            vec![UNDECODED; SLOTS]
-                .into_boxed_slice()
-                .try_into()
-                .expect("SLOTS entries")
-        })
+        let page = self.mmu.pool.take();
+        let p = page.as_ptr();
+        self.mmu.decoded.insert(ppn, page);
+        p
     }
 
     /// Fetch and decode the 4-byte instruction that straddles a page boundary at `pc` (never

@@ -1,6 +1,6 @@
 //! The engine: block cache, invalidation, the helpers generated code calls, and the run loop.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Instant;
 
 use popek_cpu::decode::Insn;
@@ -246,17 +246,37 @@ pub struct Jit {
     divergence: Option<Divergence>,
     /// How often a block starts before it is translated (see [`EngineConfig::hot`]).
     hot: u32,
-    /// Blocks not translated yet: how often each has started (direct-mapped: a collision
-    /// restarts the count, which only delays a translation).
-    heat: Box<[(Key, u32)]>,
+    /// Blocks not translated yet: how often each has started, under a 32-bit tag of the key
+    /// (direct-mapped: a collision restarts a count, a tag shared by two keys merges theirs;
+    /// either only moves a translation earlier or later). 8 bytes a slot: it is read at every
+    /// cold block start, between stretches of interpretation that evict it from the caches.
+    heat: Box<[Heat]>,
+}
+
+/// What [`Jit::find`] knows of a block about to start.
+enum Found {
+    /// Its translation.
+    Block(Block),
+    /// It has none yet and has just become hot: translate it.
+    Hot,
+    /// It has none and is still cold: the interpreter runs it.
+    Cold,
 }
 
 /// Entries of a JIT's table of cold blocks (see `Jit::heat`), a power of two.
-const HEAT_SLOTS: usize = 1 << 14;
+const HEAT_SLOTS: usize = 1 << 13;
 
-/// The slot of the cold block under `k` in `Jit::heat`.
-fn heat_slot(k: Key) -> usize {
-    ((k.host >> 1) ^ (k.host >> 15) ^ (k.vpc >> 13)) as usize & (HEAT_SLOTS - 1)
+/// A slot of `Jit::heat`: a key's tag (0: empty) and how often its block started.
+#[derive(Clone, Copy)]
+struct Heat {
+    tag: u32,
+    count: u32,
+}
+
+/// The slot and tag of the block under `k` in `Jit::heat`.
+fn heat_slot(k: Key) -> (usize, u32) {
+    let h = (k.host ^ k.vpc.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 20) as usize & (HEAT_SLOTS - 1), (h >> 32) as u32 | 1)
 }
 
 /// An unused jump-cache entry (no guest pc is odd).
@@ -306,17 +326,42 @@ impl Jit {
         self
     }
 
-    /// Whether the block under `k`, about to start, should be translated now.
-    fn is_hot(&mut self, k: Key) -> bool {
+    /// The translation of the block under `k`, about to start, or whether to translate it now.
+    ///
+    /// Most starts while a guest warms up are of cold blocks, so those are answered from the
+    /// heat table alone, without the block map: a block still counting there has, as a rule,
+    /// no translation (one is made only once the count reaches `hot`). The exception, a
+    /// translated block whose slot was taken over by another key with the same tag, only means
+    /// the interpreter runs it until the count reaches `hot` again and the map is asked.
+    #[inline]
+    fn find(&mut self, k: Key) -> Found {
+        let slot = self.fast[fast_slot(k)];
+        if slot.0 == k {
+            return Found::Block(slot.1);
+        }
+        let (slot, tag) = heat_slot(k);
+        let heat = &mut self.heat[slot];
+        if heat.tag == tag && heat.count + 1 < self.hot {
+            heat.count += 1;
+            return Found::Cold;
+        }
+        if let Some(&b) = self.blocks.get(&k) {
+            self.fast[fast_slot(k)] = (k, b);
+            return Found::Block(b);
+        }
         if self.hot <= 1 {
-            return true;
+            return Found::Hot;
         }
-        let slot = &mut self.heat[heat_slot(k)];
-        if slot.0 != k {
-            *slot = (k, 0);
+        let heat = &mut self.heat[slot];
+        if heat.tag != tag {
+            *heat = Heat { tag, count: 0 };
         }
-        slot.1 += 1;
-        slot.1 >= self.hot
+        heat.count = heat.count.saturating_add(1);
+        if heat.count >= self.hot {
+            Found::Hot
+        } else {
+            Found::Cold
+        }
     }
 
     /// The first difference between the JIT and the interpreter that verification found (the
@@ -378,8 +423,8 @@ impl Jit {
         };
         Ok(Jit {
             code: CodeBuf::new(bytes)?,
-            blocks: HashMap::new(),
-            by_page: HashMap::new(),
+            blocks: HashMap::default(),
+            by_page: HashMap::default(),
             fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
             env,
             stats: JitStats::default(),
@@ -391,7 +436,7 @@ impl Jit {
             verify: false,
             divergence: None,
             hot: 1,
-            heat: vec![(NO_KEY, 0); HEAT_SLOTS].into_boxed_slice(),
+            heat: vec![Heat { tag: 0, count: 0 }; HEAT_SLOTS].into_boxed_slice(),
         })
     }
 
@@ -433,17 +478,6 @@ impl Jit {
                 }
             }
         }
-    }
-
-    #[inline]
-    fn lookup(&mut self, k: Key) -> Option<Block> {
-        let slot = self.fast[fast_slot(k)];
-        if slot.0 == k {
-            return Some(slot.1);
-        }
-        let b = *self.blocks.get(&k)?;
-        self.fast[fast_slot(k)] = (k, b);
-        Some(b)
     }
 
     /// Translate the block at guest virtual `pc` in the page of guest RAM at host address
@@ -531,11 +565,11 @@ impl Engine for Jit {
             let pc = hart.pc();
             let host_pc = page.host as u64 + (pc & 0xfff);
             let k = key(host_pc, pc, prv, satp_mode);
-            let block = match self.lookup(k) {
-                Some(b) => b,
-                None if self.is_hot(k) => self.translate(page.host, pc, k),
+            let block = match self.find(k) {
+                Found::Block(b) => b,
+                Found::Hot => self.translate(page.host, pc, k),
                 // Still cold: the interpreter runs it (up to its first taken jump).
-                None => return if first { None } else { Some(Ok(())) },
+                Found::Cold => return if first { None } else { Some(Ok(())) },
             };
             let done = hart.instret() - start;
             let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {
@@ -592,5 +626,55 @@ impl Engine for Jit {
                 return Some(Ok(()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn untranslated() -> Block {
+        Block {
+            entry: None,
+            chain: std::ptr::null(),
+            insns: 0,
+        }
+    }
+
+    #[test]
+    fn a_block_turns_hot_at_its_nth_start_and_is_found_once_translated() {
+        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
+            .expect("code memory")
+            .translating_after(4);
+        let k = key(0x7f00_0000_1000, 0x8000_0000, Priv::S, 8);
+        for start in 1..4 {
+            assert!(matches!(jit.find(k), Found::Cold), "start {start} is cold");
+        }
+        assert!(matches!(jit.find(k), Found::Hot), "the 4th start translates");
+        jit.blocks.insert(k, untranslated());
+        assert!(matches!(jit.find(k), Found::Block(_)));
+        // Another block of the same page counts on its own.
+        let other = key(0x7f00_0000_1010, 0x8000_0010, Priv::S, 8);
+        assert!(matches!(jit.find(other), Found::Cold));
+    }
+
+    #[test]
+    fn translating_after_one_start_translates_at_once() {
+        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
+        let k = key(0x7f00_0000_2000, 0x1000, Priv::U, 8);
+        assert!(matches!(jit.find(k), Found::Hot));
+    }
+
+    #[test]
+    fn a_flush_makes_a_once_hot_block_translate_again_at_its_next_start() {
+        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
+            .expect("code memory")
+            .translating_after(3);
+        let k = key(0x7f00_0000_3000, 0x2000, Priv::M, 0);
+        while !matches!(jit.find(k), Found::Hot) {}
+        jit.blocks.insert(k, untranslated());
+        jit.fast[fast_slot(k)] = (k, untranslated());
+        jit.flush();
+        assert!(matches!(jit.find(k), Found::Hot));
     }
 }

@@ -1,0 +1,137 @@
+//! Memory for the decode cache's pages.
+//!
+//! A decoded page is 24 KiB, but a guest usually runs a few hundred bytes of each code page it
+//! touches. Pages taken from a fresh allocation are all zero (the all-zero slot is
+//! [`crate::decode::Insn::undecoded`]) and nothing writes them until an instruction is decoded, so the host
+//! only ever backs the parts that held code. Allocating each page on its own (a boxed array
+//! filled with "undecoded") touched all 24 KiB of each: a restored guest spent a tenth of its
+//! time in the host's page faults for them.
+//!
+//! The pool takes its memory in large zeroed chunks from the global allocator (above the C
+//! allocator's largest mapping threshold, so they are fresh mappings the kernel zeroes on first
+//! touch, not cleared in advance) and recycles the pages it got back, clearing those itself.
+
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
+
+use crate::mmu::DecodedPage;
+
+/// Pages per chunk: more than the decode cache keeps (so one chunk usually serves a hart's
+/// whole life) and big enough (about 37 MiB) that glibc maps it rather than carving it from a
+/// heap it would have to clear.
+const CHUNK_PAGES: usize = 1536;
+
+/// One page of the pool, owned by the decode cache until it is given back.
+pub(crate) struct PooledPage(NonNull<DecodedPage>);
+
+impl PooledPage {
+    /// The page.
+    pub fn as_ptr(&self) -> *mut DecodedPage {
+        self.0.as_ptr()
+    }
+}
+
+/// Zeroed decoded pages, handed out and recycled (see the module comment).
+pub(crate) struct DecodePool {
+    chunks: Vec<NonNull<DecodedPage>>,
+    /// Pages of the newest chunk not handed out yet (never written: still zero).
+    fresh: usize,
+    /// Pages given back (dirty: cleared when taken again).
+    recycled: Vec<NonNull<DecodedPage>>,
+}
+
+// SAFETY: the pool only holds pointers to memory it owns; it moves with the hart that owns it.
+unsafe impl Send for DecodePool {}
+// SAFETY: as above, a page moves with the decode cache holding it.
+unsafe impl Send for PooledPage {}
+
+fn chunk_layout() -> Layout {
+    Layout::array::<DecodedPage>(CHUNK_PAGES).expect("a chunk's size fits in isize")
+}
+
+impl DecodePool {
+    /// An empty pool; it takes memory on the first [`DecodePool::take`].
+    pub fn new() -> DecodePool {
+        DecodePool {
+            chunks: Vec::new(),
+            fresh: 0,
+            recycled: Vec::new(),
+        }
+    }
+
+    /// A page whose every slot is [`crate::decode::Insn::undecoded`].
+    pub fn take(&mut self) -> PooledPage {
+        if let Some(p) = self.recycled.pop() {
+            // SAFETY: `p` is a page of one of our chunks that nobody holds any more; zero bytes
+            // are a valid `Insn` (the undecoded one).
+            unsafe { p.as_ptr().write_bytes(0, 1) };
+            return PooledPage(p);
+        }
+        if self.fresh == 0 {
+            let layout = chunk_layout();
+            // SAFETY: the layout has a non-zero size.
+            let chunk = unsafe { alloc_zeroed(layout) } as *mut DecodedPage;
+            let Some(chunk) = NonNull::new(chunk) else {
+                handle_alloc_error(layout)
+            };
+            self.chunks.push(chunk);
+            self.fresh = CHUNK_PAGES;
+        }
+        let newest = *self.chunks.last().expect("a chunk was just made");
+        self.fresh -= 1;
+        // SAFETY: `fresh < CHUNK_PAGES`: a page inside the newest chunk, never handed out.
+        PooledPage(unsafe { newest.add(self.fresh) })
+    }
+
+    /// Give `page` back; nothing may point into it any more.
+    pub fn give(&mut self, page: PooledPage) {
+        self.recycled.push(page.0);
+    }
+}
+
+impl Drop for DecodePool {
+    fn drop(&mut self) {
+        for c in &self.chunks {
+            // SAFETY: every chunk came from `alloc_zeroed` with this layout; the decode cache
+            // holding pages of it is dropped with (before) the pool.
+            unsafe { dealloc(c.as_ptr() as *mut u8, chunk_layout()) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Insn;
+
+    #[test]
+    fn pages_start_undecoded_and_come_back_cleared() {
+        let mut pool = DecodePool::new();
+        let a = pool.take();
+        // SAFETY: the page is ours until given back.
+        let page = unsafe { &mut *a.as_ptr() };
+        assert!(page.iter().all(|i| *i == Insn::undecoded()));
+        page[7] = Insn::illegal(0x1234, 4);
+        let b = pool.take();
+        assert_ne!(a.as_ptr(), b.as_ptr());
+        let reused = a.as_ptr();
+        pool.give(a);
+        let c = pool.take();
+        assert_eq!(c.as_ptr(), reused, "a given-back page is taken first");
+        // SAFETY: as above.
+        assert!(unsafe { &*c.as_ptr() }
+            .iter()
+            .all(|i| *i == Insn::undecoded()));
+    }
+
+    #[test]
+    fn a_full_chunk_starts_another() {
+        let mut pool = DecodePool::new();
+        let pages: Vec<PooledPage> = (0..CHUNK_PAGES + 1).map(|_| pool.take()).collect();
+        assert_eq!(pool.chunks.len(), 2);
+        let mut addrs: Vec<usize> = pages.iter().map(|p| p.as_ptr() as usize).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), CHUNK_PAGES + 1, "no page handed out twice");
+    }
+}
