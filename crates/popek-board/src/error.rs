@@ -183,6 +183,11 @@ pub enum BoardError {
     #[error("migration: {0}")]
     Migration(String),
 
+    /// A migration failed after the source let go of a disk, and the source cannot take it
+    /// back: the machine must not run on without it.
+    #[error("migration failed and the disk cannot be taken back ({0}); the machine stops here (its RAM and disks are as the guest left them: start it again)")]
+    DiskLost(String),
+
     /// This machine has a part that cannot be saved.
     #[error("cannot save this machine: {0}")]
     NotSaveable(String),

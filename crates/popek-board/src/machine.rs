@@ -191,6 +191,9 @@ pub struct DiskConfig {
     /// The guest writes a private copy-on-write overlay, discarded at exit: the image never
     /// changes and other VMs may share it (restored clones do this unless told otherwise).
     pub cow: bool,
+    /// The disk comes with a machine migrating in: opened without its lock, which the source
+    /// holds until it stops and then hands over (see [`Machine::take_over_disks`]).
+    pub handed_over: bool,
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -206,6 +209,7 @@ impl std::str::FromStr for DiskConfig {
             path: PathBuf::from(path),
             readonly: false,
             cow: false,
+            handed_over: false,
         };
         for opt in parts {
             match opt {
@@ -947,6 +951,8 @@ fn virtio_devices(
     for disk in &config.disks {
         let block = if disk.cow && !disk.readonly {
             Block::open_cow(&disk.path)?
+        } else if disk.handed_over {
+            Block::open_unlocked(&disk.path, disk.readonly)?
         } else {
             Block::open(&disk.path, disk.readonly)?
         };

@@ -9,6 +9,12 @@
 //! virtqueue rings and the state file; the destination answers once restored, and the source
 //! exits. If anything fails before that answer, the source resumes as if nothing happened.
 //!
+//! Disks move by path: both sides must see the same image (one host, or shared storage). The
+//! destination opens them without their locks; the source, stopped, has written everything to
+//! the images (its devices pause with an `fdatasync`), lets go of the locks just before the
+//! end record, and the destination takes them before it answers. A failed migration takes
+//! them back on the source; if it cannot, the machine stops there rather than run without.
+//!
 //! The stream: `POPEKMIG` and a version, the snapshot manifest (JSON, length-prefixed), then
 //! records: a page (`P`, page index from the start of RAM, 4096 bytes), the state (`S`,
 //! length-prefixed state file), the end (`E`). The destination answers `K` (restored) or `F`
@@ -133,14 +139,13 @@ impl Machine {
         let shared = self.shared.clone();
         // What a migration would send, or why this machine cannot migrate (it still runs and
         // serves its API either way).
-        let manifest: Result<Vec<u8>, String> =
-            if !self.config.disks.is_empty() || self.config.vsock.is_some() {
-                Err("machines with disks or vsock cannot migrate yet".into())
-            } else {
-                self.manifest(0)
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| serde_json::to_vec(&m).map_err(|e| format!("manifest: {e}")))
-            };
+        let manifest: Result<Vec<u8>, String> = if self.config.vsock.is_some() {
+            Err("machines with vsock cannot migrate yet".into())
+        } else {
+            self.manifest(0)
+                .map_err(|e| e.to_string())
+                .and_then(|m| serde_json::to_vec(&m).map_err(|e| format!("manifest: {e}")))
+        };
         let ram = self.dram_mapping()?;
         std::thread::Builder::new()
             .name("migrate".into())
@@ -189,12 +194,25 @@ impl Machine {
         let result = self.final_copy(outgoing, stopped);
         self.shared.dirty.stop();
         if result.is_err() {
+            self.take_over_disks()
+                .map_err(|e| BoardError::DiskLost(e.to_string()))?;
             let mut devices = self.shared.devices();
             for v in &mut devices.bus.virtio {
                 v.resume();
             }
         }
         result
+    }
+
+    /// Hold every disk's lock (again): on a migration's destination before the machine runs
+    /// (the source let go of them when it stopped), or on a source whose migration failed.
+    pub fn take_over_disks(&mut self) -> Result<(), BoardError> {
+        let mut devices = self.shared.devices();
+        for v in &mut devices.bus.virtio {
+            v.take_over()
+                .map_err(|e| BoardError::Migration(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn final_copy(
@@ -220,6 +238,14 @@ impl Machine {
             .write_all(&(state.len() as u64).to_le_bytes())
             .map_err(err)?;
         o.out.write_all(&state).map_err(err)?;
+        // The disks' data reached their images when the devices paused; the destination takes
+        // their locks once it has the machine.
+        {
+            let mut devices = self.shared.devices();
+            for v in &mut devices.bus.virtio {
+                v.hand_over();
+            }
+        }
         o.out.write_all(b"E").map_err(err)?;
         o.out.flush().map_err(err)?;
         let mut answer = [0u8; 1];
@@ -327,7 +353,10 @@ impl Machine {
                         .restore_state(&state, false)
                         .map_err(|e| BoardError::Migration(e.to_string()))?;
                 }
-                b'E' => return Ok(machine),
+                b'E' => {
+                    machine.take_over_disks()?;
+                    return Ok(machine);
+                }
                 t => return Err(BoardError::Migration(format!("unknown record {t:#x}"))),
             }
         }

@@ -637,16 +637,20 @@ pub(crate) fn config_from(
             path: path.clone(),
             readonly: d.readonly,
             cow: false,
+            handed_over: false,
         })
         .map_err(ConfigError::Disk)?;
-        if now.size != d.size || now.mtime_ns != d.mtime_ns {
+        // A migrating machine's source writes its disks until it stops (and then hands them
+        // over under their locks): only their size must agree.
+        let moved = matches!(from, Source::Migration);
+        if now.size != d.size || (now.mtime_ns != d.mtime_ns && !moved) {
             return Err(ConfigError::DiskChanged(path));
         }
-        let moved = matches!(from, Source::Migration);
         disks.push(DiskConfig {
             path,
             readonly: d.readonly,
             cow: !d.readonly && !run.restore_writes_disks && !moved,
+            handed_over: moved,
         });
     }
     let net = match &m.net {

@@ -343,6 +343,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
                     path: guest::debian_disk()?,
                     readonly: false,
                     cow: false,
+                    handed_over: false,
                 },
             );
             config.append = guest::DEBIAN_APPEND.to_string();
@@ -621,6 +622,7 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
                         );
                         return Ok(0);
                     }
+                    Err(e @ popek_board::BoardError::DiskLost(_)) => return Err(e.into()),
                     Err(e) => eprintln!("popek: {e}; the machine runs on here"),
                 },
                 Ok(RunOutcome::Save) => match &mut save_to {

@@ -427,6 +427,39 @@ fn an_smp_guest_migrates_with_both_harts_busy() {
     );
 }
 
+/// A guest writing its disk record by record (each one synced) moves midway: the source lets
+/// go of the image's lock when it stops, the destination takes it and goes on writing; the
+/// image then holds every record, and nobody holds the lock any more.
+#[test]
+fn a_guest_migrates_with_its_disk_and_goes_on_writing_it() {
+    let disk = scratch("migrate-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let script = "i=0; while [ $i -lt 30 ]; do \
+                  echo rec$i | dd of=/dev/vda bs=512 seek=$i conv=notrunc,fsync 2>/dev/null || exit 9; \
+                  echo w$i; i=$((i+1)); sleep 0.05; done; exit 6";
+    let disk_arg = disk.to_str().unwrap();
+    let (src, dest, status) = migrate_midway(&["--disk", disk_arg], script, "w3\n");
+    assert_eq!(status, 6, "source printed {src:?}, destination {dest:?}");
+    assert!(
+        dest.contains("w29\n"),
+        "the destination did not go on: {dest:?}"
+    );
+    let image = std::fs::read(&disk).unwrap();
+    for i in 0..30 {
+        let rec = format!("rec{i}\n");
+        assert_eq!(
+            &image[i * 512..i * 512 + rec.len()],
+            rec.as_bytes(),
+            "record {i} (source printed {src:?}, destination {dest:?})"
+        );
+    }
+    let again = run_with_timeout(
+        popek().args(["run", "--disk", disk_arg, "--", "true"]),
+        Duration::from_secs(120),
+    );
+    assert!(again.status.success(), "{:?}", text(&again));
+}
+
 /// Nobody listening: the migration fails, the guest runs on where it was.
 #[test]
 fn a_failed_migration_leaves_the_guest_running() {

@@ -650,7 +650,10 @@ mod tests {
         for start in 1..4 {
             assert!(matches!(jit.find(k), Found::Cold), "start {start} is cold");
         }
-        assert!(matches!(jit.find(k), Found::Hot), "the 4th start translates");
+        assert!(
+            matches!(jit.find(k), Found::Hot),
+            "the 4th start translates"
+        );
         jit.blocks.insert(k, untranslated());
         assert!(matches!(jit.find(k), Found::Block(_)));
         // Another block of the same page counts on its own.

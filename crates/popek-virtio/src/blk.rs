@@ -97,6 +97,8 @@ pub struct Block {
 /// The image itself: what requests act on.
 struct Disk {
     file: File,
+    /// The image's path, for messages.
+    path: PathBuf,
     readonly: bool,
     sectors: u64,
     id: [u8; 20],
@@ -122,6 +124,14 @@ impl Block {
 
     /// Open `path` (read-only if `readonly`) and lock it.
     pub fn open(path: &Path, readonly: bool) -> Result<Block, BlockError> {
+        let block = Block::open_unlocked(path, readonly)?;
+        block.lock()?;
+        Ok(block)
+    }
+
+    /// Open `path` without its lock, for a machine migrating in: the source still holds the
+    /// lock until it stops, then hands the disk over ([`VirtioDevice::take_over`] takes it).
+    pub fn open_unlocked(path: &Path, readonly: bool) -> Result<Block, BlockError> {
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
@@ -139,24 +149,6 @@ impl Block {
         if !ft.is_file() && !ft.is_block_device() {
             return Err(BlockError::NotAFile {
                 path: path.to_path_buf(),
-            });
-        }
-        let op = if readonly {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(BlockError::Locked {
-                    path: path.to_path_buf(),
-                });
-            }
-            return Err(BlockError::Open {
-                path: path.to_path_buf(),
-                source: err,
             });
         }
         let size = if ft.is_block_device() {
@@ -186,6 +178,7 @@ impl Block {
         Ok(Block {
             disk: Disk {
                 file,
+                path: path.to_path_buf(),
                 readonly,
                 sectors: size / SECTOR,
                 id: disk_id(path),
@@ -193,6 +186,32 @@ impl Block {
             },
             active: None,
         })
+    }
+
+    /// Take the image's lock: shared for a disk whose image does not change (read-only or
+    /// copy-on-write), exclusive otherwise, failing at once if another process holds it.
+    /// Taking it again is harmless.
+    fn lock(&self) -> Result<(), BlockError> {
+        let path = &self.disk.path;
+        let op = if self.disk.readonly || self.disk.overlay.is_some() {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(self.disk.file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(BlockError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Err(BlockError::Open {
+                path: path.to_path_buf(),
+                source: err,
+            });
+        }
+        Ok(())
     }
 
     /// Size of the disk in 512-byte sectors.
@@ -581,6 +600,15 @@ impl VirtioDevice for Block {
             .take()
             .map(|a| vec![a.queue])
             .unwrap_or_default())
+    }
+
+    fn hand_over(&mut self) {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        unsafe { libc::flock(self.disk.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
+    fn take_over(&mut self) -> Result<(), DeviceError> {
+        Ok(self.lock()?)
     }
 }
 

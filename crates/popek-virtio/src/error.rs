@@ -87,6 +87,9 @@ pub enum DeviceError {
         /// The virtio device ID.
         device_type: u32,
     },
+    /// A disk image cannot be (re)locked for this process.
+    #[error(transparent)]
+    Image(#[from] crate::blk::BlockError),
     /// A restored queue's rings are not inside guest RAM.
     #[error("a queue lies outside guest RAM")]
     QueueOutsideRam,

@@ -202,6 +202,15 @@ pub trait VirtioDevice: Send {
             device_type: self.device_type(),
         })
     }
+    /// The machine is moving to another process, which takes over what this device holds of
+    /// the host exclusively (a disk image's lock): let go of it. Called after
+    /// [`VirtioDevice::take_queues`], with nothing in flight.
+    fn hand_over(&mut self) {}
+    /// Hold what this device needs of the host exclusively (again): on a migration's
+    /// destination before the machine runs, or on its source when the migration failed.
+    fn take_over(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 /// Serve every request available on `queue`: parse each chain, let `serve` carry it out

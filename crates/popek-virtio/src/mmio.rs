@@ -141,6 +141,16 @@ impl VirtioMmio {
         Ok(())
     }
 
+    /// See [`VirtioDevice::hand_over`]: after [`VirtioMmio::pause`], when the machine moves.
+    pub fn hand_over(&mut self) {
+        self.device.hand_over();
+    }
+
+    /// See [`VirtioDevice::take_over`].
+    pub fn take_over(&mut self) -> Result<(), DeviceError> {
+        self.device.take_over()
+    }
+
     /// Let a device paused by [`VirtioMmio::pause`] go on.
     pub fn resume(&mut self) {
         if let Some(queues) = self.paused.take() {
