@@ -31,6 +31,10 @@ impl CodeBuf {
                 source: std::io::Error::last_os_error(),
             });
         }
+        // Blocks are appended front to back: huge pages take one fault per 2 MiB of code
+        // instead of one per 4 KiB (a hint; without them it works the same).
+        // SAFETY: advice on the mapping just made, which nothing uses yet.
+        unsafe { libc::madvise(p, size, libc::MADV_HUGEPAGE) };
         Ok(CodeBuf {
             base: p as *mut u8,
             size,
