@@ -125,7 +125,22 @@ impl DecodePool {
         let index = CHUNK_PAGES - self.fresh;
         self.fresh -= 1;
         // SAFETY: `index < CHUNK_PAGES`: a page inside the newest chunk, never handed out.
-        PooledPage(unsafe { newest.add(index) })
+        let page = unsafe { newest.add(index) };
+        // Back the page now, in one call: its first visits would read each 4 KiB part before
+        // writing it, two faults apiece. A failure (an older kernel) only leaves that to the
+        // faults.
+        let start = page.as_ptr() as usize & !4095;
+        let end = (page.as_ptr() as usize + std::mem::size_of::<DecodedPage>() + 4095) & !4095;
+        // SAFETY: advice on whole pages of our own mapping (the page's own, and the edges of
+        // its neighbours, which populating leaves as they are).
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        PooledPage(page)
     }
 
     /// Give `page` back; nothing may point into it any more.

@@ -31,10 +31,14 @@ impl CodeBuf {
                 source: std::io::Error::last_os_error(),
             });
         }
-        // Blocks are appended front to back: huge pages take one fault per 2 MiB of code
-        // instead of one per 4 KiB (a hint; without them it works the same).
-        // SAFETY: advice on the mapping just made, which nothing uses yet.
-        unsafe { libc::madvise(p, size, libc::MADV_HUGEPAGE) };
+        // Blocks are appended front to back: past the first 2 MiB (all a short run needs,
+        // kept in small pages so it does not clear a huge one), huge pages take one fault per
+        // 2 MiB of code instead of one per 4 KiB (a hint; without them it works the same).
+        const HEAD: usize = 2 << 20;
+        if size > HEAD {
+            // SAFETY: advice on the mapping just made, which nothing uses yet.
+            unsafe { libc::madvise(p.add(HEAD), size - HEAD, libc::MADV_HUGEPAGE) };
+        }
         Ok(CodeBuf {
             base: p as *mut u8,
             size,
