@@ -20,7 +20,7 @@ use popek_cpu::HartState;
 mod fp;
 mod regs;
 
-use regs::{ld, st, st_rax, Cache, RAX, RCX, RDI, RDX, RSI};
+use regs::{ld, spill, st, st_rax, Cache, RAX, RCX, RDI, RDX, RSI};
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
@@ -143,7 +143,14 @@ fn foff(r: u8) -> i32 {
 
 /// F/D instructions: go to `off` when `mstatus.FS` is off (where the caller runs the
 /// instruction through the step helper, which raises the illegal-instruction trap).
-fn emit_fs_check(ops: &mut Asm, off: DynamicLabel) {
+///
+/// Once one check passed, `mstatus.FS` stays on until the step helper runs (nothing else in a
+/// block writes it): later checks are left out.
+fn emit_fs_check(ops: &mut Asm, stubs: &mut Stubs, off: DynamicLabel) {
+    if stubs.fs_on {
+        return;
+    }
+    stubs.fs_on = true;
     dynasm!(ops
         ; .arch x64
         ; test DWORD [rbx + S.mstatus], mstatus::FS as i32
@@ -213,6 +220,10 @@ struct Stubs<'a> {
     /// Slow paths, emitted after the block's straight-line code so the fast paths fall
     /// through.
     cold: Vec<ColdPath>,
+    /// At this point of the block `mstatus.FS` is known to be on (a check passed).
+    fs_on: bool,
+    /// At this point of the block `mstatus.FS` is known to be dirty (the block set it).
+    fs_dirty: bool,
 }
 
 /// Code emitted after the block (see [`Stubs::cold`]).
@@ -245,6 +256,8 @@ pub(crate) unsafe fn translate(
         // SAFETY: the caller's page is 4096 bytes and the offset < 4096.
         cache: unsafe { Cache::plan(page, (pc & 0xfff) as usize, MAX_BLOCK_INSNS) },
         cold: Vec::new(),
+        fs_on: false,
+        fs_dirty: false,
     };
     // Six pushes and the return address: 8 more bytes keep calls 16-byte aligned.
     dynasm!(ops
@@ -310,11 +323,11 @@ pub(crate) unsafe fn translate(
     }
     for (label, at_pc, k) in std::mem::take(&mut stubs.fault) {
         dynasm!(ops ; .arch x64 ; =>label);
-        exit(&mut ops, at_pc, k, 1);
+        exit(&mut ops, &stubs.cache, at_pc, k, 1);
     }
     for (label, next, k) in std::mem::take(&mut stubs.leave) {
         dynasm!(ops ; .arch x64 ; =>label);
-        exit(&mut ops, next, k, 0);
+        exit(&mut ops, &stubs.cache, next, k, 0);
     }
     dynasm!(ops
         ; .arch x64
@@ -355,18 +368,24 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
     let slot = ops.new_dynamic_label();
     let unchained = ops.new_dynamic_label();
     if next == stubs.start {
-        // A loop to this block's own start: straight back, past the reload of cached
-        // registers (still valid: the cache is write-through).
+        // A loop to this block's own start: straight back, past the load of cached
+        // registers (their host copies are the live values).
         dynasm!(ops
             ; .arch x64
             ; sub r13, retired as i32
             ; jg ->again
+        );
+        spill(ops, &stubs.cache, false);
+        dynasm!(ops
+            ; .arch x64
             ; mov rax, QWORD next as i64
             ; mov [rbx + S.pc], rax
             ; jmp ->leave
         );
         return;
     }
+    // The next block (chained or not) starts from the state in memory.
+    spill(ops, &stubs.cache, false);
     dynasm!(ops
         ; .arch x64
         ; sub r13, retired as i32
@@ -388,6 +407,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
 /// to its translation if the jump cache has one for the current context (and instructions are
 /// left), else return to the engine.
 fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
+    spill(ops, &stubs.cache, false);
     let mask = (JCACHE_ENTRIES - 1) as i32;
     let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
     dynasm!(ops
@@ -410,7 +430,8 @@ fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
 }
 
 /// Leave the block: `pc` = `next`, `instret` += `retired`, return `status`.
-fn exit(ops: &mut Asm, next: u64, retired: u32, status: i32) {
+fn exit(ops: &mut Asm, c: &Cache, next: u64, retired: u32, status: i32) {
+    spill(ops, c, false);
     dynasm!(ops
         ; .arch x64
         ; mov rax, QWORD next as i64
@@ -431,13 +452,19 @@ fn ld_value(ops: &mut Asm, c: &Cache, r: u8, fp: bool) {
 }
 
 /// `f[rd]` = `rax`, and `mstatus.FS` dirty, as every write of an FP register leaves it.
-fn st_f_rax(ops: &mut Asm, rd: u8) {
+fn st_f_rax(ops: &mut Asm, stubs: &mut Stubs, rd: u8) {
     dynasm!(ops ; .arch x64 ; mov [rbx + foff(rd)], rax);
-    set_fs_dirty(ops);
+    set_fs_dirty(ops, stubs);
 }
 
 /// `mstatus.FS` = dirty.
-fn set_fs_dirty(ops: &mut Asm) {
+///
+/// Once set, it stays dirty until the step helper runs: later writes in the block leave it.
+fn set_fs_dirty(ops: &mut Asm, stubs: &mut Stubs) {
+    if stubs.fs_dirty {
+        return;
+    }
+    stubs.fs_dirty = true;
     dynasm!(ops ; .arch x64 ; or QWORD [rbx + S.mstatus], mstatus::FS_DIRTY as i32);
 }
 
@@ -632,6 +659,7 @@ fn emit_div(ops: &mut Asm, c: &Cache, i: &Insn, env: &Env) {
     };
     ld(ops, c, RDI, i.rs1);
     ld(ops, c, RSI, i.rs2);
+    spill(ops, c, true);
     dynasm!(ops
         ; .arch x64
         ; mov rax, QWORD env.div[idx] as i64
@@ -709,7 +737,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fp = matches!(i.op, Flw | Fld);
     let fs_off = ops.new_dynamic_label();
     if fp {
-        emit_fs_check(ops, fs_off);
+        emit_fs_check(ops, stubs, fs_off);
     }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
@@ -748,13 +776,14 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         // NaN-box the single.
         dynasm!(ops ; .arch x64 ; mov rcx, QWORD -1i64 << 32 ; or rax, rcx);
     }
-    st_f_rax(ops, i.rd());
+    st_f_rax(ops, stubs, i.rd());
     emit_fs_off(ops, fs_off, i, at, stubs);
 }
 
 /// Call a load or store helper (its address and the value to store already in `rsi` and
 /// `rdx`) with the context, and reload the cached registers the call may have clobbered.
 fn call_memory_helper(ops: &mut Asm, c: &Cache, helper: i64) {
+    spill(ops, c, true);
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r12
@@ -771,7 +800,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fp = matches!(i.op, Fsw | Fsd);
     let fs_off = ops.new_dynamic_label();
     if fp {
-        emit_fs_check(ops, fs_off);
+        emit_fs_check(ops, stubs, fs_off);
     }
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
@@ -835,6 +864,11 @@ fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) 
     let At { raw, pc, n } = at;
     let insn_ptr = stubs.insns.keep(i) as i64;
     let fault = ops.new_dynamic_label();
+    // The interpreter reads and writes guest registers in the state, and may change
+    // `mstatus` (a CSR write): what the block knew of FS is forgotten.
+    spill(ops, &stubs.cache, false);
+    stubs.fs_on = false;
+    stubs.fs_dirty = false;
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r12

@@ -306,6 +306,39 @@ fn fault_mid_block_is_precise() {
     assert_eq!((out.x[5], out.x[6], out.x[8]), (11, 22, 0));
 }
 
+/// Registers the block keeps in host registers (written more than once, around a division
+/// helper call that clobbers caller-saved registers) are in the state when a load faults: the
+/// write-back cache stores them before every exit.
+#[test]
+fn cached_registers_are_exact_at_a_fault() {
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            addi(5, 0, 11),
+            addi(5, 5, 1),
+            addi(6, 5, 1),
+            addi(6, 6, 1),
+            r(1, 5, 6, 4, 7, 0x33), // div x7, x6, x5
+            addi(7, 7, 5),
+            i(0, 0, 3, 8, 0x03), // ld x8, 0(x0): no RAM at address 0
+            addi(5, 0, 99),
+            ECALL,
+        ],
+    );
+    let out = same(&ram, 1);
+    assert_eq!(
+        out.exits,
+        vec![Exit::Trap(popek_cpu::Trap::new(
+            Exception::LoadAccessFault,
+            0
+        ))]
+    );
+    assert_eq!(out.pc, BASE + 24);
+    assert_eq!(out.instret, 6);
+    assert_eq!((out.x[5], out.x[6], out.x[7], out.x[8]), (12, 14, 6, 0));
+}
+
 /// Loads and stores of every size and signedness, in RAM and across a page boundary, plus a
 /// faulting store that must leave memory untouched.
 #[test]

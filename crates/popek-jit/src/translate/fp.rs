@@ -82,7 +82,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     // With FP off, the slow path's step helper raises the illegal-instruction trap.
-    emit_fs_check(ops, slow);
+    emit_fs_check(ops, stubs, slow);
     if matches!(
         form,
         Form::Arith | Form::Sqrt | Form::Fused | Form::FromInt32
@@ -101,7 +101,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
                 ; jp =>slow
             );
             emit_flags_check(ops, env, slow);
-            st_f_xmm0(ops, rd);
+            st_f_xmm0(ops, stubs, rd);
         }
         Form::SignInject => {
             dynasm!(ops
@@ -121,7 +121,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
                 ; shl rcx, 63
                 ; or rax, rcx
             );
-            st_f_rax(ops, rd);
+            st_f_rax(ops, stubs, rd);
         }
         Form::Compare => {
             dynasm!(ops
@@ -150,7 +150,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
                 ; .arch x64
                 ; cvtsi2sd xmm0, rax
             );
-            st_f_xmm0(ops, rd);
+            st_f_xmm0(ops, stubs, rd);
         }
         Form::MoveToX => {
             if rd != 0 {
@@ -160,7 +160,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
         }
         Form::MoveFromX => {
             ld(ops, &stubs.cache, RAX, rs1);
-            st_f_rax(ops, rd);
+            st_f_rax(ops, stubs, rd);
         }
     }
     dynasm!(ops ; .arch x64 ; =>done);
@@ -181,9 +181,9 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
 }
 
 /// `f[rd]` = `xmm0`, and `mstatus.FS` dirty.
-fn st_f_xmm0(ops: &mut Asm, rd: u8) {
+fn st_f_xmm0(ops: &mut Asm, stubs: &mut Stubs, rd: u8) {
     dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], xmm0);
-    set_fs_dirty(ops);
+    set_fs_dirty(ops, stubs);
 }
 
 /// `xmm0` = the rounded result of `i`, with `xmm0` holding `f[rs1]`.

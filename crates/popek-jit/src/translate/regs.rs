@@ -1,11 +1,12 @@
 //! Guest integer registers kept in host registers for the length of a block.
 //!
-//! The cache is write-through: every write of a guest register also goes to the state in
-//! memory, so the state stays exact at every exit, fault and helper call, and the host copies
-//! only save the loads (and the store-to-load latency) of registers a block reads again. A
-//! block loads its cached registers at its chain entry; a helper call may clobber the
-//! caller-saved host registers (and the step helper may write guest registers), so the copies
-//! are reloaded after calls.
+//! The cache is write-back: a write of a cached guest register changes only its host copy, and
+//! the block stores the copies it may have changed ([`spill`]) wherever the state in memory must
+//! be exact: before every exit (chained or not, fault or not), before the step helper (which
+//! reads and writes guest registers in memory) and, for the caller-saved host registers a call
+//! clobbers, before every other helper call. A block loads its cached registers at its chain
+//! entry; after a call it reloads the copies the call may have clobbered (all of them after the
+//! step helper).
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
@@ -34,17 +35,20 @@ pub(super) const RDI: u8 = 7;
 #[derive(Clone, Copy, Default)]
 pub(super) struct Cache {
     host: [u8; 32],
+    /// Cached registers the block may write (only those need storing back).
+    written: [bool; 32],
 }
 
 impl Cache {
     /// Choose the registers to cache for the block at offset `off` of the guest page at
-    /// `page`: those read at least twice before the block's first branch or jump (as far as
-    /// it could run), most read first.
+    /// `page`: those read or written at least twice before the block's first branch or jump
+    /// (as far as it could run), most used first.
     ///
     /// # Safety
     /// `page` must point at 4096 readable bytes and `off` < 4096.
     pub(super) unsafe fn plan(page: *const u8, mut off: usize, max_insns: usize) -> Cache {
         let mut reads = [0u32; 32];
+        let mut writes = [0u32; 32];
         for _ in 0..max_insns {
             // SAFETY: per this function's contract (and the loop stops at the page's end).
             let Some(raw) = (unsafe { raw_in_page(page, off) }) else {
@@ -53,6 +57,7 @@ impl Cache {
             let i = decode(raw);
             reads[i.rs1 as usize] += 1;
             reads[i.rs2 as usize] += 1;
+            writes[i.rd() as usize] += 1;
             use Op::*;
             if matches!(
                 i.op,
@@ -65,12 +70,15 @@ impl Cache {
                 break;
             }
         }
-        reads[0] = 0;
-        let mut order: Vec<usize> = (1..32).filter(|&r| reads[r] >= 2).collect();
-        order.sort_by_key(|&r| std::cmp::Reverse(reads[r]));
+        // With write-back, every access after the first saves a load or a store (and a
+        // store-to-load round trip on the chain of dependent instructions).
+        let uses = |r: usize| reads[r] + writes[r];
+        let mut order: Vec<usize> = (1..32).filter(|&r| uses(r) >= 2).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(uses(r)));
         let mut c = Cache::default();
         for (&r, &h) in order.iter().zip(HOSTS.iter()) {
             c.host[r] = h;
+            c.written[r] = writes[r] > 0;
         }
         c
     }
@@ -96,6 +104,18 @@ impl Cache {
     }
 }
 
+/// Store the host copies the block may have changed back to the state: all of them, or only
+/// those in caller-saved host registers (before a call that reads no guest register).
+pub(super) fn spill(ops: &mut Asm, c: &Cache, only_caller_saved: bool) {
+    for r in 1..32u8 {
+        if let (Some(h), true) = (c.of(r), c.written[r as usize]) {
+            if !(only_caller_saved && callee_saved(h)) {
+                dynasm!(ops ; .arch x64 ; mov [rbx + xoff(r)], Rq(h));
+            }
+        }
+    }
+}
+
 /// Host register `dst` = guest register `r`.
 pub(super) fn ld(ops: &mut Asm, c: &Cache, dst: u8, r: u8) {
     if r == 0 {
@@ -112,9 +132,16 @@ pub(super) fn st(ops: &mut Asm, c: &Cache, rd: u8, src: u8) {
     if rd == 0 {
         return;
     }
-    dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], Rq(src));
-    if let Some(h) = c.of(rd) {
-        dynasm!(ops ; .arch x64 ; mov Rq(h), Rq(src));
+    match c.of(rd) {
+        Some(h) if c.written[rd as usize] => dynasm!(ops ; .arch x64 ; mov Rq(h), Rq(src)),
+        // A write past the part of the block the plan saw: through to the state as well, as
+        // `spill` does not store this register.
+        Some(h) => dynasm!(ops
+            ; .arch x64
+            ; mov [rbx + xoff(rd)], Rq(src)
+            ; mov Rq(h), Rq(src)
+        ),
+        None => dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], Rq(src)),
     }
 }
 
