@@ -693,18 +693,23 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 /// in it. Leaves the addend in `rax` on the fast path.
 fn emit_tlb_check(ops: &mut Asm, c: &Cache, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
     ld(ops, c, RSI, i.rs1);
-    let mask = (DATA_TLB_ENTRIES - 1) as i32;
-    let shift = DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
+    if i.imm != 0 {
+        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+    }
+    // The entry's offset straight from the address (`(vaddr >> 12) % entries * entry bytes`
+    // in two operations): the load's address depends on it, the tag compare (in `rdi`) only
+    // steers a branch.
+    let shift = 12 - DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
+    let mask = ((DATA_TLB_ENTRIES - 1) * DATA_TLB_ENTRY_BYTES) as i32;
     dynasm!(ops
         ; .arch x64
-        ; add rsi, i.imm
-        ; mov rax, rsi
-        ; shr rax, 12
-        ; mov ecx, eax
+        ; mov ecx, esi
+        ; shr ecx, shift
         ; and ecx, mask
-        ; shl ecx, shift
         ; add rcx, [r12 + tlb]
-        ; cmp rax, [rcx]
+        ; mov rdi, rsi
+        ; shr rdi, 12
+        ; cmp rdi, [rcx]
         ; jne =>slow
     );
     if size > 1 {
