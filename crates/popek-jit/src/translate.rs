@@ -20,7 +20,7 @@ use popek_cpu::HartState;
 mod fp;
 mod regs;
 
-use regs::{ld, spill, st, st_rax, Cache, RAX, RCX, RDI, RDX, RSI};
+use regs::{ld, ldf_bits, spill, st, st_rax, stf_bits, Cache, RAX, RCX, RDI, RDX, RSI};
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
@@ -445,7 +445,7 @@ fn exit(ops: &mut Asm, c: &Cache, next: u64, retired: u32, status: i32) {
 /// `rdx` = the value a store writes: integer register `r`, or FP register `r` if `fp`.
 fn ld_value(ops: &mut Asm, c: &Cache, r: u8, fp: bool) {
     if fp {
-        dynasm!(ops ; .arch x64 ; mov rdx, [rbx + foff(r)]);
+        ldf_bits(ops, c, RDX, r);
     } else {
         ld(ops, c, RDX, r);
     }
@@ -453,7 +453,7 @@ fn ld_value(ops: &mut Asm, c: &Cache, r: u8, fp: bool) {
 
 /// `f[rd]` = `rax`, and `mstatus.FS` dirty, as every write of an FP register leaves it.
 fn st_f_rax(ops: &mut Asm, stubs: &mut Stubs, rd: u8) {
-    dynasm!(ops ; .arch x64 ; mov [rbx + foff(rd)], rax);
+    stf_bits(ops, &stubs.cache, rd, RAX);
     set_fs_dirty(ops, stubs);
 }
 

@@ -15,6 +15,10 @@
 //! Underflow needs no agreement on when tininess is detected: any host underflow goes slow,
 //! and a result tiny after rounding (RISC-V's rule) is tiny before rounding as well.
 
+// dynasm's dynamic registers (`Rx(n)`) expand to `n.into()`, which is a `u8` already.
+#![allow(clippy::useless_conversion)]
+
+use super::regs::{ldf, ldf_bits, stf_xmm, Cache, RCX};
 use super::{
     emit_fs_check, emit_step_call, foff, ld, set_fs_dirty, st_f_rax, st_rax, Asm, At, Env, Stubs,
     RAX, S,
@@ -93,8 +97,8 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
     let (rd, rs1, rs2) = (i.rd(), i.rs1, i.rs2);
     match form {
         Form::Arith | Form::Sqrt | Form::Fused => {
-            dynasm!(ops ; .arch x64 ; movsd xmm0, [rbx + foff(rs1)]);
-            emit_rounded(ops, i);
+            ldf(ops, &stubs.cache, 0, rs1);
+            emit_rounded(ops, &stubs.cache, i);
             dynasm!(ops
                 ; .arch x64
                 ; ucomisd xmm0, xmm0
@@ -104,16 +108,17 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
             st_f_xmm0(ops, stubs, rd);
         }
         Form::SignInject => {
+            ldf_bits(ops, &stubs.cache, RAX, rs1);
+            ldf_bits(ops, &stubs.cache, RCX, rs2);
             dynasm!(ops
                 ; .arch x64
-                ; mov rax, [rbx + foff(rs1)]
-                ; mov rcx, [rbx + foff(rs2)]
+                ; mov rdx, rax
                 ; btr rax, 63
             );
             match i.op {
                 Op::FsgnjD => {}
                 Op::FsgnjnD => dynasm!(ops ; .arch x64 ; not rcx),
-                _ => dynasm!(ops ; .arch x64 ; xor rcx, [rbx + foff(rs1)]),
+                _ => dynasm!(ops ; .arch x64 ; xor rcx, rdx),
             }
             dynasm!(ops
                 ; .arch x64
@@ -124,11 +129,12 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
             st_f_rax(ops, stubs, rd);
         }
         Form::Compare => {
+            ldf(ops, &stubs.cache, 0, rs1);
+            ldf(ops, &stubs.cache, 1, rs2);
             dynasm!(ops
                 ; .arch x64
-                ; movsd xmm0, [rbx + foff(rs1)]
                 ; xor eax, eax
-                ; ucomisd xmm0, [rbx + foff(rs2)]
+                ; ucomisd xmm0, xmm1
                 ; jp =>slow
             );
             match i.op {
@@ -154,7 +160,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
         }
         Form::MoveToX => {
             if rd != 0 {
-                dynasm!(ops ; .arch x64 ; mov rax, [rbx + foff(rs1)]);
+                ldf_bits(ops, &stubs.cache, RAX, rs1);
                 st_rax(ops, &stubs.cache, rd);
             }
         }
@@ -182,29 +188,42 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
 
 /// `f[rd]` = `xmm0`, and `mstatus.FS` dirty.
 fn st_f_xmm0(ops: &mut Asm, stubs: &mut Stubs, rd: u8) {
-    dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], xmm0);
+    stf_xmm(ops, &stubs.cache, rd, 0);
     set_fs_dirty(ops, stubs);
 }
 
 /// `xmm0` = the rounded result of `i`, with `xmm0` holding `f[rs1]`.
-fn emit_rounded(ops: &mut Asm, i: &Insn) {
+fn emit_rounded(ops: &mut Asm, c: &Cache, i: &Insn) {
     let b = foff(i.rs2);
-    match i.op {
-        Op::FaddD => dynasm!(ops ; .arch x64 ; addsd xmm0, [rbx + b]),
-        Op::FsubD => dynasm!(ops ; .arch x64 ; subsd xmm0, [rbx + b]),
-        Op::FmulD => dynasm!(ops ; .arch x64 ; mulsd xmm0, [rbx + b]),
-        Op::FdivD => dynasm!(ops ; .arch x64 ; divsd xmm0, [rbx + b]),
-        Op::FsqrtD => dynasm!(ops ; .arch x64 ; sqrtsd xmm0, xmm0),
-        _ => {
-            let c = foff(i.rs3());
-            dynasm!(ops ; .arch x64 ; movsd xmm1, [rbx + b]);
+    match (i.op, c.fx(i.rs2)) {
+        (Op::FaddD, Some(x)) => dynasm!(ops ; .arch x64 ; addsd xmm0, Rx(x)),
+        (Op::FsubD, Some(x)) => dynasm!(ops ; .arch x64 ; subsd xmm0, Rx(x)),
+        (Op::FmulD, Some(x)) => dynasm!(ops ; .arch x64 ; mulsd xmm0, Rx(x)),
+        (Op::FdivD, Some(x)) => dynasm!(ops ; .arch x64 ; divsd xmm0, Rx(x)),
+        (Op::FaddD, None) => dynasm!(ops ; .arch x64 ; addsd xmm0, [rbx + b]),
+        (Op::FsubD, None) => dynasm!(ops ; .arch x64 ; subsd xmm0, [rbx + b]),
+        (Op::FmulD, None) => dynasm!(ops ; .arch x64 ; mulsd xmm0, [rbx + b]),
+        (Op::FdivD, None) => dynasm!(ops ; .arch x64 ; divsd xmm0, [rbx + b]),
+        (Op::FsqrtD, _) => dynasm!(ops ; .arch x64 ; sqrtsd xmm0, xmm0),
+        (op, _) => {
+            ldf(ops, c, 1, i.rs2);
+            let addend = c.fx(i.rs3());
+            let m = foff(i.rs3());
             // RISC-V's negated forms negate the product: FNMSUB = -(a*b) + c, FNMADD = -(a*b) - c,
             // which are x86's VFNMADD and VFNMSUB.
-            match i.op {
-                Op::FmaddD => dynasm!(ops ; .arch x64 ; vfmadd213sd xmm0, xmm1, [rbx + c]),
-                Op::FmsubD => dynasm!(ops ; .arch x64 ; vfmsub213sd xmm0, xmm1, [rbx + c]),
-                Op::FnmsubD => dynasm!(ops ; .arch x64 ; vfnmadd213sd xmm0, xmm1, [rbx + c]),
-                _ => dynasm!(ops ; .arch x64 ; vfnmsub213sd xmm0, xmm1, [rbx + c]),
+            match (op, addend) {
+                (Op::FmaddD, Some(x)) => dynasm!(ops ; .arch x64 ; vfmadd213sd xmm0, xmm1, Rx(x)),
+                (Op::FmsubD, Some(x)) => dynasm!(ops ; .arch x64 ; vfmsub213sd xmm0, xmm1, Rx(x)),
+                (Op::FnmsubD, Some(x)) => {
+                    dynasm!(ops ; .arch x64 ; vfnmadd213sd xmm0, xmm1, Rx(x))
+                }
+                (_, Some(x)) => dynasm!(ops ; .arch x64 ; vfnmsub213sd xmm0, xmm1, Rx(x)),
+                (Op::FmaddD, None) => dynasm!(ops ; .arch x64 ; vfmadd213sd xmm0, xmm1, [rbx + m]),
+                (Op::FmsubD, None) => dynasm!(ops ; .arch x64 ; vfmsub213sd xmm0, xmm1, [rbx + m]),
+                (Op::FnmsubD, None) => {
+                    dynasm!(ops ; .arch x64 ; vfnmadd213sd xmm0, xmm1, [rbx + m])
+                }
+                (_, None) => dynasm!(ops ; .arch x64 ; vfnmsub213sd xmm0, xmm1, [rbx + m]),
             }
         }
     }

@@ -7,12 +7,16 @@
 //! clobbers, before every other helper call. A block loads its cached registers at its chain
 //! entry; after a call it reloads the copies the call may have clobbered (all of them after the
 //! step helper).
+//!
+//! FP registers a block uses twice live in `xmm` registers the same way; every `xmm` register
+//! is caller-saved, so each call stores the changed ones before and reloads them all after.
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
 
-use super::{xoff, Asm, Op};
+use super::{foff, xoff, Asm, Op};
 use dynasmrt::{dynasm, DynasmApi};
+use popek_cpu::decode::Insn;
 use popek_cpu::decode::{decode, raw_in_page};
 
 /// Host registers that hold guest registers: callee-saved first (they survive helper calls),
@@ -37,6 +41,32 @@ pub(super) struct Cache {
     host: [u8; 32],
     /// Cached registers the block may write (only those need storing back).
     written: [bool; 32],
+    /// Which FP register lives in which `xmm` register (0: none; `xmm0` and `xmm1` are
+    /// scratch). Every `xmm` register is caller-saved: calls store and reload them all.
+    fhost: [u8; 32],
+    /// Cached FP registers the block may write.
+    fwritten: [bool; 32],
+}
+
+/// `xmm` registers that hold FP registers.
+const FHOSTS: [u8; 8] = [2, 3, 4, 5, 6, 7, 8, 9];
+
+/// The FP registers `i` reads (up to three) and the one it writes, for the instructions the
+/// translator runs natively or as loads and stores (others go through the step helper, which
+/// works on the state: the cache is stored before it and reloaded after).
+fn fp_uses(i: &Insn) -> ([Option<u8>; 3], Option<u8>) {
+    use Op::*;
+    let (a, b, c, d) = (Some(i.rs1), Some(i.rs2), Some(i.rs3()), Some(i.rd()));
+    match i.op {
+        FaddD | FsubD | FmulD | FdivD | FsgnjD | FsgnjnD | FsgnjxD => ([a, b, None], d),
+        FsqrtD => ([a, None, None], d),
+        FmaddD | FmsubD | FnmsubD | FnmaddD => ([a, b, c], d),
+        FeqD | FltD | FleD => ([a, b, None], None),
+        FmvXD => ([a, None, None], None),
+        FcvtDW | FcvtDWu | FmvDX | Fld | Flw => ([None; 3], d),
+        Fsd | Fsw => ([b, None, None], None),
+        _ => ([None; 3], None),
+    }
 }
 
 impl Cache {
@@ -49,6 +79,8 @@ impl Cache {
     pub(super) unsafe fn plan(page: *const u8, mut off: usize, max_insns: usize) -> Cache {
         let mut reads = [0u32; 32];
         let mut writes = [0u32; 32];
+        let mut freads = [0u32; 32];
+        let mut fwrites = [0u32; 32];
         for _ in 0..max_insns {
             // SAFETY: per this function's contract (and the loop stops at the page's end).
             let Some(raw) = (unsafe { raw_in_page(page, off) }) else {
@@ -58,6 +90,13 @@ impl Cache {
             reads[i.rs1 as usize] += 1;
             reads[i.rs2 as usize] += 1;
             writes[i.rd() as usize] += 1;
+            let (fr, fw) = fp_uses(&i);
+            for r in fr.into_iter().flatten() {
+                freads[r as usize] += 1;
+            }
+            if let Some(r) = fw {
+                fwrites[r as usize] += 1;
+            }
             use Op::*;
             if matches!(
                 i.op,
@@ -80,7 +119,22 @@ impl Cache {
             c.host[r] = h;
             c.written[r] = writes[r] > 0;
         }
+        let fuses = |r: usize| freads[r] + fwrites[r];
+        let mut forder: Vec<usize> = (0..32).filter(|&r| fuses(r) >= 2).collect();
+        forder.sort_by_key(|&r| std::cmp::Reverse(fuses(r)));
+        for (&r, &h) in forder.iter().zip(FHOSTS.iter()) {
+            c.fhost[r] = h;
+            c.fwritten[r] = fwrites[r] > 0;
+        }
         c
+    }
+
+    /// The `xmm` register holding FP register `r`, if any.
+    pub(super) fn fx(&self, r: u8) -> Option<u8> {
+        match self.fhost[r as usize] {
+            0 => None,
+            h => Some(h),
+        }
     }
 
     /// The host register holding guest register `r`, if any.
@@ -101,6 +155,11 @@ impl Cache {
                 }
             }
         }
+        for r in 0..32u8 {
+            if let Some(x) = self.fx(r) {
+                dynasm!(ops ; .arch x64 ; movsd Rx(x), [rbx + foff(r)]);
+            }
+        }
     }
 }
 
@@ -113,6 +172,54 @@ pub(super) fn spill(ops: &mut Asm, c: &Cache, only_caller_saved: bool) {
                 dynasm!(ops ; .arch x64 ; mov [rbx + xoff(r)], Rq(h));
             }
         }
+    }
+    for r in 0..32u8 {
+        if let (Some(x), true) = (c.fx(r), c.fwritten[r as usize]) {
+            dynasm!(ops ; .arch x64 ; movsd [rbx + foff(r)], Rx(x));
+        }
+    }
+}
+
+/// `xmm` register `dst` = FP register `r`.
+pub(super) fn ldf(ops: &mut Asm, c: &Cache, dst: u8, r: u8) {
+    match c.fx(r) {
+        Some(x) => dynasm!(ops ; .arch x64 ; movapd Rx(dst), Rx(x)),
+        None => dynasm!(ops ; .arch x64 ; movsd Rx(dst), [rbx + foff(r)]),
+    }
+}
+
+/// Integer register `dst` = the bits of FP register `r`.
+pub(super) fn ldf_bits(ops: &mut Asm, c: &Cache, dst: u8, r: u8) {
+    match c.fx(r) {
+        Some(x) => dynasm!(ops ; .arch x64 ; movq Rq(dst), Rx(x)),
+        None => dynasm!(ops ; .arch x64 ; mov Rq(dst), [rbx + foff(r)]),
+    }
+}
+
+/// FP register `rd` = the bits of integer register `src`.
+pub(super) fn stf_bits(ops: &mut Asm, c: &Cache, rd: u8, src: u8) {
+    match c.fx(rd) {
+        Some(x) => {
+            dynasm!(ops ; .arch x64 ; movq Rx(x), Rq(src));
+            if !c.fwritten[rd as usize] {
+                // Past the part of the block the plan saw: `spill` does not store it.
+                dynasm!(ops ; .arch x64 ; mov [rbx + foff(rd)], Rq(src));
+            }
+        }
+        None => dynasm!(ops ; .arch x64 ; mov [rbx + foff(rd)], Rq(src)),
+    }
+}
+
+/// FP register `rd` = `xmm` register `src`.
+pub(super) fn stf_xmm(ops: &mut Asm, c: &Cache, rd: u8, src: u8) {
+    match c.fx(rd) {
+        Some(x) => {
+            dynasm!(ops ; .arch x64 ; movapd Rx(x), Rx(src));
+            if !c.fwritten[rd as usize] {
+                dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], Rx(src));
+            }
+        }
+        None => dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], Rx(src)),
     }
 }
 
