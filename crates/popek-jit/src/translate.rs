@@ -7,7 +7,8 @@
 //! retired instructions are counted only in `r13`, which starts at the context's `left` and
 //! counts down, and the epilogue adds what was retired to `instret`. `rbx` holds the state's
 //! address and `r12` the context's. Guest registers live in the state; a block keeps the
-//! ones it reads most in host registers as well (see `regs`). Within an instruction `rax`,
+//! ones it uses most in host registers (FP ones in `xmm2`-`xmm9`) and stores the changed ones
+//! back before it exits or calls out (see `regs`). Within an instruction `rax`,
 //! `rcx`, `rdx`, `rsi`, `rdi`, `xmm0` and `xmm1` are scratch. Slow paths (helper calls) are
 //! placed after the block's straight-line code.
 
