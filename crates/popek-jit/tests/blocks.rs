@@ -280,6 +280,20 @@ fn alu_loop_matches_interpreter() {
 
 /// A load fault in the middle of a block: pc at the load, instret counting only what retired,
 /// earlier register writes done, later ones not.
+/// The run stopped at its only exit, a load access fault at address 0, with the faulting
+/// instruction at `pc` and `instret` instructions retired before it.
+fn assert_load_fault_at_zero(out: &Outcome, pc: u64, instret: u64) {
+    assert_eq!(
+        out.exits,
+        vec![Exit::Trap(popek_cpu::Trap::new(
+            Exception::LoadAccessFault,
+            0
+        ))]
+    );
+    assert_eq!(out.pc, pc);
+    assert_eq!(out.instret, instret);
+}
+
 #[test]
 fn fault_mid_block_is_precise() {
     let mut ram = Ram::new();
@@ -294,15 +308,7 @@ fn fault_mid_block_is_precise() {
         ],
     );
     let out = same(&ram, 1);
-    assert_eq!(
-        out.exits,
-        vec![Exit::Trap(popek_cpu::Trap::new(
-            Exception::LoadAccessFault,
-            0
-        ))]
-    );
-    assert_eq!(out.pc, BASE + 8);
-    assert_eq!(out.instret, 2);
+    assert_load_fault_at_zero(&out, BASE + 8, 2);
     assert_eq!((out.x[5], out.x[6], out.x[8]), (11, 22, 0));
 }
 
@@ -327,15 +333,7 @@ fn cached_registers_are_exact_at_a_fault() {
         ],
     );
     let out = same(&ram, 1);
-    assert_eq!(
-        out.exits,
-        vec![Exit::Trap(popek_cpu::Trap::new(
-            Exception::LoadAccessFault,
-            0
-        ))]
-    );
-    assert_eq!(out.pc, BASE + 24);
-    assert_eq!(out.instret, 6);
+    assert_load_fault_at_zero(&out, BASE + 24, 6);
     assert_eq!((out.x[5], out.x[6], out.x[7], out.x[8]), (12, 14, 6, 0));
 }
 
