@@ -51,21 +51,57 @@ pub(super) struct Cache {
 /// `xmm` registers that hold FP registers.
 const FHOSTS: [u8; 8] = [2, 3, 4, 5, 6, 7, 8, 9];
 
-/// The FP registers `i` reads (up to three) and the one it writes, for the instructions the
-/// translator runs natively or as loads and stores (others go through the step helper, which
-/// works on the state: the cache is stored before it and reloaded after).
-fn fp_uses(i: &Insn) -> ([Option<u8>; 3], Option<u8>) {
+/// Registers of one kind an instruction reads (up to three) and writes.
+type Uses = ([Option<u8>; 3], Option<u8>);
+
+/// The integer and FP registers `i` reads and writes. FP instructions are told apart for those
+/// the translator runs natively or as loads and stores; any other instruction counts its
+/// `rs1`, `rs2` and `rd` as integer registers (an FP one among them goes through the step
+/// helper, which works on the state: the cache is stored before it and reloaded after, so a
+/// miscounted register only costs a load and a store).
+fn reg_uses(i: &Insn) -> (Uses, Uses) {
     use Op::*;
     let (a, b, c, d) = (Some(i.rs1), Some(i.rs2), Some(i.rs3()), Some(i.rd()));
+    const NONE: Uses = ([None; 3], None);
     match i.op {
-        FaddD | FsubD | FmulD | FdivD | FsgnjD | FsgnjnD | FsgnjxD => ([a, b, None], d),
-        FsqrtD => ([a, None, None], d),
-        FmaddD | FmsubD | FnmsubD | FnmaddD => ([a, b, c], d),
-        FeqD | FltD | FleD => ([a, b, None], None),
-        FmvXD => ([a, None, None], None),
-        FcvtDW | FcvtDWu | FmvDX | Fld | Flw => ([None; 3], d),
-        Fsd | Fsw => ([b, None, None], None),
-        _ => ([None; 3], None),
+        FaddD | FsubD | FmulD | FdivD | FsgnjD | FsgnjnD | FsgnjxD => (NONE, ([a, b, None], d)),
+        FsqrtD => (NONE, ([a, None, None], d)),
+        FmaddD | FmsubD | FnmsubD | FnmaddD => (NONE, ([a, b, c], d)),
+        FeqD | FltD | FleD => (([None; 3], d), ([a, b, None], None)),
+        FmvXD => (([None; 3], d), ([a, None, None], None)),
+        FcvtDW | FcvtDWu | FmvDX | Fld | Flw => (([a, None, None], None), ([None; 3], d)),
+        Fsd | Fsw => (([a, None, None], None), ([b, None, None], None)),
+        _ => (([a, b, None], d), NONE),
+    }
+}
+
+/// Count `uses` in `reads` and `writes`.
+fn count(uses: Uses, reads: &mut [u32; 32], writes: &mut [u32; 32]) {
+    for r in uses.0.into_iter().flatten() {
+        reads[r as usize] += 1;
+    }
+    if let Some(r) = uses.1 {
+        writes[r as usize] += 1;
+    }
+}
+
+/// Give the registers from `first` on that are read or written at least twice a host register
+/// each, most used first, as long as `hosts` last: `host[r]` and `written[r]` for each.
+fn assign(
+    (reads, writes): (&[u32; 32], &[u32; 32]),
+    first: usize,
+    hosts: &[u8],
+    host: &mut [u8; 32],
+    written: &mut [bool; 32],
+) {
+    // With write-back, every access after the first saves a load or a store (and a
+    // store-to-load round trip on the chain of dependent instructions).
+    let uses = |r: usize| reads[r] + writes[r];
+    let mut order: Vec<usize> = (first..32).filter(|&r| uses(r) >= 2).collect();
+    order.sort_by_key(|&r| std::cmp::Reverse(uses(r)));
+    for (&r, &h) in order.iter().zip(hosts) {
+        host[r] = h;
+        written[r] = writes[r] > 0;
     }
 }
 
@@ -87,16 +123,9 @@ impl Cache {
                 break;
             };
             let i = decode(raw);
-            reads[i.rs1 as usize] += 1;
-            reads[i.rs2 as usize] += 1;
-            writes[i.rd() as usize] += 1;
-            let (fr, fw) = fp_uses(&i);
-            for r in fr.into_iter().flatten() {
-                freads[r as usize] += 1;
-            }
-            if let Some(r) = fw {
-                fwrites[r as usize] += 1;
-            }
+            let (int, fp) = reg_uses(&i);
+            count(int, &mut reads, &mut writes);
+            count(fp, &mut freads, &mut fwrites);
             use Op::*;
             if matches!(
                 i.op,
@@ -109,23 +138,16 @@ impl Cache {
                 break;
             }
         }
-        // With write-back, every access after the first saves a load or a store (and a
-        // store-to-load round trip on the chain of dependent instructions).
-        let uses = |r: usize| reads[r] + writes[r];
-        let mut order: Vec<usize> = (1..32).filter(|&r| uses(r) >= 2).collect();
-        order.sort_by_key(|&r| std::cmp::Reverse(uses(r)));
         let mut c = Cache::default();
-        for (&r, &h) in order.iter().zip(HOSTS.iter()) {
-            c.host[r] = h;
-            c.written[r] = writes[r] > 0;
-        }
-        let fuses = |r: usize| freads[r] + fwrites[r];
-        let mut forder: Vec<usize> = (0..32).filter(|&r| fuses(r) >= 2).collect();
-        forder.sort_by_key(|&r| std::cmp::Reverse(fuses(r)));
-        for (&r, &h) in forder.iter().zip(FHOSTS.iter()) {
-            c.fhost[r] = h;
-            c.fwritten[r] = fwrites[r] > 0;
-        }
+        // x0 is never cached; f0 is a register like the others.
+        assign((&reads, &writes), 1, &HOSTS, &mut c.host, &mut c.written);
+        assign(
+            (&freads, &fwrites),
+            0,
+            &FHOSTS,
+            &mut c.fhost,
+            &mut c.fwritten,
+        );
         c
     }
 
