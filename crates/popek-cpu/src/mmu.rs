@@ -541,7 +541,9 @@ impl Hart {
         vaddr: u64,
     ) -> Result<u64, Trap> {
         let e = self.mmu.read[self.mmu.dctx][tlb_index(vaddr)];
-        if e.tag == vaddr >> 12 && (vaddr & 0xfff) as usize <= 4096 - N {
+        // The page of the last byte: it is the entry's (whose index comes from the first
+        // byte's page, so it holds only that page) only if the access stays in one page.
+        if e.tag == vaddr.wrapping_add(N as u64 - 1) >> 12 {
             let p = vaddr.wrapping_add(e.addend) as *const u8;
             // SAFETY: the TLB entry maps this whole page into guest RAM, and the access stays in it.
             return Ok(unsafe { read_host::<N>(p) });
@@ -585,7 +587,9 @@ impl Hart {
         value: u64,
     ) -> Result<(), Trap> {
         let e = self.mmu.write[self.mmu.dctx][tlb_index(vaddr)];
-        if e.tag == vaddr >> 12 && (vaddr & 0xfff) as usize <= 4096 - N {
+        // The page of the last byte: it is the entry's (whose index comes from the first
+        // byte's page, so it holds only that page) only if the access stays in one page.
+        if e.tag == vaddr.wrapping_add(N as u64 - 1) >> 12 {
             let p = vaddr.wrapping_add(e.addend) as *mut u8;
             // SAFETY: the TLB entry maps this whole page into guest RAM, and the access stays in it.
             unsafe { write_host::<N>(p, value) };

@@ -326,6 +326,15 @@ impl Jit {
         self
     }
 
+    /// Expect every data TLB entry to hold `addend` (host minus guest virtual address), as in
+    /// a process VM's flat address space (guest address `g` at host `base + g`): translated
+    /// loads and stores then start their access without waiting for the entry's addend, and
+    /// check it beside the tag (an entry with another one takes the slow path, so a wrong
+    /// expectation costs speed, never correctness). Applies to blocks translated afterwards.
+    pub fn expect_data_addend(&mut self, addend: u64) {
+        self.env.data_addend = Some(addend);
+    }
+
     /// The translation of the block under `k`, about to start, or whether to translate it now.
     ///
     /// Most starts while a guest warms up are of cold blocks, so those are answered from the
@@ -420,6 +429,7 @@ impl Jit {
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
             ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
             fma: std::arch::is_x86_feature_detected!("fma"),
+            data_addend: None,
         };
         Ok(Jit {
             code: CodeBuf::new(bytes)?,

@@ -203,6 +203,11 @@ impl Jit {
     }
 
     /// Never called: no `Jit` exists on this host.
+    pub fn expect_data_addend(&mut self, _: u64) {
+        match self.0 {}
+    }
+
+    /// Never called: no `Jit` exists on this host.
     pub fn take_divergence(&mut self) -> Option<Divergence> {
         match self.0 {}
     }

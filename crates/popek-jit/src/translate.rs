@@ -6,11 +6,15 @@
 //! `instret` in the state are exact on return; while blocks run (chained ones included),
 //! retired instructions are counted only in `r13`, which starts at the context's `left` and
 //! counts down, and the epilogue adds what was retired to `instret`. `rbx` holds the state's
-//! address and `r12` the context's. Guest registers live in the state; a block keeps the
-//! ones it uses most in host registers (FP ones in `xmm2`-`xmm9`) and stores the changed ones
-//! back before it exits or calls out (see `regs`). Within an instruction `rax`,
+//! address and `r12` the context's. Guest registers live in the state, except the most used
+//! ones, pinned in host registers across chained blocks; a block keeps the ones it uses most
+//! among the rest in host registers too (FP ones in `xmm2`-`xmm9`), and stores the changed
+//! ones back before it exits or calls out (see `regs`). Within an instruction `rax`,
 //! `rcx`, `rdx`, `rsi`, `rdi`, `xmm0` and `xmm1` are scratch. Slow paths (helper calls) are
 //! placed after the block's straight-line code.
+
+// dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
+#![allow(clippy::useless_conversion)]
 
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
@@ -18,10 +22,13 @@ use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
 use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
+mod alu;
 mod fp;
 mod regs;
 
-use regs::{ld, ldf_bits, spill, st, st_rax, stf_bits, Cache, RAX, RCX, RDI, RDX, RSI};
+use regs::{
+    ld, ldf_bits, spill, st, st_rax, stf_bits, Cache, Operand, Sync, RAX, RCX, RDI, RDX, RSI,
+};
 
 /// Most guest instructions in one block: bounds translation latency and budget overshoot.
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
@@ -52,6 +59,10 @@ pub(crate) struct Env {
     pub ctx_scratch: i32,
     /// The host has FMA3 (`vfmadd…sd`), so fused multiply-adds may run natively.
     pub fma: bool,
+    /// The addend (host minus guest virtual address) data TLB entries are expected to hold,
+    /// if one is: a process VM's flat address space has one for all of them. Loads and stores
+    /// then use it without waiting for the entry's, and check the entry's beside the tag.
+    pub data_addend: Option<u64>,
 }
 
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
@@ -274,8 +285,9 @@ pub(crate) unsafe fn translate(
         ; mov r12, rsi
         ; mov r13, [r12 + env.ctx_left]
     );
+    stubs.cache.load(&mut ops, Sync::Pinned);
     let chain_entry = ops.offset().0;
-    stubs.cache.load(&mut ops, false);
+    stubs.cache.load(&mut ops, Sync::Block);
     dynasm!(ops ; .arch x64 ; ->again:);
     let mut cur = pc;
     let mut n = 0u32;
@@ -335,6 +347,10 @@ pub(crate) unsafe fn translate(
         ; ->leave:
         ; xor eax, eax
         ; ->epilogue:
+    );
+    spill(&mut ops, &stubs.cache, Sync::Pinned);
+    dynasm!(ops
+        ; .arch x64
         // Generated code counts retired instructions only in r13: instret catches up here.
         ; mov rcx, [r12 + env.ctx_left]
         ; sub rcx, r13
@@ -376,7 +392,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
             ; sub r13, retired as i32
             ; jg ->again
         );
-        spill(ops, &stubs.cache, false);
+        spill(ops, &stubs.cache, Sync::Block);
         dynasm!(ops
             ; .arch x64
             ; mov rax, QWORD next as i64
@@ -386,7 +402,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
         return;
     }
     // The next block (chained or not) starts from the state in memory.
-    spill(ops, &stubs.cache, false);
+    spill(ops, &stubs.cache, Sync::Block);
     dynasm!(ops
         ; .arch x64
         ; sub r13, retired as i32
@@ -408,7 +424,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
 /// to its translation if the jump cache has one for the current context (and instructions are
 /// left), else return to the engine.
 fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
-    spill(ops, &stubs.cache, false);
+    spill(ops, &stubs.cache, Sync::Block);
     let mask = (JCACHE_ENTRIES - 1) as i32;
     let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
     dynasm!(ops
@@ -432,7 +448,7 @@ fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
 
 /// Leave the block: `pc` = `next`, `instret` += `retired`, return `status`.
 fn exit(ops: &mut Asm, c: &Cache, next: u64, retired: u32, status: i32) {
-    spill(ops, c, false);
+    spill(ops, c, Sync::Block);
     dynasm!(ops
         ; .arch x64
         ; mov rax, QWORD next as i64
@@ -508,138 +524,9 @@ fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option
         }
         Fence => {}
         Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw => emit_div(ops, &c, i, env),
-        _ => return emit_alu(ops, &c, i, pc).then_some(Kind::Straight),
+        _ => return alu::emit_alu(ops, &c, i, pc).then_some(Kind::Straight),
     }
     Some(Kind::Straight)
-}
-
-/// Integer computation without memory or control flow; false if `i` is not one.
-fn emit_alu(ops: &mut Asm, c: &Cache, i: &Insn, pc: u64) -> bool {
-    use Op::*;
-    let (rd, imm) = (i.rd(), i.imm);
-    if rd == 0 {
-        // No side effects: a hint or nop.
-        return matches!(
-            i.op,
-            Lui | Auipc
-                | Addi
-                | Slti
-                | Sltiu
-                | Xori
-                | Ori
-                | Andi
-                | Slli
-                | Srli
-                | Srai
-                | Add
-                | Sub
-                | Sll
-                | Slt
-                | Sltu
-                | Xor
-                | Srl
-                | Sra
-                | Or
-                | And
-                | Addiw
-                | Slliw
-                | Srliw
-                | Sraiw
-                | Addw
-                | Subw
-                | Sllw
-                | Srlw
-                | Sraw
-                | Mul
-                | Mulh
-                | Mulhsu
-                | Mulhu
-                | Mulw
-        );
-    }
-    let sh = (imm & 63) as i8;
-    let sh32 = (imm & 31) as i8;
-    match i.op {
-        Lui => dynasm!(ops ; .arch x64 ; mov rax, QWORD imm as i64),
-        Auipc => {
-            dynasm!(ops ; .arch x64 ; mov rax, QWORD pc.wrapping_add(imm as i64 as u64) as i64)
-        }
-        Addi | Slti | Sltiu | Xori | Ori | Andi | Slli | Srli | Srai => {
-            ld(ops, c, RAX, i.rs1);
-            match i.op {
-                Addi => dynasm!(ops ; .arch x64 ; add rax, imm),
-                Slti => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setl al ; movzx eax, al),
-                Sltiu => dynasm!(ops ; .arch x64 ; cmp rax, imm ; setb al ; movzx eax, al),
-                Xori => dynasm!(ops ; .arch x64 ; xor rax, imm),
-                Ori => dynasm!(ops ; .arch x64 ; or rax, imm),
-                Andi => dynasm!(ops ; .arch x64 ; and rax, imm),
-                Slli => dynasm!(ops ; .arch x64 ; shl rax, sh),
-                Srli => dynasm!(ops ; .arch x64 ; shr rax, sh),
-                _ => dynasm!(ops ; .arch x64 ; sar rax, sh),
-            }
-        }
-        Addiw | Slliw | Srliw | Sraiw => {
-            ld(ops, c, RAX, i.rs1);
-            match i.op {
-                Addiw => dynasm!(ops ; .arch x64 ; add eax, imm),
-                Slliw => dynasm!(ops ; .arch x64 ; shl eax, sh32),
-                Srliw => dynasm!(ops ; .arch x64 ; shr eax, sh32),
-                _ => dynasm!(ops ; .arch x64 ; sar eax, sh32),
-            }
-            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
-        }
-        Add | Sub | Sll | Slt | Sltu | Xor | Srl | Sra | Or | And | Mul | Mulh | Mulhu | Mulhsu => {
-            ld(ops, c, RAX, i.rs1);
-            ld(ops, c, RCX, i.rs2);
-            emit_rr64(ops, i.op);
-        }
-        Addw | Subw | Sllw | Srlw | Sraw | Mulw => {
-            ld(ops, c, RAX, i.rs1);
-            ld(ops, c, RCX, i.rs2);
-            match i.op {
-                Addw => dynasm!(ops ; .arch x64 ; add eax, ecx),
-                Subw => dynasm!(ops ; .arch x64 ; sub eax, ecx),
-                Sllw => dynasm!(ops ; .arch x64 ; shl eax, cl),
-                Srlw => dynasm!(ops ; .arch x64 ; shr eax, cl),
-                Sraw => dynasm!(ops ; .arch x64 ; sar eax, cl),
-                _ => dynasm!(ops ; .arch x64 ; imul eax, ecx),
-            }
-            dynasm!(ops ; .arch x64 ; movsxd rax, eax);
-        }
-        _ => return false,
-    }
-    st_rax(ops, c, rd);
-    true
-}
-
-/// `rax = rax op rcx` for the 64-bit register-register operations.
-fn emit_rr64(ops: &mut Asm, op: Op) {
-    use Op::*;
-    match op {
-        Add => dynasm!(ops ; .arch x64 ; add rax, rcx),
-        Sub => dynasm!(ops ; .arch x64 ; sub rax, rcx),
-        Sll => dynasm!(ops ; .arch x64 ; shl rax, cl),
-        Srl => dynasm!(ops ; .arch x64 ; shr rax, cl),
-        Sra => dynasm!(ops ; .arch x64 ; sar rax, cl),
-        Slt => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setl al ; movzx eax, al),
-        Sltu => dynasm!(ops ; .arch x64 ; cmp rax, rcx ; setb al ; movzx eax, al),
-        Xor => dynasm!(ops ; .arch x64 ; xor rax, rcx),
-        Or => dynasm!(ops ; .arch x64 ; or rax, rcx),
-        And => dynasm!(ops ; .arch x64 ; and rax, rcx),
-        Mul => dynasm!(ops ; .arch x64 ; imul rax, rcx),
-        Mulh => dynasm!(ops ; .arch x64 ; imul rcx ; mov rax, rdx),
-        Mulhu => dynasm!(ops ; .arch x64 ; mul rcx ; mov rax, rdx),
-        // Signed × unsigned: the unsigned high half, less rs2 when rs1 is negative.
-        _ => dynasm!(ops
-            ; .arch x64
-            ; mov rsi, rax
-            ; mul rcx
-            ; sar rsi, 63
-            ; and rsi, rcx
-            ; sub rdx, rsi
-            ; mov rax, rdx
-        ),
-    }
 }
 
 /// Division and remainder through helpers (x86 division traps where RISC-V defines results).
@@ -660,22 +547,20 @@ fn emit_div(ops: &mut Asm, c: &Cache, i: &Insn, env: &Env) {
     };
     ld(ops, c, RDI, i.rs1);
     ld(ops, c, RSI, i.rs2);
-    spill(ops, c, true);
+    spill(ops, c, Sync::CallerSaved);
     dynasm!(ops
         ; .arch x64
         ; mov rax, QWORD env.div[idx] as i64
         ; call rax
     );
-    c.load(ops, true);
+    c.load(ops, Sync::CallerSaved);
     st_rax(ops, c, i.rd());
 }
 
 fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     use Op::*;
-    ld(ops, &stubs.cache, RAX, i.rs1);
-    ld(ops, &stubs.cache, RCX, i.rs2);
     let taken = ops.new_dynamic_label();
-    dynasm!(ops ; .arch x64 ; cmp rax, rcx);
+    alu::emit_compare(ops, &stubs.cache, i.rs1, i.rs2);
     match i.op {
         Beq => dynasm!(ops ; .arch x64 ; je =>taken),
         Bne => dynasm!(ops ; .arch x64 ; jne =>taken),
@@ -692,10 +577,21 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 /// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
 /// `tlb`; jumps to `slow` unless the entry maps the page and the access of `size` bytes stays
 /// in it. Leaves the addend in `rax` on the fast path.
-fn emit_tlb_check(ops: &mut Asm, c: &Cache, i: &Insn, tlb: i32, size: u32, slow: DynamicLabel) {
-    ld(ops, c, RSI, i.rs1);
-    if i.imm != 0 {
-        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, slow: DynamicLabel) {
+    let tlb = if write {
+        env.ctx_tlb_write
+    } else {
+        env.ctx_tlb_read
+    };
+    let size = size_index(i.op).1;
+    match c.operand(i.rs1) {
+        Operand::Reg(h) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
+        _ => {
+            ld(ops, c, RSI, i.rs1);
+            if i.imm != 0 {
+                dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+            }
+        }
     }
     // The entry's offset straight from the address (`(vaddr >> 12) % entries * entry bytes`
     // in two operations): the load's address depends on it, the tag compare (in `rdi`) only
@@ -708,21 +604,32 @@ fn emit_tlb_check(ops: &mut Asm, c: &Cache, i: &Insn, tlb: i32, size: u32, slow:
         ; shr ecx, shift
         ; and ecx, mask
         ; add rcx, [r12 + tlb]
-        ; mov rdi, rsi
+    );
+    // The tag compare is made with the page of the access's last byte: it matches only if
+    // that page is the entry's, which is the page of the first byte, so an access crossing
+    // into the next page takes the slow path too.
+    if size > 1 {
+        dynasm!(ops ; .arch x64 ; lea rdi, [rsi + (size - 1) as i32]);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rdi, rsi);
+    }
+    dynasm!(ops
+        ; .arch x64
         ; shr rdi, 12
         ; cmp rdi, [rcx]
         ; jne =>slow
     );
-    if size > 1 {
-        dynasm!(ops
+    match env.data_addend {
+        // The access's address no longer waits for the entry's addend (a load on the
+        // dependency chain of every access); the compare only steers a predicted branch.
+        Some(a) => dynasm!(ops
             ; .arch x64
-            ; mov eax, esi
-            ; and eax, 0xfff
-            ; cmp eax, (4096 - size) as i32
-            ; ja =>slow
-        );
+            ; mov rax, QWORD a as i64
+            ; cmp rax, [rcx + 8]
+            ; jne =>slow
+        ),
+        None => dynasm!(ops ; .arch x64 ; mov rax, [rcx + 8]),
     }
-    dynasm!(ops ; .arch x64 ; mov rax, [rcx + 8]);
 }
 
 fn size_index(op: Op) -> (usize, u32) {
@@ -738,7 +645,7 @@ fn size_index(op: Op) -> (usize, u32) {
 fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let At { pc, n, .. } = at;
-    let (idx, size) = size_index(i.op);
+    let idx = size_index(i.op).0;
     let signed = matches!(i.op, Lb | Lh | Lw | Ld);
     let fp = matches!(i.op, Flw | Fld);
     let fs_off = ops.new_dynamic_label();
@@ -749,7 +656,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let c = stubs.cache;
-    emit_tlb_check(ops, &c, i, env.ctx_tlb_read, size, slow);
+    emit_tlb_check(ops, env, &c, i, false, slow);
     match i.op {
         Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [rsi + rax]),
         Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [rsi + rax]),
@@ -789,20 +696,20 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
 /// Call a load or store helper (its address and the value to store already in `rsi` and
 /// `rdx`) with the context, and reload the cached registers the call may have clobbered.
 fn call_memory_helper(ops: &mut Asm, c: &Cache, helper: i64) {
-    spill(ops, c, true);
+    spill(ops, c, Sync::CallerSaved);
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r12
         ; mov rax, QWORD helper
         ; call rax
     );
-    c.load(ops, true);
+    c.load(ops, Sync::CallerSaved);
 }
 
 fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let At { pc, n, .. } = at;
-    let (idx, size) = size_index(i.op);
+    let idx = size_index(i.op).0;
     let fp = matches!(i.op, Fsw | Fsd);
     let fs_off = ops.new_dynamic_label();
     if fp {
@@ -813,13 +720,20 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let c = stubs.cache;
-    emit_tlb_check(ops, &c, i, env.ctx_tlb_write, size, slow);
-    ld_value(ops, &c, i.rs2, fp);
+    emit_tlb_check(ops, env, &c, i, true, slow);
+    // The value straight from the host register caching it, if one does.
+    let v = match (fp, c.operand(i.rs2)) {
+        (false, Operand::Reg(h)) => h,
+        _ => {
+            ld_value(ops, &c, i.rs2, fp);
+            RDX
+        }
+    };
     match i.op {
-        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
-        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], dx),
-        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
-        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
+        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
+        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
+        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
+        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let (helper, value) = (env.store[idx] as i64, i.rs2);
@@ -872,7 +786,7 @@ fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) 
     let fault = ops.new_dynamic_label();
     // The interpreter reads and writes guest registers in the state, and may change
     // `mstatus` (a CSR write): what the block knew of FS is forgotten.
-    spill(ops, &stubs.cache, false);
+    spill(ops, &stubs.cache, Sync::All);
     stubs.fs_on = false;
     stubs.fs_dirty = false;
     dynasm!(ops
@@ -885,7 +799,7 @@ fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) 
         ; call rax
     );
     // The step helper may have written any guest register (its result, an AMO's old value).
-    stubs.cache.load(ops, false);
+    stubs.cache.load(ops, Sync::All);
     dynasm!(ops
         ; .arch x64
         ; test rax, rax

@@ -109,7 +109,15 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
     hart.set_pc(BASE);
     let mut engine = match eng {
         Eng::Interp => None,
-        Eng::Jit => Some(Jit::new().unwrap()),
+        Eng::Jit => {
+            let mut jit = Jit::new().unwrap();
+            if let Some(right) = EXPECT_ADDEND.with(|c| c.get()) {
+                // This copy's RAM is flat: host = guest + (its address - BASE) everywhere.
+                let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
+                jit.expect_data_addend(if right { addend } else { addend ^ 1 << 40 });
+            }
+            Some(jit)
+        }
         Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
     };
     let mut exits = Vec::new();
@@ -276,6 +284,150 @@ fn alu_loop_matches_interpreter() {
     let out = same(&ram, 1);
     assert_eq!(out.exits, vec![Exit::Ecall]);
     assert_ne!(out.x[29], 0);
+}
+
+/// Every placement of an ALU instruction's registers the translator tells apart, on the
+/// interpreter's results: x0, registers pinned across blocks (in callee- and caller-saved host
+/// registers), ones a block caches and ones it leaves in memory, as destination and as either
+/// source (`rd` = `rs1`, `rd` = `rs2` of a non-commuting `sub`, `rs1` = `rs2`), followed by a
+/// store of the result from wherever it lives; with branches, a division helper call and an
+/// AMO through the step helper between them, so pinned registers cross chained blocks, calls
+/// and the step helper.
+#[test]
+fn register_placements_match_interpreter() {
+    // x0; pinned a5 (r15), a3 (rbp), sp (r8), a0 (r9); others cached or not by use counts.
+    const REGS: [u32; 10] = [0, 15, 13, 2, 10, 5, 6, 7, 20, 21];
+    // (funct7, funct3, opcode) of the R-type forms, then I-type ones (imm from the sequence).
+    const RR: [(u32, u32, u32); 9] = [
+        (0, 0, 0x33),    // add
+        (0x20, 0, 0x33), // sub
+        (0, 4, 0x33),    // xor
+        (0, 6, 0x33),    // or
+        (0, 7, 0x33),    // and
+        (1, 0, 0x33),    // mul
+        (0, 0, 0x3b),    // addw
+        (0x20, 0, 0x3b), // subw
+        (1, 0, 0x3b),    // mulw
+    ];
+    const RI: [(u32, u32); 9] = [
+        (0, 0x13), // addi
+        (4, 0x13), // xori
+        (6, 0x13), // ori
+        (7, 0x13), // andi
+        (1, 0x13), // slli
+        (5, 0x13), // srli / srai
+        (0, 0x1b), // addiw (sext.w with imm 0)
+        (1, 0x1b), // slliw
+        (5, 0x1b), // srliw / sraiw
+    ];
+    let mut ram = Ram::new();
+    let data = 3 * 4096;
+    // x3 = the data page (BASE + 3 pages); every listed register gets an awkward value.
+    let mut code = vec![
+        lui(3, 0x80003),
+        i(32, 3, 1, 3, 0x13), // slli x3, x3, 32
+        i(32, 3, 5, 3, 0x13), // srli x3, x3, 32
+    ];
+    for (k, &r) in REGS.iter().enumerate().skip(1) {
+        code.push(lui(r, 0x89abc ^ (k as u32 * 0x1111) & 0xfffff));
+        code.push(addi(r, r, -0x765 + 97 * k as i32));
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for k in 0..700 {
+        let (rd, rs1, rs2) = (REGS[next(10)], REGS[next(10)], REGS[next(10)]);
+        let (rd, rs1, rs2) = match k % 5 {
+            0 => (rd, rd, rs2),  // rd = rs1
+            1 => (rd, rs1, rd),  // rd = rs2
+            2 => (rd, rs1, rs1), // rs1 = rs2
+            _ => (rd, rs1, rs2),
+        };
+        if next(2) == 0 {
+            let (f7, f3, op) = RR[next(RR.len())];
+            code.push(r(f7, rs2, rs1, f3, rd, op));
+        } else {
+            let (f3, op) = RI[next(RI.len())];
+            let imm = match (f3, op) {
+                // Bit 10 makes srli an srai (and slli illegal).
+                (1, 0x13) => next(64) as i32,
+                (5, 0x13) => (next(64) | next(2) << 10) as i32,
+                (1, 0x1b) => next(32) as i32,
+                (5, 0x1b) => (next(32) | next(2) << 10) as i32,
+                (0, 0x1b) if next(2) == 0 => 0,
+                _ => next(4096) as i32 - 2048,
+            };
+            code.push(i(imm, rs1, f3, rd, op));
+        }
+        code.push(s(8 * (k % 500), rd, 3, 3)); // sd rd, off(x3)
+        if k % 4 == 0 {
+            // Fresh bits, as ands and multiplications drive values towards zero.
+            code.push(lui(REGS[1 + next(9)], next(1 << 20) as u32));
+        }
+        match next(16) {
+            0 => code.push(b(8, rs2, rs1, [0, 1, 4, 5, 6, 7][next(6)])), // skip one
+            1 => code.push(r(1, rs2, rs1, 4, rd, 0x33)),                 // div
+            2 => code.push(r(0, rs2, 3, 3, rd, 0x2f)),                   // amoadd.d rd, rs2, (x3)
+            3 => code.push(jal(0, 4)),                                   // to the next one
+            _ => {}
+        }
+    }
+    code.push(ECALL);
+    assert!(
+        code.len() * 4 <= data,
+        "the program runs into its data page"
+    );
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    let stored = &out.mem[data / 8..data / 8 + 500];
+    // Many results are 0 (x0, `sub x, y, y`, shifts out), but most are not.
+    let distinct: std::collections::HashSet<_> = stored.iter().collect();
+    assert!(distinct.len() > 100, "{stored:x?}");
+}
+
+/// A JIT told to expect the data TLB's addend (as a process VM's flat address space lets it)
+/// gives the interpreter's results whether the expectation is right (this RAM is flat: one
+/// addend for all of it) or wrong (every access then takes the slow path).
+#[test]
+fn expected_data_addend_right_or_wrong() {
+    let mut ram = Ram::new();
+    let code = vec![
+        lui(5, 0x80002),
+        i(32, 5, 1, 5, 0x13), // slli x5, x5, 32
+        i(32, 5, 5, 5, 0x13), // srli x5, x5, 32: x5 = BASE + 2 pages
+        addi(6, 0, -3),
+        s(4094, 6, 5, 3),       // sd x6 across the end of page 2
+        i(4094, 5, 3, 7, 0x03), // ld x7 back across it
+        s(8, 7, 5, 2),          // sw x7, 8(x5)
+        i(8, 5, 4, 8, 0x03),    // lbu x8, 8(x5)
+        i(0, 0, 3, 9, 0x03),    // ld x9, 0(x0): no RAM at address 0
+        ECALL,
+    ];
+    ram.put(0, &code);
+    let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
+    assert_load_fault_at_zero(&want, BASE + 32, 8);
+    for right in [true, false] {
+        let (got, _) = run_expecting_addend(&ram, right);
+        assert_eq!(got, want, "expectation right: {right}");
+    }
+}
+
+/// [`run`] on the JIT told to expect an addend: the right one for this RAM, or a wrong one.
+fn run_expecting_addend(ram: &Ram, right: bool) -> (Outcome, Option<Jit>) {
+    EXPECT_ADDEND.with(|c| c.set(Some(right)));
+    let out = run(ram, Eng::Jit, 1 << 20, 1);
+    EXPECT_ADDEND.with(|c| c.set(None));
+    out
+}
+
+thread_local! {
+    /// For [`run`]: tell the JIT to expect a data addend, the right one (true) or a wrong one.
+    static EXPECT_ADDEND: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// A load fault in the middle of a block: pc at the load, instret counting only what retired,

@@ -1,15 +1,23 @@
-//! Guest integer registers kept in host registers for the length of a block.
+//! Guest registers kept in host registers: a few pinned across blocks, others for the length
+//! of a block.
 //!
-//! The cache is write-back: a write of a cached guest register changes only its host copy, and
-//! the block stores the copies it may have changed ([`spill`]) wherever the state in memory must
-//! be exact: before every exit (chained or not, fault or not), before the step helper (which
-//! reads and writes guest registers in memory) and, for the caller-saved host registers a call
-//! clobbers, before every other helper call. A block loads its cached registers at its chain
-//! entry; after a call it reloads the copies the call may have clobbered (all of them after the
-//! step helper).
+//! The most used guest registers ([`PINNED`]) live in the same host registers in every block:
+//! the prologue, run when the engine enters translated code, loads them; the epilogue, run
+//! when translated code returns to the engine, stores them; blocks chained to each other pass
+//! them on untouched. Each block also keeps the registers it uses most among the others in
+//! the remaining host registers, loaded at its chain entry.
 //!
-//! FP registers a block uses twice live in `xmm` registers the same way; every `xmm` register
-//! is caller-saved, so each call stores the changed ones before and reloads them all after.
+//! Both are write-back: a write of a cached guest register changes only its host copy, and the
+//! block stores the copies it may have changed ([`spill`]) wherever the state in memory must
+//! be exact: its own ones before every exit (chained or not, fault or not), all of them before
+//! the step helper (which reads and writes guest registers in memory) and, for the
+//! caller-saved host registers a call clobbers, before every other helper call. After a call
+//! the copies the call may have clobbered are loaded again (all of them after the step
+//! helper).
+//!
+//! FP registers a block uses twice live in `xmm` registers the same way, for the block only;
+//! every `xmm` register is caller-saved, so each call stores the changed ones before and
+//! reloads them all after.
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
@@ -19,9 +27,17 @@ use dynasmrt::{dynasm, DynasmApi};
 use popek_cpu::decode::Insn;
 use popek_cpu::decode::{decode, raw_in_page};
 
-/// Host registers that hold guest registers: callee-saved first (they survive helper calls),
-/// then caller-saved. None of them is otherwise used by generated code.
-const HOSTS: [u8; 7] = [15, 14, 5, 8, 9, 10, 11];
+/// Guest registers pinned in host registers across blocks, as (guest, host): the ones RISC-V
+/// compilers' code uses most (GCC takes `a5`, `a4`, `a3` first for temporaries; `sp` and `a0`
+/// are in every prologue and call). Every block finds them in their host registers at its
+/// chain entry and leaves them there, so chained blocks pass them on without a store and a
+/// load; the prologue loads them from the state and the epilogue stores them back.
+const PINNED: [(u8, u8); 5] = [(15, 15), (14, 14), (13, 5), (2, 8), (10, 9)];
+
+/// Host registers that hold a block's own choice of further guest registers, loaded at its
+/// chain entry and stored back at its exits. None of them, nor of the pinned ones, is
+/// otherwise used by generated code.
+const HOSTS: [u8; 2] = [10, 11];
 
 /// Whether host register `h` survives a call.
 fn callee_saved(h: u8) -> bool {
@@ -39,8 +55,11 @@ pub(super) const RDI: u8 = 7;
 #[derive(Clone, Copy, Default)]
 pub(super) struct Cache {
     host: [u8; 32],
-    /// Cached registers the block may write (only those need storing back).
+    /// Cached registers the block may write (only those need storing back); always set for
+    /// pinned ones (a block cannot know what the blocks before it wrote).
     written: [bool; 32],
+    /// Guest registers pinned across blocks (see [`PINNED`]).
+    pinned: [bool; 32],
     /// Which FP register lives in which `xmm` register (0: none; `xmm0` and `xmm1` are
     /// scratch). Every `xmm` register is caller-saved: calls store and reload them all.
     fhost: [u8; 32],
@@ -85,8 +104,9 @@ fn count(uses: Uses, reads: &mut [u32; 32], writes: &mut [u32; 32]) {
     }
 }
 
-/// Give the registers from `first` on that are read or written at least twice a host register
-/// each, most used first, as long as `hosts` last: `host[r]` and `written[r]` for each.
+/// Give the registers from `first` on that have no host register yet and are read or written
+/// at least twice a host register each, most used first, as long as `hosts` last: `host[r]`
+/// and `written[r]` for each.
 fn assign(
     (reads, writes): (&[u32; 32], &[u32; 32]),
     first: usize,
@@ -97,7 +117,9 @@ fn assign(
     // With write-back, every access after the first saves a load or a store (and a
     // store-to-load round trip on the chain of dependent instructions).
     let uses = |r: usize| reads[r] + writes[r];
-    let mut order: Vec<usize> = (first..32).filter(|&r| uses(r) >= 2).collect();
+    let mut order: Vec<usize> = (first..32)
+        .filter(|&r| host[r] == 0 && uses(r) >= 2)
+        .collect();
     order.sort_by_key(|&r| std::cmp::Reverse(uses(r)));
     for (&r, &h) in order.iter().zip(hosts) {
         host[r] = h;
@@ -139,6 +161,11 @@ impl Cache {
             }
         }
         let mut c = Cache::default();
+        for (r, h) in PINNED {
+            c.host[r as usize] = h;
+            c.written[r as usize] = true;
+            c.pinned[r as usize] = true;
+        }
         // x0 is never cached; f0 is a register like the others.
         assign((&reads, &writes), 1, &HOSTS, &mut c.host, &mut c.written);
         assign(
@@ -167,37 +194,68 @@ impl Cache {
         }
     }
 
-    /// Load the host copies from the state: all of them, or only those a call may have
-    /// clobbered.
-    pub(super) fn load(&self, ops: &mut Asm, after_plain_call: bool) {
+    /// Load host copies from the state (see [`Sync`] for which).
+    pub(super) fn load(&self, ops: &mut Asm, which: Sync) {
         for r in 1..32u8 {
             if let Some(h) = self.of(r) {
-                if !(after_plain_call && callee_saved(h)) {
+                if which.covers(self.pinned[r as usize], h) {
                     dynasm!(ops ; .arch x64 ; mov Rq(h), [rbx + xoff(r)]);
                 }
             }
         }
-        for r in 0..32u8 {
-            if let Some(x) = self.fx(r) {
-                dynasm!(ops ; .arch x64 ; movsd Rx(x), [rbx + foff(r)]);
+        if which != Sync::Pinned {
+            for r in 0..32u8 {
+                if let Some(x) = self.fx(r) {
+                    dynasm!(ops ; .arch x64 ; movsd Rx(x), [rbx + foff(r)]);
+                }
             }
         }
     }
 }
 
-/// Store the host copies the block may have changed back to the state: all of them, or only
-/// those in caller-saved host registers (before a call that reads no guest register).
-pub(super) fn spill(ops: &mut Asm, c: &Cache, only_caller_saved: bool) {
+/// Which host copies a [`spill`] stores or a [`Cache::load`] loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sync {
+    /// The block's own choice (not the pinned ones), at its chain entry and exits: blocks
+    /// chained to each other pass the pinned ones on in their host registers.
+    Block,
+    /// Only the pinned ones, at the prologue and the epilogue.
+    Pinned,
+    /// Those in caller-saved host registers (pinned or not), around a call that reads and
+    /// writes no guest register.
+    CallerSaved,
+    /// All of them, around the step helper (which reads and writes guest registers in the
+    /// state).
+    All,
+}
+
+impl Sync {
+    /// Whether this covers an integer register in host register `h`, pinned or not.
+    fn covers(self, pinned: bool, h: u8) -> bool {
+        match self {
+            Sync::Block => !pinned,
+            Sync::Pinned => pinned,
+            Sync::CallerSaved => !callee_saved(h),
+            Sync::All => true,
+        }
+    }
+}
+
+/// Store the host copies the block may have changed back to the state (see [`Sync`] for
+/// which).
+pub(super) fn spill(ops: &mut Asm, c: &Cache, which: Sync) {
     for r in 1..32u8 {
         if let (Some(h), true) = (c.of(r), c.written[r as usize]) {
-            if !(only_caller_saved && callee_saved(h)) {
+            if which.covers(c.pinned[r as usize], h) {
                 dynasm!(ops ; .arch x64 ; mov [rbx + xoff(r)], Rq(h));
             }
         }
     }
-    for r in 0..32u8 {
-        if let (Some(x), true) = (c.fx(r), c.fwritten[r as usize]) {
-            dynasm!(ops ; .arch x64 ; movsd [rbx + foff(r)], Rx(x));
+    if which != Sync::Pinned {
+        for r in 0..32u8 {
+            if let (Some(x), true) = (c.fx(r), c.fwritten[r as usize]) {
+                dynasm!(ops ; .arch x64 ; movsd [rbx + foff(r)], Rx(x));
+            }
         }
     }
 }
@@ -242,6 +300,35 @@ pub(super) fn stf_xmm(ops: &mut Asm, c: &Cache, rd: u8, src: u8) {
             }
         }
         None => dynasm!(ops ; .arch x64 ; movsd [rbx + foff(rd)], Rx(src)),
+    }
+}
+
+/// Where an instruction can read a guest register from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operand {
+    /// `x0`: zero.
+    Zero,
+    /// A host register holding it.
+    Reg(u8),
+    /// Its slot in the state (a displacement from `rbx`).
+    Mem(i32),
+}
+
+impl Cache {
+    /// Where guest register `r` can be read from.
+    pub(super) fn operand(&self, r: u8) -> Operand {
+        match (r, self.of(r)) {
+            (0, _) => Operand::Zero,
+            (_, Some(h)) => Operand::Reg(h),
+            _ => Operand::Mem(xoff(r)),
+        }
+    }
+
+    /// The host register a result for guest register `rd` may be computed in directly: the
+    /// one caching it, when [`spill`] stores every write of it back (else results go through
+    /// `rax` and [`st`]).
+    pub(super) fn home(&self, rd: u8) -> Option<u8> {
+        self.of(rd).filter(|_| self.written[rd as usize])
     }
 }
 
