@@ -25,6 +25,7 @@ use popek_cpu::HartState;
 mod alu;
 mod fp;
 mod regs;
+mod run;
 
 use regs::{
     ld, ldf_bits, spill, st, st_rax, stf_bits, Cache, Operand, Sync, RAX, RCX, RDI, RDX, RSI,
@@ -301,6 +302,17 @@ pub(crate) unsafe fn translate(
             break;
         };
         let at = At { raw, pc: cur, n };
+        // SAFETY: as for `fetch`.
+        let accesses = unsafe { run::find(page, off, &i, at, MAX_BLOCK_INSNS - n as usize) };
+        if let Some(last) = accesses.last() {
+            run::emit(&mut ops, &accesses, env, &mut stubs);
+            n += accesses.len() as u32;
+            cur = last.next_pc();
+            if cur & 0xfff == 0 {
+                break;
+            }
+            continue;
+        }
         let kind = if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, env, &mut stubs);
             Some(Kind::Straight)

@@ -525,6 +525,104 @@ fn loads_and_stores_match_interpreter() {
     assert_eq!(out.x[17], 0xffff_ffff_fedc_aedd);
 }
 
+/// `rd` = `BASE + off`, zero-extended (three instructions).
+fn base_plus(rd: u32, off: u32) -> [u32; 3] {
+    let v = 0x8000_0000u32 + off;
+    [
+        lui(rd, (v + 0x800) >> 12),
+        addi(rd, rd, ((v & 0xfff) as i32) << 20 >> 20),
+        // Clear the sign extension: slli 32, srli 32.
+        i(32, rd, 1, rd, 0x13),
+    ]
+}
+
+/// Runs of stores and of loads through one base register (checked against the TLB once):
+/// inside one page, across a page boundary (the slow path), a load overwriting the base last,
+/// and a run whose third store faults at the end of RAM, which must leave the first two
+/// written and stop exactly at the third.
+#[test]
+fn runs_of_accesses_match_interpreter() {
+    let mut ram = Ram::new();
+    let mut code = Vec::new();
+    for (r, v) in [
+        (10, 0x12345),
+        (11, 0xfedcb),
+        (12, 0x80808),
+        (13, 0x7f7f7),
+        (14, 0xabcde),
+    ] {
+        code.push(lui(r, v));
+        code.push(addi(r, r, -0x321 + r as i32));
+    }
+    for (r, off) in [(2, 3 * 4096 + 2048), (6, 3 * 4096 - 12), (7, 4 * 4096 - 16)] {
+        code.extend(base_plus(r, off));
+        code.push(i(32, r, 5, r, 0x13)); // srli 32
+    }
+    // Twice (the second time the TLB has the pages): inside page 3, stores of every size and
+    // loads back; across the end of page 2, where the run's check fails and the slow path
+    // does each access.
+    code.push(addi(29, 0, 2));
+    let top = code.len();
+    code.extend([
+        s(-16, 10, 2, 3),       // sd x10, -16(sp)
+        s(0, 11, 2, 3),         // sd x11, 0(sp)
+        s(8, 12, 2, 2),         // sw x12, 8(sp)
+        s(12, 13, 2, 1),        // sh x13, 12(sp)
+        s(14, 14, 2, 0),        // sb x14, 14(sp)
+        i(-16, 2, 3, 20, 0x03), // ld x20, -16(sp)
+        i(0, 2, 6, 21, 0x03),   // lwu x21, 0(sp)
+        i(8, 2, 2, 22, 0x03),   // lw x22, 8(sp)
+        i(12, 2, 5, 23, 0x03),  // lhu x23, 12(sp)
+        i(14, 2, 0, 24, 0x03),  // lb x24, 14(sp)
+        i(1, 2, 1, 25, 0x03),   // lh x25, 1(sp) (misaligned)
+        s(0, 10, 6, 3),         // sd x10, 0(x6)
+        s(8, 11, 6, 3),         // sd x11, 8(x6): page 3
+        i(0, 6, 3, 26, 0x03),   // ld x26, 0(x6)
+        i(4, 6, 3, 27, 0x03),   // ld x27, 4(x6): straddles
+        i(8, 6, 3, 28, 0x03),   // ld x28, 8(x6)
+        addi(10, 10, 1),
+        addi(29, 29, -1),
+    ]);
+    let here = code.len();
+    code.push(b(4 * (top as i32 - here as i32), 0, 29, 1)); // bne x29, x0, top
+    code.extend([
+        i(0, 2, 3, 2, 0x03), // ld sp, 0(sp): a run of one
+        i(0, 6, 3, 5, 0x03), // ld x5, 0(x6)
+        i(0, 6, 3, 6, 0x03), // ld x6, 0(x6): a run overwriting its base last
+        // At the end of RAM: the third store faults.
+        s(0, 10, 7, 3),  // sd x10, 0(x7)
+        s(8, 11, 7, 3),  // sd x11, 8(x7)
+        s(16, 12, 7, 3), // sd x12, 16(x7): past RAM
+        s(24, 13, 7, 3),
+        ECALL,
+    ]);
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    let fault_pc = BASE + 4 * (code.len() as u64 - 3);
+    assert_eq!(
+        out.exits,
+        vec![Exit::Trap(popek_cpu::Trap::new(
+            Exception::StoreAccessFault,
+            BASE + 4 * 4096
+        ))]
+    );
+    assert_eq!(out.pc, fault_pc);
+    // The loop's body (and branch) ran once more than the program's length counts.
+    let body = (here - top + 1) as u64;
+    assert_eq!(out.instret, code.len() as u64 - 3 + body);
+    assert_eq!(out.x[2], out.x[11]);
+    assert_eq!(
+        out.x[6], out.x[5],
+        "the last load of the run overwrote the base"
+    );
+    assert_eq!(
+        (out.x[20], out.x[26], out.x[28]),
+        (out.x[10] - 1, out.x[10] - 1, out.x[11])
+    );
+    let end = out.mem.len();
+    assert_eq!((out.mem[end - 2], out.mem[end - 1]), (out.x[10], out.x[11]));
+}
+
 /// Code that rewrites an instruction of its own block, and one of another block it already
 /// ran: both must take effect at once, like on the interpreter.
 #[test]

@@ -1,0 +1,242 @@
+//! Runs of consecutive integer loads (or stores) through one base register, checked against
+//! the soft TLB once for the whole run.
+//!
+//! Function prologues and epilogues save and restore registers with a string of `sd`/`ld`
+//! off `sp`; checked one by one, each costs a dozen host instructions of TLB lookup. A run
+//! is checked once: if the bytes from its lowest to its highest offset lie in one page whose
+//! TLB entry is there, every access of the run is then a single host instruction (base
+//! register + addend + offset). Otherwise a cold path performs the accesses one by one
+//! through the helpers, each with its own exact fault exit, so faults stay precise.
+
+// dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
+#![allow(clippy::useless_conversion)]
+
+use super::regs::{ld, Operand, RDX, RSI};
+use super::{call_memory_helper, size_index, st_rax, Asm, At, Env, Stubs, S};
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
+use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
+use popek_cpu::engine::{DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+
+/// One access of a run and where it is.
+#[derive(Clone, Copy)]
+pub(super) struct Access {
+    i: Insn,
+    at: At,
+}
+
+impl Access {
+    /// The guest address of the instruction after this one.
+    pub(super) fn next_pc(&self) -> u64 {
+        self.at.pc.wrapping_add(self.i.byte_len() as u64)
+    }
+}
+
+fn is_int_load(op: Op) -> bool {
+    use Op::*;
+    matches!(op, Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu)
+}
+
+fn is_int_store(op: Op) -> bool {
+    use Op::*;
+    matches!(op, Sb | Sh | Sw | Sd)
+}
+
+/// The run of accesses starting with `first` (at `at`, offset `off` of the guest page at
+/// `page`), at most `room` instructions long: the consecutive integer loads (or stores, as
+/// `first` is) through `first`'s base register, up to and including a load that overwrites
+/// that register. Empty unless `first` is an integer load or store through a register other
+/// than x0; a run of one is no run.
+///
+/// # Safety
+/// `page` must point at 4096 readable bytes and `off` < 4096.
+pub(super) unsafe fn find(
+    page: *const u8,
+    off: usize,
+    first: &Insn,
+    at: At,
+    room: usize,
+) -> Vec<Access> {
+    let load = is_int_load(first.op);
+    if !(load || is_int_store(first.op)) || first.rs1 == 0 {
+        return Vec::new();
+    }
+    let mut run = vec![Access { i: *first, at }];
+    let (mut lo, mut hi) = span(first);
+    let mut off = off + first.byte_len() as usize;
+    while run.len() < room && off < 4096 && !(load && first.rd() == first.rs1) {
+        // SAFETY: per this function's contract, and off < 4096.
+        let Some(raw) = (unsafe { raw_in_page(page, off) }) else {
+            break;
+        };
+        let i = decode(raw);
+        let same_kind = if load {
+            is_int_load(i.op)
+        } else {
+            is_int_store(i.op)
+        };
+        let (l, h) = span(&i);
+        if !same_kind || i.rs1 != first.rs1 || h.max(hi) - l.min(lo) > 4096 {
+            break;
+        }
+        (lo, hi) = (l.min(lo), h.max(hi));
+        let prev = run.last().expect("the run has its first access");
+        let at = At {
+            raw,
+            pc: prev.next_pc(),
+            n: prev.at.n + 1,
+        };
+        run.push(Access { i, at });
+        if load && i.rd() == i.rs1 {
+            break;
+        }
+        off += i.byte_len() as usize;
+    }
+    if run.len() < 2 {
+        run.clear();
+    }
+    run
+}
+
+/// The byte range an access covers, relative to its base register.
+fn span(i: &Insn) -> (i64, i64) {
+    let size = size_index(i.op).1 as i64;
+    (i.imm as i64, i.imm as i64 + size)
+}
+
+/// Emit the run `run` (from [`find`]).
+pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
+    let c = stubs.cache;
+    let first = run[0].i;
+    let write = is_int_store(first.op);
+    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
+    let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run") as i32;
+    let base = match c.operand(first.rs1) {
+        Operand::Reg(h) => h,
+        _ => {
+            ld(ops, &c, RSI, first.rs1);
+            RSI
+        }
+    };
+    let slow = ops.new_dynamic_label();
+    let done = ops.new_dynamic_label();
+    let tlb = if write {
+        env.ctx_tlb_write
+    } else {
+        env.ctx_tlb_read
+    };
+    let shift = 12 - DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
+    let mask = ((DATA_TLB_ENTRIES - 1) * DATA_TLB_ENTRY_BYTES) as i32;
+    // The entry of the first byte's page must hold the last byte's page (see
+    // `emit_tlb_check`): then the whole span is in that page.
+    dynasm!(ops
+        ; .arch x64
+        ; lea rdi, [Rq(base) + lo]
+        ; mov ecx, edi
+        ; shr ecx, shift
+        ; and ecx, mask
+        ; add rcx, [r12 + tlb]
+        ; lea rax, [Rq(base) + hi - 1]
+        ; shr rax, 12
+        ; cmp rax, [rcx]
+        ; jne =>slow
+    );
+    match env.data_addend {
+        Some(a) => dynasm!(ops
+            ; .arch x64
+            ; mov rax, QWORD a as i64
+            ; cmp rax, [rcx + 8]
+            ; jne =>slow
+            ; mov rcx, rax
+        ),
+        None => dynasm!(ops ; .arch x64 ; mov rcx, [rcx + 8]),
+    }
+    for a in run {
+        emit_fast(ops, stubs, &a.i, base);
+    }
+    dynasm!(ops ; .arch x64 ; =>done);
+    let mut exits = Vec::new();
+    for a in run {
+        let fault = ops.new_dynamic_label();
+        stubs.fault.push((fault, a.at.pc, a.at.n));
+        let leave = ops.new_dynamic_label();
+        if write {
+            stubs.leave.push((leave, a.next_pc(), a.at.n + 1));
+        }
+        exits.push((*a, fault, leave));
+    }
+    stubs
+        .cold
+        .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
+            dynasm!(ops ; .arch x64 ; =>slow);
+            for (a, fault, leave) in exits {
+                emit_slow(ops, &c, env, &a.i, fault, leave);
+            }
+            dynasm!(ops ; .arch x64 ; jmp =>done);
+        }));
+}
+
+/// One access of a checked run: `rcx` holds the page's addend.
+fn emit_fast(ops: &mut Asm, stubs: &Stubs, i: &Insn, base: u8) {
+    use Op::*;
+    let c = &stubs.cache;
+    let imm = i.imm;
+    if is_int_load(i.op) {
+        match i.op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + rcx + imm]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + rcx + imm]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [Rq(base) + rcx + imm]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [Rq(base) + rcx + imm]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [Rq(base) + rcx + imm]),
+            Lwu => dynasm!(ops ; .arch x64 ; mov eax, DWORD [Rq(base) + rcx + imm]),
+            _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(base) + rcx + imm]),
+        }
+        st_rax(ops, c, i.rd());
+        return;
+    }
+    let v = match c.operand(i.rs2) {
+        Operand::Reg(h) => h,
+        _ => {
+            ld(ops, c, RDX, i.rs2);
+            RDX
+        }
+    };
+    match i.op {
+        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + rcx + imm], Rb(v)),
+        Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + rcx + imm], Rw(v)),
+        Sw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + rcx + imm], Rd(v)),
+        _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + rcx + imm], Rq(v)),
+    }
+}
+
+/// One access of a run whose check failed, through its helper: a fault leaves through
+/// `fault`, a store that set a request (code or MMIO written) through `leave`.
+fn emit_slow(
+    ops: &mut Asm,
+    c: &super::Cache,
+    env: &Env,
+    i: &Insn,
+    fault: DynamicLabel,
+    leave: DynamicLabel,
+) {
+    let (idx, _) = size_index(i.op);
+    ld(ops, c, RSI, i.rs1);
+    if i.imm != 0 {
+        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+    }
+    if is_int_load(i.op) {
+        let signed = matches!(i.op, Op::Lb | Op::Lh | Op::Lw | Op::Ld);
+        call_memory_helper(ops, c, env.load[idx][signed as usize] as i64);
+        dynasm!(ops ; .arch x64 ; test rdx, rdx ; jnz =>fault);
+        st_rax(ops, c, i.rd());
+    } else {
+        ld(ops, c, RDX, i.rs2);
+        call_memory_helper(ops, c, env.store[idx] as i64);
+        dynasm!(ops
+            ; .arch x64
+            ; test rax, rax
+            ; jnz =>fault
+            ; cmp DWORD [rbx + S.requests], 0
+            ; jne =>leave
+        );
+    }
+}
