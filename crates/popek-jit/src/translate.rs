@@ -588,49 +588,56 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
 }
 
-/// `rsi` = effective address; `rcx` = the TLB entry for it in the table at context offset
-/// `tlb`; jumps to `slow` unless the entry maps the page and the access of `size` bytes stays
-/// in it. Leaves the addend in `rax` on the fast path.
+/// `rsi` = effective address; jumps to `slow` unless the TLB entry for it maps the page and
+/// the access of `size` bytes stays in it. Leaves the addend in `rax` on the fast path.
 fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, slow: DynamicLabel) {
+    let size = size_index(i.op).1;
+    match c.operand(i.rs1) {
+        Operand::Reg(h) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
+        _ => emit_address(ops, c, i),
+    }
+    if size > 1 {
+        dynasm!(ops ; .arch x64 ; lea rax, [rsi + (size - 1) as i32]);
+    } else {
+        dynasm!(ops ; .arch x64 ; mov rax, rsi);
+    }
+    emit_tlb_lookup(ops, env, write, RSI, slow);
+}
+
+/// `rsi` = `x[rs1] + imm`, the address of memory access `i`.
+fn emit_address(ops: &mut Asm, c: &Cache, i: &Insn) {
+    ld(ops, c, RSI, i.rs1);
+    if i.imm != 0 {
+        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+    }
+}
+
+/// With host register `first` holding the address of an access's first byte and `rax` that
+/// of its last: jump to `slow` unless the data TLB (the write one if `write`) maps the page
+/// and the access stays in it; on the fast path, leave the page's addend in `rax`. Clobbers
+/// `rcx`.
+///
+/// The entry's offset comes straight from the first byte's address (`(vaddr >> 12) %
+/// entries × entry bytes` in two operations): the access's address depends on it, the tag
+/// compare only steers a branch. The tag is compared with the page of the last byte: it matches only if
+/// that page is the entry's, which is the page of the first byte, so an access crossing into
+/// the next page takes the slow path too.
+fn emit_tlb_lookup(ops: &mut Asm, env: &Env, write: bool, first: u8, slow: DynamicLabel) {
     let tlb = if write {
         env.ctx_tlb_write
     } else {
         env.ctx_tlb_read
     };
-    let size = size_index(i.op).1;
-    match c.operand(i.rs1) {
-        Operand::Reg(h) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
-        _ => {
-            ld(ops, c, RSI, i.rs1);
-            if i.imm != 0 {
-                dynasm!(ops ; .arch x64 ; add rsi, i.imm);
-            }
-        }
-    }
-    // The entry's offset straight from the address (`(vaddr >> 12) % entries * entry bytes`
-    // in two operations): the load's address depends on it, the tag compare (in `rdi`) only
-    // steers a branch.
     let shift = 12 - DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
     let mask = ((DATA_TLB_ENTRIES - 1) * DATA_TLB_ENTRY_BYTES) as i32;
     dynasm!(ops
         ; .arch x64
-        ; mov ecx, esi
+        ; mov ecx, Rd(first)
         ; shr ecx, shift
         ; and ecx, mask
         ; add rcx, [r12 + tlb]
-    );
-    // The tag compare is made with the page of the access's last byte: it matches only if
-    // that page is the entry's, which is the page of the first byte, so an access crossing
-    // into the next page takes the slow path too.
-    if size > 1 {
-        dynasm!(ops ; .arch x64 ; lea rdi, [rsi + (size - 1) as i32]);
-    } else {
-        dynasm!(ops ; .arch x64 ; mov rdi, rsi);
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; shr rdi, 12
-        ; cmp rdi, [rcx]
+        ; shr rax, 12
+        ; cmp rax, [rcx]
         ; jne =>slow
     );
     match env.data_addend {
@@ -659,8 +666,6 @@ fn size_index(op: Op) -> (usize, u32) {
 fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let At { pc, n, .. } = at;
-    let idx = size_index(i.op).0;
-    let signed = matches!(i.op, Lb | Lh | Lw | Ld);
     let fp = matches!(i.op, Flw | Fld);
     let fs_off = ops.new_dynamic_label();
     if fp {
@@ -681,18 +686,13 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
     }
     dynasm!(ops ; .arch x64 ; =>done);
-    let helper = env.load[idx][signed as usize] as i64;
+    let op = i.op;
     stubs
         .cold
-        .push(Box::new(move |ops: &mut Asm, _: &Env, _: &mut Stubs| {
+        .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             dynasm!(ops ; .arch x64 ; =>slow);
-            call_memory_helper(ops, &c, helper);
-            dynasm!(ops
-                ; .arch x64
-                ; test rdx, rdx
-                ; jnz =>fault
-                ; jmp =>done
-            );
+            emit_load_call(ops, &c, env, op, fault);
+            dynasm!(ops ; .arch x64 ; jmp =>done);
         }));
     stubs.fault.push((fault, pc, n));
     if !fp {
@@ -705,6 +705,40 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     }
     st_f_rax(ops, stubs, i.rd());
     emit_fs_off(ops, fs_off, i, at, stubs);
+}
+
+/// The slow path of load `op` (its address in `rsi`): its helper, leaving the value in `rax`
+/// or through `fault`.
+fn emit_load_call(ops: &mut Asm, c: &Cache, env: &Env, op: Op, fault: DynamicLabel) {
+    use Op::*;
+    let signed = matches!(op, Lb | Lh | Lw | Ld);
+    call_memory_helper(ops, c, env.load[size_index(op).0][signed as usize] as i64);
+    dynasm!(ops
+        ; .arch x64
+        ; test rdx, rdx
+        ; jnz =>fault
+    );
+}
+
+/// The slow path of store `op` (its address in `rsi`, the value in `rdx`): its helper,
+/// leaving through `fault` if it faulted and through `leave` if it set a request.
+fn emit_store_call(
+    ops: &mut Asm,
+    c: &Cache,
+    env: &Env,
+    op: Op,
+    fault: DynamicLabel,
+    leave: DynamicLabel,
+) {
+    call_memory_helper(ops, c, env.store[size_index(op).0] as i64);
+    dynasm!(ops
+        ; .arch x64
+        ; test rax, rax
+        ; jnz =>fault
+        // The store may have hit code (possibly this block's) or MMIO: back to the hart.
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>leave
+    );
 }
 
 /// Call a load or store helper (its address and the value to store already in `rsi` and
@@ -723,7 +757,6 @@ fn call_memory_helper(ops: &mut Asm, c: &Cache, helper: i64) {
 fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let At { pc, n, .. } = at;
-    let idx = size_index(i.op).0;
     let fp = matches!(i.op, Fsw | Fsd);
     let fs_off = ops.new_dynamic_label();
     if fp {
@@ -750,22 +783,14 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
     }
     dynasm!(ops ; .arch x64 ; =>done);
-    let (helper, value) = (env.store[idx] as i64, i.rs2);
+    let (op, value) = (i.op, i.rs2);
     stubs
         .cold
-        .push(Box::new(move |ops: &mut Asm, _: &Env, _: &mut Stubs| {
+        .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             dynasm!(ops ; .arch x64 ; =>slow);
             ld_value(ops, &c, value, fp);
-            call_memory_helper(ops, &c, helper);
-            dynasm!(ops
-                ; .arch x64
-                ; test rax, rax
-                ; jnz =>fault
-                // The store may have hit code (possibly this block's) or MMIO: back to the hart.
-                ; cmp DWORD [rbx + S.requests], 0
-                ; jne =>leave
-                ; jmp =>done
-            );
+            emit_store_call(ops, &c, env, op, fault, leave);
+            dynasm!(ops ; .arch x64 ; jmp =>done);
         }));
     stubs.fault.push((fault, pc, n));
     stubs

@@ -91,6 +91,9 @@ enum Eng {
     Jit,
     /// The JIT, every block checked against the interpreter as it runs.
     Verify,
+    /// The JIT told to expect the data TLB's addend: the right one for this RAM (true) or a
+    /// wrong one.
+    JitExpectingAddend(bool),
 }
 
 /// Run a copy of `ram` from `BASE` until an exit other than `Budget`/`Ecall` or `max_ecalls`
@@ -109,13 +112,12 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
     hart.set_pc(BASE);
     let mut engine = match eng {
         Eng::Interp => None,
-        Eng::Jit => {
+        Eng::Jit => Some(Jit::new().unwrap()),
+        Eng::JitExpectingAddend(right) => {
             let mut jit = Jit::new().unwrap();
-            if let Some(right) = EXPECT_ADDEND.with(|c| c.get()) {
-                // This copy's RAM is flat: host = guest + (its address - BASE) everywhere.
-                let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
-                jit.expect_data_addend(if right { addend } else { addend ^ 1 << 40 });
-            }
+            // This copy's RAM is flat: host = guest + (its address - BASE) everywhere.
+            let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
+            jit.expect_data_addend(if right { addend } else { addend ^ 1 << 40 });
             Some(jit)
         }
         Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
@@ -323,11 +325,7 @@ fn register_placements_match_interpreter() {
     let mut ram = Ram::new();
     let data = 3 * 4096;
     // x3 = the data page (BASE + 3 pages); every listed register gets an awkward value.
-    let mut code = vec![
-        lui(3, 0x80003),
-        i(32, 3, 1, 3, 0x13), // slli x3, x3, 32
-        i(32, 3, 5, 3, 0x13), // srli x3, x3, 32
-    ];
+    let mut code = base_plus(3, data as u32).to_vec();
     for (k, &r) in REGS.iter().enumerate().skip(1) {
         code.push(lui(r, 0x89abc ^ (k as u32 * 0x1111) & 0xfffff));
         code.push(addi(r, r, -0x765 + 97 * k as i32));
@@ -412,22 +410,9 @@ fn expected_data_addend_right_or_wrong() {
     let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
     assert_load_fault_at_zero(&want, BASE + 32, 8);
     for right in [true, false] {
-        let (got, _) = run_expecting_addend(&ram, right);
+        let (got, _) = run(&ram, Eng::JitExpectingAddend(right), 1 << 20, 1);
         assert_eq!(got, want, "expectation right: {right}");
     }
-}
-
-/// [`run`] on the JIT told to expect an addend: the right one for this RAM, or a wrong one.
-fn run_expecting_addend(ram: &Ram, right: bool) -> (Outcome, Option<Jit>) {
-    EXPECT_ADDEND.with(|c| c.set(Some(right)));
-    let out = run(ram, Eng::Jit, 1 << 20, 1);
-    EXPECT_ADDEND.with(|c| c.set(None));
-    out
-}
-
-thread_local! {
-    /// For [`run`]: tell the JIT to expect a data addend, the right one (true) or a wrong one.
-    static EXPECT_ADDEND: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// A load fault in the middle of a block: pc at the load, instret counting only what retired,
@@ -525,14 +510,15 @@ fn loads_and_stores_match_interpreter() {
     assert_eq!(out.x[17], 0xffff_ffff_fedc_aedd);
 }
 
-/// `rd` = `BASE + off`, zero-extended (three instructions).
-fn base_plus(rd: u32, off: u32) -> [u32; 3] {
+/// `rd` = `BASE + off`, zero-extended (four instructions).
+fn base_plus(rd: u32, off: u32) -> [u32; 4] {
     let v = 0x8000_0000u32 + off;
     [
         lui(rd, (v + 0x800) >> 12),
         addi(rd, rd, ((v & 0xfff) as i32) << 20 >> 20),
         // Clear the sign extension: slli 32, srli 32.
         i(32, rd, 1, rd, 0x13),
+        i(32, rd, 5, rd, 0x13),
     ]
 }
 
@@ -556,7 +542,6 @@ fn runs_of_accesses_match_interpreter() {
     }
     for (r, off) in [(2, 3 * 4096 + 2048), (6, 3 * 4096 - 12), (7, 4 * 4096 - 16)] {
         code.extend(base_plus(r, off));
-        code.push(i(32, r, 5, r, 0x13)); // srli 32
     }
     // Twice (the second time the TLB has the pages): inside page 3, stores of every size and
     // loads back; across the end of page 2, where the run's check fails and the slow path
@@ -958,7 +943,7 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
         assert_eq!(engine.take_divergence(), None);
         match eng {
             Eng::Interp => {}
-            Eng::Jit => assert!(engine.stats().insns > 0),
+            Eng::Jit | Eng::JitExpectingAddend(_) => assert!(engine.stats().insns > 0),
             Eng::Verify => assert!(engine.stats().verified > 0),
         }
     }

@@ -11,11 +11,13 @@
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
 
-use super::regs::{ld, Operand, RDX, RSI};
-use super::{call_memory_helper, size_index, st_rax, Asm, At, Env, Stubs, S};
+use super::regs::{ld, Cache, Operand, RDI, RDX, RSI};
+use super::{
+    emit_address, emit_load_call, emit_store_call, emit_tlb_lookup, size_index, st_rax, Asm, At,
+    Env, Stubs,
+};
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
-use popek_cpu::engine::{DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 
 /// One access of a run and where it is.
 #[derive(Clone, Copy)]
@@ -119,37 +121,14 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     };
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
-    let tlb = if write {
-        env.ctx_tlb_write
-    } else {
-        env.ctx_tlb_read
-    };
-    let shift = 12 - DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
-    let mask = ((DATA_TLB_ENTRIES - 1) * DATA_TLB_ENTRY_BYTES) as i32;
-    // The entry of the first byte's page must hold the last byte's page (see
-    // `emit_tlb_check`): then the whole span is in that page.
+    // The span's first and last bytes; the addend goes to `rcx`, as `rax` takes loaded values.
     dynasm!(ops
         ; .arch x64
         ; lea rdi, [Rq(base) + lo]
-        ; mov ecx, edi
-        ; shr ecx, shift
-        ; and ecx, mask
-        ; add rcx, [r12 + tlb]
         ; lea rax, [Rq(base) + hi - 1]
-        ; shr rax, 12
-        ; cmp rax, [rcx]
-        ; jne =>slow
     );
-    match env.data_addend {
-        Some(a) => dynasm!(ops
-            ; .arch x64
-            ; mov rax, QWORD a as i64
-            ; cmp rax, [rcx + 8]
-            ; jne =>slow
-            ; mov rcx, rax
-        ),
-        None => dynasm!(ops ; .arch x64 ; mov rcx, [rcx + 8]),
-    }
+    emit_tlb_lookup(ops, env, write, RDI, slow);
+    dynasm!(ops ; .arch x64 ; mov rcx, rax);
     for a in run {
         emit_fast(ops, stubs, &a.i, base);
     }
@@ -212,31 +191,18 @@ fn emit_fast(ops: &mut Asm, stubs: &Stubs, i: &Insn, base: u8) {
 /// `fault`, a store that set a request (code or MMIO written) through `leave`.
 fn emit_slow(
     ops: &mut Asm,
-    c: &super::Cache,
+    c: &Cache,
     env: &Env,
     i: &Insn,
     fault: DynamicLabel,
     leave: DynamicLabel,
 ) {
-    let (idx, _) = size_index(i.op);
-    ld(ops, c, RSI, i.rs1);
-    if i.imm != 0 {
-        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
-    }
+    emit_address(ops, c, i);
     if is_int_load(i.op) {
-        let signed = matches!(i.op, Op::Lb | Op::Lh | Op::Lw | Op::Ld);
-        call_memory_helper(ops, c, env.load[idx][signed as usize] as i64);
-        dynasm!(ops ; .arch x64 ; test rdx, rdx ; jnz =>fault);
+        emit_load_call(ops, c, env, i.op, fault);
         st_rax(ops, c, i.rd());
     } else {
         ld(ops, c, RDX, i.rs2);
-        call_memory_helper(ops, c, env.store[idx] as i64);
-        dynasm!(ops
-            ; .arch x64
-            ; test rax, rax
-            ; jnz =>fault
-            ; cmp DWORD [rbx + S.requests], 0
-            ; jne =>leave
-        );
+        emit_store_call(ops, c, env, i.op, fault, leave);
     }
 }
