@@ -266,7 +266,7 @@ pub struct RunStats {
     /// Bytes of guest RAM the host has actually backed (touched by the guest or the loaders),
     /// so popek's own memory is the process's RSS minus this.
     pub guest_resident: u64,
-    /// Bytes held by the harts' decode caches at the end of the run.
+    /// Bytes of host memory backing the harts' decode caches at the end of the run.
     pub decode_cache: u64,
     /// What the harts' JITs did (`--engine jit`), summed over harts and runs.
     pub jit: Option<popek_jit::JitStats>,

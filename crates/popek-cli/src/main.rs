@@ -693,7 +693,7 @@ pub(crate) fn print_stats(machine: &Machine) {
         s.instructions as f64 / secs.max(1e-9) / 1e6
     );
     eprintln!(
-        "popek: guest RAM resident: {} KiB; decode cache: {} KiB",
+        "popek: guest RAM resident: {} KiB; decode cache resident: {} KiB",
         s.guest_resident >> 10,
         s.decode_cache >> 10
     );

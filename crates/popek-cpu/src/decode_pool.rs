@@ -1,17 +1,21 @@
 //! Memory for the decode cache's pages.
 //!
 //! A decoded page is 24 KiB, but a guest usually runs a few hundred bytes of each code page it
-//! touches. Pages taken fresh from the pool are all zero (the all-zero slot is
+//! touches. Pages taken from the pool are all zero (the all-zero slot is
 //! [`crate::decode::Insn::undecoded`]) and nothing writes them until an instruction is
 //! decoded, so untouched parts cost nothing. Allocating each page on its own (a boxed array
 //! filled with "undecoded") touched all 24 KiB of each: a restored guest spent a tenth of its
 //! time in the host's page faults for them.
 //!
-//! The pool maps its memory in large chunks the kernel zeroes on first touch, hands pages out
-//! front to back and recycles the pages it gets back, clearing those itself. It stays in small
-//! pages, backed only where code was decoded: backing whole decoded pages in advance, and
-//! transparent huge pages, made a restore a few milliseconds faster but added 8 MiB to each
-//! restored clone (100 clones of the default guest: 2.1 instead of 1.2 GiB).
+//! The pool maps its memory in large chunks the kernel zeroes on first touch and hands pages
+//! out front to back. Each decoded page starts on a host page boundary, so a page given back
+//! is returned to the kernel whole (`MADV_DONTNEED`) and is zero again, and unbacked, when
+//! taken next. Clearing given-back pages by writing zeros instead backed all 24 KiB of every
+//! page the cache ever recycled: a Linux boot, which starts its decode cache over several
+//! times, held 24 MiB of cleared pages. The pool stays in small pages, backed only where code
+//! was decoded: backing whole decoded pages in advance, and transparent huge pages, made a
+//! restore a few milliseconds faster but added 8 MiB to each restored clone (100 clones of
+//! the default guest: 2.1 instead of 1.2 GiB).
 
 use std::ptr::NonNull;
 
@@ -21,8 +25,15 @@ use crate::mmu::DecodedPage;
 /// whole life (about 37 MiB of address space; only what decoded code touches is backed).
 const CHUNK_PAGES: usize = 1536;
 
+/// Host page size the pool aligns decoded pages to (4 KiB on x86-64 and RISC-V Linux hosts;
+/// a larger host page only makes `MADV_DONTNEED` round inwards, see [`DecodePool::give`]).
+const HOST_PAGE: usize = 4096;
+
+/// Distance between two decoded pages in a chunk: the page rounded up to whole host pages.
+const STRIDE: usize = std::mem::size_of::<DecodedPage>().next_multiple_of(HOST_PAGE);
+
 /// Bytes of one chunk.
-const CHUNK_BYTES: usize = CHUNK_PAGES * std::mem::size_of::<DecodedPage>();
+const CHUNK_BYTES: usize = CHUNK_PAGES * STRIDE;
 
 /// One page of the pool, owned by the decode cache until it is given back.
 pub(crate) struct PooledPage(NonNull<DecodedPage>);
@@ -36,10 +47,10 @@ impl PooledPage {
 
 /// Zeroed decoded pages, handed out and recycled (see the module comment).
 pub(crate) struct DecodePool {
-    chunks: Vec<NonNull<DecodedPage>>,
+    chunks: Vec<NonNull<u8>>,
     /// Pages of the newest chunk not handed out yet (never written: still zero).
     fresh: usize,
-    /// Pages given back (dirty: cleared when taken again).
+    /// Pages given back (returned to the kernel: zero again).
     recycled: Vec<NonNull<DecodedPage>>,
 }
 
@@ -50,7 +61,7 @@ unsafe impl Send for PooledPage {}
 
 /// Map a chunk, zeroed (by the kernel, on first touch). `None` when the host has no memory
 /// to give.
-fn map_chunk() -> Option<NonNull<DecodedPage>> {
+fn map_chunk() -> Option<NonNull<u8>> {
     // SAFETY: a new anonymous private mapping at an address of the kernel's choosing touches
     // no existing memory.
     let p = unsafe {
@@ -66,7 +77,7 @@ fn map_chunk() -> Option<NonNull<DecodedPage>> {
     if p == libc::MAP_FAILED {
         return None;
     }
-    NonNull::new(p as *mut DecodedPage)
+    NonNull::new(p as *mut u8)
 }
 
 impl DecodePool {
@@ -82,9 +93,7 @@ impl DecodePool {
     /// A page whose every slot is [`crate::decode::Insn::undecoded`].
     pub fn take(&mut self) -> PooledPage {
         if let Some(p) = self.recycled.pop() {
-            // SAFETY: `p` is a page of one of our chunks that nobody holds any more; zero bytes
-            // are a valid `Insn` (the undecoded one).
-            unsafe { p.as_ptr().write_bytes(0, 1) };
+            // Zero since `give` (a valid page: the all-zero `Insn` is the undecoded one).
             return PooledPage(p);
         }
         if self.fresh == 0 {
@@ -99,11 +108,45 @@ impl DecodePool {
         let index = CHUNK_PAGES - self.fresh;
         self.fresh -= 1;
         // SAFETY: `index < CHUNK_PAGES`: a page inside the newest chunk, never handed out.
-        PooledPage(unsafe { newest.add(index) })
+        PooledPage(unsafe { newest.add(index * STRIDE) }.cast())
     }
 
-    /// Give `page` back; nothing may point into it any more.
+    /// Bytes of host memory backing the pool's chunks (what the decode cache costs: only the
+    /// host pages decoded instructions were written to, since they were last given back).
+    pub fn resident_bytes(&self) -> u64 {
+        let mut vec = vec![0u8; CHUNK_BYTES.div_ceil(HOST_PAGE)];
+        let mut pages = 0;
+        for c in &self.chunks {
+            // SAFETY: every chunk is a mapping of `CHUNK_BYTES` made by `map_chunk`; `vec` has
+            // a byte per host page of it.
+            let r = unsafe {
+                libc::mincore(
+                    c.as_ptr() as *mut libc::c_void,
+                    CHUNK_BYTES,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if r == 0 {
+                pages += vec.iter().filter(|b| *b & 1 != 0).count() as u64;
+            }
+        }
+        pages * HOST_PAGE as u64
+    }
+
+    /// Give `page` back; nothing may point into it any more. Its memory goes back to the
+    /// kernel, which zeroes it when it is touched again.
     pub fn give(&mut self, page: PooledPage) {
+        let p = page.0.as_ptr() as *mut u8;
+        // SAFETY: `p` starts a `STRIDE`-byte slot of one of our chunks (host-page aligned, as
+        // chunks and strides are) that nobody holds any more; dropping a private anonymous
+        // mapping's pages makes them read as zero. `MADV_DONTNEED` cannot fail on such a range.
+        let dropped = unsafe { libc::madvise(p as *mut libc::c_void, STRIDE, libc::MADV_DONTNEED) };
+        if dropped != 0 {
+            // A host whose pages are larger than `HOST_PAGE` refuses the unaligned range:
+            // clear the page by hand.
+            // SAFETY: as above; zero bytes are a valid `Insn` (the undecoded one).
+            unsafe { page.0.as_ptr().write_bytes(0, 1) };
+        }
         self.recycled.push(page.0);
     }
 }
@@ -122,6 +165,7 @@ impl Drop for DecodePool {
 mod tests {
     use super::*;
     use crate::decode::Insn;
+    use crate::mmu::SLOTS;
 
     #[test]
     fn pages_start_undecoded_and_come_back_cleared() {
@@ -139,6 +183,48 @@ mod tests {
         assert_eq!(c.as_ptr(), reused, "a given-back page is taken first");
         // SAFETY: as above.
         assert!(unsafe { &*c.as_ptr() }
+            .iter()
+            .all(|i| *i == Insn::undecoded()));
+    }
+
+    /// How many of the host pages of `page` are backed.
+    fn resident_host_pages(page: &PooledPage) -> usize {
+        let mut vec = [0u8; STRIDE / HOST_PAGE];
+        // SAFETY: the range is the page's slot in a chunk we mapped; `vec` has a byte per page.
+        let r =
+            unsafe { libc::mincore(page.as_ptr() as *mut libc::c_void, STRIDE, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+
+    #[test]
+    fn a_given_back_page_returns_its_memory() {
+        let mut pool = DecodePool::new();
+        let a = pool.take();
+        assert_eq!(
+            a.as_ptr() as usize % HOST_PAGE,
+            0,
+            "pages start on host pages"
+        );
+        // SAFETY: the page is ours until given back.
+        let page = unsafe { &mut *a.as_ptr() };
+        for i in (0..SLOTS).step_by(300) {
+            page[i] = Insn::illegal(0x1234, 4);
+        }
+        assert_eq!(
+            resident_host_pages(&a),
+            6,
+            "every written host page is backed"
+        );
+        pool.give(a);
+        let b = pool.take();
+        assert_eq!(
+            resident_host_pages(&b),
+            0,
+            "a recycled page is unbacked until written"
+        );
+        // SAFETY: as above.
+        assert!(unsafe { &*b.as_ptr() }
             .iter()
             .all(|i| *i == Insn::undecoded()));
     }

@@ -337,9 +337,10 @@ impl Hart {
         &self.s.csr
     }
 
-    /// Bytes of host memory held by this hart's decode cache (for memory accounting).
+    /// Bytes of host memory backing this hart's decode cache (for memory accounting; its
+    /// pages are 24 KiB of address space each, backed only where instructions were decoded).
     pub fn decode_cache_bytes(&self) -> u64 {
-        (self.mmu.decoded.len() * std::mem::size_of::<crate::mmu::DecodedPage>()) as u64
+        self.mmu.decode_cache_resident()
     }
 
     /// The guest RAM this hart sees.

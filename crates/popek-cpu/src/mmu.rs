@@ -202,6 +202,11 @@ impl Mmu {
         self.code_drops.clear();
     }
 
+    /// Bytes of host memory backing the decode cache (see `DecodePool::resident_bytes`).
+    pub fn decode_cache_resident(&self) -> u64 {
+        self.pool.resident_bytes()
+    }
+
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
     /// Engines' pages stay protected: their translations remain valid.
     pub fn evict_decoded(&mut self) {
