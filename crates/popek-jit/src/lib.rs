@@ -136,7 +136,7 @@ impl EngineConfig {
 
     /// How often a block starts before it is translated, when not asked otherwise (see
     /// [`EngineConfig::hot`]).
-    pub const DEFAULT_HOT: u32 = 16;
+    pub const DEFAULT_HOT: u32 = 64;
 
     /// `kind` with the default code cache and threshold.
     pub const fn new(kind: EngineKind) -> EngineConfig {
