@@ -8,6 +8,8 @@ pub(crate) struct CodeBuf {
     base: *mut u8,
     size: usize,
     used: usize,
+    /// Bytes at the front kept across [`CodeBuf::clear`] (see [`CodeBuf::keep`]).
+    kept: usize,
 }
 
 impl CodeBuf {
@@ -43,6 +45,7 @@ impl CodeBuf {
             base: p as *mut u8,
             size,
             used: 0,
+            kept: 0,
         })
     }
 
@@ -73,9 +76,17 @@ impl CodeBuf {
         Some(unsafe { self.base.add(at) } as *const u8)
     }
 
+    /// Copy `code` in like [`CodeBuf::push`], to stay for the buffer's life: [`CodeBuf::clear`]
+    /// empties only what comes after it. For code shared by every block.
+    pub fn keep(&mut self, code: &[u8]) -> Option<*const u8> {
+        let p = self.push(code)?;
+        self.kept = self.used;
+        Some(p)
+    }
+
     /// Forget every block (the caller has dropped all references to them).
     pub fn clear(&mut self) {
-        self.used = 0;
+        self.used = self.kept;
     }
 }
 

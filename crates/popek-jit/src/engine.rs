@@ -9,7 +9,9 @@ use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
 use crate::perfmap;
-use crate::translate::{jcache_slot, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES};
+use crate::translate::{
+    jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
+};
 use crate::verify::Verdict;
 use crate::{Divergence, EngineConfig, JitError, JitStats};
 
@@ -190,13 +192,15 @@ unsafe fn chain(slot: *mut u8, target: *const u8) {
     }
 }
 
-pub(crate) type BlockFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>) -> u64;
+/// [`crate::translate::Trampolines::enter`]: runs the translated block at the third argument
+/// with this state and context; 0 when it left normally, else a trap is in the context.
+pub(crate) type EnterFn = unsafe extern "sysv64" fn(*mut HartState, *mut Ctx<'_>, *const u8) -> u64;
 
 /// A translated block (or the note that the instruction at its address is not translated).
 #[derive(Clone, Copy)]
 struct Block {
-    entry: Option<BlockFn>,
-    /// Where chained blocks jump in (past the prologue).
+    /// Its code (entered through `Jit::enter`, jumped to by chained blocks); null when not
+    /// translated.
     chain: *const u8,
     insns: u32,
 }
@@ -222,6 +226,8 @@ fn key(host_pc: u64, vpc: u64, prv: Priv, satp_mode: u64) -> Key {
 /// The JIT engine of one hart: pass it to [`Hart::run_with`].
 pub struct Jit {
     code: CodeBuf,
+    /// The shared entry into translated code, at the front of `code` (kept across flushes).
+    enter: EnterFn,
     blocks: HashMap<Key, Block>,
     /// Keys of the blocks on each host page, to drop them when the page's code is dropped.
     by_page: HashMap<u64, Vec<Key>>,
@@ -295,7 +301,6 @@ const NO_KEY: Key = Key {
 const EMPTY: (Key, Block) = (
     NO_KEY,
     Block {
-        entry: None,
         chain: std::ptr::null(),
         insns: 0,
     },
@@ -394,7 +399,7 @@ impl Jit {
         let bytes = bytes.clamp(EngineConfig::MIN_CODE_BYTES, EngineConfig::MAX_CODE_BYTES);
         let ctx_tlb_read = std::mem::offset_of!(Ctx<'static>, tlb_read) as i32;
         let ctx_tlb_write = std::mem::offset_of!(Ctx<'static>, tlb_write) as i32;
-        let env = Env {
+        let mut env = Env {
             load: [
                 [
                     load_helper::<1, false> as *const () as usize,
@@ -438,10 +443,22 @@ impl Jit {
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
             ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
             fma: std::arch::is_x86_feature_detected!("fma"),
+            epilogue: 0,
             data_addend: None,
         };
+        let mut code = CodeBuf::new(bytes)?;
+        let t = trampolines(code.next_addr(), &env);
+        let at = code.keep(&t.code).ok_or(JitError::CodeMemory {
+            bytes,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        })?;
+        env.epilogue = at as usize + t.epilogue;
+        // SAFETY: `at + t.enter` is the entry assembled for this address with the `EnterFn`
+        // calling convention; the code stays there as long as the buffer (`keep`).
+        let enter = unsafe { std::mem::transmute::<*const u8, EnterFn>(at.add(t.enter)) };
         Ok(Jit {
-            code: CodeBuf::new(bytes)?,
+            code,
+            enter,
             blocks: HashMap::default(),
             by_page: HashMap::default(),
             fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
@@ -513,7 +530,6 @@ impl Jit {
             t = unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
         }
         let mut b = Block {
-            entry: None,
             chain: std::ptr::null(),
             insns: t.insns,
         };
@@ -522,11 +538,7 @@ impl Jit {
                 .code
                 .push(&t.code)
                 .expect("a block fits in an empty code buffer");
-            // SAFETY: `p` holds code assembled for this address with the `BlockFn` calling
-            // convention (see the translate module).
-            b.entry = Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(p) });
-            // SAFETY: `chain_entry` is an offset inside the code just copied to `p`.
-            b.chain = unsafe { p.add(t.chain_entry) };
+            b.chain = p;
             perfmap::block(p, t.code.len(), pc);
         }
         self.blocks.insert(k, b);
@@ -591,9 +603,9 @@ impl Engine for Jit {
                 Found::Cold => return if first { None } else { Some(Ok(())) },
             };
             let done = hart.instret() - start;
-            let Some(entry) = block.entry.filter(|_| block.insns as u64 <= left - done) else {
+            if block.chain.is_null() || block.insns as u64 > left - done {
                 return if first { None } else { Some(Ok(())) };
-            };
+            }
             let jkey = self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf);
             self.jcache[jcache_slot(pc)] = JEntry {
                 vpc: pc,
@@ -613,7 +625,8 @@ impl Engine for Jit {
             ctx.jkey = jkey;
             let result = if self.verify {
                 // SAFETY: as below.
-                let (result, verdict) = unsafe { crate::verify::run_both(hart, entry, &mut ctx) };
+                let (result, verdict) =
+                    unsafe { crate::verify::run_both(hart, self.enter, block.chain, &mut ctx) };
                 match verdict {
                     Verdict::Same => self.stats.verified += 1,
                     Verdict::Unverifiable => self.stats.unverified += 1,
@@ -629,7 +642,7 @@ impl Engine for Jit {
                 // the fetch that could have evicted code) of the page at `pc`, built for this
                 // state layout and context; the hart and bus outlive the call and are only
                 // reached through the context while it runs.
-                match unsafe { entry(state, &mut ctx) } {
+                match unsafe { (self.enter)(state, &mut ctx, block.chain) } {
                     0 => Ok(()),
                     _ => Err(ctx.trap),
                 }
@@ -654,7 +667,6 @@ mod tests {
 
     fn untranslated() -> Block {
         Block {
-            entry: None,
             chain: std::ptr::null(),
             insns: 0,
         }

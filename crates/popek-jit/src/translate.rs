@@ -60,6 +60,9 @@ pub(crate) struct Env {
     pub ctx_scratch: i32,
     /// The host has FMA3 (`vfmadd…sd`), so fused multiply-adds may run natively.
     pub fma: bool,
+    /// Address of the shared exit code ([`Trampolines::epilogue`]) blocks jump to with their
+    /// result in `eax` (0 when the trampolines are not assembled yet).
+    pub epilogue: usize,
     /// The addend (host minus guest virtual address) data TLB entries are expected to hold,
     /// if one is: a process VM's flat address space has one for all of them. Loads and stores
     /// then use it without waiting for the entry's, and check the entry's beside the tag.
@@ -108,12 +111,73 @@ impl InsnArena {
 }
 
 /// A translated block: host code assembled for a given address, and how many guest
-/// instructions it covers (0: the first instruction is not translatable).
+/// instructions it covers (0: the first instruction is not translatable). The engine enters
+/// it through [`Trampolines::enter`]; chained blocks jump to its start.
 pub(crate) struct Translated {
     pub code: Vec<u8>,
     pub insns: u32,
-    /// Offset in `code` where blocks chained to this one jump (past the prologue).
-    pub chain_entry: usize,
+}
+
+/// The code every block shares, assembled once at the front of the code buffer: entering
+/// translated code from the engine and returning to it. Each block carried its own copy
+/// before (140 of a typical block's 700 bytes).
+pub(crate) struct Trampolines {
+    pub code: Vec<u8>,
+    /// Offset in `code` of the entry, an `extern "sysv64" fn(state, ctx, block) -> u64`: saves
+    /// the engine's registers, sets up the context registers and the pinned guest registers,
+    /// and jumps to `block`.
+    pub enter: usize,
+    /// Offset in `code` of the exit blocks jump to with their result in `eax`: stores the
+    /// pinned guest registers, brings `instret` up to date and returns to the engine.
+    pub epilogue: usize,
+}
+
+/// Assemble the [`Trampolines`] for address `at`.
+pub(crate) fn trampolines(at: usize, env: &Env) -> Trampolines {
+    let mut ops = Asm::new(at);
+    let pinned = Cache::pinned_only();
+    let enter = ops.offset().0;
+    // Six pushes and the return address: 8 more bytes keep calls 16-byte aligned.
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; push rbp
+        ; push r14
+        ; push r15
+        ; sub rsp, 8
+        ; mov rbx, rdi
+        ; mov r12, rsi
+        ; mov r13, [r12 + env.ctx_left]
+    );
+    pinned.load(&mut ops, Sync::Pinned);
+    dynasm!(ops ; .arch x64 ; jmp rdx ; .align 16);
+    let epilogue = ops.offset().0;
+    spill(&mut ops, &pinned, Sync::Pinned);
+    dynasm!(ops
+        ; .arch x64
+        // Generated code counts retired instructions only in r13: instret catches up here.
+        ; mov rcx, [r12 + env.ctx_left]
+        ; sub rcx, r13
+        ; add [rbx + S.instret], rcx
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop rbp
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    let code = ops
+        .finalize()
+        .expect("the trampolines have no unresolved labels");
+    Trampolines {
+        code,
+        enter,
+        epilogue,
+    }
 }
 
 type Asm = VecAssembler<X64Relocation>;
@@ -274,22 +338,7 @@ pub(crate) unsafe fn translate(
         fs_on: false,
         fs_dirty: false,
     };
-    // Six pushes and the return address: 8 more bytes keep calls 16-byte aligned.
-    dynasm!(ops
-        ; .arch x64
-        ; push rbx
-        ; push r12
-        ; push r13
-        ; push rbp
-        ; push r14
-        ; push r15
-        ; sub rsp, 8
-        ; mov rbx, rdi
-        ; mov r12, rsi
-        ; mov r13, [r12 + env.ctx_left]
-    );
-    stubs.cache.load(&mut ops, Sync::Pinned);
-    let chain_entry = ops.offset().0;
+    // Entered from `Trampolines::enter` or a chained block, with the pinned registers loaded.
     stubs.cache.load(&mut ops, Sync::Block);
     dynasm!(ops ; .arch x64 ; ->again:);
     let mut cur = pc;
@@ -339,7 +388,6 @@ pub(crate) unsafe fn translate(
         return Translated {
             code: Vec::new(),
             insns: 0,
-            chain_entry: 0,
         };
     }
     if !terminated {
@@ -356,34 +404,19 @@ pub(crate) unsafe fn translate(
         dynasm!(ops ; .arch x64 ; =>label);
         exit(&mut ops, &stubs.cache, next, k, 0);
     }
+    debug_assert_ne!(
+        env.epilogue, 0,
+        "blocks are assembled after the trampolines"
+    );
     dynasm!(ops
         ; .arch x64
         ; ->leave:
         ; xor eax, eax
         ; ->epilogue:
-    );
-    spill(&mut ops, &stubs.cache, Sync::Pinned);
-    dynasm!(ops
-        ; .arch x64
-        // Generated code counts retired instructions only in r13: instret catches up here.
-        ; mov rcx, [r12 + env.ctx_left]
-        ; sub rcx, r13
-        ; add [rbx + S.instret], rcx
-        ; add rsp, 8
-        ; pop r15
-        ; pop r14
-        ; pop rbp
-        ; pop r13
-        ; pop r12
-        ; pop rbx
-        ; ret
+        ; jmp extern env.epilogue
     );
     let code = ops.finalize().expect("the JIT's own labels always resolve");
-    Translated {
-        code,
-        insns: n,
-        chain_entry,
-    }
+    Translated { code, insns: n }
 }
 
 /// Leave the block for the known guest address `next` after `retired` instructions. Within

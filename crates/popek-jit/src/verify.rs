@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use popek_cpu::{Hart, Trap};
 
-use crate::engine::{BlockFn, Ctx};
+use crate::engine::{Ctx, EnterFn};
 use crate::Divergence;
 
 /// What verifying one block found.
@@ -24,16 +24,17 @@ pub(crate) enum Verdict {
     Differs(Divergence),
 }
 
-/// Run the block at `entry` (for the hart's current `pc`) on the JIT, undo it, and run the same
+/// Run the block at `block` (entered through `enter`, for the hart's current `pc`) on the JIT, undo it, and run the same
 /// instructions on the interpreter; the hart is left as the interpreter (or, for an
 /// unverifiable block, the JIT) left it. Returns that run's outcome and the verdict.
 ///
 /// # Safety
-/// As for calling `entry` in `Jit::run_code`: a live translation of the page at `pc` for this
+/// As for entering `block` in `Jit::run_code`: a live translation of the page at `pc` for this
 /// state layout, `ctx` set up for this run with its bus pointer valid.
 pub(crate) unsafe fn run_both(
     hart: &mut Hart,
-    entry: BlockFn,
+    enter: EnterFn,
+    block: *const u8,
     ctx: &mut Ctx<'_>,
 ) -> (Result<(), Trap>, Verdict) {
     hart.log_stores(true);
@@ -45,7 +46,7 @@ pub(crate) unsafe fn run_both(
     let state = hart.state_ptr();
     ctx.hart = hart;
     // SAFETY: per this function's contract.
-    let jit = match unsafe { entry(state, ctx) } {
+    let jit = match unsafe { enter(state, ctx, block) } {
         0 => Ok(()),
         _ => Err(ctx.trap),
     };

@@ -1035,13 +1035,16 @@ fn one_code_page_at_two_addresses() {
 fn code_buffer_flushes_when_full() {
     let mut ram = Ram::new();
     let mut code = vec![addi(11, 0, 3)];
-    for k in 0..1500 {
+    for k in 0..1300 {
         code.push(addi(10, 10, k % 100 + 1));
-        code.push(jal(0, 4)); // a block of two instructions
+        code.push(addi(12, 10, k % 7));
+        code.push(jal(0, 4)); // a block of three instructions
     }
+    // Three times round: a1 counts down, the jump back is a jal (a branch reaches 4 KiB).
     code.push(addi(11, 11, -1));
+    code.push(b(8, 0, 11, 0)); // beq a1, zero, the ecall
     let back = -(4 * (code.len() as i32 - 1));
-    code.push(b(back, 0, 11, 1));
+    code.push(jal(0, back));
     code.push(ECALL);
     ram.put(0, &code);
     let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);

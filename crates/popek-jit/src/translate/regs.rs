@@ -160,12 +160,7 @@ impl Cache {
                 break;
             }
         }
-        let mut c = Cache::default();
-        for (r, h) in PINNED {
-            c.host[r as usize] = h;
-            c.written[r as usize] = true;
-            c.pinned[r as usize] = true;
-        }
+        let mut c = Cache::pinned_only();
         // x0 is never cached; f0 is a register like the others.
         assign((&reads, &writes), 1, &HOSTS, &mut c.host, &mut c.written);
         assign(
@@ -175,6 +170,18 @@ impl Cache {
             &mut c.fhost,
             &mut c.fwritten,
         );
+        c
+    }
+
+    /// Only the pinned registers: what the shared entry and exit code (run for every block)
+    /// loads and stores.
+    pub(super) fn pinned_only() -> Cache {
+        let mut c = Cache::default();
+        for (r, h) in PINNED {
+            c.host[r as usize] = h;
+            c.written[r as usize] = true;
+            c.pinned[r as usize] = true;
+        }
         c
     }
 
