@@ -1,12 +1,14 @@
 //! Translation of one RISC-V basic block into x86-64 code.
 //!
-//! Generated code is a function `extern "sysv64" fn(state: *mut HartState, ctx: *mut Ctx) -> u64`
-//! that returns 0 when the block ran to its end (or stopped after a store that set a request
-//! bit) and 1 when an instruction faulted (the trap is in the context). Either way `pc` and
-//! `instret` in the state are exact on return; while blocks run (chained ones included),
-//! retired instructions are counted only in `r13`, which starts at the context's `left` and
-//! counts down, and the epilogue adds what was retired to `instret`. `rbx` holds the state's
-//! address and `r12` the context's. Guest registers live in the state, except the most used
+//! The engine enters generated code through a shared entry ([`Trampolines`]),
+//! `extern "sysv64" fn(state: *mut HartState, ctx: *mut Ctx, block) -> u64`, which returns 0
+//! when the blocks ran to their end (or stopped after a store that set a request bit) and 1
+//! when an instruction faulted (the trap is in the context). Either way `pc` and `instret` in
+//! the state are exact on return; while blocks run (chained ones included), retired
+//! instructions are counted only in `r13`, which starts at the context's `left` and counts
+//! down, and the shared exit adds what was retired to `instret`. `rbx` holds the state's
+//! address plus [`STATE_BIAS`] (so every integer register is a one-byte displacement away)
+//! and `r12` the context's. Guest registers live in the state, except the most used
 //! ones, pinned in host registers across chained blocks; a block keeps the ones it uses most
 //! among the rest in host registers too (FP ones in `xmm2`-`xmm9`), and stores the changed
 //! ones back before it exits or calls out (see `regs`). Within an instruction `rax`,
@@ -147,7 +149,7 @@ pub(crate) fn trampolines(at: usize, env: &Env) -> Trampolines {
         ; push r14
         ; push r15
         ; sub rsp, 8
-        ; mov rbx, rdi
+        ; lea rbx, [rdi + STATE_BIAS]
         ; mov r12, rsi
         ; mov r13, [r12 + env.ctx_left]
     );
@@ -196,24 +198,37 @@ struct StateOffsets {
     fflags: i32,
 }
 
+/// What `rbx` holds beyond the state's address: with the integer registers at the state's
+/// start, `x0`..`x31` are at -128..120 from `rbx`, each reached with a one-byte displacement
+/// (an access is 3 bytes shorter than with four: a tenth of a typical block's code).
+pub(crate) const STATE_BIAS: i32 = 128;
+
 impl StateOffsets {
+    /// The state's offsets as displacements from `rbx` (see [`STATE_BIAS`]).
     const fn new() -> StateOffsets {
         let o = HartState::OFFSETS;
+        let b = STATE_BIAS;
         StateOffsets {
-            x: o.x as i32,
-            f: o.f as i32,
-            mstatus: o.mstatus as i32,
-            pc: o.pc as i32,
-            instret: o.instret as i32,
-            requests: o.requests as i32,
-            frm: o.frm as i32,
-            fflags: o.fflags as i32,
+            x: o.x as i32 - b,
+            f: o.f as i32 - b,
+            mstatus: o.mstatus as i32 - b,
+            pc: o.pc as i32 - b,
+            instret: o.instret as i32 - b,
+            requests: o.requests as i32 - b,
+            frm: o.frm as i32 - b,
+            fflags: o.fflags as i32 - b,
         }
     }
 }
 
-fn xoff(r: u8) -> i32 {
-    S.x + 8 * r as i32
+// Generated code reaches every integer register with a one-byte displacement (`[BYTE rbx + ..]`
+// encodes only the low byte of the offset).
+const _: () = assert!(S.x >= -128 && S.x + 8 * 31 <= 127);
+
+/// Displacement of integer register `r` (< 32) from `rbx`: one byte (see [`STATE_BIAS`]).
+fn xoff(r: u8) -> i8 {
+    debug_assert!(r < 32);
+    (S.x + 8 * (r & 31) as i32) as i8
 }
 
 fn foff(r: u8) -> i32 {
@@ -419,6 +434,9 @@ pub(crate) unsafe fn translate(
     Translated { code, insns: n }
 }
 
+// Exits count retired instructions with a one-byte immediate.
+const _: () = assert!(MAX_BLOCK_INSNS <= 127);
+
 /// Leave the block for the known guest address `next` after `retired` instructions. Within
 /// the block's own page the exit is a chain slot: a `jmp` the engine later points at the
 /// translation of `next` (while instructions are left); until then, and when the budget is
@@ -436,7 +454,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
         // registers (their host copies are the live values).
         dynasm!(ops
             ; .arch x64
-            ; sub r13, retired as i32
+            ; sub r13, BYTE retired as i8
             ; jg ->again
         );
         spill(ops, &stubs.cache, Sync::Block);
@@ -452,7 +470,7 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
     spill(ops, &stubs.cache, Sync::Block);
     dynasm!(ops
         ; .arch x64
-        ; sub r13, retired as i32
+        ; sub r13, BYTE retired as i8
         ; jle =>unchained
         ; =>slot
         // Patched by the engine (see `Jit::chain`); rel32 form, so any target in the buffer fits.
@@ -477,7 +495,7 @@ fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
     dynasm!(ops
         ; .arch x64
         ; mov [rbx + S.pc], rax
-        ; sub r13, retired as i32
+        ; sub r13, BYTE retired as i8
         ; jle ->leave
         ; mov rcx, rax
         ; shr rcx, 1
@@ -500,7 +518,7 @@ fn exit(ops: &mut Asm, c: &Cache, next: u64, retired: u32, status: i32) {
         ; .arch x64
         ; mov rax, QWORD next as i64
         ; mov [rbx + S.pc], rax
-        ; sub r13, retired as i32
+        ; sub r13, BYTE retired as i8
         ; mov eax, status
         ; jmp ->epilogue
     );
@@ -625,12 +643,13 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 /// the access of `size` bytes stays in it. Leaves the addend in `rax` on the fast path.
 fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, slow: DynamicLabel) {
     let size = size_index(i.op).1;
-    match c.operand(i.rs1) {
-        Operand::Reg(h) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
+    match (c.operand(i.rs1), i8::try_from(i.imm)) {
+        (Operand::Reg(h), Ok(b)) => dynasm!(ops ; .arch x64 ; lea rsi, [BYTE Rq(h) + b]),
+        (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
     }
     if size > 1 {
-        dynasm!(ops ; .arch x64 ; lea rax, [rsi + (size - 1) as i32]);
+        dynasm!(ops ; .arch x64 ; lea rax, [BYTE rsi + (size - 1) as i8]);
     } else {
         dynasm!(ops ; .arch x64 ; mov rax, rsi);
     }
@@ -640,8 +659,10 @@ fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, sl
 /// `rsi` = `x[rs1] + imm`, the address of memory access `i`.
 fn emit_address(ops: &mut Asm, c: &Cache, i: &Insn) {
     ld(ops, c, RSI, i.rs1);
-    if i.imm != 0 {
-        dynasm!(ops ; .arch x64 ; add rsi, i.imm);
+    match i8::try_from(i.imm) {
+        Ok(0) => {}
+        Ok(b) => dynasm!(ops ; .arch x64 ; add rsi, BYTE b),
+        Err(_) => dynasm!(ops ; .arch x64 ; add rsi, i.imm),
     }
 }
 

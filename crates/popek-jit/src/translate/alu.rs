@@ -132,7 +132,7 @@ fn mov64(ops: &mut Asm, d: u8, s: Operand) {
         Operand::Zero => dynasm!(ops ; .arch x64 ; xor Rd(d), Rd(d)),
         Operand::Reg(h) if h == d => {}
         Operand::Reg(h) => dynasm!(ops ; .arch x64 ; mov Rq(d), Rq(h)),
-        Operand::Mem(o) => dynasm!(ops ; .arch x64 ; mov Rq(d), [rbx + o]),
+        Operand::Mem(o) => dynasm!(ops ; .arch x64 ; mov Rq(d), [BYTE rbx + o]),
     }
 }
 
@@ -142,7 +142,7 @@ fn mov32(ops: &mut Asm, d: u8, s: Operand) {
         Operand::Zero => dynasm!(ops ; .arch x64 ; xor Rd(d), Rd(d)),
         Operand::Reg(h) if h == d => {}
         Operand::Reg(h) => dynasm!(ops ; .arch x64 ; mov Rd(d), Rd(h)),
-        Operand::Mem(o) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rbx + o]),
+        Operand::Mem(o) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [BYTE rbx + o]),
     }
 }
 
@@ -154,7 +154,10 @@ fn emit_imm64(ops: &mut Asm, c: &Cache, i: &Insn, d: u8) {
     match (i.op, s) {
         // `addi d, s, imm` with s in another register: one `lea`.
         (Addi, Operand::Reg(h)) if h != d && imm != 0 => {
-            dynasm!(ops ; .arch x64 ; lea Rq(d), [Rq(h) + imm]);
+            match i8::try_from(imm) {
+                Ok(b) => dynasm!(ops ; .arch x64 ; lea Rq(d), [BYTE Rq(h) + b]),
+                Err(_) => dynasm!(ops ; .arch x64 ; lea Rq(d), [Rq(h) + imm]),
+            }
             return;
         }
         // `li`: the sign-extended immediate.
@@ -168,7 +171,10 @@ fn emit_imm64(ops: &mut Asm, c: &Cache, i: &Insn, d: u8) {
     let sh = (imm & 63) as i8;
     match i.op {
         Addi if imm == 0 => {}
-        Addi => dynasm!(ops ; .arch x64 ; add Rq(d), imm),
+        Addi => match i8::try_from(imm) {
+            Ok(b) => dynasm!(ops ; .arch x64 ; add Rq(d), BYTE b),
+            Err(_) => dynasm!(ops ; .arch x64 ; add Rq(d), imm),
+        },
         Xori => dynasm!(ops ; .arch x64 ; xor Rq(d), imm),
         Ori => dynasm!(ops ; .arch x64 ; or Rq(d), imm),
         Andi => dynasm!(ops ; .arch x64 ; and Rq(d), imm),
@@ -192,16 +198,20 @@ fn emit_imm32(ops: &mut Asm, c: &Cache, i: &Insn, d: u8) {
             return;
         }
         (Addiw, Operand::Mem(o)) if imm == 0 => {
-            dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rbx + o]);
+            dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [BYTE rbx + o]);
             return;
         }
-        (Addiw, Operand::Reg(h)) if h != d => {
-            dynasm!(ops ; .arch x64 ; lea Rd(d), [Rq(h) + imm]);
-        }
+        (Addiw, Operand::Reg(h)) if h != d => match i8::try_from(imm) {
+            Ok(b) => dynasm!(ops ; .arch x64 ; lea Rd(d), [BYTE Rq(h) + b]),
+            Err(_) => dynasm!(ops ; .arch x64 ; lea Rd(d), [Rq(h) + imm]),
+        },
         _ => {
             mov32(ops, d, s);
             match i.op {
-                Addiw => dynasm!(ops ; .arch x64 ; add Rd(d), imm),
+                Addiw => match i8::try_from(imm) {
+                    Ok(b) => dynasm!(ops ; .arch x64 ; add Rd(d), BYTE b),
+                    Err(_) => dynasm!(ops ; .arch x64 ; add Rd(d), imm),
+                },
                 Slliw => dynasm!(ops ; .arch x64 ; shl Rd(d), sh),
                 Srliw => dynasm!(ops ; .arch x64 ; shr Rd(d), sh),
                 _ => dynasm!(ops ; .arch x64 ; sar Rd(d), sh),
@@ -250,19 +260,19 @@ fn emit_rr(ops: &mut Asm, c: &Cache, i: &Insn, d: u8) -> bool {
             if wide {
                 mov64(ops, d, a);
                 match i.op {
-                    Add => dynasm!(ops ; .arch x64 ; add Rq(d), [rbx + o]),
-                    Sub => dynasm!(ops ; .arch x64 ; sub Rq(d), [rbx + o]),
-                    Xor => dynasm!(ops ; .arch x64 ; xor Rq(d), [rbx + o]),
-                    Or => dynasm!(ops ; .arch x64 ; or Rq(d), [rbx + o]),
-                    And => dynasm!(ops ; .arch x64 ; and Rq(d), [rbx + o]),
-                    _ => dynasm!(ops ; .arch x64 ; imul Rq(d), [rbx + o]),
+                    Add => dynasm!(ops ; .arch x64 ; add Rq(d), [BYTE rbx + o]),
+                    Sub => dynasm!(ops ; .arch x64 ; sub Rq(d), [BYTE rbx + o]),
+                    Xor => dynasm!(ops ; .arch x64 ; xor Rq(d), [BYTE rbx + o]),
+                    Or => dynasm!(ops ; .arch x64 ; or Rq(d), [BYTE rbx + o]),
+                    And => dynasm!(ops ; .arch x64 ; and Rq(d), [BYTE rbx + o]),
+                    _ => dynasm!(ops ; .arch x64 ; imul Rq(d), [BYTE rbx + o]),
                 }
             } else {
                 mov32(ops, d, a);
                 match i.op {
-                    Addw => dynasm!(ops ; .arch x64 ; add Rd(d), DWORD [rbx + o]),
-                    Subw => dynasm!(ops ; .arch x64 ; sub Rd(d), DWORD [rbx + o]),
-                    _ => dynasm!(ops ; .arch x64 ; imul Rd(d), DWORD [rbx + o]),
+                    Addw => dynasm!(ops ; .arch x64 ; add Rd(d), DWORD [BYTE rbx + o]),
+                    Subw => dynasm!(ops ; .arch x64 ; sub Rd(d), DWORD [BYTE rbx + o]),
+                    _ => dynasm!(ops ; .arch x64 ; imul Rd(d), DWORD [BYTE rbx + o]),
                 }
             }
         }
@@ -309,15 +319,15 @@ pub(super) fn emit_compare(ops: &mut Asm, c: &Cache, rs1: u8, rs2: u8) {
         // Against zero, `test` sets the flags `cmp r, 0` would (CF and OF clear).
         (Operand::Reg(h), Operand::Zero) => dynasm!(ops ; .arch x64 ; test Rq(h), Rq(h)),
         (Operand::Reg(h), Operand::Reg(k)) => dynasm!(ops ; .arch x64 ; cmp Rq(h), Rq(k)),
-        (Operand::Reg(h), Operand::Mem(o)) => dynasm!(ops ; .arch x64 ; cmp Rq(h), [rbx + o]),
-        (Operand::Mem(o), Operand::Zero) => dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + o], 0),
-        (Operand::Mem(o), Operand::Reg(k)) => dynasm!(ops ; .arch x64 ; cmp [rbx + o], Rq(k)),
+        (Operand::Reg(h), Operand::Mem(o)) => dynasm!(ops ; .arch x64 ; cmp Rq(h), [BYTE rbx + o]),
+        (Operand::Mem(o), Operand::Zero) => dynasm!(ops ; .arch x64 ; cmp QWORD [BYTE rbx + o], 0),
+        (Operand::Mem(o), Operand::Reg(k)) => dynasm!(ops ; .arch x64 ; cmp [BYTE rbx + o], Rq(k)),
         (a, b) => {
             mov64(ops, RAX, a);
             match b {
                 Operand::Zero => dynasm!(ops ; .arch x64 ; test rax, rax),
                 Operand::Reg(k) => dynasm!(ops ; .arch x64 ; cmp rax, Rq(k)),
-                Operand::Mem(o) => dynasm!(ops ; .arch x64 ; cmp rax, [rbx + o]),
+                Operand::Mem(o) => dynasm!(ops ; .arch x64 ; cmp rax, [BYTE rbx + o]),
             }
         }
     }

@@ -206,7 +206,7 @@ impl Cache {
         for r in 1..32u8 {
             if let Some(h) = self.of(r) {
                 if which.covers(self.pinned[r as usize], h) {
-                    dynasm!(ops ; .arch x64 ; mov Rq(h), [rbx + xoff(r)]);
+                    dynasm!(ops ; .arch x64 ; mov Rq(h), [BYTE rbx + xoff(r)]);
                 }
             }
         }
@@ -254,7 +254,7 @@ pub(super) fn spill(ops: &mut Asm, c: &Cache, which: Sync) {
     for r in 1..32u8 {
         if let (Some(h), true) = (c.of(r), c.written[r as usize]) {
             if which.covers(c.pinned[r as usize], h) {
-                dynasm!(ops ; .arch x64 ; mov [rbx + xoff(r)], Rq(h));
+                dynasm!(ops ; .arch x64 ; mov [BYTE rbx + xoff(r)], Rq(h));
             }
         }
     }
@@ -318,7 +318,7 @@ pub(super) enum Operand {
     /// A host register holding it.
     Reg(u8),
     /// Its slot in the state (a displacement from `rbx`).
-    Mem(i32),
+    Mem(i8),
 }
 
 impl Cache {
@@ -346,7 +346,7 @@ pub(super) fn ld(ops: &mut Asm, c: &Cache, dst: u8, r: u8) {
     } else if let Some(h) = c.of(r) {
         dynasm!(ops ; .arch x64 ; mov Rq(dst), Rq(h));
     } else {
-        dynasm!(ops ; .arch x64 ; mov Rq(dst), [rbx + xoff(r)]);
+        dynasm!(ops ; .arch x64 ; mov Rq(dst), [BYTE rbx + xoff(r)]);
     }
 }
 
@@ -361,10 +361,10 @@ pub(super) fn st(ops: &mut Asm, c: &Cache, rd: u8, src: u8) {
         // `spill` does not store this register.
         Some(h) => dynasm!(ops
             ; .arch x64
-            ; mov [rbx + xoff(rd)], Rq(src)
+            ; mov [BYTE rbx + xoff(rd)], Rq(src)
             ; mov Rq(h), Rq(src)
         ),
-        None => dynasm!(ops ; .arch x64 ; mov [rbx + xoff(rd)], Rq(src)),
+        None => dynasm!(ops ; .arch x64 ; mov [BYTE rbx + xoff(rd)], Rq(src)),
     }
 }
 
