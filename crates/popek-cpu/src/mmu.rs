@@ -100,12 +100,26 @@ impl Access {
     }
 }
 
+/// A TLB: `N` entries for each of `M` contexts, on the heap (see [`boxed_table`]).
+type Table<T, const M: usize> = Box<[[T; TLB_SIZE]; M]>;
+
+/// A boxed `[[T; N]; M]` with every entry `value`, filled in place on the heap. The TLBs are
+/// 80 KiB together: kept inline, the hart was built on the stack and moved (into its thread
+/// and run loop) a few times, and those copies and the stack pages they touched were a fifth
+/// of `popek exec`'s start-up.
+fn boxed_table<T: Copy, const N: usize, const M: usize>(value: T) -> Box<[[T; N]; M]> {
+    let flat: Box<[T]> = vec![value; N * M].into_boxed_slice();
+    // SAFETY: `N * M` consecutive `T`s have the size and alignment of `[[T; N]; M]` (arrays
+    // have no padding), so the allocation is valid for it and is freed with the same layout.
+    unsafe { Box::from_raw(Box::into_raw(flat) as *mut [[T; N]; M]) }
+}
+
 pub(crate) struct Mmu {
-    pub read: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
-    pub write: [[TlbEntry; TLB_SIZE]; DATA_CONTEXTS],
-    pub exec: [[ITlbEntry; TLB_SIZE]; 4],
+    pub read: Table<TlbEntry, DATA_CONTEXTS>,
+    pub write: Table<TlbEntry, DATA_CONTEXTS>,
+    pub exec: Table<ITlbEntry, 4>,
     /// Fetch translations of engines (see `Hart::fetch_code_page`), per fetch context.
-    pub engine_exec: [[EngineTlbEntry; TLB_SIZE]; 4],
+    pub engine_exec: Table<EngineTlbEntry, 4>,
     /// Physical pages an engine translated code from: write-protected like decoded pages
     /// (stores take the slow path, which drops them), but independent of the decode cache and
     /// its bound.
@@ -144,10 +158,10 @@ pub(crate) fn tlb_index(vaddr: u64) -> usize {
 impl Mmu {
     pub fn new() -> Mmu {
         Mmu {
-            read: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
-            write: [[EMPTY; TLB_SIZE]; DATA_CONTEXTS],
-            exec: [[IEMPTY; TLB_SIZE]; 4],
-            engine_exec: [[EEMPTY; TLB_SIZE]; 4],
+            read: boxed_table(EMPTY),
+            write: boxed_table(EMPTY),
+            exec: boxed_table(IEMPTY),
+            engine_exec: boxed_table(EEMPTY),
             engine_pages: HashSet::new(),
             dctx: 3,
             ictx: 3,
@@ -802,5 +816,19 @@ unsafe fn write_dyn(p: *mut u8, size: u64, v: u64) {
         2 => write_host::<2>(p, v),
         4 => write_host::<4>(p, v),
         _ => write_host::<8>(p, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_tables_hold_their_value_everywhere() {
+        let t: Box<[[u32; 5]; 3]> = boxed_table(7);
+        assert_eq!(*t, [[7; 5]; 3]);
+        let mmu = Mmu::new();
+        assert!(mmu.read.iter().flatten().all(|e| e.tag == u64::MAX));
+        assert!(mmu.exec.iter().flatten().all(|e| e.tag == u64::MAX));
     }
 }

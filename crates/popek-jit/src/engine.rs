@@ -285,18 +285,27 @@ fn heat_slot(k: Key) -> (usize, u32) {
     ((h >> 20) as usize & (HEAT_SLOTS - 1), (h >> 32) as u32 | 1)
 }
 
-/// An unused jump-cache entry (no guest pc is odd).
-const JEMPTY: JEntry = JEntry {
-    vpc: 1,
-    key: 0,
-    entry: std::ptr::null(),
-};
+/// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
+const NO_KEY: Key = Key { host: 0, vpc: 0 };
 
-/// The key of an empty `fast` slot (no block's: guest pcs are even).
-const NO_KEY: Key = Key {
-    host: u64::MAX,
-    vpc: 1,
-};
+/// A boxed slice of `n` (> 0) all-zero `T`s straight from the allocator: the JIT's tables
+/// are 128-160 KiB each, which the allocator maps fresh (zero pages the kernel backs only
+/// where they are used) instead of a start-up filling every page.
+///
+/// # Safety
+/// All-zero bytes must be a valid `T`.
+unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
+    let layout = std::alloc::Layout::array::<T>(n).expect("a table the size of a constant");
+    debug_assert!(layout.size() > 0);
+    // SAFETY: the layout has a non-zero size (`n` > 0, and no table holds zero-sized `T`s).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` is a fresh allocation of `n` `T`s with `Box`'s layout for `[T]`, every one
+    // valid per this function's contract.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
+}
 
 const EMPTY: (Key, Block) = (
     NO_KEY,
@@ -461,18 +470,21 @@ impl Jit {
             enter,
             blocks: HashMap::default(),
             by_page: HashMap::default(),
-            fast: vec![EMPTY; FAST_SLOTS].into_boxed_slice(),
+            // SAFETY: an all-zero slot is `EMPTY` (a zero key, a null block).
+            fast: unsafe { zeroed_slice(FAST_SLOTS) },
             env,
             stats: JitStats::default(),
             epoch: 0,
             insns: InsnArena::default(),
-            jcache: vec![JEMPTY; JCACHE_ENTRIES].into_boxed_slice(),
-            jc_version: 0,
+            // SAFETY: all-zero entries are unused ones: no key is 0, as `jc_version` starts at 1.
+            jcache: unsafe { zeroed_slice(JCACHE_ENTRIES) },
+            jc_version: 1,
             jc_tlb_gen: u64::MAX,
             verify: false,
             divergence: None,
             hot: 1,
-            heat: vec![Heat { tag: 0, count: 0 }; HEAT_SLOTS].into_boxed_slice(),
+            // SAFETY: an all-zero slot is an empty one (tag 0).
+            heat: unsafe { zeroed_slice(HEAT_SLOTS) },
         })
     }
 
@@ -690,6 +702,26 @@ mod tests {
         // Another block of the same page counts on its own.
         let other = key(0x7f00_0000_1010, 0x8000_0010, Priv::S, 8);
         assert!(matches!(jit.find(other), Found::Cold));
+    }
+
+    #[test]
+    fn a_new_jit_starts_with_empty_tables() {
+        let jit = Jit::new().expect("code memory");
+        for prv in [Priv::U, Priv::S, Priv::M] {
+            for mode in [0, 8, 9, 10] {
+                let jkey = jit.jc_version << 8 | (prv as u64) << 4 | mode;
+                assert!(
+                    jit.jcache.iter().all(|e| e.key != jkey),
+                    "no entry is valid"
+                );
+            }
+        }
+        for host_pc in [0x1000u64, 0x7f00_0000_0000] {
+            let k = key(host_pc, 0, Priv::U, 0);
+            assert!(jit.fast.iter().all(|(slot, _)| *slot != k));
+        }
+        assert!(jit.fast.iter().all(|(_, b)| b.chain.is_null()));
+        assert!(jit.heat.iter().all(|h| h.tag == 0 && h.count == 0));
     }
 
     #[test]
