@@ -702,14 +702,15 @@ pub(crate) fn print_stats(machine: &Machine) {
     }
     if let Some(j) = s.jit {
         eprintln!(
-            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops",
+            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times",
             j.blocks,
             j.insns,
             j.translate_ns as f64 / 1e6,
             j.translate_ns as f64 / 1e3 / j.insns.max(1) as f64,
             j.code_bytes >> 10,
             j.flushes,
-            j.page_drops
+            j.page_drops,
+            j.entries
         );
         if j.verified + j.unverified > 0 {
             eprintln!(

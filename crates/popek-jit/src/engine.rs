@@ -632,6 +632,7 @@ impl Engine for Jit {
                 }
             }
             first = false;
+            self.stats.entries += 1;
             ctx.left = (left - done) as i64;
             ctx.exit_slot = std::ptr::null_mut();
             ctx.jkey = jkey;

@@ -71,6 +71,9 @@ pub struct JitStats {
     pub verified: u64,
     /// Blocks `--engine verify` could not run twice (they touched MMIO).
     pub unverified: u64,
+    /// Times the engine entered translated code: each return to it (a jump the jump cache
+    /// missed, a cold block, a request) costs a lookup there, so fewer is better.
+    pub entries: u64,
 }
 
 impl JitStats {
@@ -84,6 +87,7 @@ impl JitStats {
         self.code_bytes += other.code_bytes;
         self.verified += other.verified;
         self.unverified += other.unverified;
+        self.entries += other.entries;
     }
 }
 

@@ -1072,3 +1072,37 @@ fn code_buffer_flushes_when_full() {
         (want.x, want.pc, want.instret)
     );
 }
+
+/// Two functions 8 KiB apart (the same offset in their pages modulo 8 KiB), called in turn
+/// from a loop on another page: their jump-cache entries must not evict each other, or every
+/// call goes back to the engine. Also checks that generated code computes the slots the
+/// engine fills (else no jump would ever be found there).
+#[test]
+fn calls_to_functions_8_kib_apart_stay_in_translated_code() {
+    let mut ram = Ram::new();
+    const F1: i32 = 0x1100;
+    const F2: i32 = 0x3100;
+    let ret = i(0, 1, 0, 0, 0x67); // jalr x0, 0(ra)
+    ram.put(
+        0,
+        &[
+            addi(11, 0, 1000),
+            jal(1, F1 - 4),
+            jal(1, F2 - 8),
+            addi(11, 11, -1),
+            b(-12, 0, 11, 1), // bne a1, zero, the first call
+            ECALL,
+        ],
+    );
+    ram.put(F1 as usize, &[addi(10, 10, 1), ret]);
+    ram.put(F2 as usize, &[addi(12, 12, 3), ret]);
+    let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
+    let (got, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    assert_eq!(got, want);
+    assert_eq!((got.x[10], got.x[12]), (1000, 3000));
+    let entries = jit.expect("a JIT ran").stats().entries;
+    assert!(
+        entries < 100,
+        "2,000 calls entered translated code {entries} times"
+    );
+}
