@@ -249,8 +249,11 @@ impl Hart {
                 CsrOp::Clear => base & !operand,
             };
             self.csr_write(num, new).ok_or(illegal)?;
-            // Interrupt enables, privilege-related fields and translation may have changed.
-            self.s.requests |= request::LEAVE;
+            if !matches!(num, addr::FFLAGS | addr::FRM | addr::FCSR) {
+                // Interrupt enables, privilege-related fields and translation may have changed
+                // (the FP CSRs change only FP state: see `engine::fp_csr_access`).
+                self.s.requests |= request::LEAVE;
+            }
         }
         Ok(old)
     }

@@ -204,14 +204,31 @@ impl Hart {
 /// Whether an engine may run `op` through [`Hart::engine_step`] in the middle of translated
 /// code: the atomics and the F/D instructions, which neither read the counters nor change
 /// control flow, privilege, translation or the decode cache (they may store to code or MMIO, and
-/// then set [`crate::request::LEAVE`]).
+/// then set [`crate::request::LEAVE`]). See [`steppable_insn`] for the CSR accesses that are.
 pub fn steppable(op: Op) -> bool {
     // The enum lists the A, F and D operations last, from `LrW` to `FmvDX`.
     (Op::LrW as u8..=Op::FmvDX as u8).contains(&(op as u8))
 }
 
+/// Whether `i` accesses only the FP CSRs (`fflags`, `frm`, `fcsr`): like the F/D instructions
+/// it changes no control flow, privilege or translation (only those CSRs and `mstatus.FS`),
+/// so neither the interpreter's inner loop nor a translated block need end at it. C's
+/// `fegetround`/`fesetround`/`feclearexcept` are such accesses, and sqlite3 and lua5.4 make
+/// them around every float conversion.
+pub fn fp_csr_access(i: &Insn) -> bool {
+    use Op::*;
+    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
+        && matches!(i.imm & 0xfff, 1..=3)
+}
+
+/// Whether an engine may run `i` through [`Hart::engine_step`]: a [`steppable`] operation or
+/// an [`fp_csr_access`].
+pub fn steppable_insn(i: &Insn) -> bool {
+    steppable(i.op) || fp_csr_access(i)
+}
+
 impl Hart {
-    /// Execute one [`steppable`] instruction `insn` (decoded from `raw`, the instruction's bits:
+    /// Execute one [`steppable_insn`] instruction `insn` (decoded from `raw`, the instruction's bits:
     /// the low 16 for a compressed one) at `pc` exactly as the interpreter would, except that
     /// `pc` and `instret` are the caller's to update. On an illegal-instruction trap `tval`
     /// holds `raw`, as the interpreter reports it.
@@ -222,7 +239,7 @@ impl Hart {
         pc: u64,
         raw: u32,
     ) -> Result<(), Trap> {
-        debug_assert!(steppable(insn.op));
+        debug_assert!(steppable_insn(insn));
         match self.step_decoded(bus, insn, pc, raw)? {
             Flow::Next(_) | Flow::Store(_) => Ok(()),
             _ => unreachable!("a steppable instruction continues in sequence"),

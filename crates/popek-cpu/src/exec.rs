@@ -648,7 +648,12 @@ impl Hart {
                 *retired = 0;
                 let old = self.csr_access(bus, i.imm as u16 & 0xfff, op, operand, write, 0)?;
                 self.s.x[rd] = old;
-                Flow::Leave(pc.wrapping_add(len))
+                if crate::engine::fp_csr_access(i) {
+                    // Only FP state changed: the inner loop goes on.
+                    Flow::Next(pc.wrapping_add(len))
+                } else {
+                    Flow::Leave(pc.wrapping_add(len))
+                }
             }
             Mret => {
                 if self.s.prv != Priv::M {

@@ -21,7 +21,7 @@
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
-use popek_cpu::engine::{steppable, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+use popek_cpu::engine::{steppable_insn, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 mod alu;
@@ -386,7 +386,7 @@ pub(crate) unsafe fn translate(
         let kind = if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, env, &mut stubs);
             Some(Kind::Straight)
-        } else if steppable(i.op) && !matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd) {
+        } else if steppable_insn(&i) && !matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd) {
             emit_step(&mut ops, i, at, env, &mut stubs);
             Some(Kind::Straight)
         } else {

@@ -1106,3 +1106,48 @@ fn calls_to_functions_8_kib_apart_stay_in_translated_code() {
         "2,000 calls entered translated code {entries} times"
     );
 }
+
+/// `fsrm`, `frrm`, `frflags` and `fsflags` in the middle of a loop's block: each division
+/// rounds by the mode set just before it in the same block, the CSR reads see it, and the loop
+/// stays in translated code (the accesses run through the step helper instead of ending the
+/// block).
+#[test]
+fn fp_csr_accesses_mid_block_match_interpreter() {
+    let fdiv = |rd: u32| r(0x0d, 2, 1, 7, rd, 0x53); // fdiv.d rd, f1, f2 (dynamic rounding)
+    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            0x0000_0097, // auipc x1, 0
+            fld(1, 0x700),
+            fld(2, 0x708),
+            addi(11, 0, 100),
+            addi(5, 0, 3),    // t0 = RUP
+            csr(1, 0, 5, 2),  // fsrm t0
+            fdiv(3),          // f3 = 1/3 rounded up
+            csr(2, 13, 0, 2), // frrm a3
+            csr(5, 0, 0, 2),  // fsrmi 0 (RNE)
+            fdiv(4),          // f4 = 1/3 rounded to nearest
+            csr(2, 14, 0, 1), // frflags a4
+            csr(1, 0, 0, 1),  // fsflags zero
+            addi(11, 11, -1),
+            b(-36, 0, 11, 1), // bne a1, zero, the fsrm's addi
+            ECALL,
+        ],
+    );
+    ram.put(0x700, &[0, 0x3ff0_0000, 0, 0x4008_0000]); // 1.0, 3.0
+    let want = same(&ram, 1);
+    assert_eq!(
+        (want.x[13], want.x[14]),
+        (3, 1),
+        "frm read back, NX accrued"
+    );
+    assert_eq!(want.f[3] - want.f[4], 1, "RUP rounds 1/3 one ulp above RNE");
+    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    let entries = jit.expect("a JIT ran").stats().entries;
+    assert!(
+        entries < 20,
+        "100 rounds entered translated code {entries} times"
+    );
+}
