@@ -1073,10 +1073,10 @@ fn code_buffer_flushes_when_full() {
     );
 }
 
-/// Two functions 8 KiB apart (the same offset in their pages modulo 8 KiB), called in turn
-/// from a loop on another page: their jump-cache entries must not evict each other, or every
-/// call goes back to the engine. Also checks that generated code computes the slots the
-/// engine fills (else no jump would ever be found there).
+/// Two functions 8 KiB apart (the span of a 4,096-entry jump cache indexed by the low bits),
+/// called in turn from a loop on another page: their jump-cache entries must not evict each
+/// other, or every call goes back to the engine. Also checks that generated code computes the
+/// slots the engine fills (else no jump would ever be found there).
 #[test]
 fn calls_to_functions_8_kib_apart_stay_in_translated_code() {
     let mut ram = Ram::new();
