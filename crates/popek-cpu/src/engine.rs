@@ -127,6 +127,7 @@ impl Hart {
             self.forget_writes_to(ppn);
         }
         let ctx = self.mmu.ictx;
+        self.mmu.mark_filled(crate::mmu::Tables::EngineExec, ctx);
         self.mmu.engine_exec[ctx][tlb_index(pc)] = EngineTlbEntry {
             tag: pc >> 12,
             host,
