@@ -33,6 +33,12 @@ pub mod mstatus {
         SIE | MIE | SPIE | MPIE | SPP | MPP | FS | MPRV | SUM | MXR | TVM | TW | TSR;
 }
 
+/// Whether CSR `num` is one of the FP CSRs (`fflags`, `frm`, `fcsr`): accessing them changes
+/// only FP state (see [`crate::engine::fp_csr_access`]).
+pub fn is_fp_csr(num: u16) -> bool {
+    matches!(num, addr::FFLAGS | addr::FRM | addr::FCSR)
+}
+
 /// CSR numbers popek implements.
 #[allow(missing_docs)]
 pub mod addr {
@@ -249,7 +255,7 @@ impl Hart {
                 CsrOp::Clear => base & !operand,
             };
             self.csr_write(num, new).ok_or(illegal)?;
-            if !matches!(num, addr::FFLAGS | addr::FRM | addr::FCSR) {
+            if !is_fp_csr(num) {
                 // Interrupt enables, privilege-related fields and translation may have changed
                 // (the FP CSRs change only FP state: see `engine::fp_csr_access`).
                 self.s.requests |= request::LEAVE;

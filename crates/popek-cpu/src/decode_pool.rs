@@ -80,6 +80,18 @@ fn map_chunk() -> Option<NonNull<u8>> {
     NonNull::new(p as *mut u8)
 }
 
+/// How many of the host pages of the `len` bytes at `p` are backed (`mincore`), or `None` if
+/// the kernel would not say.
+///
+/// # Safety
+/// `p` must start a mapping of ours (host-page aligned) at least `len` bytes long.
+unsafe fn backed_host_pages(p: *mut u8, len: usize) -> Option<usize> {
+    let mut vec = vec![0u8; len.div_ceil(HOST_PAGE)];
+    // SAFETY: per this function's contract; `vec` has a byte per host page of the range.
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    (r == 0).then(|| vec.iter().filter(|b| *b & 1 != 0).count())
+}
+
 impl DecodePool {
     /// An empty pool; it takes memory on the first [`DecodePool::take`].
     pub fn new() -> DecodePool {
@@ -114,23 +126,13 @@ impl DecodePool {
     /// Bytes of host memory backing the pool's chunks (what the decode cache costs: only the
     /// host pages decoded instructions were written to, since they were last given back).
     pub fn resident_bytes(&self) -> u64 {
-        let mut vec = vec![0u8; CHUNK_BYTES.div_ceil(HOST_PAGE)];
-        let mut pages = 0;
-        for c in &self.chunks {
-            // SAFETY: every chunk is a mapping of `CHUNK_BYTES` made by `map_chunk`; `vec` has
-            // a byte per host page of it.
-            let r = unsafe {
-                libc::mincore(
-                    c.as_ptr() as *mut libc::c_void,
-                    CHUNK_BYTES,
-                    vec.as_mut_ptr(),
-                )
-            };
-            if r == 0 {
-                pages += vec.iter().filter(|b| *b & 1 != 0).count() as u64;
-            }
-        }
-        pages * HOST_PAGE as u64
+        let pages: usize = self
+            .chunks
+            .iter()
+            // SAFETY: every chunk is a mapping of `CHUNK_BYTES` made by `map_chunk`.
+            .filter_map(|c| unsafe { backed_host_pages(c.as_ptr(), CHUNK_BYTES) })
+            .sum();
+        (pages * HOST_PAGE) as u64
     }
 
     /// Give `page` back; nothing may point into it any more. Its memory goes back to the
@@ -189,12 +191,8 @@ mod tests {
 
     /// How many of the host pages of `page` are backed.
     fn resident_host_pages(page: &PooledPage) -> usize {
-        let mut vec = [0u8; STRIDE / HOST_PAGE];
-        // SAFETY: the range is the page's slot in a chunk we mapped; `vec` has a byte per page.
-        let r =
-            unsafe { libc::mincore(page.as_ptr() as *mut libc::c_void, STRIDE, vec.as_mut_ptr()) };
-        assert_eq!(r, 0, "mincore");
-        vec.iter().filter(|b| *b & 1 != 0).count()
+        // SAFETY: the range is the page's slot in a chunk of the pool.
+        unsafe { backed_host_pages(page.as_ptr() as *mut u8, STRIDE) }.expect("mincore")
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub fn steppable(op: Op) -> bool {
 pub fn fp_csr_access(i: &Insn) -> bool {
     use Op::*;
     matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
-        && matches!(i.imm & 0xfff, 1..=3)
+        && crate::csr::is_fp_csr(i.imm as u16 & 0xfff)
 }
 
 /// Whether an engine may run `i` through [`Hart::engine_step`]: a [`steppable`] operation or

@@ -151,7 +151,7 @@ pub(crate) struct Mmu {
     filled: u32,
 }
 
-/// The bit of [`Mmu::filled`] for context `ctx` of a kind of table.
+/// The kinds of TLB table, each valued at the bit of [`Mmu::filled`] for its context 0.
 #[derive(Clone, Copy)]
 pub(crate) enum Tables {
     Read = 0,
@@ -166,19 +166,16 @@ pub(crate) fn filled_bit(kind: Tables, ctx: usize) -> u32 {
     1 << (kind as usize + ctx)
 }
 
-/// Set every entry of the contexts of `tables` whose bit (from `first` on) is set in `filled`
-/// to `empty`.
-fn clear_filled<T: Copy>(tables: &mut [[T; TLB_SIZE]], filled: u32, first: Tables, empty: T) {
+/// Empty every context of `tables` (of `kind`) whose bit is set in `filled` (setting its
+/// entries to `empty`), and clear those bits.
+fn clear_filled<T: Copy>(tables: &mut [[T; TLB_SIZE]], filled: &mut u32, kind: Tables, empty: T) {
     for (ctx, t) in tables.iter_mut().enumerate() {
-        if filled & filled_bit(first, ctx) != 0 {
+        let bit = filled_bit(kind, ctx);
+        if *filled & bit != 0 {
             t.fill(empty);
+            *filled &= !bit;
         }
     }
-}
-
-/// The bits of `filled` that belong to the `n` contexts of `kind`.
-fn bits_of(kind: Tables, n: usize) -> u32 {
-    ((1u32 << n) - 1) << kind as usize
 }
 
 /// Most dropped pages remembered one by one for engines (an interpreter-only hart never drains).
@@ -214,12 +211,12 @@ impl Mmu {
     /// Drop every cached translation (satp writes, sfence.vma).
     pub fn flush_tlb(&mut self) {
         self.tlb_gen += 1;
-        let f = self.filled;
+        let f = &mut self.filled;
         clear_filled(&mut *self.read, f, Tables::Read, EMPTY);
         clear_filled(&mut *self.write, f, Tables::Write, EMPTY);
         clear_filled(&mut *self.exec, f, Tables::Exec, IEMPTY);
         clear_filled(&mut *self.engine_exec, f, Tables::EngineExec, EEMPTY);
-        self.filled = 0;
+        debug_assert_eq!(*f, 0, "every table's bits are cleared");
     }
 
     /// Note that context `ctx` of `kind` is getting an entry.
@@ -231,8 +228,7 @@ impl Mmu {
     /// Drop every write translation (a page just became code, or the dirty log starts a
     /// round: stores must take the slow path).
     pub fn flush_write_tlb(&mut self) {
-        clear_filled(&mut *self.write, self.filled, Tables::Write, EMPTY);
-        self.filled &= !bits_of(Tables::Write, DATA_CONTEXTS);
+        clear_filled(&mut *self.write, &mut self.filled, Tables::Write, EMPTY);
     }
 
     /// Whether code was dropped since an engine last looked.
@@ -257,8 +253,7 @@ impl Mmu {
 
     /// Empty the interpreter's fetch TLBs (their entries point into decoded pages).
     fn clear_exec(&mut self) {
-        clear_filled(&mut *self.exec, self.filled, Tables::Exec, IEMPTY);
-        self.filled &= !bits_of(Tables::Exec, 4);
+        clear_filled(&mut *self.exec, &mut self.filled, Tables::Exec, IEMPTY);
     }
 
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
@@ -278,11 +273,10 @@ impl Mmu {
         if self.engine_pages.remove(&ppn) {
             clear_filled(
                 &mut *self.engine_exec,
-                self.filled,
+                &mut self.filled,
                 Tables::EngineExec,
                 EEMPTY,
             );
-            self.filled &= !bits_of(Tables::EngineExec, 4);
             if !self.code_drops_all {
                 if self.code_drops.len() >= MAX_CODE_DROPS {
                     self.code_drops_all = true;

@@ -349,6 +349,11 @@ impl Jit {
         self.env.data_addend = Some(addend);
     }
 
+    /// The key jump-cache entries must carry to be used now (see `Jit::jcache`).
+    fn jkey(&self, prv: Priv, satp_mode: u64) -> u64 {
+        self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf)
+    }
+
     /// The translation of the block under `k`, about to start, or whether to translate it now.
     ///
     /// Most starts while a guest warms up are of cold blocks, so those are answered from the
@@ -618,7 +623,7 @@ impl Engine for Jit {
             if block.chain.is_null() || block.insns as u64 > left - done {
                 return if first { None } else { Some(Ok(())) };
             }
-            let jkey = self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf);
+            let jkey = self.jkey(prv, satp_mode);
             self.jcache[jcache_slot(pc)] = JEntry {
                 vpc: pc,
                 key: jkey,
@@ -710,7 +715,7 @@ mod tests {
         let jit = Jit::new().expect("code memory");
         for prv in [Priv::U, Priv::S, Priv::M] {
             for mode in [0, 8, 9, 10] {
-                let jkey = jit.jc_version << 8 | (prv as u64) << 4 | mode;
+                let jkey = jit.jkey(prv, mode);
                 assert!(
                     jit.jcache.iter().all(|e| e.key != jkey),
                     "no entry is valid"

@@ -24,9 +24,10 @@ pub(crate) enum Verdict {
     Differs(Divergence),
 }
 
-/// Run the block at `block` (entered through `enter`, for the hart's current `pc`) on the JIT, undo it, and run the same
-/// instructions on the interpreter; the hart is left as the interpreter (or, for an
-/// unverifiable block, the JIT) left it. Returns that run's outcome and the verdict.
+/// Run the block at `block` (entered through `enter`, for the hart's current `pc`) on the
+/// JIT, undo it, and run the same instructions on the interpreter; the hart is left as the
+/// interpreter (or, for an unverifiable block, the JIT) left it. Returns that run's outcome
+/// and the verdict.
 ///
 /// # Safety
 /// As for entering `block` in `Jit::run_code`: a live translation of the page at `pc` for this
