@@ -552,9 +552,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => Ok(exec::run(args)),
         Command::Image(cmd) => image::run(cmd),
         Command::Run(args) => {
-            // Before any sandbox: a sandboxed hart thread could not create the map. (Not for
-            // `popek exec`, which closes every descriptor it did not inherit on purpose.)
-            popek_jit::open_perf_map();
+            // Before any sandbox: a sandboxed hart thread could not create the map. (`popek
+            // exec` opens its own, among the descriptors it keeps from the guest.)
+            popek_jit::open_perf_map(None);
             run_machine(args)
         }
         Command::Snapshot(cmd) => snapshot::run(cmd),

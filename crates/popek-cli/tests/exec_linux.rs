@@ -745,6 +745,29 @@ fn exec_inherited_descriptors_are_not_passed() {
     }
 }
 
+/// With POPEK_PERF_MAP, `popek exec` lists its translated blocks in /tmp/perf-PID.map (as
+/// `popek run` does), on a descriptor of its own that the guest cannot see.
+#[test]
+fn exec_perf_map_lists_translated_code_out_of_the_guests_reach() {
+    let child = Command::new(env!("CARGO_BIN_EXE_popek"))
+        .args(["exec", "--jit-hot=1", "--root"])
+        .arg(root())
+        .args(["/bin/hostile", "fds"])
+        .env("POPEK_PERF_MAP", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let map = PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(text(&o.stdout), "inherited:\n", "{}", text(&o.stderr));
+    let listed = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    let blocks = listed.lines().filter(|l| l.contains(" popek-jit:0x")).count();
+    assert!(blocks > 10, "{} lists {blocks} blocks:\n{listed}", map.display());
+}
+
 /// A guest allocating without bound gets ENOMEM at its --memory limit, not the host's OOM.
 #[test]
 fn exec_memory_limit() {

@@ -32,9 +32,11 @@ pub use engine::Jit;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use perfmap::open_perf_map;
 
-/// No JIT on this host, so no symbols to list.
+/// No JIT on this host, so no symbols to list and no descriptor to keep.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-pub fn open_perf_map() {}
+pub fn open_perf_map(_lowest_fd: Option<i32>) -> Option<i32> {
+    None
+}
 
 /// Why a JIT could not be created.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,8 @@ pub const HOST_DEVICES: [&[u8]; 6] = [
 #[derive(Debug)]
 pub struct Sandbox {
     root_fd: OwnedFd,
+    /// popek's other descriptors (the perf map), as untouchable for the guest as `root_fd`.
+    others: Vec<i32>,
     /// The root as a canonical host path, to turn host paths of open files back into guest paths.
     root: PathBuf,
     /// The root as the user gave it, for messages.
@@ -123,6 +125,7 @@ impl Sandbox {
         let has_dev = canon.join("dev/null").exists();
         Ok(Sandbox {
             root_fd,
+            others: Vec::new(),
             root: canon,
             root_display: root.display().to_string(),
             cwd: Mutex::new(cwd),
@@ -132,14 +135,19 @@ impl Sandbox {
         })
     }
 
-    /// popek's own descriptor (the root directory).
-    pub fn reserved_fd(&self) -> i32 {
-        self.root_fd.as_raw_fd()
+    /// Keep descriptor `fd`, one of popek's own, out of the guest's reach.
+    pub fn reserve(&mut self, fd: i32) {
+        self.others.push(fd);
+    }
+
+    /// popek's own descriptors (the root directory's and those given to [`Sandbox::reserve`]).
+    pub fn reserved_fds(&self) -> impl Iterator<Item = i32> + '_ {
+        std::iter::once(self.root_fd.as_raw_fd()).chain(self.others.iter().copied())
     }
 
     /// Whether `fd` is one of popek's own descriptors, which the guest may not touch.
     pub fn is_reserved(&self, fd: i64) -> bool {
-        fd == self.root_fd.as_raw_fd() as i64
+        self.reserved_fds().any(|r| r as i64 == fd)
     }
 
     /// The guest's working directory.
@@ -365,7 +373,7 @@ impl Sandbox {
 }
 
 /// The lowest descriptor number popek uses for itself.
-fn reserved_fd_floor() -> i32 {
+pub(crate) fn reserved_fd_floor() -> i32 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

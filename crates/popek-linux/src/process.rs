@@ -129,16 +129,21 @@ fn resolve_prog(sb: &Sandbox, prog: &[u8], env: &[Vec<u8>]) -> Vec<u8> {
 
 /// Jail this process before anything of the guest's is read: descriptors, Landlock, seccomp.
 /// A popek re-executed by a guest's execve inherited all of it (and its descriptors are the
-/// guest's), so it only names its thread kind for the SIGSYS reporter.
-fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
+/// guest's), so it only names its thread kind for the SIGSYS reporter, and gets no perf map.
+///
+/// Returns the perf map's descriptor (`POPEK_PERF_MAP`), opened first since the jail forbids
+/// creating files outside the guest's root.
+fn enter_jail(config: &ExecConfig) -> Result<Option<i32>, Error> {
     let kind = popek_jail::ThreadKind::Exec {
         allow_net: config.allow_net,
     };
     if config.guest_root.is_some() {
         popek_jail::report_as(kind)?;
-        return Ok(());
+        return Ok(None);
     }
-    popek_jail::close_inherited_fds(&config.pass_fds).map_err(Error::Host)?;
+    let perf_map = popek_jit::open_perf_map(Some(crate::fs::reserved_fd_floor() - 1));
+    let keep: Vec<i32> = config.pass_fds.iter().copied().chain(perf_map).collect();
+    popek_jail::close_inherited_fds(&keep).map_err(Error::Host)?;
     let rules = popek_jail::FsRules {
         trees: vec![config.root.clone()],
         // Ancestry of pids the guest names (crate::pids); never a guest path.
@@ -159,7 +164,7 @@ fn enter_jail(config: &ExecConfig) -> Result<(), Error> {
         tracing::info!("Landlock file-system rules {status:?} on this kernel");
     }
     popek_jail::restrict_thread(kind)?;
-    Ok(())
+    Ok(perf_map)
 }
 
 /// Serve `--gdb` from a thread of its own, jailed like the rest of the process; gdb gets the
@@ -203,11 +208,14 @@ fn start_gdb(config: &ExecConfig, base: HostBase, sp: u64) -> Result<(), Error> 
 
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
-    enter_jail(&config)?;
-    let sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
+    let perf_map = enter_jail(&config)?;
+    let mut sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
         root: config.root.display().to_string(),
         source,
     })?;
+    if let Some(fd) = perf_map {
+        sb.reserve(fd);
+    }
     let env: Vec<Vec<u8>> = config.env.iter().map(os_bytes).collect();
     let prog_arg = os_bytes(&config.prog);
     let path = resolve_prog(&sb, &prog_arg, &env);

@@ -1028,7 +1028,9 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
 }
 
 fn reserved(t: &Thread) -> Vec<u64> {
-    vec![t.sh.sb.reserved_fd() as u64]
+    let mut r: Vec<u64> = t.sh.sb.reserved_fds().map(|f| f as u64).collect();
+    r.sort_unstable();
+    r
 }
 
 fn lock_mm(t: &Thread) -> std::sync::MutexGuard<'_, crate::mm::Mm> {
