@@ -3,6 +3,7 @@
 //! routes MMIO from the hart to devices ([`bus::VirtBus`]) and drives the run loop.
 
 pub mod bus;
+pub mod command_status;
 pub mod console;
 pub mod console_out;
 pub mod error;

@@ -27,6 +27,7 @@ use popek_virtio::{GuestWriteHook, Signals, VirtioDevice};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::bus::VirtBus;
+use crate::command_status::{CommandStatus, StatusPort};
 use crate::console::{Escape, EscapeFilter};
 use crate::console_out::Console;
 use crate::error::{BoardError, ParseError};
@@ -66,8 +67,10 @@ pub struct MachineConfig {
     /// Confine popek's own threads (seccomp, Landlock; see [`crate::jail`]): the console
     /// reader and the user network's threads from their start, the rest at [`Machine::run`].
     pub jail: bool,
-    /// Give the guest two output-only virtio consoles (its /dev/hvc0 and /dev/hvc1) writing to
-    /// popek's stdout and stderr: how `popek run -- CMD` returns CMD's output exactly.
+    /// Give the guest three output-only virtio consoles: its /dev/hvc0 and /dev/hvc1 write to
+    /// popek's stdout and stderr (how `popek run -- CMD` returns CMD's output exactly), and a
+    /// line on /dev/hvc2 is CMD's exit status, which stops the machine (see
+    /// [`crate::command_status`]).
     pub command_output: bool,
     /// Hold the UART console's output until the guest signals it is ready (then drop it), and
     /// stop with [`BoardError::NotReady`] if that takes longer than this (`popek run -- CMD`
@@ -85,6 +88,11 @@ pub struct MachineConfig {
     /// restored guest writes them copy-on-write, so the snapshot stays restorable and clones
     /// started from it do not see (or corrupt) each other's writes.
     pub restore_writes_disks: bool,
+    /// Keep console input from the UART until the guest signals it is ready (its boot timer):
+    /// Linux's 8250 driver reads received bytes and drops them while it starts the port, so
+    /// input piped or typed during the boot lost characters. Only for guests known to signal
+    /// (the default guest); others would never get their input.
+    pub hold_input_until_ready: bool,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -230,7 +238,7 @@ impl MachineConfig {
             + self.net.is_some() as usize
             + self.rng as usize
             + self.vsock.is_some() as usize
-            + 2 * self.command_output as usize
+            + 3 * self.command_output as usize
     }
 }
 
@@ -287,6 +295,8 @@ pub(crate) enum Stop {
 
 /// State shared by the hart threads and the console thread.
 pub(crate) struct Shared {
+    /// The exit status `popek run -- CMD`'s guest reports on its status console.
+    command_status: Arc<CommandStatus>,
     bus: Mutex<Devices>,
     pub(crate) pins: Vec<Arc<IrqPins>>,
     clock: MtimeClock,
@@ -389,6 +399,8 @@ pub(crate) struct Devices {
     /// Console input waits in `pending_input` until the machine's state is restored (the
     /// console reader starts with the machine, and a restore replaces the UART's FIFO).
     pub(crate) hold_input: bool,
+    /// [`MachineConfig::hold_input_until_ready`].
+    hold_input_until_ready: bool,
     escapes: Option<EscapeFilter>,
     last_flush: Instant,
 }
@@ -423,7 +435,9 @@ impl Shared {
 impl Devices {
     /// Propagate device state to every hart's interrupt lines and feed waiting console input.
     pub(crate) fn update(&mut self, pins: &[Arc<IrqPins>]) {
-        if !self.hold_input && !self.pending_input.is_empty() {
+        let waiting_for_ready =
+            self.hold_input_until_ready && self.bus.boot_timer.ready_after().is_none();
+        if !self.hold_input && !waiting_for_ready && !self.pending_input.is_empty() {
             let n = self.bus.uart.receive(&self.pending_input);
             self.pending_input.drain(..n);
         }
@@ -559,14 +573,17 @@ impl Machine {
         };
         let mut bus = VirtBus::new(config.cpus as usize, console);
         let threads = Arc::new(HartThreads::default());
-        bus.virtio = virtio_devices(config, &ram, &mem, &threads)?;
+        let command_status = Arc::new(CommandStatus::default());
+        bus.virtio = virtio_devices(config, &ram, &mem, &threads, &command_status)?;
         let shared = Arc::new(Shared {
+            command_status,
             clock: bus.clint.clock(),
             pins: harts.iter().map(|h| h.irq_pins()).collect(),
             bus: Mutex::new(Devices {
                 bus,
                 pending_input: Vec::new(),
                 hold_input: !load,
+                hold_input_until_ready: config.hold_input_until_ready,
                 escapes: None,
                 last_flush: Instant::now(),
             }),
@@ -882,6 +899,11 @@ fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut
             shared.stop(Ok(Stop::Ready));
             return;
         }
+        if let Some(code) = shared.command_status.take() {
+            drop(devices);
+            shared.stop(Ok(Stop::Exit(code)));
+            return;
+        }
         match devices.bus.finisher.take_request() {
             Some(FinisherRequest::Exit(code)) => {
                 drop(devices);
@@ -943,6 +965,7 @@ fn virtio_devices(
     ram: &GuestMemoryMmap,
     mem: &Memory,
     threads: &Arc<HartThreads>,
+    command_status: &Arc<CommandStatus>,
 ) -> Result<Vec<VirtioMmio>, BoardError> {
     if config.virtio_devices() > memmap::VIRTIO_SLOTS {
         return Err(BoardError::TooManyDevices(memmap::VIRTIO_SLOTS));
@@ -981,6 +1004,8 @@ fn virtio_devices(
     if config.command_output {
         devices.push(Box::new(VirtioConsole::new(Box::new(std::io::stdout()))));
         devices.push(Box::new(VirtioConsole::new(Box::new(std::io::stderr()))));
+        let status = StatusPort::new(command_status.clone());
+        devices.push(Box::new(VirtioConsole::new(Box::new(status))));
     }
     let log = mem.dma_log().clone();
     let dirty = mem.dirty_log().cloned();

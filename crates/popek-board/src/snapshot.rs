@@ -689,5 +689,7 @@ pub(crate) fn config_from(
         stop_when_ready: false,
         engine: run.engine,
         restore_writes_disks: run.restore_writes_disks,
+        // A restored guest was ready when it was saved.
+        hold_input_until_ready: false,
     })
 }

@@ -329,6 +329,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         stop_when_ready: false,
         engine: args.engine.config(),
         restore_writes_disks: false,
+        hold_input_until_ready: false,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -336,6 +337,9 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         config.initrd = Some(g.initrd);
         config.bios = Some(g.firmware);
         config.append = guest::DEFAULT_APPEND.to_string();
+        // Its init signals readiness right before it starts the shell (the Debian guest's
+        // getty comes up on its own schedule, and agetty flushes pending input anyway).
+        config.hold_input_until_ready = !debian;
         if debian {
             config.disks.insert(
                 0,

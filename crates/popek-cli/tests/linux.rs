@@ -109,6 +109,38 @@ fn poweroff_from_the_guest_exits_zero() {
     assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
 }
 
+/// Input piped in before the guest is up reaches its shell whole: the console holds it until
+/// the guest is ready (Linux's 8250 driver drops what the UART received while it starts the
+/// port; the first command used to arrive as `o hello`).
+#[test]
+fn input_piped_during_the_boot_reaches_the_shell_whole() {
+    use std::io::Write;
+    guest();
+    let mut child = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "120"])
+        .arg(env!("CARGO_BIN_EXE_popek"))
+        .arg("run")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Quotes split the words, so only the commands' output has them joined.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo fir\"\"st\necho sec\"\"ond\npoweroff\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(
+        lines.contains(&"first") && lines.contains(&"second"),
+        "both commands should have run: {text}"
+    );
+}
+
 #[test]
 fn reboot_from_the_guest_boots_again() {
     // The guest reboots forever (it runs `reboot -f` at every boot); two ready lines prove that
