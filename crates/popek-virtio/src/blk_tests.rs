@@ -380,3 +380,74 @@ fn copy_on_write_disk_keeps_the_image_unchanged() {
         "the shared locks were released"
     );
 }
+
+/// Submit a request whose data is `segments` buffers (writable for a read, filled with `fill`
+/// for a write); returns the status and each buffer's bytes afterwards.
+fn request_segments(
+    d: &mut Driver,
+    kind: u32,
+    sector: u64,
+    segments: &[u32],
+    fill: u8,
+) -> (u8, Vec<Vec<u8>>) {
+    let hdr = d.alloc(16);
+    let mut h = Vec::new();
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&sector.to_le_bytes());
+    d.write_mem(hdr, &h);
+    let mut bufs = vec![(hdr, 16, false)];
+    let mut addrs = Vec::new();
+    for &len in segments {
+        let a = d.alloc(len as u64);
+        d.write_mem(a, &vec![fill; len as usize]);
+        bufs.push((a, len, kind == T_IN));
+        addrs.push((a, len));
+    }
+    let st = d.alloc(1);
+    d.write_mem(st, &[0xff]);
+    bufs.push((st, 1, true));
+    d.add(0, &bufs);
+    d.notify(0);
+    d.used(0).expect("request not completed");
+    let data = addrs
+        .iter()
+        .map(|&(a, len)| d.read_mem(a, len as usize))
+        .collect();
+    (d.read_mem(st, 1)[0], data)
+}
+
+#[test]
+fn a_request_of_many_segments_moves_each_in_order() {
+    let mut bytes = vec![0u8; 64 << 10];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i / 512) as u8;
+    }
+    let path = image("segments.img", &bytes);
+    let mut d = driver(&path, false);
+    // A read into three buffers of 1, 2 and 1 sectors, from sector 5.
+    let (s, data) = request_segments(&mut d, T_IN, 5, &[512, 1024, 512], 0xee);
+    assert_eq!(s, S_OK);
+    assert!(data[0].iter().all(|&b| b == 5));
+    assert!(data[1][..512].iter().all(|&b| b == 6) && data[1][512..].iter().all(|&b| b == 7));
+    assert!(data[2].iter().all(|&b| b == 8));
+    // A write from 100 one-sector buffers (one request, as Linux sends a large write).
+    let (s, _) = request_segments(&mut d, T_OUT, 20, &[512; 100], 0xa5);
+    assert_eq!(s, S_OK);
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(on_disk[20 * 512..(20 + 100) * 512]
+        .iter()
+        .all(|&b| b == 0xa5));
+    assert!(on_disk[19 * 512..20 * 512].iter().all(|&b| b == 19));
+    // The image shrinks under the device: what is gone reads as zeros, the rest as before.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(10 * 512)
+        .unwrap();
+    let (s, data) = request_segments(&mut d, T_IN, 8, &[512, 512, 512, 512], 0xee);
+    assert_eq!(s, S_OK);
+    assert!(data[0].iter().all(|&b| b == 8) && data[1].iter().all(|&b| b == 9));
+    assert!(data[2].iter().all(|&b| b == 0) && data[3].iter().all(|&b| b == 0));
+}
