@@ -764,8 +764,15 @@ fn exec_perf_map_lists_translated_code_out_of_the_guests_reach() {
     assert_eq!(text(&o.stdout), "inherited:\n", "{}", text(&o.stderr));
     let listed = std::fs::read_to_string(&map).unwrap_or_default();
     let _ = std::fs::remove_file(&map);
-    let blocks = listed.lines().filter(|l| l.contains(" popek-jit:0x")).count();
-    assert!(blocks > 10, "{} lists {blocks} blocks:\n{listed}", map.display());
+    let blocks = listed
+        .lines()
+        .filter(|l| l.contains(" popek-jit:0x"))
+        .count();
+    assert!(
+        blocks > 10,
+        "{} lists {blocks} blocks:\n{listed}",
+        map.display()
+    );
 }
 
 /// A guest allocating without bound gets ENOMEM at its --memory limit, not the host's OOM.
