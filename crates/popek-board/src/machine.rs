@@ -833,6 +833,11 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineConfig)
         tracing::warn!("hart {idx}: {e}; using the interpreter");
         None
     });
+    if let (Some(jit), Some(dram)) = (jit.as_mut(), hart.memory().host_ptr(memmap::DRAM, 1)) {
+        // DRAM is one host mapping: firmware, bare-metal programs and a kernel before its MMU
+        // is on see it at one addend.
+        jit.expect_bare_data_addend((dram as u64).wrapping_sub(memmap::DRAM));
+    }
     run_slices(hart, idx, shared, jit.as_mut());
     if let Some(jit) = jit {
         let mut total = shared.jit.lock().unwrap_or_else(|e| e.into_inner());

@@ -252,6 +252,8 @@ pub struct Jit {
     divergence: Option<Divergence>,
     /// How often a block starts before it is translated (see [`EngineConfig::hot`]).
     hot: u32,
+    /// See [`Jit::expect_bare_data_addend`].
+    bare_addend: Option<u64>,
     /// Blocks not translated yet: how often each has started, under a 32-bit tag of the key
     /// (direct-mapped: blocks colliding in a slot merge their counts, which only moves a
     /// translation earlier). 8 bytes a slot: it is read at every cold block start, between
@@ -347,6 +349,16 @@ impl Jit {
     /// expectation costs speed, never correctness). Applies to blocks translated afterwards.
     pub fn expect_data_addend(&mut self, addend: u64) {
         self.env.data_addend = Some(addend);
+    }
+
+    /// Expect the data TLB entries of code running untranslated (M-mode, or `satp` Bare) to
+    /// hold `addend` (host minus guest physical address): a board's RAM is one host mapping,
+    /// so its every page has that one. As with [`Jit::expect_data_addend`], loads and stores
+    /// of blocks translated in that context afterwards then start their access without
+    /// waiting for the entry's addend, and an entry with another one (MMIO, the mask ROM, a
+    /// load under `mstatus.MPRV`) takes the slow path.
+    pub fn expect_bare_data_addend(&mut self, addend: u64) {
+        self.bare_addend = Some(addend);
     }
 
     /// The key jump-cache entries must carry to be used now (see `Jit::jcache`).
@@ -488,6 +500,7 @@ impl Jit {
             verify: false,
             divergence: None,
             hot: 1,
+            bare_addend: None,
             // SAFETY: an all-zero slot is an empty one (tag 0).
             heat: unsafe { zeroed_slice(HEAT_SLOTS) },
         })
@@ -537,14 +550,18 @@ impl Jit {
     /// `page`, and cache it under key `k`.
     fn translate(&mut self, page: *const u8, pc: u64, k: Key) -> Block {
         let started = Instant::now();
+        let mut env = self.env;
+        if k.host >> 60 == 0 {
+            // M-mode or satp Bare (see `key`): addresses are physical.
+            env.data_addend = env.data_addend.or(self.bare_addend);
+        }
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
-        let mut t =
-            unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
+        let mut t = unsafe { translate(page, pc, self.code.next_addr(), &env, &mut self.insns) };
         if t.code.len() > self.code.free() {
             self.flush();
             // Assembled for the old address: again for the start of the emptied buffer.
             // SAFETY: as above.
-            t = unsafe { translate(page, pc, self.code.next_addr(), &self.env, &mut self.insns) };
+            t = unsafe { translate(page, pc, self.code.next_addr(), &env, &mut self.insns) };
         }
         let mut b = Block {
             chain: std::ptr::null(),

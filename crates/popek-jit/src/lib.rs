@@ -214,6 +214,11 @@ impl Jit {
     }
 
     /// Never called: no `Jit` exists on this host.
+    pub fn expect_bare_data_addend(&mut self, _: u64) {
+        match self.0 {}
+    }
+
+    /// Never called: no `Jit` exists on this host.
     pub fn take_divergence(&mut self) -> Option<Divergence> {
         match self.0 {}
     }

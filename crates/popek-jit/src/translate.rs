@@ -37,6 +37,7 @@ use regs::{
 pub(crate) const MAX_BLOCK_INSNS: usize = 64;
 
 /// Addresses and offsets translated code is built against.
+#[derive(Clone, Copy)]
 pub(crate) struct Env {
     /// `load_helper` instances by (size index 0..4 for 1/2/4/8 bytes, signed).
     pub load: [[usize; 2]; 4],

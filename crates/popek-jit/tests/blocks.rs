@@ -94,6 +94,9 @@ enum Eng {
     /// The JIT told to expect the data TLB's addend: the right one for this RAM (true) or a
     /// wrong one.
     JitExpectingAddend(bool),
+    /// The JIT told to expect the addend of untranslated addresses (these harts run with
+    /// `satp` Bare): the right one or a wrong one.
+    JitExpectingBareAddend(bool),
 }
 
 /// Run a copy of `ram` from `BASE` until an exit other than `Budget`/`Ecall` or `max_ecalls`
@@ -118,6 +121,12 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
             // This copy's RAM is flat: host = guest + (its address - BASE) everywhere.
             let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
             jit.expect_data_addend(if right { addend } else { addend ^ 1 << 40 });
+            Some(jit)
+        }
+        Eng::JitExpectingBareAddend(right) => {
+            let mut jit = Jit::new().unwrap();
+            let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
+            jit.expect_bare_data_addend(if right { addend } else { addend ^ 1 << 40 });
             Some(jit)
         }
         Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
@@ -388,9 +397,10 @@ fn register_placements_match_interpreter() {
     assert!(distinct.len() > 100, "{stored:x?}");
 }
 
-/// A JIT told to expect the data TLB's addend (as a process VM's flat address space lets it)
-/// gives the interpreter's results whether the expectation is right (this RAM is flat: one
-/// addend for all of it) or wrong (every access then takes the slow path).
+/// A JIT told to expect the data TLB's addend (as a process VM's flat address space lets it,
+/// or a board's RAM while translation is off) gives the interpreter's results whether the
+/// expectation is right (this RAM is flat: one addend for all of it) or wrong (every access
+/// then takes the slow path).
 #[test]
 fn expected_data_addend_right_or_wrong() {
     let mut ram = Ram::new();
@@ -412,6 +422,8 @@ fn expected_data_addend_right_or_wrong() {
     for right in [true, false] {
         let (got, _) = run(&ram, Eng::JitExpectingAddend(right), 1 << 20, 1);
         assert_eq!(got, want, "expectation right: {right}");
+        let (got, _) = run(&ram, Eng::JitExpectingBareAddend(right), 1 << 20, 1);
+        assert_eq!(got, want, "bare expectation right: {right}");
     }
 }
 
@@ -943,7 +955,9 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
         assert_eq!(engine.take_divergence(), None);
         match eng {
             Eng::Interp => {}
-            Eng::Jit | Eng::JitExpectingAddend(_) => assert!(engine.stats().insns > 0),
+            Eng::Jit | Eng::JitExpectingAddend(_) | Eng::JitExpectingBareAddend(_) => {
+                assert!(engine.stats().insns > 0)
+            }
             Eng::Verify => assert!(engine.stats().verified > 0),
         }
     }
