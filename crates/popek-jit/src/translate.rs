@@ -406,7 +406,7 @@ pub(crate) unsafe fn translate(
             continue;
         }
         let kind = if fp::native(&i, env) {
-            fp::emit(&mut ops, &i, at, env, &mut stubs);
+            fp::emit(&mut ops, &i, at, &mut stubs);
             Some(Kind::Straight)
         } else if steppable_insn(&i) && !matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd) {
             emit_step(&mut ops, i, at, env, &mut stubs);

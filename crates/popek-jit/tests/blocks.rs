@@ -862,6 +862,85 @@ fn native_fp_matches_interpreter() {
     assert_eq!(out.fcsr, 1 << 5 | 0x19);
 }
 
+/// With NX accrued, native F/D operations tell the flags they raise from their results: the
+/// edge cases (a tiny result rounded up to the smallest normal, subnormal and zero results,
+/// overflow, division by zero, NaN, and results just above the checked exponents) leave the
+/// interpreter's results and flags.
+#[test]
+fn native_fp_flags_from_results_match_interpreter() {
+    let fop = |f7: u32, rs2: u32, rs1: u32, rd: u32| r(f7, rs2, rs1, 7, rd, 0x53);
+    let fmul = |rd, a, b| fop(0x09, b, a, rd);
+    let fdiv = |rd, a, b| fop(0x0d, b, a, rd);
+    let fsub = |rd, a, b| fop(0x05, b, a, rd);
+    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
+    // Read fflags into x[rd], then leave only NX accrued.
+    let flags_to = |rd: u32| [csr(2, rd, 0, 0x001), csr(5, 0, 1, 0x001)];
+    let mut code = vec![0x0000_0097]; // auipc x1, 0
+    for k in 1..=13 {
+        code.push(fld(k, 0x700 + 8 * (k as i32 - 1)));
+    }
+    code.push(fdiv(20, 4, 13)); // 1/3: NX accrued
+    code.extend(flags_to(10));
+    let cases = [
+        fmul(21, 1, 2),   // (1 - 2^-53) * 2^-1022: tiny, rounds up to 2^-1022: UF, NX
+        fmul(22, 2, 3),   // 2^-1022 * 0.3: subnormal, inexact: UF, NX
+        fmul(23, 2, 9),   // 2^-1022 * 0.5: subnormal, exact
+        fsub(24, 4, 4),   // 1 - 1: an exact zero
+        fmul(25, 5, 6),   // DBL_MAX * 2: OF, NX
+        fdiv(26, 4, 7),   // 1 / 0: DZ
+        fsub(27, 8, 8),   // inf - inf: NV
+        fmul(28, 2, 10),  // 2^-1022 * 2.8: exact, exponent field 2
+        fdiv(29, 12, 13), // 2^-1018 / 3: inexact, exponent field 3
+        fmul(30, 11, 3),  // 0.1 * 0.3: inexact, normal
+    ];
+    for (k, op) in cases.iter().enumerate() {
+        code.push(*op);
+        code.extend(flags_to(11 + k as u32));
+    }
+    code.push(ECALL);
+    let mut ram = Ram::new();
+    ram.put(0, &code);
+    let consts = [
+        0x3fef_ffff_ffff_ffffu64, // 1 - 2^-53
+        0x0010_0000_0000_0000,    // 2^-1022
+        0.3f64.to_bits(),
+        1.0f64.to_bits(),
+        f64::MAX.to_bits(),
+        2.0f64.to_bits(),
+        0,
+        f64::INFINITY.to_bits(),
+        0.5f64.to_bits(),
+        2.8f64.to_bits(),
+        0.1f64.to_bits(),
+        0x0050_0000_0000_0000, // 2^-1018
+        3.0f64.to_bits(),
+    ];
+    for (k, v) in consts.iter().enumerate() {
+        ram.bytes()[0x700 + 8 * k..][..8].copy_from_slice(&v.to_le_bytes());
+    }
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    let (nx, uf, of, dz, nv) = (1, 2, 4, 8, 16);
+    assert_eq!(
+        out.x[10..21],
+        [
+            nx,
+            nx | uf,
+            nx | uf,
+            nx,
+            nx,
+            nx | of,
+            nx | dz,
+            nx | nv,
+            nx,
+            nx,
+            nx
+        ],
+        "fflags after each case"
+    );
+    assert_eq!(out.f[21], 0x0010_0000_0000_0000, "rounded up to 2^-1022");
+}
+
 /// Sv39 in S-mode: a cross-page call resolved by the JIT's jump cache must follow a remap of
 /// the callee's page after `sfence.vma` (translations found by virtual address are dropped with
 /// the TLB).

@@ -6,14 +6,22 @@
 //! software FPU), which leaves `fflags`, `mstatus` and the result as the interpreter does:
 //! - a NaN result (RISC-V returns the canonical NaN, x86 propagates payloads);
 //! - a rounding mode other than RNE (static, or dynamic with `frm` not RNE);
-//! - any host exception flag the guest has not already accrued. MXCSR's flags are sticky and
-//!   may also hold flags from host code, so the fast path reads them after the operation and
-//!   takes it only if they add nothing to the guest's `fflags`: inexact (PE) is accepted when
-//!   NX is already set; invalid, divide-by-zero, overflow and underflow never are. The slow
-//!   path clears MXCSR's flags afterwards.
+//! - any exception flag the guest has not already accrued.
 //!
-//! Underflow needs no agreement on when tininess is detected: any host underflow goes slow,
-//! and a result tiny after rounding (RISC-V's rule) is tiny before rounding as well.
+//! Flags are told from the result, not from MXCSR (reading it, `stmxcsr`, cost a quarter of
+//! bench/cpu's time): in round-to-nearest-even, an operation that raises invalid returns a NaN,
+//! divide-by-zero and overflow return an infinity, and underflow (tiny after rounding, then
+//! inexact) returns a zero, a subnormal or at most the smallest normal's binade (a value just
+//! under 2^-1022 can round up to it). So a result whose exponent field is neither all ones nor
+//! 0 or 1 raised at most inexact, and the fast path takes it when the guest's NX is already
+//! set. Exact results in those ranges (an exact zero) take the slow path too, which is only
+//! slower.
+//!
+//! While NX is clear, the fast path reads MXCSR instead: its flags are sticky and may also
+//! hold flags from host code, so the result is taken only if they add nothing to the guest's
+//! `fflags` (an exact result on a clean MXCSR). The slow path clears MXCSR's flags afterwards.
+//! Underflow needs no agreement on when tininess is detected there: any host underflow goes
+//! slow.
 
 // dynasm's dynamic registers (`Rx(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
@@ -23,7 +31,7 @@ use super::{
     emit_fs_check, emit_step_call, foff, ld, set_fs_dirty, st_f_rax, st_rax, Asm, At, Env, Stubs,
     RAX, S,
 };
-use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{Insn, Op};
 
 /// MXCSR's exception flags that map to RISC-V flags (all but DE, denormal operand).
@@ -32,6 +40,8 @@ const MXCSR_FLAGS: i32 = 0x3d;
 const MXCSR_PE: i32 = 0x20;
 /// MXCSR's six exception flags, DE included (what the slow path clears).
 const MXCSR_ALL_FLAGS: i32 = 0x3f;
+/// A double's exponent field, after shifting out the fraction (the sign bit above it).
+const EXPONENT_MASK: i32 = 0x7ff;
 
 /// How an instruction is run natively.
 #[derive(Clone, Copy)]
@@ -81,7 +91,7 @@ pub(super) fn native(i: &Insn, env: &Env) -> bool {
 }
 
 /// Emit `i` (at `at`), for which [`native`] said yes; its slow path goes after the block.
-pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
+pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
     let form = form(i.op).expect("native() accepted it");
     let slow = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
@@ -99,13 +109,23 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs
         Form::Arith | Form::Sqrt | Form::Fused => {
             ldf(ops, &stubs.cache, 0, rs1);
             emit_rounded(ops, &stubs.cache, i);
-            dynasm!(ops
-                ; .arch x64
-                ; ucomisd xmm0, xmm0
-                ; jp =>slow
-            );
-            emit_flags_check(ops, env, slow);
+            let nx_clear = ops.new_dynamic_label();
+            let flags_ok = ops.new_dynamic_label();
+            emit_result_check(ops, slow, nx_clear);
+            dynasm!(ops ; .arch x64 ; =>flags_ok);
             st_f_xmm0(ops, stubs, rd);
+            stubs
+                .cold
+                .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
+                    dynasm!(ops
+                        ; .arch x64
+                        ; =>nx_clear
+                        ; ucomisd xmm0, xmm0
+                        ; jp =>slow
+                    );
+                    emit_flags_check(ops, env, slow);
+                    dynasm!(ops ; .arch x64 ; jmp =>flags_ok);
+                }));
         }
         Form::SignInject => {
             ldf_bits(ops, &stubs.cache, RAX, rs1);
@@ -227,6 +247,25 @@ fn emit_rounded(ops: &mut Asm, c: &Cache, i: &Insn) {
             }
         }
     }
+}
+
+/// With the rounded result in `xmm0`: go to `nx_clear` if the guest's NX is clear, else to
+/// `slow` unless the result's exponent field shows it raised at most inexact (see the module
+/// comment): not all ones (NaN, infinity), not 0 or 1 (zero, subnormal, the smallest normal
+/// binade). Clobbers `rax`.
+fn emit_result_check(ops: &mut Asm, slow: DynamicLabel, nx_clear: DynamicLabel) {
+    dynasm!(ops
+        ; .arch x64
+        ; test DWORD [rbx + S.fflags], popek_cpu::fpu::NX as i32
+        ; jz =>nx_clear
+        ; movq rax, xmm0
+        ; shr rax, 52
+        ; inc eax
+        // The exponent field plus one: all ones wraps to 0, 0 and 1 become 1 and 2.
+        ; and eax, EXPONENT_MASK
+        ; cmp eax, 2
+        ; jbe =>slow
+    );
 }
 
 /// Go to `slow` unless MXCSR's flags add nothing to the guest's `fflags` (see the module
