@@ -1119,6 +1119,9 @@ fn reset_hart(hart: &mut Hart, boot: &BootState) {
 
 /// Read stdin on its own thread: console input reaches the UART (and wakes the harts) even
 /// while every hart sleeps in WFI.
+/// Most console input held for the guest before the console reader stops reading stdin.
+const MAX_PENDING_INPUT: usize = 64 << 10;
+
 fn spawn_console_reader(shared: Arc<Shared>, jail: bool) {
     std::thread::Builder::new()
         .name("console-in".into())
@@ -1129,6 +1132,14 @@ fn spawn_console_reader(shared: Arc<Shared>, jail: bool) {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             loop {
+                // Input the guest is not taking yet (before it is ready, or while it does not
+                // read) waits in stdin's pipe, not in popek's memory.
+                while shared.devices().pending_input.len() >= MAX_PENDING_INPUT {
+                    if shared.is_stopping() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let n = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,

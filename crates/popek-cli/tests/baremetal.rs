@@ -115,3 +115,47 @@ fn stats_line_reports_instructions() {
         .unwrap();
     assert!(n > 100, "{line}");
 }
+
+/// Console input the guest does not take waits in popek's stdin, not in popek's memory: a
+/// program that never reads its UART lets popek take in little more than its 64 KiB of held
+/// input (plus the pipe's own buffer), however much is written.
+#[test]
+fn unread_console_input_waits_in_the_pipe() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let spin = build_asm(
+        "console_spin",
+        ".globl _start\n_start:\n1: addi t0, t0, 1\n j 1b\n",
+        0x8000_0000,
+    );
+    let mut child = popek()
+        .args(["run", "--memory", "16M", "--bios"])
+        .arg(&spin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = written.clone();
+    let writer = std::thread::spawn(move || {
+        let chunk = [b'x'; 4096];
+        // 64 MiB at most; popek's exit ends it early with a broken pipe.
+        for _ in 0..(64 << 8) {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+            count.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let taken = written.load(Ordering::Relaxed);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    writer.join().unwrap();
+    assert!(
+        taken < 1 << 20,
+        "popek took {taken} bytes of input the guest never read"
+    );
+}
