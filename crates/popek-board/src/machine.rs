@@ -1117,11 +1117,11 @@ fn reset_hart(hart: &mut Hart, boot: &BootState) {
     hart.set_xreg(12, boot.fw_info);
 }
 
-/// Read stdin on its own thread: console input reaches the UART (and wakes the harts) even
-/// while every hart sleeps in WFI.
 /// Most console input held for the guest before the console reader stops reading stdin.
 const MAX_PENDING_INPUT: usize = 64 << 10;
 
+/// Read stdin on its own thread: console input reaches the UART (and wakes the harts) even
+/// while every hart sleeps in WFI.
 fn spawn_console_reader(shared: Arc<Shared>, jail: bool) {
     std::thread::Builder::new()
         .name("console-in".into())

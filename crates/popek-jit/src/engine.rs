@@ -223,6 +223,14 @@ fn key(host_pc: u64, vpc: u64, prv: Priv, satp_mode: u64) -> Key {
     }
 }
 
+impl Key {
+    /// Whether the block runs with translation off (M-mode, or `satp` Bare: [`key`] records
+    /// M-mode's mode as 0), so its addresses are physical.
+    fn untranslated(self) -> bool {
+        self.host >> 60 == 0
+    }
+}
+
 /// The JIT engine of one hart: pass it to [`Hart::run_with`].
 pub struct Jit {
     code: CodeBuf,
@@ -551,8 +559,7 @@ impl Jit {
     fn translate(&mut self, page: *const u8, pc: u64, k: Key) -> Block {
         let started = Instant::now();
         let mut env = self.env;
-        if k.host >> 60 == 0 {
-            // M-mode or satp Bare (see `key`): addresses are physical.
+        if k.untranslated() {
             env.data_addend = env.data_addend.or(self.bare_addend);
         }
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.

@@ -21,6 +21,26 @@ fn image(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// Queue one request: its header, the `data` buffers (address, length, written by the device)
+/// and a status byte; returns (status byte, used length) once the device completed it.
+fn submit(d: &mut Driver, kind: u32, sector: u64, data: &[(u64, u32, bool)]) -> (u8, u32) {
+    let hdr = d.alloc(16);
+    let mut h = Vec::new();
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&sector.to_le_bytes());
+    d.write_mem(hdr, &h);
+    let mut bufs = vec![(hdr, 16, false)];
+    bufs.extend_from_slice(data);
+    let st = d.alloc(1);
+    d.write_mem(st, &[0xff]);
+    bufs.push((st, 1, true));
+    d.add(0, &bufs);
+    d.notify(0);
+    let (_, used) = d.used(0).expect("request not completed");
+    (d.read_mem(st, 1)[0], used)
+}
+
 /// Submit one request; returns (status byte, used length, data read back if `read_len`).
 fn request(
     d: &mut Driver,
@@ -29,13 +49,7 @@ fn request(
     out: &[u8],
     read_len: u32,
 ) -> (u8, u32, Vec<u8>) {
-    let hdr = d.alloc(16);
-    let mut h = Vec::new();
-    h.extend_from_slice(&kind.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(&sector.to_le_bytes());
-    d.write_mem(hdr, &h);
-    let mut bufs = vec![(hdr, 16, false)];
+    let mut bufs = Vec::new();
     if !out.is_empty() {
         let a = d.alloc(out.len() as u64);
         d.write_mem(a, out);
@@ -45,13 +59,7 @@ fn request(
     if read_len > 0 {
         bufs.push((data, read_len, true));
     }
-    let st = d.alloc(1);
-    d.write_mem(st, &[0xff]);
-    bufs.push((st, 1, true));
-    d.add(0, &bufs);
-    d.notify(0);
-    let (_, used) = d.used(0).expect("request not completed");
-    let status = d.read_mem(st, 1)[0];
+    let (status, used) = submit(d, kind, sector, &bufs);
     (status, used, d.read_mem(data, read_len as usize))
 }
 
@@ -390,31 +398,18 @@ fn request_segments(
     segments: &[u32],
     fill: u8,
 ) -> (u8, Vec<Vec<u8>>) {
-    let hdr = d.alloc(16);
-    let mut h = Vec::new();
-    h.extend_from_slice(&kind.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(&sector.to_le_bytes());
-    d.write_mem(hdr, &h);
-    let mut bufs = vec![(hdr, 16, false)];
-    let mut addrs = Vec::new();
+    let mut bufs = Vec::new();
     for &len in segments {
         let a = d.alloc(len as u64);
         d.write_mem(a, &vec![fill; len as usize]);
         bufs.push((a, len, kind == T_IN));
-        addrs.push((a, len));
     }
-    let st = d.alloc(1);
-    d.write_mem(st, &[0xff]);
-    bufs.push((st, 1, true));
-    d.add(0, &bufs);
-    d.notify(0);
-    d.used(0).expect("request not completed");
-    let data = addrs
+    let (status, _) = submit(d, kind, sector, &bufs);
+    let data = bufs
         .iter()
-        .map(|&(a, len)| d.read_mem(a, len as usize))
+        .map(|&(a, len, _)| d.read_mem(a, len as usize))
         .collect();
-    (d.read_mem(st, 1)[0], data)
+    (status, data)
 }
 
 #[test]

@@ -270,7 +270,7 @@ fn emit_result_check(ops: &mut Asm, slow: DynamicLabel, nx_clear: DynamicLabel) 
 
 /// Go to `slow` unless MXCSR's flags add nothing to the guest's `fflags` (see the module
 /// comment): only PE is accepted, and only when NX is set.
-fn emit_flags_check(ops: &mut Asm, env: &Env, slow: dynasmrt::DynamicLabel) {
+fn emit_flags_check(ops: &mut Asm, env: &Env, slow: DynamicLabel) {
     dynasm!(ops
         ; .arch x64
         ; stmxcsr [r12 + env.ctx_scratch]
