@@ -837,6 +837,14 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineConfig)
         // DRAM is one host mapping: firmware, bare-metal programs and a kernel before its MMU
         // is on see it at one addend.
         jit.expect_bare_data_addend((dram as u64).wrapping_sub(memmap::DRAM));
+        if let Some(r) = hart
+            .memory()
+            .regions()
+            .iter()
+            .find(|r| r.base() == memmap::DRAM)
+        {
+            jit.expect_machine_ram(r.base(), r.len());
+        }
     }
     run_slices(hart, idx, shared, jit.as_mut());
     if let Some(jit) = jit {

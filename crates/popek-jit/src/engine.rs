@@ -9,6 +9,7 @@ use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
 use crate::perfmap;
+use crate::table::ZeroedTable;
 use crate::translate::{
     jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
 };
@@ -223,11 +224,35 @@ fn key(host_pc: u64, vpc: u64, prv: Priv, satp_mode: u64) -> Key {
     }
 }
 
+/// The MMU mode [`key`] records for M-mode: 0 (untranslated, see [`Key::untranslated`]) while
+/// its loads and stores are M-mode's own, physical; [`MACHINE_MPRV`] under `mstatus.MPRV`
+/// with another privilege in `mstatus.MPP` (they take its translation and privilege).
+/// `MPRV` and `MPP` change only through a CSR write, a trap or `mret`, which end blocks: the
+/// next block is looked up under the new code. (popek checks no PMP entry: an M-mode access
+/// to RAM always succeeds.)
+fn machine_mode_code(csrs: &popek_cpu::csr::Csrs) -> u64 {
+    use popek_cpu::csr::mstatus;
+    let mpp = (csrs.mstatus & mstatus::MPP) >> mstatus::MPP_SHIFT;
+    if csrs.mstatus & mstatus::MPRV != 0 && mpp != Priv::M as u64 {
+        MACHINE_MPRV
+    } else {
+        0
+    }
+}
+
+/// See [`machine_mode_code`]: a value `satp.MODE` never takes.
+const MACHINE_MPRV: u64 = 1;
+
 impl Key {
     /// Whether the block runs with translation off (M-mode, or `satp` Bare: [`key`] records
     /// M-mode's mode as 0), so its addresses are physical.
     fn untranslated(self) -> bool {
         self.host >> 60 == 0
+    }
+
+    /// Whether the block runs in M-mode.
+    fn machine_mode(self) -> bool {
+        (self.host >> 56) & 3 == Priv::M as u64
     }
 }
 
@@ -240,7 +265,7 @@ pub struct Jit {
     /// Keys of the blocks on each host page, to drop them when the page's code is dropped.
     by_page: HashMap<u64, Vec<Key>>,
     /// Direct-mapped cache of `blocks`: (key, block); [`NO_KEY`] when empty.
-    fast: Box<[(Key, Block)]>,
+    fast: ZeroedTable<(Key, Block)>,
     env: Env,
     stats: JitStats,
     /// Bumped whenever translations are dropped: a chain slot recorded before may be gone.
@@ -250,7 +275,7 @@ pub struct Jit {
     /// Translations by guest virtual pc, for jumps generated code resolves itself. An entry
     /// is valid only with the current key: `version << 8 | prv << 4 | satp mode`, where
     /// `version` changes whenever translations are dropped or the hart's TLB is flushed.
-    jcache: Box<[JEntry]>,
+    jcache: ZeroedTable<JEntry>,
     jc_version: u64,
     /// The hart TLB generation the jump cache reflects.
     jc_tlb_gen: u64,
@@ -262,11 +287,13 @@ pub struct Jit {
     hot: u32,
     /// See [`Jit::expect_bare_data_addend`].
     bare_addend: Option<u64>,
+    /// See [`Jit::expect_machine_ram`].
+    machine_ram: Option<(u64, u64)>,
     /// Blocks not translated yet: how often each has started, under a 32-bit tag of the key
     /// (direct-mapped: blocks colliding in a slot merge their counts, which only moves a
     /// translation earlier). 8 bytes a slot: it is read at every cold block start, between
     /// stretches of interpretation that evict it from the caches.
-    heat: Box<[Heat]>,
+    heat: ZeroedTable<Heat>,
 }
 
 /// What [`Jit::find`] knows of a block about to start.
@@ -298,23 +325,16 @@ fn heat_slot(k: Key) -> (usize, u32) {
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
 const NO_KEY: Key = Key { host: 0, vpc: 0 };
 
-/// A boxed slice of `n` (> 0) all-zero `T`s straight from the allocator: the JIT's tables
-/// are 128-160 KiB each, which the allocator maps fresh (zero pages the kernel backs only
-/// where they are used) instead of a start-up filling every page.
+/// [`ZeroedTable::new`] of `n` entries, failing as the JIT does.
 ///
 /// # Safety
 /// All-zero bytes must be a valid `T`.
-unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
-    let layout = std::alloc::Layout::array::<T>(n).expect("a table the size of a constant");
-    debug_assert!(layout.size() > 0);
-    // SAFETY: the layout has a non-zero size (`n` > 0, and no table holds zero-sized `T`s).
-    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
-    if p.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    // SAFETY: `p` is a fresh allocation of `n` `T`s with `Box`'s layout for `[T]`, every one
-    // valid per this function's contract.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
+unsafe fn table<T: Copy>(n: usize) -> Result<ZeroedTable<T>, JitError> {
+    // SAFETY: passed on from this function's contract.
+    unsafe { ZeroedTable::new(n) }.ok_or_else(|| JitError::Tables {
+        bytes: n * std::mem::size_of::<T>(),
+        source: std::io::Error::last_os_error(),
+    })
 }
 
 const EMPTY: (Key, Block) = (
@@ -367,6 +387,16 @@ impl Jit {
     /// load under `mstatus.MPRV`) takes the slow path.
     pub fn expect_bare_data_addend(&mut self, addend: u64) {
         self.bare_addend = Some(addend);
+    }
+
+    /// Guest-physical RAM is `base..base + len`, at the addend of
+    /// [`Jit::expect_bare_data_addend`]: loads of blocks translated afterwards that run in
+    /// M-mode (without `mstatus.MPRV`), where every load from RAM succeeds,
+    /// check their address against these bounds instead of the TLB: a compare instead of a
+    /// TLB lookup for firmware and bare-metal programs. Stores still take the TLB, which
+    /// write-protects pages with translated code.
+    pub fn expect_machine_ram(&mut self, base: u64, len: u64) {
+        self.machine_ram = Some((base, len));
     }
 
     /// The key jump-cache entries must carry to be used now (see `Jit::jcache`).
@@ -479,6 +509,7 @@ impl Jit {
             fma: std::arch::is_x86_feature_detected!("fma"),
             epilogue: 0,
             data_addend: None,
+            machine_ram: None,
         };
         let mut code = CodeBuf::new(bytes)?;
         let t = trampolines(code.next_addr(), &env);
@@ -496,21 +527,22 @@ impl Jit {
             blocks: HashMap::default(),
             by_page: HashMap::default(),
             // SAFETY: an all-zero slot is `EMPTY` (a zero key, a null block).
-            fast: unsafe { zeroed_slice(FAST_SLOTS) },
+            fast: unsafe { table(FAST_SLOTS)? },
             env,
             stats: JitStats::default(),
             epoch: 0,
             insns: InsnArena::default(),
             // SAFETY: all-zero entries are unused ones: no key is 0, as `jc_version` starts at 1.
-            jcache: unsafe { zeroed_slice(JCACHE_ENTRIES) },
+            jcache: unsafe { table(JCACHE_ENTRIES)? },
             jc_version: 1,
             jc_tlb_gen: u64::MAX,
             verify: false,
             divergence: None,
             hot: 1,
             bare_addend: None,
+            machine_ram: None,
             // SAFETY: an all-zero slot is an empty one (tag 0).
-            heat: unsafe { zeroed_slice(HEAT_SLOTS) },
+            heat: unsafe { table(HEAT_SLOTS)? },
         })
     }
 
@@ -561,6 +593,9 @@ impl Jit {
         let mut env = self.env;
         if k.untranslated() {
             env.data_addend = env.data_addend.or(self.bare_addend);
+            if k.machine_mode() {
+                env.machine_ram = self.machine_ram;
+            }
         }
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
         let mut t = unsafe { translate(page, pc, self.code.next_addr(), &env, &mut self.insns) };
@@ -608,7 +643,7 @@ impl Engine for Jit {
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();
         let satp_mode = if prv == Priv::M {
-            0
+            machine_mode_code(hart.csrs())
         } else {
             hart.csrs().satp >> 60
         };

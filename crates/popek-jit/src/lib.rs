@@ -23,6 +23,8 @@ mod engine;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod perfmap;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod table;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod translate;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod verify;
@@ -47,6 +49,14 @@ pub enum JitError {
     /// The executable code buffer could not be mapped.
     #[error("cannot map {bytes} bytes of executable memory for the JIT: {source}")]
     CodeMemory {
+        /// Size asked for.
+        bytes: usize,
+        /// What mmap said.
+        source: std::io::Error,
+    },
+    /// A lookup table could not be mapped.
+    #[error("cannot map {bytes} bytes for the JIT's lookup tables: {source}")]
+    Tables {
         /// Size asked for.
         bytes: usize,
         /// What mmap said.
@@ -215,6 +225,11 @@ impl Jit {
 
     /// Never called: no `Jit` exists on this host.
     pub fn expect_bare_data_addend(&mut self, _: u64) {
+        match self.0 {}
+    }
+
+    /// Never called: no `Jit` exists on this host.
+    pub fn expect_machine_ram(&mut self, _: u64, _: u64) {
         match self.0 {}
     }
 

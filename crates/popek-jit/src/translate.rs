@@ -70,6 +70,11 @@ pub(crate) struct Env {
     /// if one is: a process VM's flat address space has one for all of them. Loads and stores
     /// then use it without waiting for the entry's, and check the entry's beside the tag.
     pub data_addend: Option<u64>,
+    /// Guest-physical RAM (`base`, bytes) when the block's loads can skip the TLB: it runs in
+    /// M-mode without `mstatus.MPRV`, where a load from RAM always
+    /// succeeds and loads nothing else at `data_addend`. Such loads check the address against
+    /// the RAM's bounds instead (stores keep the TLB: it write-protects pages with code).
+    pub machine_ram: Option<(u64, u64)>,
 }
 
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
@@ -680,12 +685,45 @@ fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, sl
         (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
     }
+    if !write {
+        if let Some(bounds) = ram_bounds(env, size) {
+            emit_ram_check(ops, bounds, slow);
+            return;
+        }
+    }
     if size > 1 {
         dynasm!(ops ; .arch x64 ; lea rax, [BYTE rsi + (size - 1) as i8]);
     } else {
         dynasm!(ops ; .arch x64 ; mov rax, rsi);
     }
     emit_tlb_lookup(ops, env, write, RSI, slow);
+}
+
+/// For a load of `size` bytes under [`Env::machine_ram`]: the displacement that takes an
+/// address to its offset in RAM, the largest offset the access may start at, and the
+/// addend; `None` when they do not fit the instructions' 32-bit immediates (RAM above
+/// 2 GiB, or over 2 GiB of it), and such loads check the TLB.
+fn ram_bounds(env: &Env, size: u32) -> Option<(i32, i32, u64)> {
+    let (base, len) = env.machine_ram?;
+    let to_offset = i32::try_from(0i64.checked_sub(i64::try_from(base).ok()?)?).ok()?;
+    let last_start = i32::try_from(len.checked_sub(size as u64)?).ok()?;
+    Some((to_offset, last_start, env.data_addend?))
+}
+
+/// With the address of a load in `rsi`: jump to `slow` unless all of its bytes lie in RAM
+/// (see [`ram_bounds`]); on the fast path, leave the RAM's addend in `rax`.
+fn emit_ram_check(
+    ops: &mut Asm,
+    (to_offset, last_start, addend): (i32, i32, u64),
+    slow: DynamicLabel,
+) {
+    dynasm!(ops
+        ; .arch x64
+        ; lea rax, [rsi + to_offset]
+        ; cmp rax, last_start
+        ; ja =>slow
+        ; mov rax, QWORD addend as i64
+    );
 }
 
 /// `rsi` = `x[rs1] + imm`, the address of memory access `i`.

@@ -1003,6 +1003,96 @@ fn sv39_rig(leaves: &[(usize, u64)], fill: impl FnOnce(&mut [u8])) -> Vec<u64> {
     ram
 }
 
+/// M-mode loads check RAM's bounds instead of the TLB (`Jit::expect_machine_ram`): loads
+/// inside RAM, at its last bytes, across its end, past it and below it fault or not as on
+/// the interpreter; under `mstatus.MPRV` (MPP = S, Sv39) the same block of loads, translated
+/// before in M-mode's own context, must not run again: the load goes through the page
+/// tables, to another page.
+#[test]
+fn machine_mode_loads_check_ram_bounds() {
+    let mut ram = vec![0u64; PAGES8 * 512];
+    // SAFETY: plain memory of PAGES8 pages.
+    let m = unsafe { std::slice::from_raw_parts_mut(ram.as_mut_ptr() as *mut u8, PAGES8 * 4096) };
+    let ld = |rd, rs1, imm| i(imm, rs1, 3, rd, 0x03);
+    let add_x10 = |rs| r(0, rs, 10, 0, 10, 0x33);
+    let probe = 0x200;
+    put_words(
+        m,
+        0,
+        &[
+            addi(5, 0, 1),
+            i(31, 5, 1, 5, 0x13), // slli x5, x5, 31: RAM's base
+            addi(6, 5, 0x400),    // the trap handler
+            csr(1, 0, 6, 0x305),  // csrw mtvec, x6
+            ld(6, 5, 0x3f0),      // satp
+            ld(8, 5, 0x3f8),      // MPRV | MPP = S
+            lui(7, 8),            // x7 = RAM's end
+            r(0, 5, 7, 0, 7, 0x33),
+            lui(17, 4), // x17 = page 4
+            r(0, 5, 17, 0, 17, 0x33),
+            addi(9, 0, 3),
+            ld(11, 5, 0x100), // loop, 0x2c: inside RAM
+            add_x10(11),
+            ld(11, 7, -8), // RAM's last 8 bytes
+            add_x10(11),
+            ld(12, 7, -4),      // across its end: faults
+            i(0, 7, 2, 13, 3),  // lw x13, 0(x7): past it, faults
+            i(-4, 5, 2, 14, 3), // lw x14, -4(x5): below it, faults
+            i(-1, 7, 4, 11, 3), // lbu x11, -1(x7): its last byte
+            add_x10(11),
+            ld(11, 17, 8), // page 4
+            add_x10(11),
+            addi(9, 9, -1),
+            b(-0x30, 0, 9, 1),
+            csr(1, 0, 6, 0x180), // csrw satp, x6
+            jal(1, probe - 0x64),
+            csr(2, 0, 8, 0x300), // csrs mstatus, x8: MPRV, MPP = S
+            jal(1, probe - 0x6c),
+            i(-1, 7, 4, 11, 3), // lbu: VA of RAM's last byte is unmapped: page fault
+            jal(1, probe - 0x74),
+            csr(3, 0, 8, 0x300), // csrc mstatus, x8
+            0x1050_0073,         // wfi
+        ],
+    );
+    // The probe: x10 += the word at 8 past page 4, as data accesses see it now.
+    put_words(
+        m,
+        probe as usize,
+        &[ld(11, 17, 8), add_x10(11), i(0, 1, 0, 0, 0x67)],
+    );
+    // The trap handler: x10 += mcause << 16; skip the faulting instruction.
+    put_words(
+        m,
+        0x400,
+        &[
+            csr(2, 30, 0, 0x342),
+            i(16, 30, 1, 30, 0x13),
+            add_x10(30),
+            csr(2, 30, 0, 0x341),
+            addi(30, 30, 4),
+            csr(1, 0, 30, 0x341),
+            0x3020_0073,
+        ],
+    );
+    put64(m, 0x3f0, 8 << 60 | (pa(1) >> 12));
+    put64(m, 0x3f8, 1 << 17 | 1 << 11);
+    put64(m, 0x100, 1);
+    put64(m, PAGES8 * 4096 - 8, 2 << 56);
+    put64(m, 4 * 4096 + 8, 0x10);
+    put64(m, 5 * 4096 + 8, 0x1000);
+    // Sv39: VA 0x8000_4000 (root 2, L1 0, L0 4) -> page 5, read-write, accessed, dirty.
+    put64(m, 4096 + 8 * 2, (pa(6) >> 12) << 10 | 1);
+    put64(m, 6 * 4096, (pa(7) >> 12) << 10 | 1);
+    put64(m, 7 * 4096 + 8 * 4, (pa(5) >> 12) << 10 | 0xc7);
+    let (exit, x10, _, _) = run_rig(&ram);
+    let round = 1 + (2 << 56) + 3 * (5 << 16) + 2 + 0x10;
+    // Then: the probe without MPRV (0x10), with it (0x1000), the page fault (13); the
+    // handler's `mret` left MPP = U, so the last probe faults too (page 5 is no user page),
+    // and its `add` adds the x11 of the probe before.
+    let after = 0x10 + 0x1000 + (13 << 16) + (13 << 16) + 0x1000;
+    assert_eq!((exit, x10), (Exit::Wfi, 3 * round + after));
+}
+
 /// Run the rig on the interpreter and on the JIT until it stops (at most 10,000 instructions);
 /// both must end the same way. The outcome: exit, x10, pc and instret.
 fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
@@ -1026,6 +1116,9 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
             Eng::Verify => Jit::verifying(1 << 20).unwrap(),
             _ => Jit::new().unwrap(),
         };
+        // As a board sets it up: RAM is one host mapping.
+        engine.expect_bare_data_addend((mem.as_ptr() as u64).wrapping_sub(BASE));
+        engine.expect_machine_ram(BASE, (PAGES8 * 4096) as u64);
         let exit = match eng {
             Eng::Interp => hart.run(&mut NoBus, 10_000),
             _ => hart.run_with(&mut NoBus, 10_000, &mut engine),
