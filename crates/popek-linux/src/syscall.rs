@@ -50,7 +50,7 @@ pub fn handle(t: &mut Thread) -> Flow {
         Ok(None) => return Flow::Continue, // rt_sigreturn: registers already restored
         Err(Stop::Errno(e)) => -(e.0 as i64),
         Err(Stop::ExitThread(code)) => return t.exit_thread(code),
-        Err(Stop::Unsupported) => {
+        Err(Stop::Unsupported | Stop::NotHere) => {
             eprintln!("popek: unsupported syscall {nr} ({})", syscall_name(nr));
             // SAFETY: ending the process.
             unsafe { libc::_exit(EXIT_UNSUPPORTED) };
@@ -76,6 +76,8 @@ enum Stop {
     Errno(Errno),
     ExitThread(i32),
     Unsupported,
+    /// A syscall family does not handle this number (see [`FAMILIES`]).
+    NotHere,
 }
 
 impl From<Errno> for Stop {
@@ -179,10 +181,39 @@ fn cs(b: &[u8]) -> Result<CString, Errno> {
     CString::new(b).map_err(|_| Errno(libc::EINVAL))
 }
 
+/// The syscall families in turn: each answers [`Stop::NotHere`] for a number not its own, and
+/// no number belongs to two.
+const FAMILIES: [Family; 11] = [
+    file_io,
+    file_status,
+    file_names,
+    file_attrs,
+    descriptors,
+    memory,
+    process_info,
+    process_control,
+    time,
+    signals,
+    network,
+];
+
+/// Handles the syscalls of one family (see [`FAMILIES`]).
+type Family = fn(&mut Thread, u64, [u64; 6]) -> Result<Option<i64>, Stop>;
+
 fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    for family in FAMILIES {
+        match family(t, nr, a) {
+            Err(Stop::NotHere) => {}
+            done => return done,
+        }
+    }
+    Err(Stop::Unsupported)
+}
+
+/// Files: open, close, read, write and seek.
+fn file_io(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
     use libc::*;
     let r: i64 = match nr {
-        // --- files ---
         56 => {
             // openat
             let abs = path_at(t, a[0], a[1])?;
@@ -244,6 +275,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             h!(SYS_pwritev, fd(t, a[0])?, v.as_ptr(), v.len(), a[3], a[4])?
         }
         62 => h!(SYS_lseek, fd(t, a[0])?, a[1], a[2])?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
+
+/// Files: status (`stat` and its kin, `statfs`, access checks, `readlink`).
+fn file_status(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         80 => {
             let st = fstat_host(fd(t, a[0])? as i32)?;
             put_stat(t, a[1], &st)?;
@@ -334,6 +374,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             t.write_mem(a[2], &target[..n])?;
             n as i64
         }
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
+
+/// Files: directories and names (listing, working directory, creating, removing, renaming and linking).
+fn file_names(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         61 => {
             let n = h!(SYS_getdents64, fd(t, a[0])?, t.ptr(a[1], a[2], W)?, a[2])?;
             t.written(a[1], n as u64);
@@ -426,6 +475,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
                 )?
             }
         }
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
+
+/// Files: ownership, modes, times, sizes, syncing and locks.
+fn file_attrs(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         52 => h!(SYS_fchmod, fd(t, a[0])?, no_setid(a[1]))?,
         53 => {
             let abs = path_at(t, a[0], a[1])?;
@@ -489,6 +547,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         83 => h!(SYS_fdatasync, fd(t, a[0])?)?,
         223 => 0, // fadvise64: advice only
         32 => h!(SYS_flock, fd(t, a[0])?, a[1])?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
+
+/// Descriptors: `fcntl`, `dup`, pipes, `ioctl`, event and timer descriptors, polling.
+fn descriptors(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         25 => fcntl_(t, a)?,
         23 => h!(SYS_fcntl, fd(t, a[0])?, F_DUPFD, 0)?,
         24 => {
@@ -603,8 +670,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             t.opt_ptr(a[3], 32, W)?
         )?,
         87 => h!(SYS_timerfd_gettime, fd(t, a[0])?, t.ptr(a[1], 32, W)?)?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
 
-        // --- memory ---
+/// Memory: mappings, protections, `brk`.
+fn memory(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         222 => mmap_(t, a)?,
         215 => {
             if !a[0].is_multiple_of(PAGE) || a[1] == 0 {
@@ -654,8 +728,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             t.hart.flush_caches();
             0
         }
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
 
-        // --- processes ---
+/// Processes: exit, identities, credentials, system information and limits.
+fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         93 => return Err(Stop::ExitThread(a[0] as i32)),
         94 => {
             if let Some(d) = &t.sh.config.debug {
@@ -749,6 +830,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         }
         165 => h!(SYS_getrusage, a[0], t.ptr(a[1], 144, W)?)?,
         153 => h!(SYS_times, t.opt_ptr(a[0], 32, W)?)?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
+
+/// Processes: scheduling, randomness, threads and children (`clone`, `execve`, waits), futexes.
+fn process_control(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         120..=123 => sched_(t, nr, a)?,
         124 => h!(SYS_sched_yield)?,
         168 => h!(
@@ -814,8 +904,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         )?,
         98 => futex_(t, a)?,
         100 => return Err(Errno(ENOSYS).into()),
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
 
-        // --- time ---
+/// Time: clocks, sleeps and interval timers.
+fn time(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         113 => h!(SYS_clock_gettime, a[0], t.ptr(a[1], 16, W)?)?,
         114 => h!(SYS_clock_getres, a[0], t.opt_ptr(a[1], 16, W)?)?,
         169 => h!(
@@ -838,8 +935,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             t.ptr(a[1], 32, R)?,
             t.opt_ptr(a[2], 32, W)?
         )?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
 
-        // --- signals ---
+/// Signals: actions, masks, waits and sending.
+fn signals(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         134 => sigaction_(t, a)?,
         135 => {
             if a[3] != 8 {
@@ -894,8 +998,15 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
             return Ok(None);
         }
         129..=131 => kill_(t, nr, a)?,
+        _ => return Err(Stop::NotHere),
+    };
+    Ok(Some(r))
+}
 
-        // --- network ---
+/// Sockets.
+fn network(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
+    use libc::*;
+    let r: i64 = match nr {
         198 => {
             if !t.sh.config.allow_net {
                 // Unix-domain sockets are refused too (abstract ones would reach the host), but
@@ -1021,8 +1132,7 @@ fn dispatch(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
         }
         210 => h!(SYS_shutdown, fd(t, a[0])?, a[1])?,
         211 | 212 => msg_(t, nr, a)?,
-
-        _ => return Err(Stop::Unsupported),
+        _ => return Err(Stop::NotHere),
     };
     Ok(Some(r))
 }
