@@ -1020,14 +1020,8 @@ fn virtio_devices(
         let status = StatusPort::new(command_status.clone());
         devices.push(Box::new(VirtioConsole::new(Box::new(status))));
     }
-    let log = mem.dma_log().clone();
-    let dirty = mem.dirty_log().cloned();
-    let wrote: GuestWriteHook = Arc::new(move |start, len| {
-        log.record(start, len);
-        if let Some(d) = &dirty {
-            d.mark(start, len);
-        }
-    });
+    let mem = mem.clone();
+    let wrote: GuestWriteHook = Arc::new(move |start, len| mem.device_wrote(start, len));
     Ok(devices
         .into_iter()
         .map(|d| {

@@ -20,7 +20,7 @@ mod trap;
 pub mod verify;
 
 pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
-pub use memory::{ChangeLog, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};
+pub use memory::{ChangeLog, CodePages, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};
 pub use trap::{Exception, Interrupt, Trap};
 
 /// Why [`Hart::run`] returned.

@@ -109,7 +109,7 @@ impl ChangeLog {
 
     /// The current generation, cheap to poll.
     #[inline]
-    pub(crate) fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 }
@@ -265,7 +265,84 @@ pub struct Memory {
     regions: Vec<RamRegion>,
     perms: Option<Arc<PagePerms>>,
     dma: Arc<ChangeLog>,
+    code: Arc<CodePages>,
     dirty: Option<Arc<DirtyLog>>,
+}
+
+/// The guest-physical pages some hart has decoded or translated code from, one bit each, set
+/// by the hart before it reads the page and never cleared. A device's write to RAM changes no
+/// code unless it lands on such a page, so only those writes go into the DMA log
+/// ([`Memory::dma_log`]): a guest reading gigabytes from a disk logged every buffer, the log
+/// overflowed every 4,096 writes, and each overflow dropped all of every hart's code.
+#[derive(Debug, Default)]
+pub struct CodePages {
+    /// Guest-physical address of bit 0.
+    base: u64,
+    /// One bit a page; empty: no table (the span is too large), every page may hold code.
+    bits: Box<[AtomicU64]>,
+}
+
+impl CodePages {
+    /// The largest span of RAM the table covers (a 2 MiB table); beyond it, every write is
+    /// logged.
+    const MAX_SPAN: u64 = 64 << 30;
+
+    /// A table for the guest-physical span of `regions` (sorted by base).
+    fn new(regions: &[RamRegion]) -> CodePages {
+        let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
+            return CodePages::default();
+        };
+        let span = last.base + last.len - first.base;
+        if span > Self::MAX_SPAN {
+            return CodePages::default();
+        }
+        let words = (span >> 12).div_ceil(64) as usize;
+        CodePages {
+            base: first.base,
+            bits: std::iter::repeat_with(|| AtomicU64::new(0))
+                .take(words)
+                .collect(),
+        }
+    }
+
+    /// Page `ppn` holds code from now on. Call it before reading the page's instructions: a
+    /// device that writes the page afterwards then sees the mark (see [`CodePages::any`]).
+    pub fn mark(&self, ppn: u64) {
+        let Some(page) = ppn.checked_sub(self.base >> 12) else {
+            return;
+        };
+        if let Some(w) = self.bits.get((page / 64) as usize) {
+            if w.load(Ordering::Relaxed) & 1 << (page % 64) == 0 {
+                w.fetch_or(1 << (page % 64), Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether any page of `start..start+len` may hold code. Call it after writing the bytes:
+    /// the fence orders the write before the check, as `mark`'s update orders the mark
+    /// before the hart's reads, so either the hart reads what was written or this sees its
+    /// mark.
+    pub fn any(&self, start: u64, len: u64) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if len == 0 {
+            return false;
+        }
+        let pages = self.bits.len() as u64 * 64;
+        let (Some(first), Some(end)) = (
+            start.checked_sub(self.base),
+            start
+                .checked_add(len - 1)
+                .and_then(|e| e.checked_sub(self.base)),
+        ) else {
+            return true;
+        };
+        let (first, last) = (first >> 12, end >> 12);
+        if last >= pages {
+            return true;
+        }
+        (first..=last)
+            .any(|p| self.bits[(p / 64) as usize].load(Ordering::Relaxed) & 1 << (p % 64) != 0)
+    }
 }
 
 impl Memory {
@@ -283,6 +360,7 @@ impl Memory {
             }
         }
         Ok(Memory {
+            code: Arc::new(CodePages::new(&regions)),
             regions,
             perms: None,
             dma: Arc::default(),
@@ -294,6 +372,24 @@ impl Memory {
     /// of those pages before they next fetch, so code read from a disk runs as read.
     pub fn dma_log(&self) -> &Arc<ChangeLog> {
         &self.dma
+    }
+
+    /// The pages harts have taken code from: a device's write elsewhere need not go into
+    /// [`Memory::dma_log`].
+    pub fn code_pages(&self) -> &Arc<CodePages> {
+        &self.code
+    }
+
+    /// A device (or a debugger) wrote guest-physical `start..start+len` behind the harts'
+    /// backs; call it after the bytes landed. Harts drop the code they took from there
+    /// (if they took any: [`CodePages`]), and the dirty log, if on, marks the pages.
+    pub fn device_wrote(&self, start: u64, len: u64) {
+        if self.code.any(start, len) {
+            self.dma.record(start, len);
+        }
+        if let Some(d) = &self.dirty {
+            d.mark(start, len);
+        }
     }
 
     /// Add a page-permission table (process VMs): user-mode harts then fault on any access the
@@ -359,6 +455,34 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_pages_say_which_ranges_may_hold_code() {
+        let base = 0x8000_0000;
+        let region = RamRegion {
+            base,
+            len: 1 << 20,
+            host: NonNull::dangling(),
+        };
+        let code = CodePages::new(&[region]);
+        assert!(!code.any(base, 1 << 20), "nothing marked yet");
+        code.mark((base >> 12) + 5);
+        assert!(code.any(base + 5 * 4096, 1));
+        assert!(
+            code.any(base + 4 * 4096 + 4095, 2),
+            "a range reaching into the page"
+        );
+        assert!(code.any(base, 1 << 20));
+        assert!(!code.any(base + 4 * 4096, 4096), "the page before");
+        assert!(!code.any(base + 6 * 4096, 8192), "the pages after");
+        assert!(!code.any(base + 5 * 4096, 0), "an empty range");
+        assert!(code.any(base - 4096, 8), "below the table: may be");
+        assert!(code.any(base + (1 << 20), 8), "above the table: may be");
+        code.mark(0);
+        code.mark(u64::MAX >> 12);
+        let none = CodePages::default();
+        assert!(none.any(base, 8), "no table: every page may hold code");
+    }
 
     #[test]
     fn dirty_log_marks_pages_only_while_on() {

@@ -424,10 +424,7 @@ impl Hart {
             if self.mem.write(pa, &data[done..done + chunk]).is_none() {
                 break;
             }
-            self.mem.dma_log().record(pa, chunk as u64);
-            if let Some(log) = self.mem.dirty_log() {
-                log.mark(pa, chunk as u64);
-            }
+            self.mem.device_wrote(pa, chunk as u64);
             done += chunk;
         }
         done
@@ -763,9 +760,11 @@ impl Hart {
     }
 
     /// Drop the write-TLB entries that lead into physical page `ppn`, which now holds code: its
-    /// stores must take the slow path, which drops the code. An entry maps virtual page `tag`
+    /// stores must take the slow path, which drops the code; devices' writes to it go into the
+    /// DMA log from now on ([`crate::CodePages`]). An entry maps virtual page `tag`
     /// to host address `(tag << 12) + addend`; only those landing on this page go.
     pub(crate) fn forget_writes_to(&mut self, ppn: u64) {
+        self.mem.code_pages().mark(ppn);
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;

@@ -99,20 +99,30 @@ enum Eng {
     JitExpectingBareAddend(bool),
 }
 
+/// A user-mode hart on `ram`, at `BASE`.
+///
+/// # Safety
+/// `ram` must outlive the hart.
+unsafe fn user_hart(ram: &mut Ram) -> Hart {
+    // SAFETY: per this function's contract.
+    let region = unsafe {
+        RamRegion::new(
+            BASE,
+            (PAGES * 4096) as u64,
+            NonNull::new(ram.0.as_mut_ptr() as *mut u8).unwrap(),
+        )
+    };
+    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
+    hart.set_pc(BASE);
+    hart
+}
+
 /// Run a copy of `ram` from `BASE` until an exit other than `Budget`/`Ecall` or `max_ecalls`
 /// ecalls, on engine `eng`; `budget` per call.
 fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<Jit>) {
     let mut mem = Ram(ram.0.clone());
     // SAFETY: `mem` outlives the hart, which is dropped at the end of this function.
-    let region = unsafe {
-        RamRegion::new(
-            BASE,
-            (PAGES * 4096) as u64,
-            NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap(),
-        )
-    };
-    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
-    hart.set_pc(BASE);
+    let mut hart = unsafe { user_hart(&mut mem) };
     let mut engine = match eng {
         Eng::Interp => None,
         Eng::Jit => Some(Jit::new().unwrap()),
@@ -1336,4 +1346,43 @@ fn fp_csr_accesses_mid_block_match_interpreter() {
         entries < 20,
         "100 rounds entered translated code {entries} times"
     );
+}
+
+/// A device writing code the harts ran (a disk read into a page of code) makes them run the
+/// new code, on the interpreter and the JIT; a device writing a page no hart took code from
+/// leaves the DMA log alone (so a guest reading a disk into data pages does not make the harts
+/// drop their code).
+#[test]
+fn device_writes_reach_code_and_only_code() {
+    for jit in [false, true] {
+        let mut ram = Ram::new();
+        // Call the function on page 1 twice, with an ecall after each call.
+        ram.put(0, &[jal(1, 0x1000), ECALL, jal(1, 0x1000 - 8), ECALL]);
+        ram.put(0x1000, &[addi(10, 10, 1), i(0, 1, 0, 0, 0x67)]); // a0 += 1; ret
+                                                                  // SAFETY: `ram` outlives the hart, dropped at the end of this iteration.
+        let mut hart = unsafe { user_hart(&mut ram) };
+        let mut engine = Jit::new().unwrap();
+        let mut run = |hart: &mut Hart| {
+            if jit {
+                hart.run_with(&mut NoBus, 1000, &mut engine)
+            } else {
+                hart.run(&mut NoBus, 1000)
+            }
+        };
+        assert_eq!(run(&mut hart), Exit::Ecall);
+        assert_eq!(hart.xreg(10), 1);
+        let mem = hart.memory().clone();
+        // Data into page 3, which holds no code: not logged.
+        let generation = mem.dma_log().generation();
+        mem.write(BASE + 0x3000, &[7; 64]).unwrap();
+        mem.device_wrote(BASE + 0x3000, 64);
+        assert_eq!(mem.dma_log().generation(), generation, "jit {jit}");
+        // New code into page 1: a0 += 100.
+        mem.write(BASE + 0x1000, &addi(10, 10, 100).to_le_bytes())
+            .unwrap();
+        mem.device_wrote(BASE + 0x1000, 4);
+        assert_ne!(mem.dma_log().generation(), generation, "jit {jit}");
+        assert_eq!(run(&mut hart), Exit::Ecall);
+        assert_eq!(hart.xreg(10), 101, "jit {jit}: the new code ran");
+    }
 }
