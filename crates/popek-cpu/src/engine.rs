@@ -13,7 +13,7 @@
 
 use crate::decode::{Insn, Op};
 use crate::exec::{writes_xreg, Flow};
-use crate::hart::Hart;
+use crate::hart::{request, Hart};
 use crate::mmu::{tlb_index, EngineTlbEntry};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, BusFault, Exit, HartState};
@@ -222,10 +222,25 @@ pub fn fp_csr_access(i: &Insn) -> bool {
         && crate::csr::is_fp_csr(i.imm as u16 & 0xfff)
 }
 
-/// Whether an engine may run `i` through [`Hart::engine_step`]: a [`steppable`] operation or
-/// an [`fp_csr_access`].
+/// Whether `i` accesses `sstatus` or `mstatus`. The kernel saves, clears and restores
+/// `sstatus.SIE` around every short critical section (`local_irq_save`/`restore`: tens of
+/// thousands of times for a 64 MiB disk read), so these run inside translated code: after one,
+/// [`Hart::engine_step`] lets the engine leave (as the interpreter does after every CSR
+/// write) only if it changed more than the interrupt enables, or changed them with an
+/// interrupt now pending and enabled.
+pub fn status_csr_access(i: &Insn) -> bool {
+    use Op::*;
+    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
+        && matches!(
+            i.imm as u16 & 0xfff,
+            crate::csr::addr::SSTATUS | crate::csr::addr::MSTATUS
+        )
+}
+
+/// Whether an engine may run `i` through [`Hart::engine_step`]: a [`steppable`] operation, an
+/// [`fp_csr_access`] or a [`status_csr_access`].
 pub fn steppable_insn(i: &Insn) -> bool {
-    steppable(i.op) || fp_csr_access(i)
+    steppable(i.op) || fp_csr_access(i) || status_csr_access(i)
 }
 
 impl Hart {
@@ -241,8 +256,19 @@ impl Hart {
         raw: u32,
     ) -> Result<(), Trap> {
         debug_assert!(steppable_insn(insn));
+        let status = self.s.csr.mstatus;
+        let leave = self.s.requests & request::LEAVE;
         match self.step_decoded(bus, insn, pc, raw)? {
             Flow::Next(_) | Flow::Store(_) => Ok(()),
+            Flow::Leave(_) if status_csr_access(insn) => {
+                // The CSR write asked to leave, as every one does; stay unless it matters.
+                let changed = status ^ self.s.csr.mstatus;
+                let enables = crate::csr::mstatus::SIE | crate::csr::mstatus::MIE;
+                if changed & !enables == 0 && (changed == 0 || self.pending_interrupt().is_none()) {
+                    self.s.requests = self.s.requests & !request::LEAVE | leave;
+                }
+                Ok(())
+            }
             _ => unreachable!("a steppable instruction continues in sequence"),
         }
     }

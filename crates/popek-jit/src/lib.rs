@@ -3,8 +3,9 @@
 //!
 //! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, integer
 //! and FP loads and stores (an inline soft-TLB hit path, a call into the hart for everything
-//! else), `fence`. Atomics and F/D arithmetic stay inside blocks but run through the
-//! interpreter ([`popek_cpu::engine::steppable`]). Anything else (CSRs, `ecall`, `fence.i`,
+//! else), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
+//! `mstatus` stay inside blocks but run through the interpreter
+//! ([`popek_cpu::engine::steppable_insn`]). Anything else (other CSRs, `ecall`, `fence.i`,
 //! system instructions, instructions straddling a page) ends a block before it, and the hart
 //! interprets from there to the end of that basic block. Blocks never cross a 4 KiB page, so
 //! translated code is keyed by the host address of the guest's physical page (plus privilege

@@ -1103,6 +1103,50 @@ fn machine_mode_loads_check_ram_bounds() {
     assert_eq!((exit, x10), (Exit::Wfi, 3 * round + after));
 }
 
+/// `mstatus`/`sstatus` accesses run inside translated blocks (`steppable_insn`): one that
+/// enables an interrupt already pending must still let the hart take it before the next
+/// instruction, as the interpreter does, and one that disables interrupts changes nothing
+/// else. Each round: disable (csrrci), x10 += 1, enable with a software interrupt pending (the
+/// handler doubles x10), x10 += 100; taken one instruction late, x10 would differ.
+#[test]
+fn status_writes_in_blocks_take_interrupts_at_once() {
+    let mut ram = vec![0u64; PAGES8 * 512];
+    // SAFETY: plain memory of PAGES8 pages.
+    let m = unsafe { std::slice::from_raw_parts_mut(ram.as_mut_ptr() as *mut u8, PAGES8 * 4096) };
+    put_words(
+        m,
+        0,
+        &[
+            addi(5, 0, 1),
+            i(31, 5, 1, 5, 0x13), // slli x5, x5, 31: RAM's base
+            addi(6, 5, 0x400),
+            csr(1, 0, 6, 0x305), // csrw mtvec, x6
+            addi(7, 0, 2),       // SSIP / SSIE
+            csr(2, 0, 7, 0x304), // csrs mie, x7
+            addi(9, 0, 8),       // mstatus.MIE
+            addi(12, 0, 3),
+            csr(7, 0, 8, 0x300), // loop: csrrci x0, mstatus, 8
+            csr(2, 0, 7, 0x344), // csrs mip, x7: pending, not enabled
+            addi(10, 10, 1),
+            csr(2, 0, 9, 0x300), // csrs mstatus, x9: the interrupt is taken here
+            addi(10, 10, 100),
+            addi(12, 12, -1),
+            b(-0x18, 0, 12, 1),
+            csr(7, 0, 8, 0x300),
+            0x1050_0073, // wfi
+        ],
+    );
+    // The handler: x10 *= 2; clear SSIP; mret.
+    put_words(
+        m,
+        0x400,
+        &[i(1, 10, 1, 10, 0x13), csr(3, 0, 7, 0x344), 0x3020_0073],
+    );
+    let (exit, x10, _, _) = run_rig(&ram);
+    let round = |x: u64| (x + 1) * 2 + 100;
+    assert_eq!((exit, x10), (Exit::Wfi, round(round(round(0)))));
+}
+
 /// Run the rig on the interpreter and on the JIT until it stops (at most 10,000 instructions);
 /// both must end the same way. The outcome: exit, x10, pc and instret.
 fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
