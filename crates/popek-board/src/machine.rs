@@ -833,18 +833,16 @@ fn hart_loop(hart: &mut Hart, idx: usize, shared: &Shared, engine: EngineConfig)
         tracing::warn!("hart {idx}: {e}; using the interpreter");
         None
     });
-    if let (Some(jit), Some(dram)) = (jit.as_mut(), hart.memory().host_ptr(memmap::DRAM, 1)) {
+    let dram = hart
+        .memory()
+        .regions()
+        .iter()
+        .find(|r| r.base() == memmap::DRAM);
+    if let (Some(jit), Some(dram)) = (jit.as_mut(), dram) {
         // DRAM is one host mapping: firmware, bare-metal programs and a kernel before its MMU
         // is on see it at one addend.
-        jit.expect_bare_data_addend((dram as u64).wrapping_sub(memmap::DRAM));
-        if let Some(r) = hart
-            .memory()
-            .regions()
-            .iter()
-            .find(|r| r.base() == memmap::DRAM)
-        {
-            jit.expect_machine_ram(r.base(), r.len());
-        }
+        jit.expect_bare_data_addend((dram.host().as_ptr() as u64).wrapping_sub(dram.base()));
+        jit.expect_machine_ram(dram.base(), dram.len());
     }
     run_slices(hart, idx, shared, jit.as_mut());
     if let Some(jit) = jit {

@@ -312,9 +312,10 @@ impl CodePages {
             return;
         };
         if let Some(w) = self.bits.get((page / 64) as usize) {
-            if w.load(Ordering::Relaxed) & 1 << (page % 64) == 0 {
-                w.fetch_or(1 << (page % 64), Ordering::SeqCst);
-            }
+            // The full RMW even when the bit is set already: it is what orders this hart's
+            // reads of the page after the mark on any host, not only x86's (a page becomes
+            // code for a hart rarely, so it costs nothing measurable).
+            w.fetch_or(1 << (page % 64), Ordering::SeqCst);
         }
     }
 
