@@ -21,7 +21,7 @@
 use dynasmrt::{dynasm, x64::X64Relocation, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use popek_cpu::csr::mstatus;
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
-use popek_cpu::engine::{steppable_insn, DATA_TLB_ENTRIES, DATA_TLB_ENTRY_BYTES};
+use popek_cpu::engine::{steppable_insn, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 mod alu;
@@ -75,6 +75,8 @@ pub(crate) struct Env {
     /// succeeds and loads nothing else at `data_addend`. Such loads check the address against
     /// the RAM's bounds instead (stores keep the TLB: it write-protects pages with code).
     pub machine_ram: Option<(u64, u64)>,
+    /// Entries of the hart's data TLBs ([`popek_cpu::Hart::data_tlb_entries`]).
+    pub data_tlb_entries: usize,
 }
 
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
@@ -410,6 +412,17 @@ pub(crate) unsafe fn translate(
             }
             continue;
         }
+        if let Some(target) = followed_jump(&i, cur, pc) {
+            // A `jal` to elsewhere on this page: the block goes on at its target (a loop
+            // whose condition is reached by a jump becomes one block that loops to itself).
+            if i.rd() != 0 {
+                dynasm!(ops ; .arch x64 ; mov rax, QWORD cur.wrapping_add(i.byte_len() as u64) as i64);
+                st_rax(&mut ops, &stubs.cache, i.rd());
+            }
+            n += 1;
+            cur = target;
+            continue;
+        }
         let kind = if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, &mut stubs);
             Some(Kind::Straight)
@@ -465,6 +478,18 @@ pub(crate) unsafe fn translate(
     );
     let code = ops.finalize().expect("the JIT's own labels always resolve");
     Translated { code, insns: n }
+}
+
+/// The target of `i` at `pc`, in a block starting at `start`, if translation follows it
+/// there rather than ending the block: `i` is a `jal` to another address on the same guest
+/// page (a block never spans two pages: code is dropped page by page). A jump back to the
+/// block's start ends the block, as a loop to itself (see [`exit_to`]).
+pub(crate) fn followed_jump(i: &Insn, pc: u64, start: u64) -> Option<u64> {
+    if i.op != Op::Jal {
+        return None;
+    }
+    let target = pc.wrapping_add(i.imm as i64 as u64);
+    (target & !0xfff == start & !0xfff && target != start).then_some(target)
 }
 
 // Exits count retired instructions with a one-byte immediate.
@@ -753,7 +778,8 @@ fn emit_tlb_lookup(ops: &mut Asm, env: &Env, write: bool, first: u8, slow: Dynam
         env.ctx_tlb_read
     };
     let shift = 12 - DATA_TLB_ENTRY_BYTES.trailing_zeros() as i8;
-    let mask = ((DATA_TLB_ENTRIES - 1) * DATA_TLB_ENTRY_BYTES) as i32;
+    debug_assert!(env.data_tlb_entries.is_power_of_two());
+    let mask = ((env.data_tlb_entries - 1) * DATA_TLB_ENTRY_BYTES) as i32;
     dynasm!(ops
         ; .arch x64
         ; mov ecx, Rd(first)

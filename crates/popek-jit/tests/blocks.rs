@@ -706,6 +706,40 @@ fn branches_across_pages() {
     assert_eq!(out.x[9], 46);
 }
 
+/// Jumps within a page continue the block at their target: a `while` loop whose condition is
+/// reached by a `j` (as compilers lay them out) runs as one block looping to itself, and a
+/// followed `jal` still writes its link register, at every budget and under verify.
+#[test]
+fn jumps_within_a_page_continue_the_block() {
+    let slli = |rd, rs1, sh| i(sh, rs1, 1, rd, 0x13);
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            addi(5, 0, 0),  // 0: i = 0
+            addi(6, 0, 50), // 4: n = 50
+            addi(7, 0, 1),  // 8: acc = 1
+            jal(0, 28),     // 12: j cond (40)
+            // body (16):
+            r(0, 5, 7, 0, 7, 0x33), // 16: acc += i
+            slli(8, 7, 3),          // 20: x8 = acc << 3
+            r(0, 8, 7, 4, 7, 0x33), // 24: acc ^= x8
+            addi(5, 5, 1),          // 28: i += 1
+            jal(1, 8),              // 32: jal ra, cond (40), skipping 36
+            addi(9, 0, 99),         // 36: never runs
+            b(16 - 40, 6, 5, 4),    // 40 cond: blt i, n, body
+            ECALL,                  // 44
+        ],
+    );
+    let out = same(&ram, 1);
+    assert_eq!(out.exits, vec![Exit::Ecall]);
+    assert_eq!((out.x[5], out.x[9], out.x[1]), (50, 0, BASE + 36));
+    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    // The prologue (through the first jump to the branch), the loop body (through the second
+    // jump to the branch, looping to itself) and the ecall.
+    assert_eq!(jit.unwrap().stats().blocks, 3);
+}
+
 /// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
 /// at exactly that instruction, as on the interpreter (a machine-mode hart with a handler).
 /// With `mstatus.FS` off, an F/D instruction traps as illegal with the exact pc and bits,
@@ -1278,7 +1312,9 @@ fn code_buffer_flushes_when_full() {
     for k in 0..1300 {
         code.push(addi(10, 10, k % 100 + 1));
         code.push(addi(12, 10, k % 7));
-        code.push(jal(0, 4)); // a block of three instructions
+        // A block of three instructions: a branch ends a block (a jump within the page would
+        // not: translation follows it).
+        code.push(b(4, 0, 0, 0));
     }
     // Three times round: a1 counts down, the jump back is a jal (a branch reaches 4 KiB).
     code.push(addi(11, 11, -1));

@@ -22,7 +22,7 @@
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
 
-use super::{foff, xoff, Asm, Op};
+use super::{foff, followed_jump, xoff, Asm, Op};
 use dynasmrt::{dynasm, DynasmApi};
 use popek_cpu::decode::Insn;
 use popek_cpu::decode::{decode, raw_in_page};
@@ -135,6 +135,7 @@ impl Cache {
     /// # Safety
     /// `page` must point at 4096 readable bytes and `off` < 4096.
     pub(super) unsafe fn plan(page: *const u8, mut off: usize, max_insns: usize) -> Cache {
+        let start = off as u64;
         let mut reads = [0u32; 32];
         let mut writes = [0u32; 32];
         let mut freads = [0u32; 32];
@@ -149,6 +150,12 @@ impl Cache {
             count(int, &mut reads, &mut writes);
             count(fp, &mut freads, &mut fwrites);
             use Op::*;
+            if let Some(target) = followed_jump(&i, off as u64, start) {
+                // The translator goes on at the jump's target (offsets stand for addresses:
+                // only their page-offset bits matter).
+                off = target as usize;
+                continue;
+            }
             if matches!(
                 i.op,
                 Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal | Jalr | Illegal
