@@ -186,9 +186,15 @@ impl Hart {
         }
     }
 
+    /// Entries of each data TLB ([`Hart::data_tlb`]): a power of two, fixed for the hart's
+    /// life (larger for a process VM's).
+    pub fn data_tlb_entries(&self) -> usize {
+        self.mmu.data_entries
+    }
+
     /// The current data TLB for loads (`write` false) or stores, for inline fast paths in
-    /// generated code: [`DATA_TLB_ENTRIES`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes, entry
-    /// `(vaddr >> 12) % DATA_TLB_ENTRIES` holds the tag `vaddr >> 12` at offset 0 (or
+    /// generated code: [`Hart::data_tlb_entries`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes,
+    /// entry `(vaddr >> 12) % entries` holds the tag `vaddr >> 12` at offset 0 (or
     /// `u64::MAX`) and at offset 8 the value to add to `vaddr` for the host address. Valid until
     /// the privilege, `mstatus` or the TLB change, all of which set [`crate::request::LEAVE`].
     pub fn data_tlb(&self, write: bool) -> *const u8 {
@@ -298,7 +304,5 @@ impl Hart {
     }
 }
 
-/// Entries of each data TLB (see [`Hart::data_tlb`]).
-pub const DATA_TLB_ENTRIES: usize = crate::mmu::TLB_SIZE;
 /// Bytes per data TLB entry (see [`Hart::data_tlb`]).
 pub const DATA_TLB_ENTRY_BYTES: usize = std::mem::size_of::<crate::mmu::TlbEntry>();

@@ -249,7 +249,7 @@ impl Hart {
     pub fn new(config: HartConfig, mem: Memory) -> Hart {
         Hart {
             s: HartState::reset(&config),
-            mmu: Mmu::new(),
+            mmu: Mmu::new(config.user_mode),
             mem,
             pins: Arc::new(IrqPins::default()),
             config,

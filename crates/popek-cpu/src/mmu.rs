@@ -6,7 +6,7 @@
 //! need no flush. Pages holding decoded code never get write entries: a store to them takes the
 //! slow path, which drops the decoded page (self-modifying code and page reuse stay correct).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::csr::mstatus;
@@ -18,6 +18,12 @@ use crate::trap::{Exception, Trap};
 use crate::Bus;
 
 pub(crate) const TLB_SIZE: usize = 256;
+/// Entries of each data TLB context a process-VM hart uses ([`Mmu::new`]): 8 MiB of address
+/// space. A system VM's kernel flushes its TLBs at every context switch, and a flush clears
+/// the entries in use, so its harts keep [`TLB_SIZE`]; a process VM's flushes come only with
+/// munmap and mprotect, and interpreters such as lua and sqlite3 walk heaps much larger than
+/// the 1 MiB that 256 entries cover (lua5.4 missed on 4% of its time's worth of accesses).
+pub(crate) const USER_DATA_TLB_SIZE: usize = 2048;
 /// Data contexts: U, S, S with SUM, M (bare), and a never-filled one used while MXR is set.
 const DATA_CONTEXTS: usize = 5;
 const CTX_NO_CACHE: usize = 4;
@@ -103,6 +109,24 @@ impl Access {
 /// A TLB: `N` entries for each of `M` contexts, on the heap (see [`boxed_table`]).
 type Table<T, const M: usize> = Box<[[T; TLB_SIZE]; M]>;
 
+/// A data TLB: room for [`USER_DATA_TLB_SIZE`] entries for each of the data contexts, of which
+/// each context uses its first [`Mmu::data_entries`] (the rest is never touched, so never
+/// backed by host memory).
+type DataTable = Box<[[TlbEntry; USER_DATA_TLB_SIZE]; DATA_CONTEXTS]>;
+
+/// A zeroed [`DataTable`], backed by host memory only where it is written: each context is
+/// emptied when it first becomes the current one ([`Mmu::ready_data_context`]), and no lookup
+/// reaches a context before that.
+fn data_table() -> DataTable {
+    let n = USER_DATA_TLB_SIZE * DATA_CONTEXTS;
+    let zeroed: Box<[[u64; 2]]> = vec![[0u64; 2]; n].into_boxed_slice();
+    // SAFETY: a TlbEntry is two u64s (`repr(C)`, checked below), so `n` `[u64; 2]`s have the
+    // size and alignment of the table, and all-zero bits are a valid entry.
+    unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut _) }
+}
+const _: () =
+    assert!(std::mem::size_of::<TlbEntry>() == 16 && std::mem::align_of::<TlbEntry>() == 8);
+
 /// A boxed `[[T; N]; M]` with every entry `value`, filled in place on the heap. The TLBs are
 /// 80 KiB together: kept inline, the hart was built on the stack and moved (into its thread
 /// and run loop) a few times, and those copies and the stack pages they touched were a fifth
@@ -115,15 +139,22 @@ fn boxed_table<T: Copy, const N: usize, const M: usize>(value: T) -> Box<[[T; N]
 }
 
 pub(crate) struct Mmu {
-    pub read: Table<TlbEntry, DATA_CONTEXTS>,
-    pub write: Table<TlbEntry, DATA_CONTEXTS>,
+    pub read: DataTable,
+    pub write: DataTable,
+    /// Entries each data context uses (a power of two; see [`USER_DATA_TLB_SIZE`]).
+    pub data_entries: usize,
+    /// Translation is off for every access (a process VM's hart): a page's data TLB entries
+    /// can only be under its own number.
+    flat: bool,
+    /// Data contexts whose used entries were emptied (bit per context; see [`data_table`]).
+    data_ready: u32,
     pub exec: Table<ITlbEntry, 4>,
     /// Fetch translations of engines (see `Hart::fetch_code_page`), per fetch context.
     pub engine_exec: Table<EngineTlbEntry, 4>,
     /// Physical pages an engine translated code from: write-protected like decoded pages
     /// (stores take the slow path, which drops them), but independent of the decode cache and
     /// its bound.
-    pub engine_pages: HashSet<u64>,
+    pub engine_pages: FxHashSet<u64>,
     /// Current data context (index into `read`/`write`).
     pub dctx: usize,
     /// Current fetch context (index into `exec`).
@@ -131,7 +162,7 @@ pub(crate) struct Mmu {
     /// Effective privilege for loads and stores (MPRV applied).
     pub data_priv: Priv,
     /// Decoded code, keyed by physical page number.
-    pub decoded: HashMap<u64, PooledPage>,
+    pub decoded: FxHashMap<u64, PooledPage>,
     /// Decoded pages dropped while the interpreter may still point into them; given back to
     /// the pool between slices.
     dropped: Vec<PooledPage>,
@@ -167,12 +198,18 @@ pub(crate) fn filled_bit(kind: Tables, ctx: usize) -> u32 {
 }
 
 /// Empty every context of `tables` (of `kind`) whose bit is set in `filled` (setting its
-/// entries to `empty`), and clear those bits.
-fn clear_filled<T: Copy>(tables: &mut [[T; TLB_SIZE]], filled: &mut u32, kind: Tables, empty: T) {
+/// first `used` entries to `empty`), and clear those bits.
+fn clear_filled<T: Copy, const N: usize>(
+    tables: &mut [[T; N]],
+    used: usize,
+    filled: &mut u32,
+    kind: Tables,
+    empty: T,
+) {
     for (ctx, t) in tables.iter_mut().enumerate() {
         let bit = filled_bit(kind, ctx);
         if *filled & bit != 0 {
-            t.fill(empty);
+            t[..used].fill(empty);
             *filled &= !bit;
         }
     }
@@ -187,17 +224,23 @@ pub(crate) fn tlb_index(vaddr: u64) -> usize {
 }
 
 impl Mmu {
-    pub fn new() -> Mmu {
-        Mmu {
-            read: boxed_table(EMPTY),
-            write: boxed_table(EMPTY),
+    /// The MMU of a system VM's hart, or with `flat` of a process VM's (translation always
+    /// off, larger data TLBs: see [`USER_DATA_TLB_SIZE`]).
+    pub fn new(flat: bool) -> Mmu {
+        let data_entries = if flat { USER_DATA_TLB_SIZE } else { TLB_SIZE };
+        let mut mmu = Mmu {
+            read: data_table(),
+            write: data_table(),
+            data_entries,
+            flat,
+            data_ready: 0,
             exec: boxed_table(IEMPTY),
             engine_exec: boxed_table(EEMPTY),
-            engine_pages: HashSet::new(),
+            engine_pages: FxHashSet::default(),
             dctx: 3,
             ictx: 3,
             data_priv: Priv::M,
-            decoded: HashMap::new(),
+            decoded: FxHashMap::default(),
             dropped: Vec::new(),
             pool: DecodePool::new(),
             code_drops: Vec::new(),
@@ -205,6 +248,20 @@ impl Mmu {
             code_drops_all: true,
             tlb_gen: 0,
             filled: 0,
+        };
+        mmu.ready_data_context();
+        mmu
+    }
+
+    /// Empty the current data context's entries if it is in use for the first time.
+    #[inline(always)]
+    fn ready_data_context(&mut self) {
+        let bit = 1 << self.dctx;
+        if self.data_ready & bit == 0 {
+            self.data_ready |= bit;
+            let used = self.data_entries;
+            self.read[self.dctx][..used].fill(EMPTY);
+            self.write[self.dctx][..used].fill(EMPTY);
         }
     }
 
@@ -212,11 +269,24 @@ impl Mmu {
     pub fn flush_tlb(&mut self) {
         self.tlb_gen += 1;
         let f = &mut self.filled;
-        clear_filled(&mut *self.read, f, Tables::Read, EMPTY);
-        clear_filled(&mut *self.write, f, Tables::Write, EMPTY);
-        clear_filled(&mut *self.exec, f, Tables::Exec, IEMPTY);
-        clear_filled(&mut *self.engine_exec, f, Tables::EngineExec, EEMPTY);
+        let used = self.data_entries;
+        clear_filled(&mut *self.read, used, f, Tables::Read, EMPTY);
+        clear_filled(&mut *self.write, used, f, Tables::Write, EMPTY);
+        clear_filled(&mut *self.exec, TLB_SIZE, f, Tables::Exec, IEMPTY);
+        clear_filled(
+            &mut *self.engine_exec,
+            TLB_SIZE,
+            f,
+            Tables::EngineExec,
+            EEMPTY,
+        );
         debug_assert_eq!(*f, 0, "every table's bits are cleared");
+    }
+
+    /// The index of `vaddr`'s entry in a data TLB context.
+    #[inline(always)]
+    pub(crate) fn data_index(&self, vaddr: u64) -> usize {
+        ((vaddr >> 12) as usize) & (self.data_entries - 1)
     }
 
     /// Note that context `ctx` of `kind` is getting an entry.
@@ -228,7 +298,14 @@ impl Mmu {
     /// Drop every write translation (a page just became code, or the dirty log starts a
     /// round: stores must take the slow path).
     pub fn flush_write_tlb(&mut self) {
-        clear_filled(&mut *self.write, &mut self.filled, Tables::Write, EMPTY);
+        let used = self.data_entries;
+        clear_filled(
+            &mut *self.write,
+            used,
+            &mut self.filled,
+            Tables::Write,
+            EMPTY,
+        );
     }
 
     /// Whether code was dropped since an engine last looked.
@@ -253,7 +330,13 @@ impl Mmu {
 
     /// Empty the interpreter's fetch TLBs (their entries point into decoded pages).
     fn clear_exec(&mut self) {
-        clear_filled(&mut *self.exec, &mut self.filled, Tables::Exec, IEMPTY);
+        clear_filled(
+            &mut *self.exec,
+            TLB_SIZE,
+            &mut self.filled,
+            Tables::Exec,
+            IEMPTY,
+        );
     }
 
     /// Drop every decoded page (only between instructions: see `release_dropped_pages`).
@@ -273,6 +356,7 @@ impl Mmu {
         if self.engine_pages.remove(&ppn) {
             clear_filled(
                 &mut *self.engine_exec,
+                TLB_SIZE,
                 &mut self.filled,
                 Tables::EngineExec,
                 EEMPTY,
@@ -350,6 +434,7 @@ impl Mmu {
             Priv::S => 1,
             Priv::M => 3,
         };
+        self.ready_data_context();
     }
 }
 
@@ -578,11 +663,11 @@ impl Hart {
             match access {
                 Access::Write => {
                     self.mmu.mark_filled(Tables::Write, ctx);
-                    self.mmu.write[ctx][tlb_index(vaddr)] = entry;
+                    self.mmu.write[ctx][self.mmu.data_index(vaddr)] = entry;
                 }
                 _ => {
                     self.mmu.mark_filled(Tables::Read, ctx);
-                    self.mmu.read[ctx][tlb_index(vaddr)] = entry;
+                    self.mmu.read[ctx][self.mmu.data_index(vaddr)] = entry;
                 }
             }
         }
@@ -596,7 +681,7 @@ impl Hart {
         bus: &mut B,
         vaddr: u64,
     ) -> Result<u64, Trap> {
-        let e = self.mmu.read[self.mmu.dctx][tlb_index(vaddr)];
+        let e = self.mmu.read[self.mmu.dctx][self.mmu.data_index(vaddr)];
         // The page of the last byte: it is the entry's (whose index comes from the first
         // byte's page, so it holds only that page) only if the access stays in one page.
         if e.tag == vaddr.wrapping_add(N as u64 - 1) >> 12 {
@@ -642,7 +727,7 @@ impl Hart {
         vaddr: u64,
         value: u64,
     ) -> Result<(), Trap> {
-        let e = self.mmu.write[self.mmu.dctx][tlb_index(vaddr)];
+        let e = self.mmu.write[self.mmu.dctx][self.mmu.data_index(vaddr)];
         // The page of the last byte: it is the entry's (whose index comes from the first
         // byte's page, so it holds only that page) only if the access stays in one page.
         if e.tag == vaddr.wrapping_add(N as u64 - 1) >> 12 {
@@ -768,9 +853,22 @@ impl Hart {
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;
-                for e in self.mmu.write.iter_mut().flatten() {
-                    if e.tag != u64::MAX && (e.tag << 12).wrapping_add(e.addend) == host {
-                        *e = EMPTY;
+                let (used, index) = (self.mmu.data_entries, self.mmu.data_index(ppn << 12));
+                let filled = self.mmu.filled;
+                for (ctx, t) in self.mmu.write.iter_mut().enumerate() {
+                    if filled & filled_bit(Tables::Write, ctx) == 0 {
+                        continue;
+                    }
+                    // Without translation only the page's own virtual number maps it.
+                    let range = if self.mmu.flat {
+                        index..index + 1
+                    } else {
+                        0..used
+                    };
+                    for e in &mut t[range] {
+                        if e.tag != u64::MAX && (e.tag << 12).wrapping_add(e.addend) == host {
+                            *e = EMPTY;
+                        }
                     }
                 }
             }
@@ -867,14 +965,60 @@ mod tests {
     fn boxed_tables_hold_their_value_everywhere() {
         let t: Box<[[u32; 5]; 3]> = boxed_table(7);
         assert_eq!(*t, [[7; 5]; 3]);
-        let mmu = Mmu::new();
-        assert!(mmu.read.iter().flatten().all(|e| e.tag == u64::MAX));
-        assert!(mmu.exec.iter().flatten().all(|e| e.tag == u64::MAX));
+        for flat in [false, true] {
+            let mmu = Mmu::new(flat);
+            let used = mmu.data_entries;
+            assert_eq!(used, if flat { USER_DATA_TLB_SIZE } else { TLB_SIZE });
+            for t in [&mmu.read, &mmu.write] {
+                assert!(t[mmu.dctx][..used].iter().all(|e| e.tag == u64::MAX));
+            }
+            assert!(mmu.exec.iter().flatten().all(|e| e.tag == u64::MAX));
+        }
+    }
+
+    #[test]
+    fn data_entries_index_and_flush_the_used_part() {
+        let mut mmu = Mmu::new(true);
+        let n = USER_DATA_TLB_SIZE as u64;
+        // Pages a system VM's 256 entries would put in one slot have their own here.
+        assert_ne!(mmu.data_index(5 << 12), mmu.data_index((5 + 256) << 12));
+        assert_eq!(mmu.data_index(5 << 12), mmu.data_index((5 + n) << 12));
+        let last = mmu.data_index((n - 1) << 12);
+        assert_eq!(last, USER_DATA_TLB_SIZE - 1);
+        mmu.read[0][last] = TlbEntry {
+            tag: n - 1,
+            addend: 1,
+        };
+        mmu.mark_filled(Tables::Read, 0);
+        mmu.flush_tlb();
+        assert_eq!(mmu.read[0][last].tag, u64::MAX);
+    }
+
+    #[test]
+    fn data_contexts_are_emptied_when_first_used() {
+        let mut mmu = Mmu::new(false);
+        assert_eq!(mmu.data_ready, 1 << 3, "a hart starts in M-mode");
+        for (prv, status, ctx) in [
+            (Priv::U, 0, 0),
+            (Priv::S, 0, 1),
+            (Priv::S, mstatus::SUM, 2),
+            (Priv::S, mstatus::MXR, CTX_NO_CACHE),
+        ] {
+            mmu.set_context(prv, status);
+            assert_eq!(mmu.dctx, ctx);
+            assert!(mmu.read[ctx][..TLB_SIZE].iter().all(|e| e.tag == u64::MAX));
+            assert!(mmu.write[ctx][..TLB_SIZE].iter().all(|e| e.tag == u64::MAX));
+        }
+        assert_eq!(mmu.data_ready, 0b11111);
     }
 
     #[test]
     fn a_flush_empties_every_table_that_got_entries() {
-        let mut mmu = Mmu::new();
+        let mut mmu = Mmu::new(false);
+        for prv in [Priv::S, Priv::U] {
+            // Contexts 1 and 4 (MXR) in use.
+            mmu.set_context(prv, mstatus::MXR * (prv == Priv::U) as u64);
+        }
         let full = TlbEntry { tag: 5, addend: 1 };
         mmu.read[1][3] = full;
         mmu.mark_filled(Tables::Read, 1);

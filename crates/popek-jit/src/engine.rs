@@ -510,6 +510,8 @@ impl Jit {
             epilogue: 0,
             data_addend: None,
             machine_ram: None,
+            // Set from the hart before anything is translated (see `run_code`).
+            data_tlb_entries: 0,
         };
         let mut code = CodeBuf::new(bytes)?;
         let t = trampolines(code.next_addr(), &env);
@@ -639,6 +641,7 @@ impl Engine for Jit {
     ) -> Option<Result<(), Trap>> {
         let start = hart.instret();
         let mut first = true;
+        self.env.data_tlb_entries = hart.data_tlb_entries();
         // The chain slot the last block left through, to point at the next block.
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();
