@@ -706,7 +706,7 @@ pub(crate) fn print_stats(machine: &Machine) {
     }
     if let Some(j) = s.jit {
         eprintln!(
-            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times",
+            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers",
             j.blocks,
             j.insns,
             j.translate_ns as f64 / 1e6,
@@ -714,7 +714,8 @@ pub(crate) fn print_stats(machine: &Machine) {
             j.code_bytes >> 10,
             j.flushes,
             j.page_drops,
-            j.entries
+            j.entries,
+            j.slow_accesses
         );
         if j.verified + j.unverified > 0 {
             eprintln!(

@@ -39,6 +39,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) trap: Trap,
     /// Scratch for generated code (`stmxcsr`/`ldmxcsr` need a memory operand).
     scratch: u32,
+    /// Loads and stores that took a helper (see [`JitStats::slow_accesses`]).
+    slow_accesses: u64,
 }
 
 /// What a load helper returns: in `rax` the loaded value, in `rdx` non-zero on a fault.
@@ -60,6 +62,7 @@ unsafe extern "sysv64" fn load_helper<const N: u8, const SIGNED: bool>(
     // the `&mut` borrows `run_code` holds for the whole run; no other reference to them is
     // used while a block runs.
     let ctx = unsafe { &mut *ctx };
+    ctx.slow_accesses += 1;
     // SAFETY: as above.
     let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
     match hart.engine_load(bus, vaddr, N) {
@@ -90,6 +93,7 @@ unsafe extern "sysv64" fn store_helper<const N: u8>(
 ) -> u64 {
     // SAFETY: see `load_helper`.
     let ctx = unsafe { &mut *ctx };
+    ctx.slow_accesses += 1;
     // SAFETY: see `load_helper`.
     let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
     match hart.engine_store(bus, vaddr, N, value) {
@@ -665,6 +669,7 @@ impl Engine for Jit {
             bus: bus as &mut dyn Bus,
             trap: Trap::new(Exception::IllegalInstruction, 0),
             scratch: 0,
+            slow_accesses: 0,
         };
         loop {
             let page = match hart.fetch_code_page() {
@@ -727,6 +732,7 @@ impl Engine for Jit {
                     _ => Err(ctx.trap),
                 }
             };
+            self.stats.slow_accesses += std::mem::take(&mut ctx.slow_accesses);
             if let Err(t) = result {
                 return Some(Err(t));
             }

@@ -87,6 +87,9 @@ pub struct JitStats {
     /// Times the engine entered translated code: each return to it (a jump the jump cache
     /// missed, a cold block, a request) costs a lookup there, so fewer is better.
     pub entries: u64,
+    /// Loads and stores of translated code that missed its inline TLB check and went
+    /// through a helper (TLB misses, accesses crossing a page, MMIO, stores to code).
+    pub slow_accesses: u64,
 }
 
 impl JitStats {
@@ -101,6 +104,7 @@ impl JitStats {
         self.verified += other.verified;
         self.unverified += other.unverified;
         self.entries += other.entries;
+        self.slow_accesses += other.slow_accesses;
     }
 }
 

@@ -632,6 +632,35 @@ fn runs_of_accesses_match_interpreter() {
 
 /// Code that rewrites an instruction of its own block, and one of another block it already
 /// ran: both must take effect at once, like on the interpreter.
+/// A run of stores and one of loads across a page boundary, in a loop: once both pages' TLB
+/// entries are there (after the first time round, through the helpers), the runs stay in
+/// translated code, as within one page, and compute what the interpreter does.
+#[test]
+fn runs_across_a_page_boundary_stay_inline() {
+    let mut ram = Ram::new();
+    let mut code = base_plus(6, 3 * 4096 - 8).to_vec();
+    code.extend([lui(10, 0x12345), lui(11, 0xfedcb), addi(29, 0, 100)]);
+    let top = code.len();
+    code.extend([
+        s(0, 10, 6, 3),            // sd x10, 0(x6): page 2
+        s(8, 11, 6, 3),            // sd x11, 8(x6): page 3
+        i(0, 6, 3, 12, 0x03),      // ld x12, 0(x6)
+        i(8, 6, 3, 13, 0x03),      // ld x13, 8(x6)
+        r(0, 12, 13, 0, 14, 0x33), // add x14, x13, x12
+        addi(10, 10, 3),
+        addi(29, 29, -1),
+    ]);
+    let here = code.len();
+    code.push(b(4 * (top as i32 - here as i32), 0, 29, 1)); // bne x29, x0, top
+    code.push(ECALL);
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    assert_eq!(out.x[14], (0x12345000u64 + 99 * 3).wrapping_add(0xffff_ffff_fedc_b000));
+    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    // The first time round: the two stores fill the write entries, the two loads the read ones.
+    assert_eq!(jit.unwrap().stats().slow_accesses, 4);
+}
+
 #[test]
 fn self_modifying_code() {
     let mut ram = Ram::new();

@@ -4,8 +4,9 @@
 //! Function prologues and epilogues save and restore registers with a string of `sd`/`ld`
 //! off `sp`; checked one by one, each costs a dozen host instructions of TLB lookup. A run
 //! is checked once: if the bytes from its lowest to its highest offset lie in one page whose
-//! TLB entry is there, every access of the run is then a single host instruction (base
-//! register + addend + offset). Otherwise a cold path performs the accesses one by one
+//! TLB entry is there, or in two pages whose entries are there with the same addend, every
+//! access of the run is then a single host instruction (base register + addend + offset).
+//! Otherwise a cold path performs the accesses one by one
 //! through the helpers, each with its own exact fault exit, so faults stay precise.
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
@@ -119,7 +120,9 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
             RSI
         }
     };
+    let two_pages = ops.new_dynamic_label();
     let slow = ops.new_dynamic_label();
+    let checked = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     // The span's first and last bytes; the addend goes to `rcx`, as `rax` takes loaded values.
     dynasm!(ops
@@ -127,8 +130,8 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
         ; lea rdi, [Rq(base) + lo]
         ; lea rax, [Rq(base) + hi - 1]
     );
-    emit_tlb_lookup(ops, env, write, RDI, slow);
-    dynasm!(ops ; .arch x64 ; mov rcx, rax);
+    emit_tlb_lookup(ops, env, write, RDI, two_pages);
+    dynasm!(ops ; .arch x64 ; =>checked ; mov rcx, rax);
     for a in run {
         emit_fast(ops, stubs, &a.i, base);
     }
@@ -146,7 +149,30 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     stubs
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
-            dynasm!(ops ; .arch x64 ; =>slow);
+            // The span may cross into the next page (a stack pointer near a page's end puts
+            // every prologue's run across it): both pages mapped with one addend (always so
+            // in a process VM's flat memory) are one range of host memory, and the run goes
+            // on as checked. `base` is not `rdi` nor `rdx` (it is cached or in `rsi`).
+            dynasm!(ops
+                ; .arch x64
+                ; =>two_pages
+                ; lea rdi, [Rq(base) + lo]
+                ; mov rax, rdi
+            );
+            emit_tlb_lookup(ops, env, write, RDI, slow);
+            dynasm!(ops
+                ; .arch x64
+                ; mov rdx, rax
+                ; lea rdi, [Rq(base) + hi - 1]
+                ; mov rax, rdi
+            );
+            emit_tlb_lookup(ops, env, write, RDI, slow);
+            dynasm!(ops
+                ; .arch x64
+                ; cmp rax, rdx
+                ; je =>checked
+                ; =>slow
+            );
             for (a, fault, leave) in exits {
                 emit_slow(ops, &c, env, &a.i, fault, leave);
             }
