@@ -6,8 +6,9 @@
 //! is checked once: if the bytes from its lowest to its highest offset lie in one page whose
 //! TLB entry is there, or in two pages whose entries are there with the same addend, every
 //! access of the run is then a single host instruction (base register + addend + offset).
-//! Otherwise a cold path performs the accesses one by one
-//! through the helpers, each with its own exact fault exit, so faults stay precise.
+//! Otherwise a cold path performs the first access through its helper (which fills the TLB
+//! when it can) and checks again; if the check still fails, the rest one by one through the
+//! helpers too, each access with its own exact fault exit, so faults stay precise.
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
@@ -123,6 +124,8 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     let two_pages = ops.new_dynamic_label();
     let slow = ops.new_dynamic_label();
     let checked = ops.new_dynamic_label();
+    let after_first = ops.new_dynamic_label();
+    let rest = ops.new_dynamic_label();
     let done = ops.new_dynamic_label();
     // The span's first and last bytes; the addend goes to `rcx`, as `rax` takes loaded values.
     dynasm!(ops
@@ -132,7 +135,10 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     );
     emit_tlb_lookup(ops, env, write, RDI, two_pages);
     dynasm!(ops ; .arch x64 ; =>checked ; mov rcx, rax);
-    for a in run {
+    for (k, a) in run.iter().enumerate() {
+        if k == 1 {
+            dynasm!(ops ; .arch x64 ; =>after_first);
+        }
         emit_fast(ops, stubs, &a.i, base);
     }
     dynasm!(ops ; .arch x64 ; =>done);
@@ -173,7 +179,28 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
                 ; je =>checked
                 ; =>slow
             );
-            for (a, fault, leave) in exits {
+            // The first access through its helper, which fills the TLB entry if it can (the
+            // first store to a page the kernel is clearing misses, the other 4 KiB do not):
+            // check again, and do the rest as checked. The run's base is still its own: only
+            // its last load may overwrite it.
+            let (a, fault, leave) = exits[0];
+            emit_slow(ops, &c, env, &a.i, fault, leave);
+            if base == RSI {
+                ld(ops, &c, RSI, first.rs1);
+            }
+            dynasm!(ops
+                ; .arch x64
+                ; lea rdi, [Rq(base) + lo]
+                ; lea rax, [Rq(base) + hi - 1]
+            );
+            emit_tlb_lookup(ops, env, write, RDI, rest);
+            dynasm!(ops
+                ; .arch x64
+                ; mov rcx, rax
+                ; jmp =>after_first
+                ; =>rest
+            );
+            for &(a, fault, leave) in &exits[1..] {
                 emit_slow(ops, &c, env, &a.i, fault, leave);
             }
             dynasm!(ops ; .arch x64 ; jmp =>done);
