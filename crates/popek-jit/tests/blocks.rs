@@ -968,6 +968,76 @@ fn native_fp_matches_interpreter() {
     assert_eq!(out.fcsr, 1 << 5 | 0x19);
 }
 
+/// `fcvt.d.l` and `fcvt.d.lu` run natively when exact, in any valid rounding mode, and through
+/// the interpreter when they round (NX, and the mode's rounding) or the unsigned value is
+/// 2^63 or more; an invalid dynamic mode still traps.
+#[test]
+fn native_int64_to_double_matches_interpreter() {
+    let cvt = |unsigned: u32, rs1: u32, rm: u32, rd: u32| r(0x69, 2 + unsigned, rs1, rm, rd, 0x53);
+    let fflags_to = |rd: u32| csr(2, rd, 0, 0x001);
+    let fsflags_zero = csr(1, 0, 0, 0x001);
+    let ld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x03);
+    let values: [u64; 6] = [
+        (-7i64) as u64,
+        (1 << 53) + 1,   // rounds
+        i64::MAX as u64, // rounds up to 2^63
+        i64::MIN as u64, // exact
+        u64::MAX,        // 2^64 - 1 unsigned: rounds up to 2^64
+        1 << 62,         // exact
+    ];
+    let mut code = vec![0x0000_0097]; // auipc x1, 0
+    for (k, _) in values.iter().enumerate() {
+        code.push(ld(10 + k as u32, 0x700 + 8 * k as i32));
+    }
+    // frm = RDN (2): exact conversions stay native, rounded ones round down.
+    code.push(csr(5, 0, 2, 0x002)); // csrwi frm, 2
+    for k in 0..6u32 {
+        code.extend([
+            fsflags_zero,
+            cvt(0, 10 + k, 7, k),     // fcvt.d.l fk, x(10+k), dyn
+            cvt(1, 10 + k, 0, 8 + k), // fcvt.d.lu f(8+k), x(10+k), rne
+            fflags_to(20 + k),
+        ]);
+    }
+    code.push(csr(5, 0, 5, 0x002)); // csrwi frm, 5: invalid
+    code.push(cvt(0, 10, 7, 20)); // traps as illegal
+    code.push(ECALL);
+    let mut ram = Ram::new();
+    ram.put(0, &code);
+    for (k, v) in values.iter().enumerate() {
+        ram.bytes()[0x700 + 8 * k..][..8].copy_from_slice(&v.to_le_bytes());
+    }
+    let out = same(&ram, 1);
+    let trap_pc = BASE + 4 * (code.len() as u64 - 2);
+    assert_eq!(
+        out.pc, trap_pc,
+        "the invalid rounding mode traps: {:?}",
+        out.exits
+    );
+    let f = &out.f;
+    assert_eq!(f[0], (-7.0f64).to_bits());
+    assert_eq!(
+        f[1],
+        9007199254740992.0f64.to_bits(),
+        "2^53 + 1 rounded down"
+    );
+    assert_eq!(
+        f[2],
+        9223372036854774784.0f64.to_bits(),
+        "i64::MAX rounded down"
+    );
+    assert_eq!(f[3], (-9223372036854775808.0f64).to_bits());
+    assert_eq!(f[5], 4611686018427387904.0f64.to_bits());
+    assert_eq!(f[8], 18446744073709551609.0f64.to_bits(), "-7 as u64, RNE");
+    assert_eq!(f[12], 18446744073709551616.0f64.to_bits(), "u64::MAX, RNE");
+    // NX only where a conversion rounded.
+    let x = &out.x;
+    assert_eq!(
+        (x[20], x[21], x[22], x[23], x[24], x[25]),
+        (1, 1, 1, 0, 1, 0)
+    );
+}
+
 /// With NX accrued, native F/D operations tell the flags they raise from their results: the
 /// edge cases (a tiny result rounded up to the smallest normal, subnormal and zero results,
 /// overflow, division by zero, NaN, and results just above the checked exponents) leave the

@@ -58,6 +58,10 @@ enum Form {
     Compare,
     /// `f[rd] = x[rs1]` as a signed or unsigned 32-bit integer (always exact).
     FromInt32,
+    /// `f[rd] = x[rs1]` as a signed or unsigned 64-bit integer: native when exact (below
+    /// 2^53 in magnitude, or with trailing zeros to spare), else the slow path rounds and
+    /// raises NX.
+    FromInt64,
     /// `x[rd] = f[rs1]` bits.
     MoveToX,
     /// `f[rd] = x[rs1]` bits.
@@ -73,6 +77,7 @@ fn form(op: Op) -> Option<Form> {
         FsgnjD | FsgnjnD | FsgnjxD => Form::SignInject,
         FeqD | FltD | FleD => Form::Compare,
         FcvtDW | FcvtDWu => Form::FromInt32,
+        FcvtDL | FcvtDLu => Form::FromInt64,
         FmvXD => Form::MoveToX,
         FmvDX => Form::MoveFromX,
         _ => return None,
@@ -85,7 +90,9 @@ pub(super) fn native(i: &Insn, env: &Env) -> bool {
     match form(i.op) {
         None => false,
         Some(Form::Fused) if !env.fma => false,
-        Some(Form::Arith | Form::Sqrt | Form::Fused | Form::FromInt32) => matches!(i.rm(), 0 | 7),
+        Some(Form::Arith | Form::Sqrt | Form::Fused) => matches!(i.rm(), 0 | 7),
+        // Exact results are the same in every rounding mode: any valid one will do.
+        Some(Form::FromInt32 | Form::FromInt64) => matches!(i.rm(), 0..=4 | 7),
         Some(_) => true,
     }
 }
@@ -97,12 +104,17 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     // With FP off, the slow path's step helper raises the illegal-instruction trap.
     emit_fs_check(ops, stubs, slow);
-    if matches!(
-        form,
-        Form::Arith | Form::Sqrt | Form::Fused | Form::FromInt32
-    ) && i.rm() == 7
-    {
-        dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + S.frm], 0 ; jne =>slow);
+    if i.rm() == 7 {
+        match form {
+            Form::Arith | Form::Sqrt | Form::Fused => {
+                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + S.frm], 0 ; jne =>slow)
+            }
+            // Any valid mode (an invalid one traps, on the slow path).
+            Form::FromInt32 | Form::FromInt64 => {
+                dynasm!(ops ; .arch x64 ; cmp QWORD [rbx + S.frm], 4 ; ja =>slow)
+            }
+            _ => {}
+        }
     }
     let (rd, rs1, rs2) = (i.rd(), i.rs1, i.rs2);
     match form {
@@ -175,6 +187,23 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
             dynasm!(ops
                 ; .arch x64
                 ; cvtsi2sd xmm0, rax
+            );
+            st_f_xmm0(ops, stubs, rd);
+        }
+        Form::FromInt64 => {
+            ld(ops, &stubs.cache, RAX, rs1);
+            if i.op == Op::FcvtDLu {
+                // From 2^63 up the signed conversion does not apply.
+                dynasm!(ops ; .arch x64 ; test rax, rax ; js =>slow);
+            }
+            // Exact if converting back (truncating) gives the integer again: no rounding, no
+            // flag. 2^63 (i64::MAX rounded up) converts back as invalid and differs too.
+            dynasm!(ops
+                ; .arch x64
+                ; cvtsi2sd xmm0, rax
+                ; cvttsd2si rcx, xmm0
+                ; cmp rcx, rax
+                ; jne =>slow
             );
             st_f_xmm0(ops, stubs, rd);
         }
