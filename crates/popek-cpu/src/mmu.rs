@@ -853,19 +853,19 @@ impl Hart {
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;
-                let (used, index) = (self.mmu.data_entries, self.mmu.data_index(ppn << 12));
+                // Without translation only the page's own virtual number maps it.
+                let (from, to) = if self.mmu.flat {
+                    let index = self.mmu.data_index(ppn << 12);
+                    (index, index + 1)
+                } else {
+                    (0, self.mmu.data_entries)
+                };
                 let filled = self.mmu.filled;
                 for (ctx, t) in self.mmu.write.iter_mut().enumerate() {
                     if filled & filled_bit(Tables::Write, ctx) == 0 {
                         continue;
                     }
-                    // Without translation only the page's own virtual number maps it.
-                    let range = if self.mmu.flat {
-                        index..index + 1
-                    } else {
-                        0..used
-                    };
-                    for e in &mut t[range] {
+                    for e in &mut t[from..to] {
                         if e.tag != u64::MAX && (e.tag << 12).wrapping_add(e.addend) == host {
                             *e = EMPTY;
                         }

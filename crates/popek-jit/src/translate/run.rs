@@ -7,8 +7,9 @@
 //! TLB entry is there, or in two pages whose entries are there with the same addend, every
 //! access of the run is then a single host instruction (base register + addend + offset).
 //! Otherwise a cold path performs the first access through its helper (which fills the TLB
-//! when it can) and checks again; if the check still fails, the rest one by one through the
-//! helpers too, each access with its own exact fault exit, so faults stay precise.
+//! when it can) and checks both pages again; if the check still fails, it does the rest one
+//! by one through the helpers too, each access with its own exact fault exit, so faults stay
+//! precise.
 
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
@@ -156,29 +157,10 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             // The span may cross into the next page (a stack pointer near a page's end puts
-            // every prologue's run across it): both pages mapped with one addend (always so
-            // in a process VM's flat memory) are one range of host memory, and the run goes
-            // on as checked. `base` is not `rdi` nor `rdx` (it is cached or in `rsi`).
-            dynasm!(ops
-                ; .arch x64
-                ; =>two_pages
-                ; lea rdi, [Rq(base) + lo]
-                ; mov rax, rdi
-            );
-            emit_tlb_lookup(ops, env, write, RDI, slow);
-            dynasm!(ops
-                ; .arch x64
-                ; mov rdx, rax
-                ; lea rdi, [Rq(base) + hi - 1]
-                ; mov rax, rdi
-            );
-            emit_tlb_lookup(ops, env, write, RDI, slow);
-            dynasm!(ops
-                ; .arch x64
-                ; cmp rax, rdx
-                ; je =>checked
-                ; =>slow
-            );
+            // every prologue's run across it).
+            dynasm!(ops ; .arch x64 ; =>two_pages);
+            emit_span_check(ops, env, write, base, (lo, hi), slow);
+            dynasm!(ops ; .arch x64 ; jmp =>checked ; =>slow);
             // The first access through its helper, which fills the TLB entry if it can (the
             // first store to a page the kernel is clearing misses, the other 4 KiB do not):
             // check again, and do the rest as checked. The run's base is still its own: only
@@ -188,12 +170,7 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
             if base == RSI {
                 ld(ops, &c, RSI, first.rs1);
             }
-            dynasm!(ops
-                ; .arch x64
-                ; lea rdi, [Rq(base) + lo]
-                ; lea rax, [Rq(base) + hi - 1]
-            );
-            emit_tlb_lookup(ops, env, write, RDI, rest);
+            emit_span_check(ops, env, write, base, (lo, hi), rest);
             dynasm!(ops
                 ; .arch x64
                 ; mov rcx, rax
@@ -205,6 +182,39 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
             }
             dynasm!(ops ; .arch x64 ; jmp =>done);
         }));
+}
+
+/// With the run's span `base + lo .. base + hi`: jump to `miss` unless the TLB has entries for
+/// the pages of its first and of its last byte with one addend (the same entry when the span
+/// lies in one page; two pages mapped with one addend, as always in a process VM's flat memory,
+/// are one range of host memory); leave the addend in `rax`. Clobbers `rcx`, `rdx` and `rdi`
+/// (`base` is none of them: it is a cached register or `rsi`).
+fn emit_span_check(
+    ops: &mut Asm,
+    env: &Env,
+    write: bool,
+    base: u8,
+    (lo, hi): (i32, i32),
+    miss: DynamicLabel,
+) {
+    dynasm!(ops
+        ; .arch x64
+        ; lea rdi, [Rq(base) + lo]
+        ; mov rax, rdi
+    );
+    emit_tlb_lookup(ops, env, write, RDI, miss);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdx, rax
+        ; lea rdi, [Rq(base) + hi - 1]
+        ; mov rax, rdi
+    );
+    emit_tlb_lookup(ops, env, write, RDI, miss);
+    dynasm!(ops
+        ; .arch x64
+        ; cmp rax, rdx
+        ; jne =>miss
+    );
 }
 
 /// One access of a checked run: `rcx` holds the page's addend.
