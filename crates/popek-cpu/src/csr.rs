@@ -358,9 +358,16 @@ impl Hart {
         let c = &mut self.s.csr;
         match num {
             FFLAGS | FRM | FCSR if c.mstatus & mstatus::FS == 0 => return None,
-            FFLAGS => c.fflags = v & 0x1f,
-            FRM => c.frm = v & 7,
-            FCSR => c.set_fcsr(v),
+            // Writing FP state makes it dirty, as every FP instruction that changes it does:
+            // a kernel saves a task's FP registers and fcsr at a switch only when FS says so.
+            FFLAGS | FRM | FCSR => {
+                match num {
+                    FFLAGS => c.fflags = v & 0x1f,
+                    FRM => c.frm = v & 7,
+                    _ => c.set_fcsr(v),
+                }
+                c.mstatus |= mstatus::FS_DIRTY;
+            }
             SSTATUS => {
                 let m = mstatus::SSTATUS_MASK & mstatus::WRITABLE;
                 c.mstatus = (c.mstatus & !m) | (v & m);
