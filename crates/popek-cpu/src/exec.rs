@@ -1,13 +1,9 @@
 //! The interpreter: fetch through the decode cache, execute, handle traps and interrupts.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
-
-use crate::csr::{mstatus, CsrOp};
 use crate::decode::{decode, raw_in_page, Insn, Op};
 use crate::engine::{Engine, Interpreter};
-use crate::fpu::{self, RoundingMode};
-use crate::hart::{request, Hart, Priv};
-use crate::mmu::{Access, DecodedPage, UNDECODED};
+use crate::hart::{request, Hart};
+use crate::mmu::{DecodedPage, UNDECODED};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
 
@@ -107,23 +103,43 @@ pub(crate) enum Flow {
     Decode,
 }
 
+/// `v`'s low 32 bits, sign-extended (the result of every `*w` instruction).
 #[inline(always)]
-fn sext32(v: u64) -> u64 {
+pub(crate) fn sext32(v: u64) -> u64 {
     v as i32 as i64 as u64
 }
 
+/// The result of M-extension instruction `op` on `a` and `b` (division by zero and overflow
+/// as the ISA defines them: no traps).
 #[inline(always)]
-fn unbox32(v: u64) -> u32 {
-    if v >> 32 == 0xffff_ffff {
-        v as u32
-    } else {
-        fpu::F32_CANONICAL_NAN
+fn muldiv(op: Op, a: u64, b: u64) -> u64 {
+    use Op::*;
+    let (sa, sb) = (a as i64, b as i64);
+    let (wa, wb) = (a as i32, b as i32);
+    let (ua, ub) = (a as u32, b as u32);
+    match op {
+        Mul => a.wrapping_mul(b),
+        Mulh => ((sa as i128 * sb as i128) >> 64) as u64,
+        Mulhsu => ((sa as i128).wrapping_mul(b as i128) >> 64) as u64,
+        Mulhu => ((a as u128 * b as u128) >> 64) as u64,
+        Div if sb == 0 => u64::MAX,
+        Div => sa.wrapping_div(sb) as u64,
+        Divu => a.checked_div(b).unwrap_or(u64::MAX),
+        Rem if sb == 0 => a,
+        Rem => sa.wrapping_rem(sb) as u64,
+        Remu if b == 0 => a,
+        Remu => a % b,
+        Mulw => sext32(a.wrapping_mul(b)),
+        Divw if wb == 0 => u64::MAX,
+        Divw => wa.wrapping_div(wb) as i64 as u64,
+        Divuw => ua.checked_div(ub).map_or(u64::MAX, |q| sext32(q as u64)),
+        Remw if wb == 0 => wa as i64 as u64,
+        Remw => wa.wrapping_rem(wb) as i64 as u64,
+        Remuw if ub == 0 => sext32(ua as u64),
+        Remuw => sext32((ua % ub) as u64),
+        // Only M opcodes reach here (see `Hart::step`).
+        _ => 0,
     }
-}
-
-#[inline(always)]
-fn box32(v: u32) -> u64 {
-    0xffff_ffff_0000_0000 | v as u64
 }
 
 /// Raw bits of the instruction at `host` + `off` (for `mtval` of illegal-instruction traps).
@@ -334,42 +350,6 @@ impl Hart {
         result
     }
 
-    #[inline(always)]
-    fn fp_on(&self) -> Result<(), Trap> {
-        if self.s.csr.mstatus & mstatus::FS == 0 {
-            Err(Trap::new(Exception::IllegalInstruction, 0))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Resolve an instruction's rounding-mode field (7 = dynamic, from `frm`).
-    #[inline(always)]
-    fn rounding(&self, rm: u8) -> Result<RoundingMode, Trap> {
-        let rm = if rm == 7 { self.s.csr.frm as u8 } else { rm };
-        Ok(match rm {
-            0 => RoundingMode::Rne,
-            1 => RoundingMode::Rtz,
-            2 => RoundingMode::Rdn,
-            3 => RoundingMode::Rup,
-            4 => RoundingMode::Rmm,
-            _ => return Err(Trap::new(Exception::IllegalInstruction, 0)),
-        })
-    }
-
-    #[inline(always)]
-    fn fp_dirty(&mut self) {
-        self.s.csr.mstatus |= mstatus::FS_DIRTY;
-    }
-
-    #[inline(always)]
-    fn accrue(&mut self, flags: u8) {
-        if flags != 0 {
-            self.s.csr.fflags |= flags as u64;
-            self.fp_dirty();
-        }
-    }
-
     /// Execute instruction `i` at `pc` and say where execution goes next. `retired` counts the
     /// instructions retired in this slice but not yet added to `instret` (counter reads need it).
     #[inline(always)]
@@ -419,81 +399,6 @@ impl Hart {
                 Flow::Store(pc.wrapping_add(len))
             }};
         }
-        // F/D helpers: operands, result write-back with NaN boxing, flag accrual.
-        macro_rules! fs {
-            ($r:expr) => {
-                unbox32(self.s.f[$r as usize])
-            };
-        }
-        macro_rules! fd {
-            ($r:expr) => {
-                self.s.f[$r as usize]
-            };
-        }
-        macro_rules! fop_s {
-            (|$rm:ident, $fl:ident| $e:expr) => {{
-                self.fp_on()?;
-                let $rm = self.rounding(i.rm())?;
-                let mut $fl = 0u8;
-                let r: u32 = $e;
-                self.s.f[rd] = box32(r);
-                self.fp_dirty();
-                self.accrue($fl);
-                Flow::Next(pc.wrapping_add(len))
-            }};
-        }
-        macro_rules! fop_d {
-            (|$rm:ident, $fl:ident| $e:expr) => {{
-                self.fp_on()?;
-                let $rm = self.rounding(i.rm())?;
-                let mut $fl = 0u8;
-                let r: u64 = $e;
-                self.s.f[rd] = r;
-                self.fp_dirty();
-                self.accrue($fl);
-                Flow::Next(pc.wrapping_add(len))
-            }};
-        }
-        // FP operations with an integer result.
-        macro_rules! fop_x {
-            (|$rm:ident, $fl:ident| $e:expr) => {{
-                self.fp_on()?;
-                #[allow(unused_variables)]
-                let $rm = self.rounding(i.rm())?;
-                let mut $fl = 0u8;
-                let r: u64 = $e;
-                self.s.x[rd] = r;
-                self.accrue($fl);
-                Flow::Next(pc.wrapping_add(len))
-            }};
-        }
-        // FP operations without a rounding mode (sign injection, min/max, compares, class, moves).
-        macro_rules! fnorm {
-            ($fl:ident, $body:block) => {{
-                self.fp_on()?;
-                let mut $fl = 0u8;
-                $body;
-                self.accrue($fl);
-                Flow::Next(pc.wrapping_add(len))
-            }};
-        }
-        macro_rules! amo {
-            ($n:literal, $atomic:ty, $f:expr) => {{
-                let a = x!(i.rs1);
-                let (p, _) = self.atomic_ptr(a, $n, Access::Write)?;
-                // SAFETY: atomic_ptr returned a naturally aligned pointer into guest RAM.
-                let at = unsafe { &*(p as *const $atomic) };
-                let old = $f(at, x!(i.rs2));
-                self.s.x[rd] = if $n == 4 {
-                    sext32(old as u64)
-                } else {
-                    old as u64
-                };
-                Flow::Store(pc.wrapping_add(len))
-            }};
-        }
-        let sc = Ordering::SeqCst;
-
         Ok(match i.op {
             Undecoded => Flow::Decode,
             Illegal => return Err(Trap::new(Exception::IllegalInstruction, 0)),
@@ -553,426 +458,15 @@ impl Hart {
             Sllw => alu!(sext32(((x!(i.rs1) as u32) << (x!(i.rs2) & 31)) as u64)),
             Srlw => alu!(sext32(((x!(i.rs1) as u32) >> (x!(i.rs2) & 31)) as u64)),
             Sraw => alu!(((x!(i.rs1) as i32) >> (x!(i.rs2) & 31)) as i64 as u64),
-            Mul => alu!(x!(i.rs1).wrapping_mul(x!(i.rs2))),
-            Mulh => alu!(((x!(i.rs1) as i64 as i128 * x!(i.rs2) as i64 as i128) >> 64) as u64),
-            Mulhsu => {
-                alu!(((x!(i.rs1) as i64 as i128).wrapping_mul(x!(i.rs2) as i128) >> 64) as u64)
-            }
-            Mulhu => alu!(((x!(i.rs1) as u128 * x!(i.rs2) as u128) >> 64) as u64),
-            Div => {
-                let (a, b) = (x!(i.rs1) as i64, x!(i.rs2) as i64);
-                alu!(if b == 0 {
-                    u64::MAX
-                } else {
-                    a.wrapping_div(b) as u64
-                })
-            }
-            Divu => {
-                let (a, b) = (x!(i.rs1), x!(i.rs2));
-                alu!(a.checked_div(b).unwrap_or(u64::MAX))
-            }
-            Rem => {
-                let (a, b) = (x!(i.rs1) as i64, x!(i.rs2) as i64);
-                alu!(if b == 0 {
-                    a as u64
-                } else {
-                    a.wrapping_rem(b) as u64
-                })
-            }
-            Remu => {
-                let (a, b) = (x!(i.rs1), x!(i.rs2));
-                alu!(if b == 0 { a } else { a % b })
-            }
-            Mulw => alu!(sext32(x!(i.rs1).wrapping_mul(x!(i.rs2)))),
-            Divw => {
-                let (a, b) = (x!(i.rs1) as i32, x!(i.rs2) as i32);
-                alu!(if b == 0 {
-                    u64::MAX
-                } else {
-                    a.wrapping_div(b) as i64 as u64
-                })
-            }
-            Divuw => {
-                let (a, b) = (x!(i.rs1) as u32, x!(i.rs2) as u32);
-                alu!(a.checked_div(b).map_or(u64::MAX, |q| sext32(q as u64)))
-            }
-            Remw => {
-                let (a, b) = (x!(i.rs1) as i32, x!(i.rs2) as i32);
-                alu!(if b == 0 {
-                    a as i64 as u64
-                } else {
-                    a.wrapping_rem(b) as i64 as u64
-                })
-            }
-            Remuw => {
-                let (a, b) = (x!(i.rs1) as u32, x!(i.rs2) as u32);
-                alu!(if b == 0 {
-                    sext32(a as u64)
-                } else {
-                    sext32((a % b) as u64)
-                })
-            }
-            Fence => Flow::Next(pc.wrapping_add(len)),
-            // Stores to decoded code already dropped it; leave the loop so the next fetch sees
-            // the current state of memory.
-            FenceI => {
-                if self.config.smp {
-                    self.mmu.flush_all();
-                }
-                Flow::Leave(pc.wrapping_add(len))
-            }
-            Ecall => {
-                if self.config.user_mode {
-                    self.s.requests |= request::ECALL;
-                    return Ok(Flow::Leave(pc.wrapping_add(len)));
-                }
-                let cause = match self.s.prv {
-                    Priv::U => Exception::EcallFromU,
-                    Priv::S => Exception::EcallFromS,
-                    Priv::M => Exception::EcallFromM,
-                };
-                return Err(Trap::new(cause, 0));
-            }
-            Ebreak => return Err(Trap::new(Exception::Breakpoint, pc)),
-            Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => {
-                let (op, operand, write) = match i.op {
-                    Csrrw => (CsrOp::Write, x!(i.rs1), true),
-                    Csrrs => (CsrOp::Set, x!(i.rs1), i.rs1 != 0),
-                    Csrrc => (CsrOp::Clear, x!(i.rs1), i.rs1 != 0),
-                    Csrrwi => (CsrOp::Write, i.rs1 as u64, true),
-                    Csrrsi => (CsrOp::Set, i.rs1 as u64, i.rs1 != 0),
-                    _ => (CsrOp::Clear, i.rs1 as u64, i.rs1 != 0),
-                };
-                // Counters read here must include everything retired before this instruction.
-                self.s.instret += *retired;
-                *retired = 0;
-                let old = self.csr_access(bus, i.imm as u16 & 0xfff, op, operand, write, 0)?;
-                self.s.x[rd] = old;
-                if crate::engine::fp_csr_access(i) {
-                    // Only FP state changed: the inner loop goes on.
-                    Flow::Next(pc.wrapping_add(len))
-                } else {
-                    Flow::Leave(pc.wrapping_add(len))
-                }
-            }
-            Mret => {
-                if self.s.prv != Priv::M {
-                    return Err(Trap::new(Exception::IllegalInstruction, 0));
-                }
-                let st = self.s.csr.mstatus;
-                let new = Priv::from_bits(st >> mstatus::MPP_SHIFT);
-                let mut st = if st & mstatus::MPIE != 0 {
-                    st | mstatus::MIE
-                } else {
-                    st & !mstatus::MIE
-                };
-                st |= mstatus::MPIE;
-                st &= !mstatus::MPP;
-                if new != Priv::M {
-                    st &= !mstatus::MPRV;
-                }
-                self.s.csr.mstatus = st;
-                self.set_priv(new);
-                Flow::Leave(self.s.csr.mepc)
-            }
-            Sret => {
-                if self.s.prv == Priv::U
-                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TSR != 0)
-                {
-                    return Err(Trap::new(Exception::IllegalInstruction, 0));
-                }
-                let st = self.s.csr.mstatus;
-                let new = if st & mstatus::SPP != 0 {
-                    Priv::S
-                } else {
-                    Priv::U
-                };
-                let mut st = if st & mstatus::SPIE != 0 {
-                    st | mstatus::SIE
-                } else {
-                    st & !mstatus::SIE
-                };
-                st |= mstatus::SPIE;
-                st &= !(mstatus::SPP | mstatus::MPRV);
-                self.s.csr.mstatus = st;
-                self.set_priv(new);
-                Flow::Leave(self.s.csr.sepc)
-            }
-            Wfi => {
-                if self.s.prv == Priv::U
-                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TW != 0)
-                {
-                    return Err(Trap::new(Exception::IllegalInstruction, 0));
-                }
-                if !self.wfi_should_wake() {
-                    self.s.requests |= request::WFI;
-                }
-                Flow::Leave(pc.wrapping_add(len))
-            }
-            SfenceVma => {
-                if self.s.prv == Priv::U
-                    || (self.s.prv == Priv::S && self.s.csr.mstatus & mstatus::TVM != 0)
-                {
-                    return Err(Trap::new(Exception::IllegalInstruction, 0));
-                }
-                self.mmu.flush_tlb();
-                Flow::Leave(pc.wrapping_add(len))
-            }
-            LrW | LrD => {
-                let size = if i.op == LrW { 4 } else { 8 };
-                let a = x!(i.rs1);
-                let (p, _) = self.atomic_ptr(a, size, Access::Read)?;
-                // SAFETY: atomic_ptr returned a naturally aligned pointer into guest RAM.
-                let v = unsafe {
-                    if size == 4 {
-                        sext32((*(p as *const AtomicU32)).load(sc) as u64)
-                    } else {
-                        (*(p as *const AtomicU64)).load(sc)
-                    }
-                };
-                self.reservation = Some((a, v));
-                self.s.x[rd] = v;
-                Flow::Next(pc.wrapping_add(len))
-            }
-            ScW | ScD => {
-                let size = if i.op == ScW { 4 } else { 8 };
-                let a = x!(i.rs1);
-                let res = self.reservation.take();
-                let ok = match res {
-                    // Like QEMU: SC succeeds if memory still holds what LR read (compare-and-swap).
-                    Some((ra, val)) if ra == a => {
-                        let (p, _) = self.atomic_ptr(a, size, Access::Write)?;
-                        let new = x!(i.rs2);
-                        // SAFETY: atomic_ptr returned a naturally aligned pointer into guest RAM.
-                        unsafe {
-                            if size == 4 {
-                                (*(p as *const AtomicU32))
-                                    .compare_exchange(val as u32, new as u32, sc, sc)
-                                    .is_ok()
-                            } else {
-                                (*(p as *const AtomicU64))
-                                    .compare_exchange(val, new, sc, sc)
-                                    .is_ok()
-                            }
-                        }
-                    }
-                    _ => false,
-                };
-                self.s.x[rd] = (!ok) as u64;
-                Flow::Store(pc.wrapping_add(len))
-            }
-            AmoswapW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a.swap(v as u32, sc)),
-            AmoaddW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_add(v as u32, sc)),
-            AmoxorW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_xor(v as u32, sc)),
-            AmoandW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_and(v as u32, sc)),
-            AmoorW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_or(v as u32, sc)),
-            AmominW => amo!(4, AtomicI32, |a: &AtomicI32, v: u64| a
-                .fetch_min(v as i32, sc)),
-            AmomaxW => amo!(4, AtomicI32, |a: &AtomicI32, v: u64| a
-                .fetch_max(v as i32, sc)),
-            AmominuW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_min(v as u32, sc)),
-            AmomaxuW => amo!(4, AtomicU32, |a: &AtomicU32, v: u64| a
-                .fetch_max(v as u32, sc)),
-            AmoswapD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.swap(v, sc)),
-            AmoaddD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_add(v, sc)),
-            AmoxorD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_xor(v, sc)),
-            AmoandD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_and(v, sc)),
-            AmoorD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_or(v, sc)),
-            AmominD => amo!(8, AtomicI64, |a: &AtomicI64, v: u64| a
-                .fetch_min(v as i64, sc)),
-            AmomaxD => amo!(8, AtomicI64, |a: &AtomicI64, v: u64| a
-                .fetch_max(v as i64, sc)),
-            AmominuD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_min(v, sc)),
-            AmomaxuD => amo!(8, AtomicU64, |a: &AtomicU64, v: u64| a.fetch_max(v, sc)),
-
-            // Loads and stores of FP registers (no NaN-box checks: bits move unchanged).
-            Flw => {
-                self.fp_on()?;
-                let v = self.load::<4, B>(bus, x!(i.rs1).wrapping_add(imm))?;
-                self.s.f[rd] = box32(v as u32);
-                self.fp_dirty();
-                Flow::Next(pc.wrapping_add(len))
-            }
-            Fld => {
-                self.fp_on()?;
-                let v = self.load::<8, B>(bus, x!(i.rs1).wrapping_add(imm))?;
-                self.s.f[rd] = v;
-                self.fp_dirty();
-                Flow::Next(pc.wrapping_add(len))
-            }
-            Fsw => {
-                self.fp_on()?;
-                self.store::<4, B>(bus, x!(i.rs1).wrapping_add(imm), self.s.f[i.rs2 as usize])?;
-                Flow::Store(pc.wrapping_add(len))
-            }
-            Fsd => {
-                self.fp_on()?;
-                self.store::<8, B>(bus, x!(i.rs1).wrapping_add(imm), self.s.f[i.rs2 as usize])?;
-                Flow::Store(pc.wrapping_add(len))
-            }
-
-            // Single precision.
-            FaddS => fop_s!(|rm, fl| fpu::f32_add(fs!(i.rs1), fs!(i.rs2), rm, &mut fl)),
-            FsubS => fop_s!(|rm, fl| fpu::f32_sub(fs!(i.rs1), fs!(i.rs2), rm, &mut fl)),
-            FmulS => fop_s!(|rm, fl| fpu::f32_mul(fs!(i.rs1), fs!(i.rs2), rm, &mut fl)),
-            FdivS => fop_s!(|rm, fl| fpu::f32_div(fs!(i.rs1), fs!(i.rs2), rm, &mut fl)),
-            FsqrtS => fop_s!(|rm, fl| fpu::f32_sqrt(fs!(i.rs1), rm, &mut fl)),
-            FmaddS => {
-                fop_s!(|rm, fl| fpu::f32_fma(fs!(i.rs1), fs!(i.rs2), fs!(i.rs3()), rm, &mut fl))
-            }
-            FmsubS => fop_s!(|rm, fl| fpu::f32_fma(
-                fs!(i.rs1),
-                fs!(i.rs2),
-                fs!(i.rs3()) ^ (1 << 31),
-                rm,
-                &mut fl
-            )),
-            FnmsubS => fop_s!(|rm, fl| fpu::f32_fma(
-                fs!(i.rs1) ^ (1 << 31),
-                fs!(i.rs2),
-                fs!(i.rs3()),
-                rm,
-                &mut fl
-            )),
-            FnmaddS => fop_s!(|rm, fl| fpu::f32_fma(
-                fs!(i.rs1) ^ (1 << 31),
-                fs!(i.rs2),
-                fs!(i.rs3()) ^ (1 << 31),
-                rm,
-                &mut fl
-            )),
-            FsgnjS | FsgnjnS | FsgnjxS => fnorm!(_fl, {
-                let (a, b) = (fs!(i.rs1), fs!(i.rs2));
-                let sign = match i.op {
-                    FsgnjS => b,
-                    FsgnjnS => !b,
-                    _ => a ^ b,
-                } & (1 << 31);
-                self.s.f[rd] = box32((a & !(1 << 31)) | sign);
-                self.fp_dirty();
-            }),
-            FminS => fnorm!(fl, {
-                self.s.f[rd] = box32(fpu::f32_min(fs!(i.rs1), fs!(i.rs2), &mut fl));
-                self.fp_dirty();
-            }),
-            FmaxS => fnorm!(fl, {
-                self.s.f[rd] = box32(fpu::f32_max(fs!(i.rs1), fs!(i.rs2), &mut fl));
-                self.fp_dirty();
-            }),
-            FcvtWS => fop_x!(|rm, fl| fpu::f32_to_i32(fs!(i.rs1), rm, &mut fl) as i64 as u64),
-            FcvtWuS => {
-                fop_x!(|rm, fl| fpu::f32_to_u32(fs!(i.rs1), rm, &mut fl) as i32 as i64 as u64)
-            }
-            FcvtLS => fop_x!(|rm, fl| fpu::f32_to_i64(fs!(i.rs1), rm, &mut fl) as u64),
-            FcvtLuS => fop_x!(|rm, fl| fpu::f32_to_u64(fs!(i.rs1), rm, &mut fl)),
-            FmvXW => fnorm!(_fl, { self.s.x[rd] = sext32(self.s.f[i.rs1 as usize]) }),
-            FclassS => fnorm!(_fl, { self.s.x[rd] = fpu::f32_classify(fs!(i.rs1)) }),
-            FeqS => fnorm!(fl, {
-                self.s.x[rd] = fpu::f32_eq(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
-            }),
-            FltS => fnorm!(fl, {
-                self.s.x[rd] = fpu::f32_lt(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
-            }),
-            FleS => fnorm!(fl, {
-                self.s.x[rd] = fpu::f32_le(fs!(i.rs1), fs!(i.rs2), &mut fl) as u64
-            }),
-            FcvtSW => fop_s!(|rm, fl| fpu::i32_to_f32(x!(i.rs1) as i32, rm, &mut fl)),
-            FcvtSWu => fop_s!(|rm, fl| fpu::u32_to_f32(x!(i.rs1) as u32, rm, &mut fl)),
-            FcvtSL => fop_s!(|rm, fl| fpu::i64_to_f32(x!(i.rs1) as i64, rm, &mut fl)),
-            FcvtSLu => fop_s!(|rm, fl| fpu::u64_to_f32(x!(i.rs1), rm, &mut fl)),
-            FmvWX => fnorm!(_fl, {
-                self.s.f[rd] = box32(x!(i.rs1) as u32);
-                self.fp_dirty();
-            }),
-
-            // Double precision.
-            FaddD => fop_d!(|rm, fl| fpu::f64_add(fd!(i.rs1), fd!(i.rs2), rm, &mut fl)),
-            FsubD => fop_d!(|rm, fl| fpu::f64_sub(fd!(i.rs1), fd!(i.rs2), rm, &mut fl)),
-            FmulD => fop_d!(|rm, fl| fpu::f64_mul(fd!(i.rs1), fd!(i.rs2), rm, &mut fl)),
-            FdivD => fop_d!(|rm, fl| fpu::f64_div(fd!(i.rs1), fd!(i.rs2), rm, &mut fl)),
-            FsqrtD => fop_d!(|rm, fl| fpu::f64_sqrt(fd!(i.rs1), rm, &mut fl)),
-            FmaddD => {
-                fop_d!(|rm, fl| fpu::f64_fma(fd!(i.rs1), fd!(i.rs2), fd!(i.rs3()), rm, &mut fl))
-            }
-            FmsubD => fop_d!(|rm, fl| fpu::f64_fma(
-                fd!(i.rs1),
-                fd!(i.rs2),
-                fd!(i.rs3()) ^ (1 << 63),
-                rm,
-                &mut fl
-            )),
-            FnmsubD => fop_d!(|rm, fl| fpu::f64_fma(
-                fd!(i.rs1) ^ (1 << 63),
-                fd!(i.rs2),
-                fd!(i.rs3()),
-                rm,
-                &mut fl
-            )),
-            FnmaddD => fop_d!(|rm, fl| fpu::f64_fma(
-                fd!(i.rs1) ^ (1 << 63),
-                fd!(i.rs2),
-                fd!(i.rs3()) ^ (1 << 63),
-                rm,
-                &mut fl
-            )),
-            FsgnjD | FsgnjnD | FsgnjxD => fnorm!(_fl, {
-                let (a, b) = (fd!(i.rs1), fd!(i.rs2));
-                let sign = match i.op {
-                    FsgnjD => b,
-                    FsgnjnD => !b,
-                    _ => a ^ b,
-                } & (1 << 63);
-                self.s.f[rd] = (a & !(1 << 63)) | sign;
-                self.fp_dirty();
-            }),
-            FminD => fnorm!(fl, {
-                self.s.f[rd] = fpu::f64_min(fd!(i.rs1), fd!(i.rs2), &mut fl);
-                self.fp_dirty();
-            }),
-            FmaxD => fnorm!(fl, {
-                self.s.f[rd] = fpu::f64_max(fd!(i.rs1), fd!(i.rs2), &mut fl);
-                self.fp_dirty();
-            }),
-            FcvtSD => fop_s!(|rm, fl| fpu::f64_to_f32(fd!(i.rs1), rm, &mut fl)),
-            FcvtDS => fop_d!(|_rm, fl| fpu::f32_to_f64(fs!(i.rs1), &mut fl)),
-            FeqD => fnorm!(fl, {
-                self.s.x[rd] = fpu::f64_eq(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
-            }),
-            FltD => fnorm!(fl, {
-                self.s.x[rd] = fpu::f64_lt(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
-            }),
-            FleD => fnorm!(fl, {
-                self.s.x[rd] = fpu::f64_le(fd!(i.rs1), fd!(i.rs2), &mut fl) as u64
-            }),
-            FclassD => fnorm!(_fl, { self.s.x[rd] = fpu::f64_classify(fd!(i.rs1)) }),
-            FcvtWD => fop_x!(|rm, fl| fpu::f64_to_i32(fd!(i.rs1), rm, &mut fl) as i64 as u64),
-            FcvtWuD => {
-                fop_x!(|rm, fl| fpu::f64_to_u32(fd!(i.rs1), rm, &mut fl) as i32 as i64 as u64)
-            }
-            FcvtLD => fop_x!(|rm, fl| fpu::f64_to_i64(fd!(i.rs1), rm, &mut fl) as u64),
-            FcvtLuD => fop_x!(|rm, fl| fpu::f64_to_u64(fd!(i.rs1), rm, &mut fl)),
-            FmvXD => fnorm!(_fl, { self.s.x[rd] = self.s.f[i.rs1 as usize] }),
-            FcvtDW => fop_d!(|rm, fl| fpu::i32_to_f64(x!(i.rs1) as i32, rm, &mut fl)),
-            FcvtDWu => fop_d!(|rm, fl| fpu::u32_to_f64(x!(i.rs1) as u32, rm, &mut fl)),
-            FcvtDL => fop_d!(|rm, fl| fpu::i64_to_f64(x!(i.rs1) as i64, rm, &mut fl)),
-            FcvtDLu => fop_d!(|rm, fl| fpu::u64_to_f64(x!(i.rs1), rm, &mut fl)),
-            FmvDX => fnorm!(_fl, {
-                self.s.f[rd] = x!(i.rs1);
-                self.fp_dirty();
-            }),
+            Mul | Mulh | Mulhsu | Mulhu | Div | Divu | Rem | Remu | Mulw | Divw | Divuw | Remw
+            | Remuw => alu!(muldiv(i.op, x!(i.rs1), x!(i.rs2))),
+            Fence | FenceI | Ecall | Ebreak | Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci
+            | Mret | Sret | Wfi | SfenceVma => return self.step_system(bus, i, pc, retired),
+            LrW | ScW | AmoswapW | AmoaddW | AmoxorW | AmoandW | AmoorW | AmominW | AmomaxW
+            | AmominuW | AmomaxuW | LrD | ScD | AmoswapD | AmoaddD | AmoxorD | AmoandD | AmoorD
+            | AmominD | AmomaxD | AmominuD | AmomaxuD => return self.step_atomic(i, pc),
+            // The F and D extensions.
+            _ => return self.step_fp(bus, i, pc),
         })
-    }
-
-    /// Switch privilege mode and the TLB contexts that go with it.
-    fn set_priv(&mut self, p: Priv) {
-        self.s.prv = p;
-        self.mmu.set_context(p, self.s.csr.mstatus);
-        self.reservation = None;
-        self.s.requests |= request::LEAVE;
     }
 }

@@ -11,6 +11,8 @@ pub mod decode;
 mod decode_pool;
 pub mod engine;
 mod exec;
+mod exec_fp;
+mod exec_system;
 pub mod fpu;
 mod hart;
 mod memory;
