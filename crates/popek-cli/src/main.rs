@@ -706,7 +706,7 @@ pub(crate) fn print_stats(machine: &Machine) {
     }
     if let Some(j) = s.jit {
         eprintln!(
-            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers",
+            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers; {} instructions through the step helper",
             j.blocks,
             j.insns,
             j.translate_ns as f64 / 1e6,
@@ -715,7 +715,8 @@ pub(crate) fn print_stats(machine: &Machine) {
             j.flushes,
             j.page_drops,
             j.entries,
-            j.slow_accesses
+            j.slow_accesses,
+            j.stepped
         );
         if j.verified + j.unverified > 0 {
             eprintln!(

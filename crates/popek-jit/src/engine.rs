@@ -41,6 +41,8 @@ pub(crate) struct Ctx<'a> {
     scratch: u32,
     /// Loads and stores that took a helper (see [`JitStats::slow_accesses`]).
     slow_accesses: u64,
+    /// Instructions run through the step helper (see [`JitStats::stepped`]).
+    stepped: u64,
 }
 
 /// What a load helper returns: in `rax` the loaded value, in `rdx` non-zero on a fault.
@@ -120,6 +122,7 @@ unsafe extern "sysv64" fn step_helper(
     let (ctx, insn) = unsafe { (&mut *ctx, &*insn) };
     // SAFETY: see `load_helper`.
     let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    ctx.stepped += 1;
     match hart.engine_step(bus, insn, pc, raw) {
         Ok(()) => 0,
         Err(t) => {
@@ -670,6 +673,7 @@ impl Engine for Jit {
             trap: Trap::new(Exception::IllegalInstruction, 0),
             scratch: 0,
             slow_accesses: 0,
+            stepped: 0,
         };
         loop {
             let page = match hart.fetch_code_page() {
@@ -733,6 +737,7 @@ impl Engine for Jit {
                 }
             };
             self.stats.slow_accesses += std::mem::take(&mut ctx.slow_accesses);
+            self.stats.stepped += std::mem::take(&mut ctx.stepped);
             if let Err(t) = result {
                 return Some(Err(t));
             }

@@ -90,6 +90,10 @@ pub struct JitStats {
     /// Loads and stores of translated code that missed its inline TLB check and went
     /// through a helper (TLB misses, accesses crossing a page, MMIO, stores to code).
     pub slow_accesses: u64,
+    /// Instructions translated code ran through the step helper (the interpreter, with every
+    /// guest register stored before and loaded after): what the translator does not emit
+    /// itself, such as CSR accesses other than the FP ones and `sstatus`, traps and fences.
+    pub stepped: u64,
 }
 
 impl JitStats {
@@ -105,6 +109,7 @@ impl JitStats {
         self.unverified += other.unverified;
         self.entries += other.entries;
         self.slow_accesses += other.slow_accesses;
+        self.stepped += other.stepped;
     }
 }
 

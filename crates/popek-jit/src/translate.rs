@@ -25,6 +25,7 @@ use popek_cpu::engine::{steppable_insn, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 mod alu;
+mod fcsr;
 mod fp;
 mod regs;
 mod run;
@@ -425,6 +426,9 @@ pub(crate) unsafe fn translate(
         }
         let kind = if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, &mut stubs);
+            Some(Kind::Straight)
+        } else if fcsr::native(&i) {
+            fcsr::emit(&mut ops, &i, at, &mut stubs);
             Some(Kind::Straight)
         } else if steppable_insn(&i) && !matches!(i.op, Op::Flw | Op::Fld | Op::Fsw | Op::Fsd) {
             emit_step(&mut ops, i, at, env, &mut stubs);

@@ -813,7 +813,9 @@ fn fp_off_traps_exactly_first_or_mid_block() {
     let fsd = s(8, 1, 1, 3) & !0x7f | 0x27; // fsd f1, 8(x1)
     let fadd = r(0x01, 2, 1, 7, 3, 0x53); // fadd.d f3, f1, f2
     let fcvt = r(0x61, 0, 1, 1, 5, 0x53); // fcvt.w.d x5, f1, rtz (stepped)
-    for insn in [fld, fsd, fadd, fcvt] {
+    let frflags = csr(2, 5, 0, 0x001); // csrr x5, fflags (translated)
+    let fsrm = csr(1, 0, 5, 0x002); // csrw frm, x5 (translated)
+    for insn in [fld, fsd, fadd, fcvt, frflags, fsrm] {
         for first in [false, true] {
             let lead = if first { jal(0, 4) } else { addi(6, 0, 8) };
             fp_off_trap(insn, lead);
@@ -1036,6 +1038,51 @@ fn native_int64_to_double_matches_interpreter() {
         (x[20], x[21], x[22], x[23], x[24], x[25]),
         (1, 1, 1, 0, 1, 0)
     );
+}
+
+/// Reads and writes of `fflags`, `frm` and `fcsr` in translated code, in every CSR
+/// instruction form (set and clear, immediates, bits beyond the CSR's, rd = rs1, rd = x0,
+/// reads through x0), leave the registers, `fcsr` and `mstatus.FS` as the interpreter does, and
+/// none of them goes through the step helper; a native FP operation after an `frm` write
+/// rounds by it.
+#[test]
+fn fp_csr_accesses_match_interpreter_without_the_step_helper() {
+    let code = [
+        addi(5, 0, 0xff),
+        csr(1, 6, 5, 0x001),   // csrrw x6, fflags, x5: fflags = 0x1f
+        csr(2, 7, 0, 0x001),   // csrrs x7, fflags, x0: a read
+        csr(7, 8, 3, 0x001),   // csrrci x8, fflags, 3: fflags = 0x1c
+        csr(6, 9, 5, 0x002),   // csrrsi x9, frm, 5
+        csr(3, 10, 5, 0x003),  // csrrc x10, fcsr, x5: all cleared
+        csr(5, 11, 31, 0x003), // csrrwi x11, fcsr, 31
+        addi(12, 0, 0x7a5),
+        csr(1, 12, 12, 0x003), // csrrw x12, fcsr, x12: rd = rs1; frm = 5, fflags = 5
+        csr(2, 0, 5, 0x002),   // csrrs x0, frm, x5: frm = 7 (invalid: only a field)
+        csr(1, 13, 0, 0x002),  // csrrw x13, frm, x0: frm = 0
+        csr(6, 0, 2, 0x002),   // csrsi frm, 2: RDN
+        addi(14, 0, 1),
+        addi(15, 0, 10),
+        r(0x69, 0, 14, 7, 1, 0x53), // fcvt.d.l f1, x14
+        r(0x69, 0, 15, 7, 2, 0x53), // fcvt.d.l f2, x15
+        csr(1, 0, 0, 0x001),        // csrw fflags, x0
+        r(0x0d, 2, 1, 7, 3, 0x53),  // fdiv.d f3, f1, f2, dyn: 1/10 rounded down
+        csr(2, 16, 0, 0x003),       // csrr x16, fcsr
+        ECALL,
+    ];
+    let mut ram = Ram::new();
+    ram.put(0, &code);
+    let out = same(&ram, 1);
+    let x = &out.x;
+    assert_eq!((x[6], x[7], x[8], x[9]), (0, 0x1f, 0x1f, 0));
+    assert_eq!((x[10], x[11], x[12], x[13]), (5 << 5 | 0x1c, 0, 0x1f, 7));
+    assert_eq!(x[16], 2 << 5 | 1, "frm = RDN, NX from the division");
+    // Round-to-nearest rounds 1/10 up: rounded down, it is one ulp less.
+    assert_eq!(out.f[3], 0.1f64.to_bits() - 1, "1/10 rounded down");
+    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    let stats = jit.unwrap().stats();
+    // The division under RDN goes through the step helper (native arithmetic rounds to
+    // nearest only); none of the twelve CSR accesses does.
+    assert_eq!(stats.stepped, 1, "{stats:?}");
 }
 
 /// With NX accrued, native F/D operations tell the flags they raise from their results: the
