@@ -11,7 +11,7 @@ use crate::code::CodeBuf;
 use crate::perfmap;
 use crate::table::ZeroedTable;
 use crate::translate::{
-    jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
+    jcache_second_slot, jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
 };
 use crate::verify::Verdict;
 use crate::{Divergence, EngineConfig, JitError, JitStats};
@@ -515,6 +515,7 @@ impl Jit {
             ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
             fma: std::arch::is_x86_feature_detected!("fma"),
             epilogue: 0,
+            second_way: 0,
             data_addend: None,
             machine_ram: None,
             // Set from the hart before anything is translated (see `run_code`).
@@ -527,6 +528,7 @@ impl Jit {
             source: std::io::Error::from_raw_os_error(libc::ENOMEM),
         })?;
         env.epilogue = at as usize + t.epilogue;
+        env.second_way = at as usize + t.second_way;
         // SAFETY: `at + t.enter` is the entry assembled for this address with the `EnterFn`
         // calling convention; the code stays there as long as the buffer (`keep`).
         let enter = unsafe { std::mem::transmute::<*const u8, EnterFn>(at.add(t.enter)) };
@@ -542,7 +544,7 @@ impl Jit {
             epoch: 0,
             insns: InsnArena::default(),
             // SAFETY: all-zero entries are unused ones: no key is 0, as `jc_version` starts at 1.
-            jcache: unsafe { table(JCACHE_ENTRIES)? },
+            jcache: unsafe { table(2 * JCACHE_ENTRIES)? },
             jc_version: 1,
             jc_tlb_gen: u64::MAX,
             verify: false,
@@ -695,7 +697,13 @@ impl Engine for Jit {
                 return if first { None } else { Some(Ok(())) };
             }
             let jkey = self.jkey(prv, satp_mode);
-            self.jcache[jcache_slot(pc)] = JEntry {
+            let slot = jcache_slot(pc);
+            let old = self.jcache[slot];
+            if old.vpc != pc && old.key == jkey {
+                // The first way's entry moves to the second way (see `jcache_second_slot`).
+                self.jcache[JCACHE_ENTRIES + jcache_second_slot(old.vpc)] = old;
+            }
+            self.jcache[slot] = JEntry {
                 vpc: pc,
                 key: jkey,
                 entry: block.chain,

@@ -1645,3 +1645,58 @@ fn device_writes_reach_code_and_only_code() {
         assert_eq!(hart.xreg(10), 101, "jit {jit}: the new code ran");
     }
 }
+
+/// Two functions whose addresses share a slot of the jump cache's first way (0x40010 apart),
+/// called in turn through registers: the second way holds the one the first lost, so the
+/// calls stay in translated code. With one way, every call missed and went back to the engine
+/// (2 entries a round).
+#[test]
+fn targets_sharing_a_jump_cache_slot_stay_in_translated_code() {
+    const SPAN: usize = 0x42000;
+    let (f1, f2) = (0x400usize, 0x40410usize);
+    let mut mem = vec![0u64; SPAN / 8];
+    let words: &mut [u8] =
+        // SAFETY: the Vec<u64> is SPAN bytes of plain memory.
+        unsafe { std::slice::from_raw_parts_mut(mem.as_mut_ptr() as *mut u8, SPAN) };
+    let mut put = |off: usize, code: &[u32]| {
+        for (k, w) in code.iter().enumerate() {
+            words[off + 4 * k..off + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    };
+    put(
+        0,
+        &[
+            0x0000_0297,               // auipc t0, 0
+            lui(6, (f2 >> 12) as u32), // t1 = f2's page offset
+            addi(6, 6, (f2 & 0xfff) as i32),
+            0x0062_8333,           // add t1, t0, t1: f2
+            addi(5, 5, f1 as i32), // t0 = f1
+            addi(11, 0, 1000),
+            i(0, 5, 0, 1, 0x67), // loop: jalr ra, 0(t0)
+            i(0, 6, 0, 1, 0x67), // jalr ra, 0(t1)
+            addi(11, 11, -1),
+            b(-12, 0, 11, 1), // bne a1, zero, loop
+            ECALL,
+        ],
+    );
+    put(f1, &[addi(10, 10, 1), i(0, 1, 0, 0, 0x67)]); // a0 += 1; ret
+    put(f2, &[addi(12, 12, 2), i(0, 1, 0, 0, 0x67)]); // a2 += 2; ret
+                                                      // SAFETY: `mem` outlives the hart, dropped at the end of this function.
+    let region = unsafe {
+        RamRegion::new(
+            BASE,
+            SPAN as u64,
+            NonNull::new(mem.as_mut_ptr() as *mut u8).unwrap(),
+        )
+    };
+    let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
+    hart.set_pc(BASE);
+    let mut jit = Jit::new().unwrap();
+    assert_eq!(hart.run_with(&mut NoBus, 1 << 20, &mut jit), Exit::Ecall);
+    assert_eq!((hart.xreg(10), hart.xreg(12)), (1000, 2000));
+    let entries = jit.stats().entries;
+    assert!(
+        entries < 20,
+        "1,000 rounds entered translated code {entries} times"
+    );
+}
