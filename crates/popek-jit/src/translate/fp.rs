@@ -126,12 +126,16 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
             emit_result_check(ops, slow, nx_clear);
             dynasm!(ops ; .arch x64 ; =>flags_ok);
             st_f_xmm0(ops, stubs, rd);
+            let (c, op) = (stubs.cache, i.op);
             stubs
                 .cold
                 .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
+                    dynasm!(ops ; .arch x64 ; =>nx_clear);
+                    if matches!(op, Op::FaddD | Op::FsubD) {
+                        emit_sum_exactness(ops, &c, op, (rs1, rs2), slow, flags_ok);
+                    }
                     dynasm!(ops
                         ; .arch x64
-                        ; =>nx_clear
                         ; ucomisd xmm0, xmm0
                         ; jp =>slow
                     );
@@ -287,13 +291,78 @@ fn emit_result_check(ops: &mut Asm, slow: DynamicLabel, nx_clear: DynamicLabel) 
         ; .arch x64
         ; test DWORD [rbx + S.fflags], popek_cpu::fpu::NX as i32
         ; jz =>nx_clear
+    );
+    emit_normal_check(ops, slow);
+}
+
+/// For an add or subtract whose rounded result is in `xmm0`, with the guest's NX clear: if
+/// the result is a normal number (so the operation raised at most inexact), tell whether it
+/// is exact from the rounding error, which Knuth's 2Sum computes exactly in round-to-nearest
+/// from the operands and the result: exact, go to `flags_ok`; inexact, accrue NX and go
+/// there; an error that is not finite (an intermediate overflowed) goes to `slow`. Other
+/// results fall through, to the MXCSR check.
+///
+/// glibc clears `fflags` around every float-to-integer conversion (lua5.4: a million times
+/// in bench/exec's workload), so the next inexact subtraction met a clear NX, and MXCSR
+/// could only say whether it raised nothing: each went through the step helper.
+fn emit_sum_exactness(
+    ops: &mut Asm,
+    c: &Cache,
+    op: Op,
+    (rs1, rs2): (u8, u8),
+    slow: DynamicLabel,
+    flags_ok: DynamicLabel,
+) {
+    let other = ops.new_dynamic_label();
+    emit_normal_check(ops, other);
+    // xmm10 = a, xmm11 = b; s (in xmm0) = a + b, or a - b, rounded.
+    ldf(ops, c, 10, rs1);
+    ldf(ops, c, 11, rs2);
+    dynasm!(ops
+        ; .arch x64
+        ; movapd xmm12, xmm0
+        ; subsd xmm12, xmm10 // b' = s - a (the part of b, or of -b, that s holds)
+        ; movapd xmm13, xmm0
+        ; subsd xmm13, xmm12 // a' = s - b' (the part of a that s holds)
+        ; subsd xmm10, xmm13 // a's error: a - a'
+    );
+    if op == Op::FaddD {
+        // b's error: b - b'; the error: their sum.
+        dynasm!(ops ; .arch x64 ; subsd xmm11, xmm12 ; addsd xmm10, xmm11);
+    } else {
+        // -b's error: -b - b' = -(b + b'); the error: a's error minus (b + b').
+        dynasm!(ops ; .arch x64 ; addsd xmm11, xmm12 ; subsd xmm10, xmm11);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; xorpd xmm11, xmm11
+        ; ucomisd xmm10, xmm11
+        ; jp =>slow
+        ; je =>flags_ok
+        // Not zero: inexact, if the error is finite (an infinity minus itself is a NaN).
+        ; movapd xmm12, xmm10
+        ; subsd xmm12, xmm10
+        ; ucomisd xmm12, xmm11
+        ; jp =>slow
+        ; or DWORD [rbx + S.fflags], popek_cpu::fpu::NX as i32
+        ; jmp =>flags_ok
+        ; =>other
+    );
+}
+
+/// Go to `other` unless `xmm0` is a normal number above the smallest normal binade, from its
+/// exponent field: not all ones (NaN, infinity), not 0 or 1 (zero, subnormal, the smallest
+/// normal binade). Clobbers `rax`.
+fn emit_normal_check(ops: &mut Asm, other: DynamicLabel) {
+    dynasm!(ops
+        ; .arch x64
+        // The exponent field plus one: all ones wraps to 0, 0 and 1 become 1 and 2.
         ; movq rax, xmm0
         ; shr rax, 52
         ; inc eax
-        // The exponent field plus one: all ones wraps to 0, 0 and 1 become 1 and 2.
         ; and eax, EXPONENT_MASK
         ; cmp eax, 2
-        ; jbe =>slow
+        ; jbe =>other
     );
 }
 
