@@ -17,9 +17,11 @@
 //! set. Exact results in those ranges (an exact zero) take the slow path too, which is only
 //! slower.
 //!
-//! While NX is clear, the fast path reads MXCSR instead: its flags are sticky and may also
-//! hold flags from host code, so the result is taken only if they add nothing to the guest's
-//! `fflags` (an exact result on a clean MXCSR). The slow path clears MXCSR's flags afterwards.
+//! While NX is clear, an add or subtract with a normal result computes its rounding error
+//! (2Sum) and accrues NX itself when it is not zero. Other operations read MXCSR instead: its
+//! flags are sticky and may also hold flags from host code, so the result is taken only if
+//! they add nothing to the guest's `fflags` (an exact result on a clean MXCSR). The slow path
+//! clears MXCSR's flags afterwards.
 //! Underflow needs no agreement on when tininess is detected there: any host underflow goes
 //! slow.
 
