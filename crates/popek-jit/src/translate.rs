@@ -25,6 +25,7 @@ use popek_cpu::engine::{steppable_insn, DATA_TLB_ENTRY_BYTES};
 use popek_cpu::HartState;
 
 mod alu;
+mod amo;
 mod fcsr;
 mod fp;
 mod regs;
@@ -392,12 +393,17 @@ fn emit_fs_check(ops: &mut Asm, stubs: &mut Stubs, off: DynamicLabel) {
 fn emit_fs_off(ops: &mut Asm, off: DynamicLabel, i: &Insn, at: At, stubs: &mut Stubs) {
     let after = ops.new_dynamic_label();
     dynasm!(ops ; .arch x64 ; =>after);
-    let i = *i;
+    step_on_slow_path(stubs, *i, at, off, after);
+}
+
+/// A cold path for `i` (at `at`), emitted after the block: at `slow` the step helper runs it
+/// (the interpreter's code, which raises its traps), then on at `done`.
+fn step_on_slow_path(stubs: &mut Stubs, i: Insn, at: At, slow: DynamicLabel, done: DynamicLabel) {
     stubs.cold.push(Box::new(
         move |ops: &mut Asm, env: &Env, stubs: &mut Stubs| {
-            dynasm!(ops ; .arch x64 ; =>off);
+            dynasm!(ops ; .arch x64 ; =>slow);
             emit_step(ops, i, at, env, stubs);
-            dynasm!(ops ; .arch x64 ; jmp =>after);
+            dynasm!(ops ; .arch x64 ; jmp =>done);
         },
     ));
 }
@@ -525,6 +531,9 @@ pub(crate) unsafe fn translate(
         }
         let kind = if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, &mut stubs);
+            Some(Kind::Straight)
+        } else if amo::native(&i) {
+            amo::emit(&mut ops, &i, at, env, &mut stubs);
             Some(Kind::Straight)
         } else if fcsr::native(&i) {
             fcsr::emit(&mut ops, &i, at, &mut stubs);

@@ -1233,6 +1233,86 @@ fn random_sums_with_nx_clear_match_interpreter() {
     assert_ne!(out.x[8], 0, "the flags were folded");
 }
 
+/// Every AMO, word and doubleword, on values at the edges of signed and unsigned order, with
+/// rd = x0 and rd = rs2: memory and registers as the interpreter leaves them, and none goes
+/// through the step helper once the first filled the write TLB; a misaligned one traps as
+/// on the interpreter.
+#[test]
+fn amos_match_interpreter_without_the_step_helper() {
+    let amo = |f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32| {
+        f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
+    };
+    // swap, add, xor, and, or, min, max, minu, maxu
+    let kinds = [0x01, 0x00, 0x04, 0x0c, 0x08, 0x10, 0x14, 0x18, 0x1c];
+    let values: [(u64, u64); 3] = [
+        (0x8000_0000_7fff_ffff, 0x0000_0001_8000_0000), // signs differ in both widths
+        (u64::MAX, 5),
+        (0x1234_5678_9abc_def0, 0xfedc_ba98_7654_3210),
+    ];
+    let mut code = vec![0x0000_1097]; // auipc x1, 1: x1 = the data, on the page after the code
+    let mut cases = Vec::new();
+    for (k, &f5) in kinds.iter().enumerate() {
+        for wide in [false, true] {
+            for (v, &(mem, operand)) in values.iter().enumerate() {
+                let n = cases.len() as i32;
+                // rd = x0 (and, or, xor: one locked instruction), rd = rs2, or another.
+                let rd = match (k + v) % 3 {
+                    0 => 0,
+                    1 => 6,
+                    _ => 7,
+                };
+                code.extend([
+                    addi(2, 1, 8 * n),               // x2 = the word's slot
+                    i(0x200 + 8 * n, 1, 3, 6, 0x03), // ld x6, operand
+                    addi(7, 0, -1),
+                    amo(f5, wide, rd, 6, 2),
+                    s(0x400 + 8 * n, 6, 1, 3), // sd x6
+                    s(0x600 + 8 * n, 7, 1, 3), // sd x7
+                ]);
+                cases.push((mem, operand));
+            }
+        }
+    }
+    code.extend([addi(2, 1, 4), amo(0x00, true, 7, 6, 2), ECALL]); // misaligned amoadd.d
+    assert!(4 * code.len() <= 0x1000 && 8 * cases.len() <= 0x200);
+    let mut ram = Ram::new();
+    ram.put(0, &code);
+    for (n, (mem, operand)) in cases.iter().enumerate() {
+        ram.bytes()[0x1000 + 8 * n..][..8].copy_from_slice(&mem.to_le_bytes());
+        ram.bytes()[0x1200 + 8 * n..][..8].copy_from_slice(&operand.to_le_bytes());
+    }
+    let out = same(&ram, 1);
+    assert!(
+        matches!(out.exits.last(), Some(Exit::Trap(t)) if t.cause == Exception::StoreMisaligned),
+        "{:?}",
+        out.exits
+    );
+    // Spot checks against the ISA: case 6, amoadd.w on 0x8000_0000_7fff_ffff with operand
+    // 0x1_8000_0000, rd = rs2 (x6, saved at 0x1400 + 8 * case).
+    let word = |at: usize| out.mem[at / 8];
+    assert_eq!(
+        word(0x1000 + 8 * 6),
+        0x8000_0000_ffff_ffff,
+        "amoadd.w keeps the high half"
+    );
+    assert_eq!(
+        word(0x1400 + 8 * 6),
+        0x7fff_ffff,
+        "the old word, sign-extended"
+    );
+    // Case 34, amomin.d on u64::MAX (-1) with 5, rd = x0: memory keeps -1. Case 46,
+    // amominu.d on the same: memory 5, the old value in x7 (saved at 0x1600 + 8 * case).
+    assert_eq!(word(0x1000 + 8 * 34), u64::MAX);
+    assert_eq!(
+        (word(0x1000 + 8 * 46), word(0x1600 + 8 * 46)),
+        (5, u64::MAX)
+    );
+    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
+    let stats = jit.unwrap().stats();
+    // The first AMO fills the write TLB; the misaligned one traps through the step helper.
+    assert_eq!(stats.stepped, 2, "{stats:?}");
+}
+
 /// With NX accrued, native F/D operations tell the flags they raise from their results: the
 /// edge cases (a tiny result rounded up to the smallest normal, subnormal and zero results,
 /// overflow, division by zero, NaN, and results just above the checked exponents) leave the
@@ -1846,5 +1926,70 @@ fn targets_sharing_a_jump_cache_slot_stay_in_translated_code() {
     assert!(
         entries < 20,
         "1,000 rounds entered translated code {entries} times"
+    );
+}
+
+/// Two harts on two threads add to one counter with `amoadd.w` and `amoadd.d` in translated
+/// code (lock xadd) and to another with `amoor.d`-built bit masks: no update is lost.
+#[test]
+fn amos_on_two_harts_lose_no_update() {
+    const ROUNDS: i32 = 2_000_000;
+    let amo = |f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32| {
+        f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
+    };
+    let mut ram = Ram::new();
+    // x1 = the counters (page 1); x5 = rounds; x6 = 1.
+    ram.put(
+        0,
+        &[
+            0x0000_1097, // auipc x1, 1
+            lui(5, (ROUNDS as u32 + 0x800) >> 12),
+            addi(5, 5, (ROUNDS << 20) >> 20),
+            addi(6, 0, 1),
+            amo(0x00, false, 0, 6, 1), // loop: amoadd.w zero, x6, (x1)
+            addi(2, 1, 8),
+            amo(0x00, true, 7, 6, 2), // amoadd.d x7, x6, 8(x1)
+            addi(5, 5, -1),
+            b(-16, 0, 5, 1), // bne x5, zero, loop
+            ECALL,
+        ],
+    );
+    let mut mem = Ram(ram.0.clone());
+    let base = NonNull::new(mem.0.as_mut_ptr() as *mut u8).unwrap();
+    let harts: Vec<Hart> = (0..2)
+        .map(|id| {
+            // SAFETY: `mem` outlives both harts (joined below) and is only touched through them.
+            let region = unsafe { RamRegion::new(BASE, (PAGES * 4096) as u64, base) };
+            let mut hart = Hart::new(
+                HartConfig::machine(id, true),
+                Memory::new(vec![region]).unwrap(),
+            );
+            hart.set_pc(BASE);
+            hart
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for mut hart in harts {
+            s.spawn(move || {
+                let mut jit = Jit::new().unwrap();
+                loop {
+                    match hart.run_with(&mut NoBus, 1 << 16, &mut jit) {
+                        Exit::Budget => continue,
+                        // The ecall after the loop traps to mtvec 0, outside RAM.
+                        e => {
+                            assert!(matches!(e, Exit::DoubleFault(_)), "{e:?}");
+                            break;
+                        }
+                    }
+                }
+                assert!(jit.stats().insns > 0);
+            });
+        }
+    });
+    let counters = &mem.0[512..514];
+    assert_eq!(
+        (counters[0] as u32, counters[1]),
+        (2 * ROUNDS as u32, 2 * ROUNDS as u64),
+        "no lost update"
     );
 }

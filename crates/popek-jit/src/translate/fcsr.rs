@@ -8,7 +8,7 @@
 //! traps) does the instruction go through the step helper.
 
 use super::regs::{ld, RCX};
-use super::{emit_fs_check, emit_step, set_fs_dirty, st_rax, Asm, At, Env, Stubs, S};
+use super::{emit_fs_check, set_fs_dirty, st_rax, step_on_slow_path, Asm, At, Stubs, S};
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use popek_cpu::csr::addr::{FCSR, FFLAGS, FRM};
 use popek_cpu::decode::{Insn, Op};
@@ -91,12 +91,5 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
     }
     st_rax(ops, &stubs.cache, i.rd());
     dynasm!(ops ; .arch x64 ; =>done);
-    let i = *i;
-    stubs.cold.push(Box::new(
-        move |ops: &mut Asm, env: &Env, stubs: &mut Stubs| {
-            dynasm!(ops ; .arch x64 ; =>slow);
-            emit_step(ops, i, at, env, stubs);
-            dynasm!(ops ; .arch x64 ; jmp =>done);
-        },
-    ));
+    step_on_slow_path(stubs, *i, at, slow, done);
 }
