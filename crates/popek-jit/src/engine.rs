@@ -282,6 +282,8 @@ pub struct Jit {
     /// Translations by guest virtual pc, for jumps generated code resolves itself. An entry
     /// is valid only with the current key: `version << 8 | prv << 4 | satp mode`, where
     /// `version` changes whenever translations are dropped or the hart's TLB is flushed.
+    /// Two ways: [`JCACHE_ENTRIES`] slots indexed by `jcache_slot`, then as many indexed by
+    /// `jcache_second_slot`, which get what the first way's slots lose.
     jcache: ZeroedTable<JEntry>,
     jc_version: u64,
     /// The hart TLB generation the jump cache reflects.
