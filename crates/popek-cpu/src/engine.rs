@@ -18,6 +18,8 @@ use crate::mmu::{tlb_index, EngineTlbEntry};
 use crate::trap::{Exception, Trap};
 use crate::{Bus, BusFault, Exit, HartState};
 
+pub use crate::exec::muldiv;
+
 /// An execution engine the hart's outer loop can delegate to.
 pub trait Engine {
     /// Whether this engine ever runs code (false only for [`Interpreter`], so its instantiation

@@ -110,9 +110,10 @@ pub(crate) fn sext32(v: u64) -> u64 {
 }
 
 /// The result of M-extension instruction `op` on `a` and `b` (division by zero and overflow
-/// as the ISA defines them: no traps).
+/// as the ISA defines them: no traps). The interpreter's M instructions and the JIT's
+/// division helpers (x86 division traps where RISC-V defines a result) both compute it here.
 #[inline(always)]
-fn muldiv(op: Op, a: u64, b: u64) -> u64 {
+pub fn muldiv(op: Op, a: u64, b: u64) -> u64 {
     use Op::*;
     let (sa, sb) = (a as i64, b as i64);
     let (wa, wb) = (a as i32, b as i32);
@@ -137,7 +138,7 @@ fn muldiv(op: Op, a: u64, b: u64) -> u64 {
         Remw => wa.wrapping_rem(wb) as i64 as u64,
         Remuw if ub == 0 => sext32(ua as u64),
         Remuw => sext32((ua % ub) as u64),
-        // Only M opcodes reach here (see `Hart::step`).
+        // Not an M instruction: no result.
         _ => 0,
     }
 }

@@ -3,8 +3,8 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::time::Instant;
 
-use popek_cpu::decode::Insn;
-use popek_cpu::engine::{CodeDrop, Engine};
+use popek_cpu::decode::{Insn, Op};
+use popek_cpu::engine::{muldiv, CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
@@ -132,58 +132,20 @@ unsafe extern "sysv64" fn step_helper(
     }
 }
 
-extern "sysv64" fn div(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as i64, b as i64);
-    if b == 0 {
-        u64::MAX
-    } else {
-        a.wrapping_div(b) as u64
-    }
+/// The division helpers translated code calls (see [`muldiv`]), one per instruction.
+macro_rules! division_helpers {
+    ($($name:ident: $op:ident),*) => {
+        $(
+            extern "sysv64" fn $name(a: u64, b: u64) -> u64 {
+                muldiv(Op::$op, a, b)
+            }
+        )*
+    };
 }
-extern "sysv64" fn divu(a: u64, b: u64) -> u64 {
-    a.checked_div(b).unwrap_or(u64::MAX)
-}
-extern "sysv64" fn rem(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as i64, b as i64);
-    if b == 0 {
-        a as u64
-    } else {
-        a.wrapping_rem(b) as u64
-    }
-}
-extern "sysv64" fn remu(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        a % b
-    }
-}
-extern "sysv64" fn divw(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as i32, b as i32);
-    if b == 0 {
-        u64::MAX
-    } else {
-        a.wrapping_div(b) as i64 as u64
-    }
-}
-extern "sysv64" fn divuw(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as u32, b as u32);
-    a.checked_div(b)
-        .map_or(u64::MAX, |q| q as i32 as i64 as u64)
-}
-extern "sysv64" fn remw(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as i32, b as i32);
-    if b == 0 {
-        a as i64 as u64
-    } else {
-        a.wrapping_rem(b) as i64 as u64
-    }
-}
-extern "sysv64" fn remuw(a: u64, b: u64) -> u64 {
-    let (a, b) = (a as u32, b as u32);
-    let r = if b == 0 { a } else { a % b };
-    r as i32 as i64 as u64
-}
+division_helpers!(
+    div: Div, divu: Divu, rem: Rem, remu: Remu, divw: Divw, divuw: Divuw, remw: Remw,
+    remuw: Remuw
+);
 
 /// Point the chain slot (a `jmp rel32`) at `target`.
 ///
