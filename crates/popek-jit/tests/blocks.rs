@@ -47,6 +47,10 @@ fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
 fn lui(rd: u32, imm20: u32) -> u32 {
     imm20 << 12 | rd << 7 | 0x37
 }
+/// AMO with `funct5` `f5` (aq set), word or doubleword (`wide`).
+fn amo(f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32) -> u32 {
+    f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
+}
 const ECALL: u32 = 0x73;
 const FENCE_I: u32 = 0x100f;
 
@@ -174,6 +178,11 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
     };
     drop(hart);
     (out, engine)
+}
+
+/// The JIT's counts after running `ram` to its first ecall.
+fn jit_stats(ram: &Ram) -> popek_jit::JitStats {
+    run(ram, Eng::Jit, 1 << 20, 1).1.expect("a JIT ran").stats()
 }
 
 /// Run on both engines with several budgets, and under `--engine verify`, and check they
@@ -666,9 +675,8 @@ fn runs_across_a_page_boundary_stay_inline() {
         out.x[14],
         (0x12345000u64 + 99 * 3).wrapping_add(0xffff_ffff_fedc_b000)
     );
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
     // The first time round: the two stores fill the write entries, the two loads the read ones.
-    assert_eq!(jit.unwrap().stats().slow_accesses, 4);
+    assert_eq!(jit_stats(&ram).slow_accesses, 4);
 }
 
 /// A run of stores into a page the TLB does not have yet (a kernel clearing fresh pages):
@@ -690,8 +698,7 @@ fn a_run_missing_the_tlb_does_the_rest_inline_after_its_first_access() {
         let v = 0xffff_ffff_abcd_e000u64 + page as u64 - 1;
         assert_eq!(&out.mem[page * 512..page * 512 + 8], &[v; 8]);
     }
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
-    assert_eq!(jit.unwrap().stats().slow_accesses, 3, "one store a page");
+    assert_eq!(jit_stats(&ram).slow_accesses, 3, "one store a page");
 }
 
 #[test]
@@ -796,10 +803,9 @@ fn jumps_within_a_page_continue_the_block() {
     let out = same(&ram, 1);
     assert_eq!(out.exits, vec![Exit::Ecall]);
     assert_eq!((out.x[5], out.x[9], out.x[1]), (50, 0, BASE + 36));
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
     // The prologue (through the first jump to the branch), the loop body (through the second
     // jump to the branch, looping to itself) and the ecall.
-    assert_eq!(jit.unwrap().stats().blocks, 3);
+    assert_eq!(jit_stats(&ram).blocks, 3);
 }
 
 /// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
@@ -1078,8 +1084,7 @@ fn fp_csr_accesses_match_interpreter_without_the_step_helper() {
     assert_eq!(x[16], 2 << 5 | 1, "frm = RDN, NX from the division");
     // Round-to-nearest rounds 1/10 up: rounded down, it is one ulp less.
     assert_eq!(out.f[3], 0.1f64.to_bits() - 1, "1/10 rounded down");
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
-    let stats = jit.unwrap().stats();
+    let stats = jit_stats(&ram);
     // The division under RDN goes through the step helper (native arithmetic rounds to
     // nearest only); none of the twelve CSR accesses does.
     assert_eq!(stats.stepped, 1, "{stats:?}");
@@ -1156,8 +1161,7 @@ fn native_sums_with_nx_clear_match_interpreter() {
         ],
         "flags of each sum and difference"
     );
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
-    let stats = jit.unwrap().stats();
+    let stats = jit_stats(&ram);
     // The overflow, and the zero sum after inexact ones: zeros and subnormals are told exact
     // by MXCSR, whose sticky inexact flag the native inexact sums before it left set (the step
     // helper clears it). Every inexact one went through the step helper before.
@@ -1239,9 +1243,6 @@ fn random_sums_with_nx_clear_match_interpreter() {
 /// on the interpreter.
 #[test]
 fn amos_match_interpreter_without_the_step_helper() {
-    let amo = |f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32| {
-        f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
-    };
     // swap, add, xor, and, or, min, max, minu, maxu
     let kinds = [0x01, 0x00, 0x04, 0x0c, 0x08, 0x10, 0x14, 0x18, 0x1c];
     let values: [(u64, u64); 3] = [
@@ -1307,8 +1308,7 @@ fn amos_match_interpreter_without_the_step_helper() {
         (word(0x1000 + 8 * 46), word(0x1600 + 8 * 46)),
         (5, u64::MAX)
     );
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
-    let stats = jit.unwrap().stats();
+    let stats = jit_stats(&ram);
     // The first AMO fills the write TLB; the misaligned one traps through the step helper.
     assert_eq!(stats.stepped, 2, "{stats:?}");
 }
@@ -1827,8 +1827,7 @@ fn fp_csr_accesses_mid_block_match_interpreter() {
         "frm read back, NX accrued"
     );
     assert_eq!(want.f[3] - want.f[4], 1, "RUP rounds 1/3 one ulp above RNE");
-    let (_, jit) = run(&ram, Eng::Jit, 1 << 20, 1);
-    let entries = jit.expect("a JIT ran").stats().entries;
+    let entries = jit_stats(&ram).entries;
     assert!(
         entries < 20,
         "100 rounds entered translated code {entries} times"
@@ -1934,9 +1933,6 @@ fn targets_sharing_a_jump_cache_slot_stay_in_translated_code() {
 #[test]
 fn amos_on_two_harts_lose_no_update() {
     const ROUNDS: i32 = 2_000_000;
-    let amo = |f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32| {
-        f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
-    };
     let mut ram = Ram::new();
     // x1 = the counters (page 1); x5 = rounds; x6 = 1.
     ram.put(
