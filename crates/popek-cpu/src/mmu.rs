@@ -119,9 +119,10 @@ type Table<T, const M: usize> = Box<[[T; TLB_SIZE]; M]>;
 /// backed by host memory).
 type DataTable = Box<[[TlbEntry; USER_DATA_TLB_SIZE]; DATA_CONTEXTS]>;
 
-/// A zeroed [`DataTable`], backed by host memory only where it is written: each context is
-/// emptied when it first becomes the current one ([`Mmu::ready_data_context`]), and no lookup
-/// reaches a context before that.
+/// A zeroed [`DataTable`], backed by host memory only where it is written. An all-zero entry
+/// (tag 0, addend 0) is as good as an empty one once the two slots where a lookup can compare
+/// tag 0 are emptied, which [`Mmu::ready_data_context`] does when a context is first used (no
+/// lookup reaches a context before that).
 fn data_table() -> DataTable {
     let n = USER_DATA_TLB_SIZE * DATA_CONTEXTS;
     let zeroed: Box<[[u64; 2]]> = vec![[0u64; 2]; n].into_boxed_slice();
@@ -258,15 +259,25 @@ impl Mmu {
         mmu
     }
 
-    /// Empty the current data context's entries if it is in use for the first time.
+    /// Make the current data context's entries empty if it is in use for the first time.
+    ///
+    /// Its entries are all zero (see [`data_table`]) and stay so: writing `EMPTY` into all of
+    /// them backed all of a process VM's 256 KiB of tables, where its lookups touch a few
+    /// pages of them. A lookup compares an entry's tag with the page of the access's last
+    /// byte, and the entry's slot comes from the page of its first byte, so tag 0 is compared
+    /// only when the last byte is in page 0: the first is then in page 0 (slot 0) or, for an
+    /// access wrapping around the address space, in the last page (the last slot). Emptying
+    /// those two slots leaves no zero entry any lookup can hit.
     #[inline(always)]
     fn ready_data_context(&mut self) {
         let bit = 1 << self.dctx;
         if self.data_ready & bit == 0 {
             self.data_ready |= bit;
-            let used = self.data_entries;
-            self.read[self.dctx][..used].fill(EMPTY);
-            self.write[self.dctx][..used].fill(EMPTY);
+            let last = self.data_entries - 1;
+            for t in [&mut self.read, &mut self.write] {
+                t[self.dctx][0] = EMPTY;
+                t[self.dctx][last] = EMPTY;
+            }
         }
     }
 
@@ -1016,10 +1027,20 @@ mod tests {
             let used = mmu.data_entries;
             assert_eq!(used, if flat { USER_DATA_TLB_SIZE } else { TLB_SIZE });
             for t in [&mmu.read, &mmu.write] {
-                assert!(t[mmu.dctx][..used].iter().all(|e| e.tag == u64::MAX));
+                assert!(t[mmu.dctx][..used].iter().all(is_unreachable));
+                assert_eq!(
+                    (t[mmu.dctx][0].tag, t[mmu.dctx][used - 1].tag),
+                    (u64::MAX, u64::MAX)
+                );
             }
             assert!(mmu.exec.iter().flatten().all(|e| e.tag == u64::MAX));
         }
+    }
+
+    /// `e` is empty, or all zero (which no lookup hits away from the two slots
+    /// [`Mmu::ready_data_context`] empties; the callers check those).
+    fn is_unreachable(e: &TlbEntry) -> bool {
+        e.tag == u64::MAX || (e.tag == 0 && e.addend == 0)
     }
 
     #[test]
@@ -1052,8 +1073,13 @@ mod tests {
         ] {
             mmu.set_context(prv, status);
             assert_eq!(mmu.dctx, ctx);
-            assert!(mmu.read[ctx][..TLB_SIZE].iter().all(|e| e.tag == u64::MAX));
-            assert!(mmu.write[ctx][..TLB_SIZE].iter().all(|e| e.tag == u64::MAX));
+            for t in [&mmu.read, &mmu.write] {
+                assert!(t[ctx][..TLB_SIZE].iter().all(is_unreachable));
+                assert_eq!(
+                    (t[ctx][0].tag, t[ctx][TLB_SIZE - 1].tag),
+                    (u64::MAX, u64::MAX)
+                );
+            }
         }
         assert_eq!(mmu.data_ready, 0b11111);
     }

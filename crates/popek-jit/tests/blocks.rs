@@ -446,6 +446,33 @@ fn expected_data_addend_right_or_wrong() {
     }
 }
 
+/// A fresh hart's data TLB entries are all zero (see `Mmu::ready_data_context`): loads from
+/// page 0 and one wrapping around the address space (first byte in the last page, last byte
+/// in page 0) fault on both engines instead of hitting a zero entry.
+#[test]
+fn loads_at_page_zero_and_wrapping_fault_on_a_fresh_hart() {
+    for (load, addr) in [
+        (i(8, 0, 3, 7, 0x03), 8),             // ld x7, 8(x0)
+        (i(-2, 0, 2, 7, 0x03), u64::MAX - 1), // lw x7, -2(x0): 4 bytes from 2^64 - 2
+        (i(-8, 0, 3, 7, 0x03), u64::MAX - 7), // ld x7, -8(x0): the last page alone
+    ] {
+        let mut ram = Ram::new();
+        ram.put(0, &[addi(5, 0, 1), load, ECALL]);
+        for eng in [Eng::Interp, Eng::Jit, Eng::JitExpectingAddend(true)] {
+            let (out, _) = run(&ram, eng, 1 << 20, 1);
+            assert_eq!(
+                out.exits,
+                vec![Exit::Trap(popek_cpu::Trap::new(
+                    Exception::LoadAccessFault,
+                    addr
+                ))],
+                "{eng:?}, address {addr:#x}"
+            );
+            assert_eq!((out.pc, out.instret), (BASE + 4, 1), "{eng:?}");
+        }
+    }
+}
+
 /// A load fault in the middle of a block: pc at the load, instret counting only what retired,
 /// earlier register writes done, later ones not.
 /// The run stopped at its only exit, a load access fault at address 0, with the faulting
