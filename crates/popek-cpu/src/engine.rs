@@ -194,6 +194,21 @@ impl Hart {
         self.mmu.data_entries
     }
 
+    /// Require every data TLB entry to hold `addend` (host minus guest virtual address): an
+    /// access to a page with another one always takes the slow path. A process VM's address
+    /// space is flat (guest address `g` at host `base + g`), so it loses nothing, and
+    /// translated code can then add the addend to an address without reading the entry's
+    /// ([`Hart::sole_data_addend`]). Empties the TLBs (entries filled before may hold others).
+    pub fn require_data_addend(&mut self, addend: u64) {
+        self.mmu.sole_addend = Some(addend);
+        self.mmu.flush_tlb();
+    }
+
+    /// The addend every data TLB entry holds, if [`Hart::require_data_addend`] fixed one.
+    pub fn sole_data_addend(&self) -> Option<u64> {
+        self.mmu.sole_addend
+    }
+
     /// The current data TLB for loads (`write` false) or stores, for inline fast paths in
     /// generated code: [`Hart::data_tlb_entries`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes,
     /// entry `(vaddr >> 12) % entries` holds the tag `vaddr >> 12` at offset 0 (or

@@ -186,6 +186,9 @@ pub(crate) struct Mmu {
     /// guest kernel flushes at every context switch, mostly with one or two of the 18 tables
     /// in use (a restored clone spent 3.5% of its time clearing them all).
     filled: u32,
+    /// The addend every data TLB entry holds, when the hart's owner requires one (see
+    /// [`Hart::require_data_addend`]): a page with another is never entered.
+    pub sole_addend: Option<u64>,
 }
 
 /// The kinds of TLB table, each valued at the bit of [`Mmu::filled`] for its context 0.
@@ -254,6 +257,7 @@ impl Mmu {
             code_drops_all: true,
             tlb_gen: 0,
             filled: 0,
+            sole_addend: None,
         };
         mmu.ready_data_context();
         mmu
@@ -706,15 +710,17 @@ impl Hart {
             self.s.requests |= request::LEAVE;
         }
         let logged = access == Access::Write && self.store_log.is_some();
+        let addend = (host as u64)
+            .wrapping_sub(paddr & 0xfff)
+            .wrapping_sub(vaddr & !0xfff);
         if self.mmu.dctx != CTX_NO_CACHE
             && !logged
+            && self.mmu.sole_addend.is_none_or(|a| a == addend)
             && self.mem.host_ptr(paddr & !0xfff, 4096).is_some()
         {
             let entry = TlbEntry {
                 tag: vaddr >> 12,
-                addend: (host as u64)
-                    .wrapping_sub(paddr & 0xfff)
-                    .wrapping_sub(vaddr & !0xfff),
+                addend,
             };
             let ctx = self.mmu.dctx;
             match access {

@@ -228,6 +228,8 @@ fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
     let region = unsafe { RamRegion::new(BASE, len as u64, std::ptr::NonNull::new(host).unwrap()) };
     let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
     hart.set_pc(img.entry);
+    // One host mapping, as in `popek exec`: every page at the same addend.
+    hart.require_data_addend((host as u64).wrapping_sub(BASE));
     let mem = |a: u64, n: u64| -> Option<Vec<u8>> {
         if a < BASE || a.checked_add(n)? > END {
             return None;

@@ -481,6 +481,7 @@ impl Jit {
             epilogue: 0,
             second_way: 0,
             data_addend: None,
+            sole_addend: None,
             machine_ram: None,
             // Set from the hart before anything is translated (see `run_code`).
             data_tlb_entries: 0,
@@ -615,6 +616,14 @@ impl Engine for Jit {
         let start = hart.instret();
         let mut first = true;
         self.env.data_tlb_entries = hart.data_tlb_entries();
+        let sole = hart.sole_data_addend();
+        if sole != self.env.sole_addend {
+            // Translations made under another requirement would add the wrong addend.
+            if !self.blocks.is_empty() {
+                self.flush();
+            }
+            self.env.sole_addend = sole;
+        }
         // The chain slot the last block left through, to point at the next block.
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();

@@ -74,6 +74,9 @@ pub(crate) struct Env {
     /// if one is: a process VM's flat address space has one for all of them. Loads and stores
     /// then use it without waiting for the entry's, and check the entry's beside the tag.
     pub data_addend: Option<u64>,
+    /// The addend every data TLB entry holds, when the hart requires one
+    /// ([`popek_cpu::Hart::require_data_addend`]): loads and stores use it without a check.
+    pub sole_addend: Option<u64>,
     /// Guest-physical RAM (`base`, bytes) when the block's loads can skip the TLB: it runs in
     /// M-mode without `mstatus.MPRV`, where a load from RAM always
     /// succeeds and loads nothing else at `data_addend`. Such loads check the address against
@@ -820,6 +823,7 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, slow: DynamicLabel) {
     let size = size_index(i.op).1;
     match (c.operand(i.rs1), i8::try_from(i.imm)) {
+        (Operand::Reg(h), Ok(0)) => dynasm!(ops ; .arch x64 ; mov rsi, Rq(h)),
         (Operand::Reg(h), Ok(b)) => dynasm!(ops ; .arch x64 ; lea rsi, [BYTE Rq(h) + b]),
         (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
@@ -904,16 +908,18 @@ fn emit_tlb_lookup(ops: &mut Asm, env: &Env, write: bool, first: u8, slow: Dynam
         ; cmp rax, [rcx]
         ; jne =>slow
     );
-    match env.data_addend {
+    match (env.sole_addend, env.data_addend) {
+        // The entry holds it: nothing to check.
+        (Some(a), _) => dynasm!(ops ; .arch x64 ; mov rax, QWORD a as i64),
         // The access's address no longer waits for the entry's addend (a load on the
         // dependency chain of every access); the compare only steers a predicted branch.
-        Some(a) => dynasm!(ops
+        (None, Some(a)) => dynasm!(ops
             ; .arch x64
             ; mov rax, QWORD a as i64
             ; cmp rax, [rcx + 8]
             ; jne =>slow
         ),
-        None => dynasm!(ops ; .arch x64 ; mov rax, [rcx + 8]),
+        (None, None) => dynasm!(ops ; .arch x64 ; mov rax, [rcx + 8]),
     }
 }
 
@@ -940,14 +946,18 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fault = ops.new_dynamic_label();
     let c = stubs.cache;
     emit_tlb_check(ops, env, &c, i, false, slow);
+    // The value goes straight to the host register holding the destination, if one does
+    // (else through `rax`).
+    let home = if fp { None } else { c.home(i.rd()) };
+    let d = home.unwrap_or(RAX);
     match i.op {
-        Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [rsi + rax]),
-        Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [rsi + rax]),
-        Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [rsi + rax]),
-        Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [rsi + rax]),
-        Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [rsi + rax]),
-        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov eax, DWORD [rsi + rax]),
-        _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [rsi + rax]),
+        Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
+        Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
+        Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
+        Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
+        Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
+        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
+        _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let op = i.op;
@@ -956,11 +966,16 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             dynasm!(ops ; .arch x64 ; =>slow);
             emit_load_call(ops, &c, env, op, fault);
+            if d != RAX {
+                dynasm!(ops ; .arch x64 ; mov Rq(d), rax);
+            }
             dynasm!(ops ; .arch x64 ; jmp =>done);
         }));
     stubs.fault.push((fault, pc, n));
     if !fp {
-        st_rax(ops, &c, i.rd());
+        if home.is_none() {
+            st_rax(ops, &c, i.rd());
+        }
         return;
     }
     if i.op == Flw {

@@ -98,6 +98,9 @@ enum Eng {
     /// The JIT told to expect the data TLB's addend: the right one for this RAM (true) or a
     /// wrong one.
     JitExpectingAddend(bool),
+    /// The JIT on a hart required to enter only pages at one addend
+    /// (`Hart::require_data_addend`): the right one or a wrong one.
+    JitOnHartRequiringAddend(bool),
     /// The JIT told to expect the addend of untranslated addresses (these harts run with
     /// `satp` Bare): the right one or a wrong one.
     JitExpectingBareAddend(bool),
@@ -136,6 +139,11 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
             let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
             jit.expect_data_addend(if right { addend } else { addend ^ 1 << 40 });
             Some(jit)
+        }
+        Eng::JitOnHartRequiringAddend(right) => {
+            let addend = (mem.0.as_ptr() as u64).wrapping_sub(BASE);
+            hart.require_data_addend(if right { addend } else { addend ^ 1 << 40 });
+            Some(Jit::new().unwrap())
         }
         Eng::JitExpectingBareAddend(right) => {
             let mut jit = Jit::new().unwrap();
@@ -443,6 +451,17 @@ fn expected_data_addend_right_or_wrong() {
         assert_eq!(got, want, "expectation right: {right}");
         let (got, _) = run(&ram, Eng::JitExpectingBareAddend(right), 1 << 20, 1);
         assert_eq!(got, want, "bare expectation right: {right}");
+        let (got, jit) = run(&ram, Eng::JitOnHartRequiringAddend(right), 1 << 20, 1);
+        assert_eq!(got, want, "requirement right: {right}");
+        // Five accesses, the last to no RAM: with the right addend, the two crossing a page
+        // (which enter both pages, so the next two hit) and the fault reach a helper; with a
+        // wrong one, no page is ever entered and all do.
+        let slow = jit.expect("a JIT ran").stats().slow_accesses;
+        assert_eq!(
+            slow,
+            if right { 3 } else { 5 },
+            "requirement right: {right}"
+        );
     }
 }
 
@@ -1649,7 +1668,10 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
         assert_eq!(engine.take_divergence(), None);
         match eng {
             Eng::Interp => {}
-            Eng::Jit | Eng::JitExpectingAddend(_) | Eng::JitExpectingBareAddend(_) => {
+            Eng::Jit
+            | Eng::JitExpectingAddend(_)
+            | Eng::JitExpectingBareAddend(_)
+            | Eng::JitOnHartRequiringAddend(_) => {
                 assert!(engine.stats().insns > 0)
             }
             Eng::Verify => assert!(engine.stats().verified > 0),

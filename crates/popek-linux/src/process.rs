@@ -318,10 +318,8 @@ pub fn run(mut t: Thread) {
         eprintln!("popek: {e}; using the interpreter");
         None
     });
-    if let Some(jit) = jit.as_mut() {
-        // The address space is flat: every data TLB entry's addend is the base.
-        jit.expect_data_addend(t.sh.base.0 as u64);
-    }
+    // The address space is flat: every data TLB entry's addend is the base.
+    t.hart.require_data_addend(t.sh.base.0 as u64);
     loop {
         let exit = match (&debug, jit.as_mut()) {
             (Some(hub), _) if hub.engaged() => hub.run_slice(0, &mut t.hart, &mut bus, 1 << 20),
