@@ -54,6 +54,11 @@ pub struct ExecArgs {
     #[command(flatten)]
     engine: crate::EngineArgs,
 
+    /// Print instructions executed, speed and JIT counts on stderr when the program ends (each
+    /// process it forks or executes prints its own, naming its pid).
+    #[arg(long)]
+    stats: bool,
+
     /// The riscv64 program (a path inside the root, or a name found in PATH there).
     #[arg(value_name = "PROG")]
     prog: OsString,
@@ -121,6 +126,7 @@ pub fn run(mut args: ExecArgs) -> u8 {
         guest_root: args.guest_root,
         debug,
         engine: args.engine.config(),
+        stats: args.stats,
     };
     match popek_linux::exec(config) {
         Ok(never) => match never {},

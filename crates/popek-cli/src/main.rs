@@ -705,24 +705,9 @@ pub(crate) fn print_stats(machine: &Machine) {
         eprintln!("popek: guest ready after {:.3} s", b.as_secs_f64());
     }
     if let Some(j) = s.jit {
-        eprintln!(
-            "popek: JIT translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers; {} instructions through the step helper",
-            j.blocks,
-            j.insns,
-            j.translate_ns as f64 / 1e6,
-            j.translate_ns as f64 / 1e3 / j.insns.max(1) as f64,
-            j.code_bytes >> 10,
-            j.flushes,
-            j.page_drops,
-            j.entries,
-            j.slow_accesses,
-            j.stepped
-        );
-        if j.verified + j.unverified > 0 {
-            eprintln!(
-                "popek: verify: {} block runs the same on the JIT and the interpreter, {} not checked (MMIO)",
-                j.verified, j.unverified
-            );
+        eprintln!("popek: JIT {j}");
+        if let Some(v) = j.verify_summary() {
+            eprintln!("popek: verify: {v}");
         }
     }
 }

@@ -237,6 +237,75 @@ fn exec_hello() {
     assert_eq!(text(&p.stdout), "hello, world 3 /bin/hello-dyn\n");
 }
 
+/// The `--stats` lines of a run: (the pid a process names, if it is not the first; the
+/// instructions it executed).
+fn executed_lines(o: &Output) -> Vec<(Option<u32>, u64)> {
+    text(&o.stderr)
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("popek: ")?;
+            let (pid, rest) = match l.strip_prefix("pid ") {
+                Some(r) => {
+                    let (pid, rest) = r.split_once(": ")?;
+                    (Some(pid.parse().ok()?), rest)
+                }
+                None => (None, l),
+            };
+            let n = rest.strip_prefix("executed ")?.split_once(' ')?.0;
+            Some((pid, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `--stats` reports the instructions the program executed (the same count on every engine)
+/// and, on the JIT, its translation counts; a threaded program's report sums its threads, and
+/// each process a program forks reports its own, naming its pid. Without it, nothing.
+#[test]
+fn exec_stats_count_instructions_per_process() {
+    let mut counts = Vec::new();
+    for engine in ["--engine=interp", "--engine=jit", "--engine=verify"] {
+        let o = popek_on(&format!("{engine} --stats"), "hello-dyn", &["a"]);
+        assert_eq!(status(&o), 3, "{}", text(&o.stderr));
+        let lines = executed_lines(&o);
+        assert_eq!(lines.len(), 1, "{engine}: {}", text(&o.stderr));
+        assert_eq!(lines[0].0, None, "the first process names no pid");
+        counts.push(lines[0].1);
+        let jit_line = text(&o.stderr).contains("popek: JIT translated ");
+        assert_eq!(jit_line, engine != "--engine=interp", "{}", text(&o.stderr));
+    }
+    assert!(counts[0] > 50_000, "{counts:?}");
+    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+    assert!(executed_lines(&popek("hello-dyn", &[])).is_empty());
+
+    // Four threads take a mutex 20,000 times each: well over 1.6 million instructions, where
+    // the main thread alone runs a few hundred thousand.
+    let o = popek_on("--stats", "threads", &[]);
+    assert_eq!(status(&o), 0, "{}", text(&o.stderr));
+    let lines = executed_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", text(&o.stderr));
+    assert!(lines[0].1 > 1_600_000, "{lines:?}");
+
+    // forkpipe forks three children (the last dies of SIGSEGV): each reports under its pid,
+    // only what it ran after the fork (a few hundred instructions; the parent had run tens of
+    // thousands by then).
+    let o = popek_on("--stats", "forkpipe", &[]);
+    assert_eq!(status(&o), 0, "{}", text(&o.stderr));
+    let lines = executed_lines(&o);
+    assert_eq!(
+        lines.iter().filter(|l| l.0.is_none()).count(),
+        1,
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.0.is_none() || l.1 < 5_000),
+        "{lines:?}"
+    );
+    let mut pids: Vec<u32> = lines.iter().filter_map(|l| l.0).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "{lines:?}");
+}
+
 #[test]
 fn exec_args_env_auxv() {
     let p = same_as_qemu("args", &["one", "two words", "-x"]);

@@ -111,6 +111,53 @@ impl JitStats {
         self.slow_accesses += other.slow_accesses;
         self.stepped += other.stepped;
     }
+
+    /// What was done since `earlier` (counts of the same JIT): a forked process's own work.
+    pub fn since(&self, earlier: &JitStats) -> JitStats {
+        JitStats {
+            blocks: self.blocks.saturating_sub(earlier.blocks),
+            insns: self.insns.saturating_sub(earlier.insns),
+            translate_ns: self.translate_ns.saturating_sub(earlier.translate_ns),
+            flushes: self.flushes.saturating_sub(earlier.flushes),
+            page_drops: self.page_drops.saturating_sub(earlier.page_drops),
+            code_bytes: self.code_bytes.saturating_sub(earlier.code_bytes),
+            verified: self.verified.saturating_sub(earlier.verified),
+            unverified: self.unverified.saturating_sub(earlier.unverified),
+            entries: self.entries.saturating_sub(earlier.entries),
+            slow_accesses: self.slow_accesses.saturating_sub(earlier.slow_accesses),
+            stepped: self.stepped.saturating_sub(earlier.stepped),
+        }
+    }
+
+    /// What `--engine verify` checked, if it checked anything (the second `--stats` line).
+    pub fn verify_summary(&self) -> Option<String> {
+        (self.verified + self.unverified > 0).then(|| {
+            format!(
+                "{} block runs the same on the JIT and the interpreter, {} not checked (MMIO)",
+                self.verified, self.unverified
+            )
+        })
+    }
+}
+
+/// The `--stats` line of `popek run` and `popek exec` (after "JIT ").
+impl std::fmt::Display for JitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers; {} instructions through the step helper",
+            self.blocks,
+            self.insns,
+            self.translate_ns as f64 / 1e6,
+            self.translate_ns as f64 / 1e3 / self.insns.max(1) as f64,
+            self.code_bytes >> 10,
+            self.flushes,
+            self.page_drops,
+            self.entries,
+            self.slow_accesses,
+            self.stepped
+        )
+    }
 }
 
 /// Which engine runs guest code: chosen on the command line (`--engine`) and threaded to the VMs.

@@ -14,6 +14,7 @@ mod names;
 mod pids;
 mod process;
 mod signal;
+mod stats;
 mod syscall;
 
 use std::ffi::OsString;
@@ -51,6 +52,9 @@ pub struct ExecConfig {
     pub debug: Option<ExecDebug>,
     /// `--engine`: what runs guest code (each thread gets its own JIT code cache).
     pub engine: popek_jit::EngineConfig,
+    /// `--stats`: print the guest's instruction and JIT counts on stderr when each of its
+    /// process images ends.
+    pub stats: bool,
 }
 
 /// The debugger of a process VM: the hub the first guest thread runs under and the listener

@@ -13,6 +13,7 @@ use crate::fs::Sandbox;
 use crate::mm::{self, HostBase, Mm, PAGE};
 use crate::pids::GuestPids;
 use crate::signal::{self, Action, FrameRegs, HOST_PENDING};
+use crate::stats;
 use crate::syscall;
 use crate::{Errno, Error, ExecConfig};
 
@@ -208,6 +209,9 @@ fn start_gdb(config: &ExecConfig, base: HostBase, sp: u64) -> Result<(), Error> 
 
 /// Load the program and run it (see [`crate::exec`]).
 pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
+    if config.stats {
+        stats::enable(config.guest_root.is_none());
+    }
     let perf_map = enter_jail(&config)?;
     let mut sb = Sandbox::new(&config.root).map_err(|source| Error::RootMissing {
         root: config.root.display().to_string(),
@@ -320,6 +324,11 @@ pub fn run(mut t: Thread) {
     });
     // The address space is flat: every data TLB entry's addend is the base.
     t.hart.require_data_addend(t.sh.base.0 as u64);
+    let counts = |t: &Thread, jit: &Option<popek_jit::Jit>| {
+        stats::Counts::of(t.hart.instret(), jit.as_ref().map(popek_jit::Jit::stats))
+    };
+    // This thread's counts when it started (or its process was forked).
+    let mut counted_from = counts(&t, &jit);
     loop {
         let exit = match (&debug, jit.as_mut()) {
             (Some(hub), _) if hub.engaged() => hub.run_slice(0, &mut t.hart, &mut bus, 1 << 20),
@@ -334,9 +343,19 @@ pub fn run(mut t: Thread) {
             }
             _ => t.hart.run(&mut bus, 1 << 20),
         };
+        if stats::enabled() {
+            stats::publish(t.tid, counts(&t, &jit).since(&counted_from));
+        }
         match exit {
             Exit::Ecall => {
-                if let Flow::ExitThread = syscall::handle(&mut t) {
+                let tid = t.tid;
+                let flow = syscall::handle(&mut t);
+                if t.tid != tid {
+                    // The child of a fork (the only change of tid): it counts from here.
+                    counted_from = counts(&t, &jit);
+                }
+                if let Flow::ExitThread = flow {
+                    stats::thread_exited(t.tid);
                     return;
                 }
             }
@@ -714,8 +733,9 @@ impl Thread {
         tls: u64,
         ctid: u64,
     ) -> Result<i64, Errno> {
+        let stats_held = stats::hold_for_fork();
         // SAFETY: fork in a process whose other threads (if any) hold no locks we need in the
-        // child: the child only runs this thread's hart.
+        // child (the stats book is held by this thread): the child only runs this thread's hart.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(Errno::last());
@@ -723,6 +743,7 @@ impl Thread {
         if pid == 0 {
             // SAFETY: gettid cannot fail.
             self.tid = unsafe { libc::gettid() };
+            stats::forked_child(stats_held, self.tid);
             self.sh.threads.store(1, Ordering::SeqCst);
             if stack != 0 {
                 self.hart.set_xreg(2, stack);
@@ -738,6 +759,7 @@ impl Thread {
             }
             return Ok(0);
         }
+        drop(stats_held);
         if flags & libc::CLONE_PARENT_SETTID as u64 != 0 {
             let _ = self.write_u32(ptid, pid as u32);
         }
@@ -761,6 +783,7 @@ impl Thread {
             if let Some(d) = &self.sh.config.debug {
                 d.exited(code);
             }
+            stats::report();
             // SAFETY: ending the process.
             unsafe { libc::_exit(code & 0xff) };
         }
@@ -783,6 +806,9 @@ pub fn reexec_args(sh: &Shared, path: &[u8], argv: &[Vec<u8>], envp: &[Vec<u8>])
     a.push(format!("--engine={}", sh.config.engine.kind.name()).into_bytes());
     a.push(format!("--jit-cache={}B", sh.config.engine.code_bytes).into_bytes());
     a.push(format!("--jit-hot={}", sh.config.engine.hot).into_bytes());
+    if sh.config.stats {
+        a.push(b"--stats".to_vec());
+    }
     a.push(b"--clear-env".to_vec());
     for e in envp {
         a.push([b"--env=".as_slice(), e].concat());

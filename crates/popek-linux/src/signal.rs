@@ -137,6 +137,7 @@ pub fn host_mask() -> u64 {
 /// Die of `sig` the way Linux would kill the program: restore the host default, unblock, raise it
 /// (with core dumps off, as QEMU does). Falls back to exit status 128+sig.
 pub fn die_of(sig: i32) -> ! {
+    crate::stats::report();
     // SAFETY: plain libc calls on our own process; nothing here returns into guest state.
     unsafe {
         let rl = libc::rlimit {

@@ -52,6 +52,7 @@ pub fn handle(t: &mut Thread) -> Flow {
         Err(Stop::ExitThread(code)) => return t.exit_thread(code),
         Err(Stop::Unsupported | Stop::NotHere) => {
             eprintln!("popek: unsupported syscall {nr} ({})", syscall_name(nr));
+            crate::stats::report();
             // SAFETY: ending the process.
             unsafe { libc::_exit(EXIT_UNSUPPORTED) };
         }
@@ -742,6 +743,7 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
             if let Some(d) = &t.sh.config.debug {
                 d.exited(a[0] as i32);
             }
+            crate::stats::report();
             // SAFETY: ending the process.
             unsafe { _exit(a[0] as i32 & 0xff) }
         }
@@ -1404,6 +1406,8 @@ fn execve_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<i64, Stop> {
             signal::mirror_action(sig, &Action::default());
         }
     }
+    // This process image ends here (its report comes first; the new one makes its own).
+    crate::stats::report();
     // SAFETY: valid NULL-terminated arrays of C strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), pa.as_ptr(), pe.as_ptr()) };
     Err(Errno::last().into())
