@@ -15,7 +15,12 @@
 //! under 2^-1022 can round up to it). So a result whose exponent field is neither all ones nor
 //! 0 or 1 raised at most inexact, and the fast path takes it when the guest's NX is already
 //! set. Exact results in those ranges (an exact zero) take the slow path too, which is only
-//! slower.
+//! slower, except for add and subtract: a sum of doubles below 2^-1021 in magnitude (exponent
+//! field 0 or 1) is exact (both operands are multiples of 2^-1074, and so is their sum, which
+//! then has at most 53 significant bits), so it raised nothing, and only a NaN or infinite sum
+//! needs a closer look. glibc's `sin` subtracts two equal values in its argument reduction
+//! for small arguments: lua5.4's workload sent a million such zero differences to the step
+//! helper.
 //!
 //! While NX is clear, an add or subtract with a normal result computes its rounding error
 //! (2Sum) and accrues NX itself when it is not zero. Other operations read MXCSR instead: its
@@ -125,7 +130,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
             emit_rounded(ops, &stubs.cache, i);
             let nx_clear = ops.new_dynamic_label();
             let flags_ok = ops.new_dynamic_label();
-            emit_result_check(ops, slow, nx_clear);
+            emit_result_check(ops, slow, nx_clear, is_sum(i.op));
             dynasm!(ops ; .arch x64 ; =>flags_ok);
             st_f_xmm0(ops, stubs, rd);
             let (c, op) = (stubs.cache, i.op);
@@ -284,17 +289,27 @@ fn emit_rounded(ops: &mut Asm, c: &Cache, i: &Insn) {
     }
 }
 
+/// Whether `op` is an add or a subtract (whose tiny results are exact: see the module comment).
+fn is_sum(op: Op) -> bool {
+    matches!(op, Op::FaddD | Op::FsubD)
+}
+
 /// With the rounded result in `xmm0`: go to `nx_clear` if the guest's NX is clear, else to
 /// `slow` unless the result's exponent field shows it raised at most inexact (see the module
-/// comment): not all ones (NaN, infinity), not 0 or 1 (zero, subnormal, the smallest normal
-/// binade). Clobbers `rax`.
-fn emit_result_check(ops: &mut Asm, slow: DynamicLabel, nx_clear: DynamicLabel) {
+/// comment): not all ones (NaN, infinity), and unless `sum`, not 0 or 1 (zero, subnormal, the
+/// smallest normal binade). Clobbers `rax`.
+fn emit_result_check(ops: &mut Asm, slow: DynamicLabel, nx_clear: DynamicLabel, sum: bool) {
     dynasm!(ops
         ; .arch x64
         ; test DWORD [rbx + S.fflags], popek_cpu::fpu::NX as i32
         ; jz =>nx_clear
     );
-    emit_normal_check(ops, slow);
+    if sum {
+        emit_exponent_field(ops);
+        dynasm!(ops ; .arch x64 ; jz =>slow);
+    } else {
+        emit_normal_check(ops, slow);
+    }
 }
 
 /// For an add or subtract whose rounded result is in `xmm0`, with the guest's NX clear: if
@@ -349,6 +364,9 @@ fn emit_sum_exactness(
         ; or DWORD [rbx + S.fflags], popek_cpu::fpu::NX as i32
         ; jmp =>flags_ok
         ; =>other
+        // Below 2^-1021: exact, nothing raised. NaN and infinity go on to the checks after.
+        ; test eax, eax
+        ; jnz =>flags_ok
     );
 }
 
@@ -356,15 +374,23 @@ fn emit_sum_exactness(
 /// exponent field: not all ones (NaN, infinity), not 0 or 1 (zero, subnormal, the smallest
 /// normal binade). Clobbers `rax`.
 fn emit_normal_check(ops: &mut Asm, other: DynamicLabel) {
+    emit_exponent_field(ops);
     dynasm!(ops
         ; .arch x64
-        // The exponent field plus one: all ones wraps to 0, 0 and 1 become 1 and 2.
+        ; cmp eax, 2
+        ; jbe =>other
+    );
+}
+
+/// `eax` = `xmm0`'s exponent field plus one, wrapped: 0 for all ones (NaN, infinity), 1 and
+/// 2 for 0 and 1 (zero or subnormal, the smallest normal binade); ZF set when 0.
+fn emit_exponent_field(ops: &mut Asm) {
+    dynasm!(ops
+        ; .arch x64
         ; movq rax, xmm0
         ; shr rax, 52
         ; inc eax
         ; and eax, EXPONENT_MASK
-        ; cmp eax, 2
-        ; jbe =>other
     );
 }
 
