@@ -1173,13 +1173,7 @@ fn native_sums_with_nx_clear_match_interpreter() {
     }
     code.push(ECALL);
     assert!(rd < 32);
-    let mut ram = Ram::new();
-    ram.put(0, &code);
-    for (k, (a, b)) in pairs.iter().enumerate() {
-        let at = 0x700 + 16 * k;
-        ram.bytes()[at..at + 8].copy_from_slice(&a.to_bits().to_le_bytes());
-        ram.bytes()[at + 8..at + 16].copy_from_slice(&b.to_bits().to_le_bytes());
-    }
+    let ram = code_and_pairs(&code, &pairs);
     let out = same(&ram, 1);
     let flags: Vec<u64> = (5..rd).map(|r| out.x[r as usize]).collect();
     let (nx, of) = (1, 4);
@@ -1242,18 +1236,25 @@ fn tiny_sums_with_nx_set_stay_native() {
         }
     }
     code.extend([csr(2, 5, 0, 0x001), ECALL]); // frflags x5
-    let mut ram = Ram::new();
-    ram.put(0, &code);
-    for (k, (a, b)) in pairs.iter().enumerate() {
-        let at = 0x700 + 16 * k;
-        ram.bytes()[at..at + 8].copy_from_slice(&a.to_bits().to_le_bytes());
-        ram.bytes()[at + 8..at + 16].copy_from_slice(&b.to_bits().to_le_bytes());
-    }
+    let ram = code_and_pairs(&code, &pairs);
     let out = same(&ram, 1);
     assert_eq!(out.x[5], 1, "only NX, set at the start");
     let stats = jit_stats(&ram);
     // The two infinite results and the two NaNs (a NaN operand: RISC-V's canonical NaN).
     assert_eq!(stats.stepped, 4, "{stats:?}");
+}
+
+/// RAM holding `code` at its start and the operand pairs at 0x700, 16 bytes each (the
+/// addresses the sum tests' `fld`s read, from `auipc x1, 0`).
+fn code_and_pairs(code: &[u32], pairs: &[(f64, f64)]) -> Ram {
+    let mut ram = Ram::new();
+    ram.put(0, code);
+    for (k, (a, b)) in pairs.iter().enumerate() {
+        let at = 0x700 + 16 * k;
+        ram.bytes()[at..at + 8].copy_from_slice(&a.to_bits().to_le_bytes());
+        ram.bytes()[at + 8..at + 16].copy_from_slice(&b.to_bits().to_le_bytes());
+    }
+    ram
 }
 
 /// Random sums and differences with NX clear, operands of nearby and distant magnitudes and
