@@ -77,6 +77,10 @@ fn map_chunk() -> Option<NonNull<u8>> {
     if p == libc::MAP_FAILED {
         return None;
     }
+    // Small pages even where transparent huge pages are on for everything (see the module
+    // comment); a kernel without THP refuses the advice, which changes nothing then.
+    // SAFETY: advice on the mapping just made.
+    unsafe { libc::madvise(p, CHUNK_BYTES, libc::MADV_NOHUGEPAGE) };
     NonNull::new(p as *mut u8)
 }
 
