@@ -47,6 +47,14 @@ fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
 fn lui(rd: u32, imm20: u32) -> u32 {
     imm20 << 12 | rd << 7 | 0x37
 }
+/// `fld f[rd], off(x1)`: the FP tests address their operands from `x1`.
+fn fld(rd: u32, off: i32) -> u32 {
+    i(off, 1, 3, rd, 0x07)
+}
+/// A double-precision op with `funct7` `f7` and the dynamic rounding mode (`frm`).
+fn fop_dyn(f7: u32, rs2: u32, rs1: u32, rd: u32) -> u32 {
+    r(f7, rs2, rs1, 7, rd, 0x53)
+}
 /// AMO with `funct5` `f5` (aq set), word or doubleword (`wide`).
 fn amo(f5: u32, wide: bool, rd: u32, rs2: u32, rs1: u32) -> u32 {
     f5 << 27 | 1 << 26 | rs2 << 20 | rs1 << 15 | (2 + wide as u32) << 12 | rd << 7 | 0x2f
@@ -950,7 +958,6 @@ fn native_fp_matches_interpreter() {
     fn fused(op: u32, rs3: u32, rs2: u32, rs1: u32, rd: u32) -> u32 {
         rs3 << 27 | 1 << 25 | rs2 << 20 | rs1 << 15 | 7 << 12 | rd << 7 | op
     }
-    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
     let fflags_to = |rd: u32| csr(2, rd, 0, 0x001);
     let nop = addi(0, 0, 0);
     let mut ram = Ram::new();
@@ -1143,8 +1150,6 @@ fn fp_csr_accesses_match_interpreter_without_the_step_helper() {
 /// subnormal results.
 #[test]
 fn native_sums_with_nx_clear_match_interpreter() {
-    let fop = |f7: u32, rs2: u32, rs1: u32, rd: u32| r(f7, rs2, rs1, 7, rd, 0x53);
-    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
     let pairs: [(f64, f64); 9] = [
         (1.5, 2.25),          // exact
         (0.1, 0.2),           // inexact sum, exact difference (0.2 is twice 0.1)
@@ -1165,7 +1170,7 @@ fn native_sums_with_nx_clear_match_interpreter() {
             // fsflags zero; fadd.d or fsub.d f(rd % 32), f1, f2; frflags x(rd)
             code.extend([
                 csr(1, 0, 0, 0x001),
-                fop(f7, 2, 1, rd % 29 + 3),
+                fop_dyn(f7, 2, 1, rd % 29 + 3),
                 csr(2, rd, 0, 0x001),
             ]);
             rd += 1;
@@ -1214,8 +1219,6 @@ fn native_sums_with_nx_clear_match_interpreter() {
 /// step helper. Results and flags as on the interpreter.
 #[test]
 fn tiny_sums_with_nx_set_stay_native() {
-    let fop = |f7: u32, rs2: u32, rs1: u32, rd: u32| r(f7, rs2, rs1, 7, rd, 0x53);
-    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
     let tiny = f64::MIN_POSITIVE; // 2^-1022
     let pairs: [(f64, f64); 6] = [
         (3.0, 3.0),           // difference: +0
@@ -1231,7 +1234,7 @@ fn tiny_sums_with_nx_set_stay_native() {
         let off = 0x700 + 16 * k as i32;
         code.extend([fld(1, off), fld(2, off + 8)]);
         for f7 in [0x01, 0x05] {
-            code.push(fop(f7, 2, 1, rd));
+            code.push(fop_dyn(f7, 2, 1, rd));
             rd += 1;
         }
     }
@@ -1408,11 +1411,9 @@ fn amos_match_interpreter_without_the_step_helper() {
 /// interpreter's results and flags.
 #[test]
 fn native_fp_flags_from_results_match_interpreter() {
-    let fop = |f7: u32, rs2: u32, rs1: u32, rd: u32| r(f7, rs2, rs1, 7, rd, 0x53);
-    let fmul = |rd, a, b| fop(0x09, b, a, rd);
-    let fdiv = |rd, a, b| fop(0x0d, b, a, rd);
-    let fsub = |rd, a, b| fop(0x05, b, a, rd);
-    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
+    let fmul = |rd, a, b| fop_dyn(0x09, b, a, rd);
+    let fdiv = |rd, a, b| fop_dyn(0x0d, b, a, rd);
+    let fsub = |rd, a, b| fop_dyn(0x05, b, a, rd);
     // Read fflags into x[rd], then leave only NX accrued.
     let flags_to = |rd: u32| [csr(2, rd, 0, 0x001), csr(5, 0, 1, 0x001)];
     let mut code = vec![0x0000_0097]; // auipc x1, 0
@@ -1889,7 +1890,6 @@ fn calls_to_functions_8_kib_apart_stay_in_translated_code() {
 #[test]
 fn fp_csr_accesses_mid_block_match_interpreter() {
     let fdiv = |rd: u32| r(0x0d, 2, 1, 7, rd, 0x53); // fdiv.d rd, f1, f2 (dynamic rounding)
-    let fld = |rd: u32, off: i32| i(off, 1, 3, rd, 0x07);
     let mut ram = Ram::new();
     ram.put(
         0,
