@@ -187,11 +187,22 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         assert!(!mapped.is_empty(), "a test binary maps libc");
-        for f in mapped {
+        for f in &mapped {
             assert!(
-                listed.contains(&f) || f.parent().is_some_and(|d| listed.iter().any(|l| l == d)),
+                listed.contains(f) || f.parent().is_some_and(|d| listed.iter().any(|l| l == d)),
                 "{} not covered by {listed:?}",
                 f.display()
+            );
+        }
+        // And no more: the executable, the loader's cache, and directories of mapped files.
+        let exe = std::env::current_exe().unwrap();
+        for l in &listed {
+            assert!(
+                *l == exe
+                    || l == Path::new("/etc/ld.so.cache")
+                    || mapped.iter().any(|f| f.parent() == Some(l.as_path())),
+                "{} listed but nothing there is mapped",
+                l.display()
             );
         }
     }
