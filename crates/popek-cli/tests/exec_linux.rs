@@ -25,6 +25,7 @@ const PROGS: &[&str] = &[
     "unsupported",
     "restart",
     "hostile",
+    "hostreads",
 ];
 
 /// The test root: a riscv64 sysroot copy (loader + libc), the test programs in /bin, and the
@@ -361,6 +362,48 @@ fn exec_file_io() {
 fn exec_mmap_mprotect_munmap() {
     let p = same_as_qemu("mem", &[]);
     assert!(text(&p.stdout).contains("malloc big ok"));
+}
+
+/// The JIT's loads read host memory directly while popek keeps the host's protection as strict
+/// as the guest's (the host's fault sends a load to its checked path): loads from PROT_NONE,
+/// unmapped and moved pages, across into them, from page 0 and past the address space raise
+/// the same SIGSEGVs as under QEMU, and pages made readable again read back their bytes. With
+/// a second thread, or execute-only memory, popek stops mirroring and loads check its TLB:
+/// the same results, with no host fault.
+#[test]
+fn exec_loads_the_host_checks_fault_like_qemu() {
+    for (engine, arg, host_faults) in [
+        ("--stats", "plain", 9),
+        ("--stats --engine=verify", "plain", 9),
+        ("--stats", "thread", 0),
+        ("--stats", "exec", 0),
+        ("--stats --engine=interp", "plain", 0),
+    ] {
+        let p = same_as_qemu_on(engine, "hostreads", &[arg]);
+        let out = text(&p.stdout);
+        assert_eq!(
+            out.matches(": SIGSEGV at bad+0\n").count(),
+            9,
+            "{engine} {arg}: {out}"
+        );
+        assert!(
+            out.contains("across into a PROT_NONE page: SIGSEGV at bad+4\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("across into an unmapped page: SIGSEGV at bad+2\n"),
+            "{out}"
+        );
+        assert!(out.contains("moved, readable: 6363636363636363\n"), "{out}");
+        assert!(!out.contains("no fault"), "{out}");
+        let err = text(&p.stderr);
+        let counted = err
+            .split_once(" loads and stores through helpers (")
+            .and_then(|(_, r)| r.split_once(' '))
+            .map(|(n, _)| n.parse::<u64>().expect("a count"));
+        let want = (!engine.contains("interp")).then_some(host_faults);
+        assert_eq!(counted, want, "{engine} {arg}: {err}");
+    }
 }
 
 #[test]

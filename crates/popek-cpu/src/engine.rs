@@ -209,6 +209,23 @@ impl Hart {
         self.mmu.sole_addend
     }
 
+    /// Declare that, with the addend [`Hart::require_data_addend`] fixed, the host's own page
+    /// protection checks the guest's loads below `1 << bits`: reading host `addend + a` for
+    /// such an `a` faults on the host wherever the guest may not load from `a` (a process VM
+    /// whose memory manager keeps the host's protection as strict as the guest's), and the
+    /// host page past the span faults too. Translated loads may then read the host directly
+    /// and let a host fault send them to their checked path. `None` withdraws it, as soon as
+    /// the host stops mirroring the guest (a second thread, whose stale TLB entries the host
+    /// must not fault on). Ignored without a required addend.
+    pub fn let_host_check_reads(&mut self, bits: Option<u8>) {
+        self.mmu.host_read_bits = bits;
+    }
+
+    /// The span bits [`Hart::let_host_check_reads`] set, if a data addend is required too.
+    pub fn host_checked_read_bits(&self) -> Option<u8> {
+        self.mmu.sole_addend.and(self.mmu.host_read_bits)
+    }
+
     /// The current data TLB for loads (`write` false) or stores, for inline fast paths in
     /// generated code: [`Hart::data_tlb_entries`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes,
     /// entry `(vaddr >> 12) % entries` holds the tag `vaddr >> 12` at offset 0 (or

@@ -189,6 +189,9 @@ pub(crate) struct Mmu {
     /// The addend every data TLB entry holds, when the hart's owner requires one (see
     /// [`Hart::require_data_addend`]): a page with another is never entered.
     pub sole_addend: Option<u64>,
+    /// Bits of the span below which the host checks reads at the sole addend (see
+    /// [`Hart::let_host_check_reads`]).
+    pub host_read_bits: Option<u8>,
 }
 
 /// The kinds of TLB table, each valued at the bit of [`Mmu::filled`] for its context 0.
@@ -258,6 +261,7 @@ impl Mmu {
             tlb_gen: 0,
             filled: 0,
             sole_addend: None,
+            host_read_bits: None,
         };
         mmu.ready_data_context();
         mmu

@@ -8,6 +8,7 @@ use popek_cpu::engine::{muldiv, CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
+use crate::faults::{self, LoadSites};
 use crate::perfmap;
 use crate::table::ZeroedTable;
 use crate::translate::{
@@ -265,6 +266,8 @@ pub struct Jit {
     /// translation earlier). 8 bytes a slot: it is read at every cold block start, between
     /// stretches of interpretation that evict it from the caches.
     heat: ZeroedTable<Heat>,
+    /// Direct loads in `code` (see [`Env::host_read_bits`]), emptied with it.
+    load_sites: LoadSites,
 }
 
 /// What [`Jit::find`] knows of a block about to start.
@@ -482,6 +485,7 @@ impl Jit {
             second_way: 0,
             data_addend: None,
             sole_addend: None,
+            host_read_bits: None,
             machine_ram: None,
             // Set from the hart before anything is translated (see `run_code`).
             data_tlb_entries: 0,
@@ -519,12 +523,30 @@ impl Jit {
             machine_ram: None,
             // SAFETY: an all-zero slot is an empty one (tag 0).
             heat: unsafe { table(HEAT_SLOTS)? },
+            load_sites: LoadSites::default(),
         })
     }
 
     /// Counters for measurements.
     pub fn stats(&self) -> JitStats {
-        self.stats
+        JitStats {
+            host_faults: self.load_sites.redirected(),
+            ..self.stats
+        }
+    }
+
+    /// Whether host faults of direct loads reach their slow paths: the handler is installed
+    /// (once per process) the first time a hart lets the host check its loads; if that
+    /// fails, loads check the TLB as before.
+    fn fault_handler(&self) -> bool {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        match faults::install() {
+            Ok(()) => true,
+            Err(e) => {
+                WARNED.call_once(|| tracing::warn!("{e}; loads check the soft TLB"));
+                false
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -535,6 +557,7 @@ impl Jit {
         self.fast.fill(EMPTY);
         self.code.clear();
         self.insns.clear();
+        self.load_sites.clear();
         self.stats.flushes += 1;
     }
 
@@ -591,6 +614,9 @@ impl Jit {
                 .push(&t.code)
                 .expect("a block fits in an empty code buffer");
             b.chain = p;
+            for (load, slow) in t.load_sites {
+                self.load_sites.add(p as usize + load, p as usize + slow);
+            }
             perfmap::block(p, t.code.len(), pc);
         }
         self.blocks.insert(k, b);
@@ -617,13 +643,20 @@ impl Engine for Jit {
         let mut first = true;
         self.env.data_tlb_entries = hart.data_tlb_entries();
         let sole = hart.sole_data_addend();
-        if sole != self.env.sole_addend {
-            // Translations made under another requirement would add the wrong addend.
+        let host_reads = hart
+            .host_checked_read_bits()
+            .filter(|_| self.fault_handler());
+        if (sole, host_reads) != (self.env.sole_addend, self.env.host_read_bits) {
+            // Translations made under another requirement would add the wrong addend, or
+            // load where the host no longer checks.
             if !self.blocks.is_empty() {
                 self.flush();
             }
             self.env.sole_addend = sole;
+            self.env.host_read_bits = host_reads;
         }
+        // Host faults on this JIT's direct loads go to their slow paths until we return.
+        let _running = faults::Running::new(&self.load_sites);
         // The chain slot the last block left through, to point at the next block.
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();

@@ -3,7 +3,8 @@
 //!
 //! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, integer
 //! and FP loads and stores (an inline soft-TLB hit path, a call into the hart for everything
-//! else), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
+//! else; a load reads the host directly where the host's protection checks it, see
+//! `faults`), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
 //! `mstatus` stay inside blocks but run through the interpreter
 //! ([`popek_cpu::engine::steppable_insn`]). Anything else (other CSRs, `ecall`, `fence.i`,
 //! system instructions, instructions straddling a page) ends a block before it, and the hart
@@ -21,6 +22,8 @@
 mod code;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod engine;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod faults;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod perfmap;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -63,6 +66,10 @@ pub enum JitError {
         /// What mmap said.
         source: std::io::Error,
     },
+    /// The handler that sends host faults of direct loads to their slow paths could not be
+    /// installed.
+    #[error("cannot install the JIT's SIGSEGV handler: {0}")]
+    FaultHandler(std::io::Error),
 }
 
 /// What the JIT has done so far, for measurements.
@@ -90,6 +97,10 @@ pub struct JitStats {
     /// Loads and stores of translated code that missed its inline TLB check and went
     /// through a helper (TLB misses, accesses crossing a page, MMIO, stores to code).
     pub slow_accesses: u64,
+    /// Of those, loads that read host memory directly and went to their helper after a host
+    /// fault (see [`popek_cpu::Hart::let_host_check_reads`]): guest faults, and loads across
+    /// into a page the guest may not read.
+    pub host_faults: u64,
     /// Instructions translated code ran through the step helper (the interpreter, with every
     /// guest register stored before and loaded after): what the translator does not emit
     /// itself, such as CSR accesses other than the FP ones and `sstatus`, traps and fences.
@@ -109,6 +120,7 @@ impl JitStats {
         self.unverified += other.unverified;
         self.entries += other.entries;
         self.slow_accesses += other.slow_accesses;
+        self.host_faults += other.host_faults;
         self.stepped += other.stepped;
     }
 
@@ -125,6 +137,7 @@ impl JitStats {
             unverified: self.unverified.saturating_sub(earlier.unverified),
             entries: self.entries.saturating_sub(earlier.entries),
             slow_accesses: self.slow_accesses.saturating_sub(earlier.slow_accesses),
+            host_faults: self.host_faults.saturating_sub(earlier.host_faults),
             stepped: self.stepped.saturating_sub(earlier.stepped),
         }
     }
@@ -145,7 +158,7 @@ impl std::fmt::Display for JitStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers; {} instructions through the step helper",
+            "translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers ({} after a host fault); {} instructions through the step helper",
             self.blocks,
             self.insns,
             self.translate_ns as f64 / 1e6,
@@ -155,6 +168,7 @@ impl std::fmt::Display for JitStats {
             self.page_drops,
             self.entries,
             self.slow_accesses,
+            self.host_faults,
             self.stepped
         )
     }

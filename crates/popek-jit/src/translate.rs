@@ -77,6 +77,11 @@ pub(crate) struct Env {
     /// The addend every data TLB entry holds, when the hart requires one
     /// ([`popek_cpu::Hart::require_data_addend`]): loads and stores use it without a check.
     pub sole_addend: Option<u64>,
+    /// With `sole_addend`: the host checks loads below `1 << bits` itself
+    /// ([`popek_cpu::Hart::let_host_check_reads`]), so a load reads the host directly after
+    /// checking only that its address is below the span, and a host fault on it resumes at its
+    /// slow path (see `faults`).
+    pub host_read_bits: Option<u8>,
     /// Guest-physical RAM (`base`, bytes) when the block's loads can skip the TLB: it runs in
     /// M-mode without `mstatus.MPRV`, where a load from RAM always
     /// succeeds and loads nothing else at `data_addend`. Such loads check the address against
@@ -229,6 +234,9 @@ impl InsnArena {
 pub(crate) struct Translated {
     pub code: Vec<u8>,
     pub insns: u32,
+    /// Offsets in `code` of the direct loads (see [`Env::host_read_bits`]) and of their slow
+    /// paths, in increasing order.
+    pub load_sites: Vec<(usize, usize)>,
 }
 
 /// The code every block shares, assembled once at the front of the code buffer: entering
@@ -453,6 +461,8 @@ struct Stubs<'a> {
     env_jkey: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
+    /// Offsets of direct loads, with their slow paths (see [`Translated::load_sites`]).
+    direct_loads: Vec<(usize, DynamicLabel)>,
     /// Guest registers this block keeps in host registers.
     cache: Cache,
     /// Slow paths, emitted after the block's straight-line code so the fast paths fall
@@ -491,6 +501,7 @@ pub(crate) unsafe fn translate(
         env_jkey: env.ctx_jkey,
         fault: Vec::new(),
         leave: Vec::new(),
+        direct_loads: Vec::new(),
         // SAFETY: the caller's page is 4096 bytes and the offset < 4096.
         cache: unsafe { Cache::plan(page, (pc & 0xfff) as usize, MAX_BLOCK_INSNS) },
         cold: Vec::new(),
@@ -564,6 +575,7 @@ pub(crate) unsafe fn translate(
         return Translated {
             code: Vec::new(),
             insns: 0,
+            load_sites: Vec::new(),
         };
     }
     if !terminated {
@@ -593,8 +605,20 @@ pub(crate) unsafe fn translate(
         ; ->epilogue:
         ; jmp extern env.epilogue
     );
+    let load_sites = stubs
+        .direct_loads
+        .iter()
+        .map(|&(load, slow)| {
+            let slow = ops.labels().resolve_dynamic(slow);
+            (load, slow.expect("every slow path is emitted").0)
+        })
+        .collect();
     let code = ops.finalize().expect("the JIT's own labels always resolve");
-    Translated { code, insns: n }
+    Translated {
+        code,
+        insns: n,
+        load_sites,
+    }
 }
 
 /// The target of `i` at `pc`, in a block starting at `start`, if translation follows it
@@ -820,7 +844,17 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 
 /// `rsi` = effective address; jumps to `slow` unless the TLB entry for it maps the page and
 /// the access of `size` bytes stays in it. Leaves the addend in `rax` on the fast path.
-fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, slow: DynamicLabel) {
+///
+/// Returns whether the check was only the span's of [`Env::host_read_bits`] (a load the host
+/// checks): the caller records the load instruction as a direct load.
+fn emit_tlb_check(
+    ops: &mut Asm,
+    env: &Env,
+    c: &Cache,
+    i: &Insn,
+    write: bool,
+    slow: DynamicLabel,
+) -> bool {
     let size = size_index(i.op).1;
     match (c.operand(i.rs1), i8::try_from(i.imm)) {
         (Operand::Reg(h), Ok(0)) => dynasm!(ops ; .arch x64 ; mov rsi, Rq(h)),
@@ -828,10 +862,22 @@ fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, sl
         (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
     }
+    if let (false, Some(addend), Some(bits)) = (write, env.sole_addend, env.host_read_bits) {
+        // Below the span the host faults where the guest may not read; past its end lies a
+        // host page that faults too, so the first byte's address is all there is to check.
+        dynasm!(ops
+            ; .arch x64
+            ; mov rax, rsi
+            ; shr rax, bits as i8
+            ; jnz =>slow
+            ; mov rax, QWORD addend as i64
+        );
+        return true;
+    }
     if !write {
         if let Some(bounds) = ram_bounds(env, size) {
             emit_ram_check(ops, bounds, slow);
-            return;
+            return false;
         }
     }
     if size > 1 {
@@ -840,6 +886,7 @@ fn emit_tlb_check(ops: &mut Asm, env: &Env, c: &Cache, i: &Insn, write: bool, sl
         dynasm!(ops ; .arch x64 ; mov rax, rsi);
     }
     emit_tlb_lookup(ops, env, write, RSI, slow);
+    false
 }
 
 /// For a load of `size` bytes under [`Env::machine_ram`]: the displacement that takes an
@@ -945,11 +992,16 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let c = stubs.cache;
-    emit_tlb_check(ops, env, &c, i, false, slow);
+    let direct = emit_tlb_check(ops, env, &c, i, false, slow);
     // The value goes straight to the host register holding the destination, if one does
     // (else through `rax`).
     let home = if fp { None } else { c.home(i.rd()) };
     let d = home.unwrap_or(RAX);
+    if direct {
+        // A host fault on the next instruction resumes at `slow`, with the address still in
+        // `rsi` and `d` unchanged.
+        stubs.direct_loads.push((ops.offset().0, slow));
+    }
     match i.op {
         Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
         Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use popek_cpu::{Memory, PagePerms, RamRegion};
@@ -94,6 +95,14 @@ pub struct Mm {
     /// The most `committed` may reach (`popek exec --memory`); beyond it mmap, mprotect, mremap
     /// and brk fail with ENOMEM, as under Linux's strict overcommit.
     limit: u64,
+    /// Whether the host's protection mirrors the guest's reads: every page below [`SPAN`] the
+    /// guest may not read (unmapped, PROT_NONE) is PROT_NONE on the host too, and so is the
+    /// page past the span, so a host read of `base + a` faults wherever a guest load from `a`
+    /// must ([`popek_cpu::Hart::let_host_check_reads`]). It stops for good (see
+    /// [`Mm::stop_mirroring`]) when a second thread shares the memory (the host must not fault
+    /// on what another thread's stale TLB entries still point at) or the guest maps
+    /// execute-only memory (which the harts' decoder reads on the host).
+    mirror: Arc<AtomicBool>,
 }
 
 /// Translate guest PROT bits into page permissions: on RISC-V a writable page is also readable.
@@ -109,10 +118,11 @@ impl Mm {
     /// Reserve the host address space and build the hart's view of it.
     pub fn new(limit: u64) -> io::Result<(Mm, Memory)> {
         // SAFETY: a fresh anonymous PROT_NONE reservation; nothing else refers to that range.
+        // Its last page, past the guest's span, is never mapped (see `Mm::mirror`).
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                SPAN as usize,
+                (SPAN + PAGE) as usize,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -139,6 +149,7 @@ impl Mm {
                 brk: 0,
                 committed: 0,
                 limit,
+                mirror: Arc::new(AtomicBool::new(true)),
             },
             mem,
         ))
@@ -152,6 +163,64 @@ impl Mm {
     /// The page-permission table.
     pub fn perms(&self) -> &Arc<PagePerms> {
         &self.perms
+    }
+
+    /// Set while the host's protection mirrors the guest's reads (see [`Mm::mirror`]): a
+    /// hart may let the host check its loads as long as it reads true.
+    pub fn mirroring(&self) -> Arc<AtomicBool> {
+        self.mirror.clone()
+    }
+
+    /// Stop mirroring the guest's reads on the host: from now on pages the guest may not
+    /// read keep their host access (the ones hidden already stay hidden until the guest
+    /// maps or unprotects them). The caller turns the harts' host-checked loads off before
+    /// they run guest code again.
+    pub fn stop_mirroring(&mut self) {
+        self.mirror.store(false, Ordering::Release);
+    }
+
+    /// The host protection of a guest mapping with protection `prot` (`shared_ro`: of a
+    /// shared file opened read-only). Execute-only memory ends the mirroring first.
+    fn host_prot(&mut self, prot: u8, shared_ro: bool) -> i32 {
+        let p = perms_of(prot);
+        if p & PROT_READ == 0 && p & PROT_EXEC != 0 {
+            self.stop_mirroring();
+        }
+        if p & PROT_READ == 0 && self.mirror.load(Ordering::Acquire) {
+            libc::PROT_NONE
+        } else if shared_ro {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        }
+    }
+
+    /// Set the host protection of `addr..addr+len` (inside the span, page aligned).
+    fn host_protect(&self, addr: u64, len: u64, prot: i32) -> Result<(), Errno> {
+        // SAFETY: the range lies inside our reservation; changing its protection touches no
+        // memory (the callers keep the host as strict as the guest only where nothing reads).
+        if unsafe { libc::mprotect(self.base.ptr(addr) as *mut libc::c_void, len as usize, prot) }
+            != 0
+        {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
+    /// Zero `addr..addr+len` of a mapping the loader just made, whatever its protection.
+    pub fn zero(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        let prot = self.prot_at(addr).unwrap_or(0);
+        let host = self.host_prot(prot, false);
+        let (first, end) = (page_down(addr), page_up(addr + len));
+        if host == libc::PROT_NONE {
+            self.host_protect(first, end - first, libc::PROT_READ | libc::PROT_WRITE)?;
+        }
+        // SAFETY: the range was just mapped inside the reservation, host-writable now.
+        unsafe { std::ptr::write_bytes(self.base.ptr(addr), 0, len as usize) };
+        if host == libc::PROT_NONE {
+            self.host_protect(first, end - first, host)?;
+        }
+        Ok(())
     }
 
     /// Whether any part of `start..end` is mapped.
@@ -267,10 +336,11 @@ impl Mm {
             libc::MAP_PRIVATE
         };
         self.admit(addr, len, prot & PROT_WRITE != 0)?;
+        let host_prot = self.host_prot(prot, false);
         self.host_map(
             addr,
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
+            host_prot,
             flags | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -303,7 +373,6 @@ impl Mm {
             file_len = len.min(avail);
         }
         let mut shared_ro = false;
-        let mut host_prot = libc::PROT_READ | libc::PROT_WRITE;
         self.admit(addr, len, prot & PROT_WRITE != 0 && !shared)?;
         if shared {
             // SAFETY: F_GETFL takes no pointer.
@@ -315,10 +384,10 @@ impl Mm {
                 if prot & PROT_WRITE != 0 {
                     return Err(Errno(libc::EACCES));
                 }
-                host_prot = libc::PROT_READ;
                 shared_ro = true;
             }
         }
+        let host_prot = self.host_prot(prot, shared_ro);
         if file_len > 0 {
             let flags = if shared {
                 libc::MAP_SHARED
@@ -328,10 +397,11 @@ impl Mm {
             self.host_map(addr, file_len, host_prot, flags, fd, offset as i64)?;
         }
         if file_len < len {
+            let tail_prot = self.host_prot(prot, false);
             self.host_map(
                 addr + file_len,
                 len - file_len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                tail_prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
@@ -395,11 +465,12 @@ impl Mm {
         }
         let removed = self.cut(addr, addr + len);
         self.perms.set(addr, len, 0);
+        let host_prot = self.host_prot(0, false);
         for (s, v) in removed {
             self.host_map(
                 s,
                 v.end - s,
-                libc::PROT_READ | libc::PROT_WRITE,
+                host_prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -439,6 +510,8 @@ impl Mm {
                 self.committed += v.end - s;
             }
             self.vmas.insert(s, v);
+            let host_prot = self.host_prot(prot, v.shared_ro);
+            self.host_protect(s, v.end - s, host_prot)?;
         }
         self.perms.set(addr, len, perms_of(prot));
         Ok(())
@@ -488,10 +561,20 @@ impl Mm {
         }
         let new = self.find_free(new_len).ok_or(Errno(libc::ENOMEM))?;
         self.map_anon(new, new_len, prot, false)?;
-        // SAFETY: both ranges are inside the reservation, host-mapped RW and disjoint.
+        let host_prot = self.host_prot(prot, false);
+        let hidden = host_prot == libc::PROT_NONE;
+        if hidden {
+            self.host_protect(old, old_len, libc::PROT_READ)?;
+            self.host_protect(new, old_len, libc::PROT_READ | libc::PROT_WRITE)?;
+        }
+        // SAFETY: both ranges are inside the reservation, host-readable (old) and writable
+        // (new), and disjoint.
         unsafe {
             std::ptr::copy_nonoverlapping(self.base.ptr(old), self.base.ptr(new), old_len as usize)
         };
+        if hidden {
+            self.host_protect(new, old_len, host_prot)?;
+        }
         self.unmap(old, old_len)?;
         Ok(new)
     }
@@ -524,6 +607,58 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    /// Whether the host can read the byte at guest address `g` (a pipe write reads it, and
+    /// fails with EFAULT where the host may not).
+    fn host_readable(mm: &Mm, g: u64) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two descriptors we own and close below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: write only reads the byte, or reports EFAULT.
+        let n = unsafe { libc::write(fds[1], mm.base().ptr(g) as *const libc::c_void, 1) };
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        n == 1
+    }
+
+    #[test]
+    fn the_host_mirrors_what_the_guest_may_read_until_told_to_stop() {
+        let (mut mm, _mem) = Mm::new(64 * MIB).unwrap();
+        let flag = mm.mirroring();
+        assert!(flag.load(Ordering::Acquire));
+        let a = mm.find_free(4 * PAGE).unwrap();
+        mm.map_anon(a, 4 * PAGE, PROT_READ | PROT_WRITE, false)
+            .unwrap();
+        assert!((0..4).all(|i| host_readable(&mm, a + i * PAGE)));
+        mm.protect(a, PAGE, 0).unwrap();
+        mm.unmap(a + PAGE, PAGE).unwrap();
+        mm.protect(a + 2 * PAGE, PAGE, PROT_WRITE).unwrap();
+        let readable: Vec<bool> = (0..4).map(|i| host_readable(&mm, a + i * PAGE)).collect();
+        assert_eq!(readable, [false, false, true, true]);
+        // Unprotected again: readable, with its bytes.
+        mm.protect(a, PAGE, PROT_READ).unwrap();
+        assert!(host_readable(&mm, a));
+        // Never mapped, PROT_NONE from the start, and the page past the span: not readable.
+        let b = mm.find_free(PAGE).unwrap();
+        mm.map_anon(b, PAGE, 0, false).unwrap();
+        assert!(!host_readable(&mm, b));
+        assert!(!host_readable(&mm, 0));
+        assert!(!host_readable(&mm, SPAN));
+        // Execute-only memory (the decoder reads it on the host) ends the mirroring; from
+        // then on unmapped pages keep their host access (other threads' TLBs may hold them).
+        let x = mm.find_free(PAGE).unwrap();
+        mm.map_anon(x, PAGE, PROT_EXEC, false).unwrap();
+        assert!(!flag.load(Ordering::Acquire));
+        assert!(host_readable(&mm, x));
+        mm.unmap(a + 3 * PAGE, PAGE).unwrap();
+        assert!(host_readable(&mm, a + 3 * PAGE));
+        // A hidden page the guest unprotects is readable again.
+        mm.protect(b, PAGE, PROT_READ).unwrap();
+        assert!(host_readable(&mm, b));
+    }
 
     #[test]
     fn writable_mappings_are_charged_until_the_limit() {

@@ -43,6 +43,8 @@ pub struct Shared {
     pub net_warned: AtomicBool,
     /// The guest's processes: the only ones it may signal or otherwise name.
     pub pids: GuestPids,
+    /// [`Mm::mirroring`]: while set, harts let the host check their loads.
+    pub mirroring: Arc<AtomicBool>,
 }
 
 /// One guest thread: a hart and its per-thread kernel state.
@@ -255,6 +257,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     *sb.exe.lock().unwrap_or_else(|e| e.into_inner()) = program.path.clone();
     let entry = program.interp.map_or(program.main.entry, |i| i.entry);
     let perms = mmv.perms().clone();
+    let mirroring = mmv.mirroring();
     // Dispositions start as the host's (ignored signals stay ignored across exec), except
     // SIGPIPE, which the Rust runtime ignores for itself.
     let mut actions = [Action::default(); 64];
@@ -281,6 +284,7 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         threads: AtomicUsize::new(1),
         net_warned: AtomicBool::new(false),
         pids: GuestPids::new(config_root),
+        mirroring,
     });
     let mut hart = Hart::new(user_config(), memory);
     hart.set_pc(entry);
@@ -324,6 +328,11 @@ pub fn run(mut t: Thread) {
     });
     // The address space is flat: every data TLB entry's addend is the base.
     t.hart.require_data_addend(t.sh.base.0 as u64);
+    // While the host's protection mirrors the guest's reads, it checks loads itself.
+    if t.sh.mirroring.load(Ordering::Acquire) {
+        t.hart
+            .let_host_check_reads(Some(mm::SPAN.trailing_zeros() as u8));
+    }
     let counts = |t: &Thread, jit: &Option<popek_jit::Jit>| {
         stats::Counts::of(t.hart.instret(), jit.as_ref().map(popek_jit::Jit::stats))
     };
@@ -350,6 +359,12 @@ pub fn run(mut t: Thread) {
             Exit::Ecall => {
                 let tid = t.tid;
                 let flow = syscall::handle(&mut t);
+                if t.hart.host_checked_read_bits().is_some()
+                    && !t.sh.mirroring.load(Ordering::Acquire)
+                {
+                    // The call ended the mirroring (execute-only memory, a second thread).
+                    t.hart.let_host_check_reads(None);
+                }
                 if t.tid != tid {
                     // The child of a fork (the only change of tid): it counts from here.
                     counted_from = counts(&t, &jit);
@@ -699,6 +714,13 @@ impl Thread {
             },
             suspend_saved: None,
         };
+        // The new thread's TLB entries must stay usable while this one unmaps (see `Mm`).
+        self.sh
+            .mm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop_mirroring();
+        self.hart.let_host_check_reads(None);
         let (tx, rx) = std::sync::mpsc::channel();
         self.sh.threads.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
