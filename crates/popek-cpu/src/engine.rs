@@ -226,6 +226,21 @@ impl Hart {
         self.mmu.sole_addend.and(self.mmu.host_read_bits)
     }
 
+    /// Like [`Hart::let_host_check_reads`], for stores: with the required addend, the host's
+    /// protection checks the guest's stores below `1 << bits` (writing host `addend + a`
+    /// faults wherever the guest may not store to `a`, and past the span). The owner also
+    /// keeps code the hart may have decoded out of pages the guest can write (no memory both
+    /// writable and executable: code then changes only through the mappings, which drop it),
+    /// since a store the host lets through does not look for decoded code.
+    pub fn let_host_check_writes(&mut self, bits: Option<u8>) {
+        self.mmu.host_write_bits = bits;
+    }
+
+    /// The span bits [`Hart::let_host_check_writes`] set, if a data addend is required too.
+    pub fn host_checked_write_bits(&self) -> Option<u8> {
+        self.mmu.sole_addend.and(self.mmu.host_write_bits)
+    }
+
     /// The current data TLB for loads (`write` false) or stores, for inline fast paths in
     /// generated code: [`Hart::data_tlb_entries`] entries of [`DATA_TLB_ENTRY_BYTES`] bytes,
     /// entry `(vaddr >> 12) % entries` holds the tag `vaddr >> 12` at offset 0 (or

@@ -192,6 +192,8 @@ pub(crate) struct Mmu {
     /// Bits of the span below which the host checks reads at the sole addend (see
     /// [`Hart::let_host_check_reads`]).
     pub host_read_bits: Option<u8>,
+    /// The same for stores (see [`Hart::let_host_check_writes`]).
+    pub host_write_bits: Option<u8>,
 }
 
 /// The kinds of TLB table, each valued at the bit of [`Mmu::filled`] for its context 0.
@@ -262,6 +264,7 @@ impl Mmu {
             filled: 0,
             sole_addend: None,
             host_read_bits: None,
+            host_write_bits: None,
         };
         mmu.ready_data_context();
         mmu
@@ -815,10 +818,11 @@ impl Hart {
         value: u64,
     ) -> Result<(), Trap> {
         if (vaddr & 0xfff) + size > 4096 {
-            // Check both pages before writing anything, so a fault leaves memory untouched.
-            let last = vaddr.wrapping_add(size - 1);
+            // Check both pages before writing anything, so a fault leaves memory untouched; a
+            // fault in the second page is at its first byte (as a load's, and as QEMU's).
+            let next_page = (vaddr & !0xfff).wrapping_add(4096);
             self.translate(vaddr, Access::Write, self.mmu.data_priv)?;
-            self.translate(last, Access::Write, self.mmu.data_priv)?;
+            self.translate(next_page, Access::Write, self.mmu.data_priv)?;
             for i in 0..size {
                 self.store::<1, B>(bus, vaddr.wrapping_add(i), value >> (8 * i))?;
             }

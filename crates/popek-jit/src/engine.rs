@@ -8,7 +8,7 @@ use popek_cpu::engine::{muldiv, CodeDrop, Engine};
 use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
-use crate::faults::{self, LoadSites};
+use crate::faults::{self, DirectSites};
 use crate::perfmap;
 use crate::table::ZeroedTable;
 use crate::translate::{
@@ -266,8 +266,8 @@ pub struct Jit {
     /// translation earlier). 8 bytes a slot: it is read at every cold block start, between
     /// stretches of interpretation that evict it from the caches.
     heat: ZeroedTable<Heat>,
-    /// Direct loads in `code` (see [`Env::host_read_bits`]), emptied with it.
-    load_sites: LoadSites,
+    /// Direct loads and stores in `code` (see [`Env::host_read_bits`]), emptied with it.
+    direct: DirectSites,
 }
 
 /// What [`Jit::find`] knows of a block about to start.
@@ -486,6 +486,7 @@ impl Jit {
             data_addend: None,
             sole_addend: None,
             host_read_bits: None,
+            host_write_bits: None,
             machine_ram: None,
             // Set from the hart before anything is translated (see `run_code`).
             data_tlb_entries: 0,
@@ -523,22 +524,22 @@ impl Jit {
             machine_ram: None,
             // SAFETY: an all-zero slot is an empty one (tag 0).
             heat: unsafe { table(HEAT_SLOTS)? },
-            load_sites: LoadSites::default(),
+            direct: DirectSites::default(),
         })
     }
 
     /// Counters for measurements.
     pub fn stats(&self) -> JitStats {
         JitStats {
-            host_faults: self.load_sites.redirected(),
+            host_faults: self.direct.redirected(),
             ..self.stats
         }
     }
 
-    /// Whether host faults of direct loads reach their slow paths: the handler is installed
-    /// (once per process) the first time a hart lets the host check its loads; if that
-    /// fails, loads check the TLB as before.
-    fn fault_handler(&self) -> bool {
+    /// Whether host faults of direct accesses reach their slow paths: the handler is
+    /// installed (once per process) the first time a hart lets the host check its accesses;
+    /// if that fails, they check the TLB as before.
+    fn fault_handler() -> bool {
         static WARNED: std::sync::Once = std::sync::Once::new();
         match faults::install() {
             Ok(()) => true,
@@ -557,7 +558,7 @@ impl Jit {
         self.fast.fill(EMPTY);
         self.code.clear();
         self.insns.clear();
-        self.load_sites.clear();
+        self.direct.clear();
         self.stats.flushes += 1;
     }
 
@@ -614,8 +615,8 @@ impl Jit {
                 .push(&t.code)
                 .expect("a block fits in an empty code buffer");
             b.chain = p;
-            for (load, slow) in t.load_sites {
-                self.load_sites.add(p as usize + load, p as usize + slow);
+            for (access, slow) in t.direct_sites {
+                self.direct.add(p as usize + access, p as usize + slow);
             }
             perfmap::block(p, t.code.len(), pc);
         }
@@ -643,20 +644,26 @@ impl Engine for Jit {
         let mut first = true;
         self.env.data_tlb_entries = hart.data_tlb_entries();
         let sole = hart.sole_data_addend();
-        let host_reads = hart
-            .host_checked_read_bits()
-            .filter(|_| self.fault_handler());
-        if (sole, host_reads) != (self.env.sole_addend, self.env.host_read_bits) {
+        let handled = |bits: Option<u8>| bits.filter(|_| Jit::fault_handler());
+        let host_reads = handled(hart.host_checked_read_bits());
+        // Verification logs every store to undo it before the interpreter's run: through the
+        // helpers, never directly.
+        let host_writes = handled(hart.host_checked_write_bits()).filter(|_| !self.verify);
+        let env = &self.env;
+        if (sole, host_reads, host_writes)
+            != (env.sole_addend, env.host_read_bits, env.host_write_bits)
+        {
             // Translations made under another requirement would add the wrong addend, or
-            // load where the host no longer checks.
+            // access memory where the host no longer checks.
             if !self.blocks.is_empty() {
                 self.flush();
             }
             self.env.sole_addend = sole;
             self.env.host_read_bits = host_reads;
+            self.env.host_write_bits = host_writes;
         }
-        // Host faults on this JIT's direct loads go to their slow paths until we return.
-        let _running = faults::Running::new(&self.load_sites);
+        // Host faults on this JIT's direct accesses go to their slow paths until we return.
+        let _running = faults::Running::new(&self.direct);
         // The chain slot the last block left through, to point at the next block.
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();

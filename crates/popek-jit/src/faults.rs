@@ -1,31 +1,32 @@
-//! Loads the host checks: when a hart's owner keeps the host's page protection as strict as
-//! the guest's ([`popek_cpu::Hart::let_host_check_reads`]), a translated load reads host
-//! memory without looking at the soft TLB, and a load the guest may not make faults on the
-//! host. The `SIGSEGV` handler installed here finds the faulting instruction among the direct
-//! loads of the thread's running JIT and resumes at that load's slow path, which checks the
-//! access as every other one is checked (and raises the guest's fault if there is one). Any
-//! other `SIGSEGV` goes to the handler that was there before, or kills the process as it
-//! would have without this one.
+//! Loads and stores the host checks: when a hart's owner keeps the host's page protection as
+//! strict as the guest's ([`popek_cpu::Hart::let_host_check_reads`] and
+//! [`popek_cpu::Hart::let_host_check_writes`]), a translated load (store) reads (writes) host
+//! memory without looking at the soft TLB, and an access the guest may not make faults on the
+//! host, before it changes anything. The `SIGSEGV` handler installed here finds the faulting
+//! instruction among the direct accesses of the thread's running JIT and resumes at that
+//! access's slow path, which checks it as every other one is checked (and raises the guest's
+//! fault if there is one). Any other `SIGSEGV` goes to the handler that was there before, or
+//! kills the process as it would have without this one.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
 
 use crate::JitError;
 
-/// The direct loads of one code buffer: the host address of each load instruction and of
-/// its slow path, in increasing order (blocks are appended front to back and the buffer is
+/// The direct accesses of one code buffer: the host address of each load or store
+/// instruction and of its slow path, in increasing order (blocks are appended front to back and the buffer is
 /// emptied whole, with this list).
 #[derive(Default)]
-pub(crate) struct LoadSites {
+pub(crate) struct DirectSites {
     /// `(load, slow path)` host addresses.
     sites: Vec<(usize, usize)>,
     /// Host faults sent to a slow path (counted by the handler).
     redirected: Cell<u64>,
 }
 
-impl LoadSites {
-    /// Record a direct load at host address `load` whose slow path is at `slow`; `load` is
-    /// above every load recorded since the last [`LoadSites::clear`].
+impl DirectSites {
+    /// Record a direct access at host address `load` whose slow path is at `slow`; `load` is
+    /// above every access recorded since the last [`DirectSites::clear`].
     pub fn add(&mut self, load: usize, slow: usize) {
         debug_assert!(self.sites.last().is_none_or(|&(l, _)| l < load));
         self.sites.push((load, slow));
@@ -41,7 +42,7 @@ impl LoadSites {
         self.redirected.get()
     }
 
-    /// The slow path of the direct load at host address `rip`, if there is one.
+    /// The slow path of the direct access at host address `rip`, if there is one.
     fn slow_path_of(&self, rip: usize) -> Option<usize> {
         let first = self.sites.first()?.0;
         let last = self.sites.last()?.0;
@@ -55,19 +56,19 @@ impl LoadSites {
 
 thread_local! {
     /// The sites of the JIT running translated code on this thread (null when none is).
-    static RUNNING: Cell<*const LoadSites> = const { Cell::new(std::ptr::null()) };
+    static RUNNING: Cell<*const DirectSites> = const { Cell::new(std::ptr::null()) };
 }
 
-/// While alive, host faults at `sites`' loads on this thread resume at their slow paths.
+/// While alive, host faults at `sites`' accesses on this thread resume at their slow paths.
 /// The engine holds one while it may run translated code; `sites` must not move or be
 /// changed while translated code runs (translation happens between runs).
 pub(crate) struct Running {
-    previous: *const LoadSites,
+    previous: *const DirectSites,
 }
 
 impl Running {
     /// Make `sites` the running JIT's.
-    pub fn new(sites: *const LoadSites) -> Running {
+    pub fn new(sites: *const DirectSites) -> Running {
         Running {
             previous: RUNNING.with(|r| r.replace(sites)),
         }
@@ -80,7 +81,7 @@ impl Drop for Running {
     }
 }
 
-/// The `SIGSEGV` action before [`install`], for faults that are not a direct load's.
+/// The `SIGSEGV` action before [`install`], for faults that are not a direct access's.
 static PREVIOUS: OnceLock<Result<libc::sigaction, i32>> = OnceLock::new();
 
 /// Install the handler (once per process; later calls report the first one's outcome).
@@ -122,7 +123,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut li
         let sites = unsafe { &*sites };
         if let Some(slow) = sites.slow_path_of(rip) {
             sites.redirected.set(sites.redirected.get() + 1);
-            // SAFETY: as above; the slow path expects the registers the faulting load had.
+            // SAFETY: as above; the slow path expects the registers the faulting access had.
             unsafe { (*uc).uc_mcontext.gregs[rip_reg] = slow as i64 };
             return;
         }
@@ -130,7 +131,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut li
     pass_on(sig, info, uc as *mut libc::c_void);
 }
 
-/// A fault that is not a direct load's: to the previous handler, or back to the default
+/// A fault that is not a direct access's: to the previous handler, or back to the default
 /// action (the faulting instruction runs again and the process dies of it, as without us).
 fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     if let Some(Ok(old)) = PREVIOUS.get() {
@@ -169,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_site_is_found_by_its_load_address_only() {
-        let mut sites = LoadSites::default();
+        let mut sites = DirectSites::default();
         assert_eq!(sites.slow_path_of(0x1000), None);
         for (load, slow) in [(0x1000, 0x1800), (0x1010, 0x1840), (0x2000, 0x2400)] {
             sites.add(load, slow);

@@ -3,8 +3,8 @@
 //!
 //! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, integer
 //! and FP loads and stores (an inline soft-TLB hit path, a call into the hart for everything
-//! else; a load reads the host directly where the host's protection checks it, see
-//! `faults`), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
+//! else; loads and stores access the host directly where the host's protection checks them,
+//! see `faults`), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
 //! `mstatus` stay inside blocks but run through the interpreter
 //! ([`popek_cpu::engine::steppable_insn`]). Anything else (other CSRs, `ecall`, `fence.i`,
 //! system instructions, instructions straddling a page) ends a block before it, and the hart
@@ -66,8 +66,8 @@ pub enum JitError {
         /// What mmap said.
         source: std::io::Error,
     },
-    /// The handler that sends host faults of direct loads to their slow paths could not be
-    /// installed.
+    /// The handler that sends host faults of direct loads and stores to their slow paths
+    /// could not be installed.
     #[error("cannot install the JIT's SIGSEGV handler: {0}")]
     FaultHandler(std::io::Error),
 }
@@ -97,9 +97,9 @@ pub struct JitStats {
     /// Loads and stores of translated code that missed its inline TLB check and went
     /// through a helper (TLB misses, accesses crossing a page, MMIO, stores to code).
     pub slow_accesses: u64,
-    /// Of those, loads that read host memory directly and went to their helper after a host
-    /// fault (see [`popek_cpu::Hart::let_host_check_reads`]): guest faults, and loads across
-    /// into a page the guest may not read.
+    /// Of those, loads and stores that access host memory directly and went to their helper
+    /// after a host fault (see [`popek_cpu::Hart::let_host_check_reads`]): guest faults, and
+    /// accesses across into a page the guest may not read or write.
     pub host_faults: u64,
     /// Instructions translated code ran through the step helper (the interpreter, with every
     /// guest register stored before and loaded after): what the translator does not emit

@@ -82,6 +82,8 @@ pub(crate) struct Env {
     /// checking only that its address is below the span, and a host fault on it resumes at its
     /// slow path (see `faults`).
     pub host_read_bits: Option<u8>,
+    /// The same for stores ([`popek_cpu::Hart::let_host_check_writes`]).
+    pub host_write_bits: Option<u8>,
     /// Guest-physical RAM (`base`, bytes) when the block's loads can skip the TLB: it runs in
     /// M-mode without `mstatus.MPRV`, where a load from RAM always
     /// succeeds and loads nothing else at `data_addend`. Such loads check the address against
@@ -234,9 +236,9 @@ impl InsnArena {
 pub(crate) struct Translated {
     pub code: Vec<u8>,
     pub insns: u32,
-    /// Offsets in `code` of the direct loads (see [`Env::host_read_bits`]) and of their slow
-    /// paths, in increasing order.
-    pub load_sites: Vec<(usize, usize)>,
+    /// Offsets in `code` of the direct loads and stores (see [`Env::host_read_bits`]) and of
+    /// their slow paths, in increasing order.
+    pub direct_sites: Vec<(usize, usize)>,
 }
 
 /// The code every block shares, assembled once at the front of the code buffer: entering
@@ -461,8 +463,9 @@ struct Stubs<'a> {
     env_jkey: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
-    /// Offsets of direct loads, with their slow paths (see [`Translated::load_sites`]).
-    direct_loads: Vec<(usize, DynamicLabel)>,
+    /// Offsets of direct loads and stores, with their slow paths (see
+    /// [`Translated::direct_sites`]).
+    direct: Vec<(usize, DynamicLabel)>,
     /// Guest registers this block keeps in host registers.
     cache: Cache,
     /// Slow paths, emitted after the block's straight-line code so the fast paths fall
@@ -501,7 +504,7 @@ pub(crate) unsafe fn translate(
         env_jkey: env.ctx_jkey,
         fault: Vec::new(),
         leave: Vec::new(),
-        direct_loads: Vec::new(),
+        direct: Vec::new(),
         // SAFETY: the caller's page is 4096 bytes and the offset < 4096.
         cache: unsafe { Cache::plan(page, (pc & 0xfff) as usize, MAX_BLOCK_INSNS) },
         cold: Vec::new(),
@@ -575,7 +578,7 @@ pub(crate) unsafe fn translate(
         return Translated {
             code: Vec::new(),
             insns: 0,
-            load_sites: Vec::new(),
+            direct_sites: Vec::new(),
         };
     }
     if !terminated {
@@ -605,8 +608,8 @@ pub(crate) unsafe fn translate(
         ; ->epilogue:
         ; jmp extern env.epilogue
     );
-    let load_sites = stubs
-        .direct_loads
+    let direct_sites = stubs
+        .direct
         .iter()
         .map(|&(load, slow)| {
             let slow = ops.labels().resolve_dynamic(slow);
@@ -617,7 +620,7 @@ pub(crate) unsafe fn translate(
     Translated {
         code,
         insns: n,
-        load_sites,
+        direct_sites,
     }
 }
 
@@ -845,8 +848,9 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
 /// `rsi` = effective address; jumps to `slow` unless the TLB entry for it maps the page and
 /// the access of `size` bytes stays in it. Leaves the addend in `rax` on the fast path.
 ///
-/// Returns whether the check was only the span's of [`Env::host_read_bits`] (a load the host
-/// checks): the caller records the load instruction as a direct load.
+/// Returns whether the check was only the span's of [`Env::host_read_bits`] (or
+/// [`Env::host_write_bits`]: an access the host checks); the caller then records the access
+/// instruction, which comes next, as a direct one.
 fn emit_tlb_check(
     ops: &mut Asm,
     env: &Env,
@@ -862,9 +866,15 @@ fn emit_tlb_check(
         (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
     }
-    if let (false, Some(addend), Some(bits)) = (write, env.sole_addend, env.host_read_bits) {
-        // Below the span the host faults where the guest may not read; past its end lies a
-        // host page that faults too, so the first byte's address is all there is to check.
+    let host_checked = if write {
+        env.host_write_bits
+    } else {
+        env.host_read_bits
+    };
+    if let (Some(addend), Some(bits)) = (env.sole_addend, host_checked) {
+        // Below the span the host faults where the guest may not read (write); past its end
+        // lies a host page that faults too, so the first byte's address is all there is to
+        // check.
         dynasm!(ops
             ; .arch x64
             ; mov rax, rsi
@@ -1000,7 +1010,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     if direct {
         // A host fault on the next instruction resumes at `slow`, with the address still in
         // `rsi` and `d` unchanged.
-        stubs.direct_loads.push((ops.offset().0, slow));
+        stubs.direct.push((ops.offset().0, slow));
     }
     match i.op {
         Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
@@ -1098,7 +1108,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let c = stubs.cache;
-    emit_tlb_check(ops, env, &c, i, true, slow);
+    let direct = emit_tlb_check(ops, env, &c, i, true, slow);
     // The value straight from the host register caching it, if one does.
     let v = match (fp, c.operand(i.rs2)) {
         (false, Operand::Reg(h)) => h,
@@ -1107,6 +1117,11 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
             RDX
         }
     };
+    if direct {
+        // A host fault on the next instruction writes nothing and resumes at `slow`, with
+        // the address still in `rsi` (the slow path loads the value again).
+        stubs.direct.push((ops.offset().0, slow));
+    }
     match i.op {
         Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
         Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),

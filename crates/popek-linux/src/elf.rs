@@ -285,7 +285,7 @@ fn load_elf(
             // Zero the rest of the last file page (it holds the start of .bss).
             let tail = page_up(file_end) - file_end;
             if tail > 0 && p.memsz > p.filesz {
-                mm.zero(file_end, tail).map_err(emap)?;
+                mm.poke(file_end, &vec![0; tail as usize]).map_err(emap)?;
             }
         }
         let anon_start = if p.filesz > 0 {

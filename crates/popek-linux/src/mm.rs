@@ -103,6 +103,14 @@ pub struct Mm {
     /// on what another thread's stale TLB entries still point at) or the guest maps
     /// execute-only memory (which the harts' decoder reads on the host).
     mirror: Arc<AtomicBool>,
+    /// Whether, besides, the host's protection mirrors the guest's writes: every page the
+    /// guest may not write is read-only (or PROT_NONE) on the host, so a host write of
+    /// `base + a` faults wherever a guest store to `a` must
+    /// ([`popek_cpu::Hart::let_host_check_writes`]). Stops with `mirror`, for memory both
+    /// writable and executable (a store would change code the harts decoded without their
+    /// noticing: without such memory, code changes only through mprotect and mmap, which
+    /// drop it), and under a debugger (which writes breakpoints into read-only code).
+    mirror_writes: Arc<AtomicBool>,
 }
 
 /// Translate guest PROT bits into page permissions: on RISC-V a writable page is also readable.
@@ -150,6 +158,7 @@ impl Mm {
                 committed: 0,
                 limit,
                 mirror: Arc::new(AtomicBool::new(true)),
+                mirror_writes: Arc::new(AtomicBool::new(true)),
             },
             mem,
         ))
@@ -171,28 +180,67 @@ impl Mm {
         self.mirror.clone()
     }
 
-    /// Stop mirroring the guest's reads on the host: from now on pages the guest may not
-    /// read keep their host access (the ones hidden already stay hidden until the guest
-    /// maps or unprotects them). The caller turns the harts' host-checked loads off before
-    /// they run guest code again.
+    /// Set while the host's protection mirrors the guest's writes too (see
+    /// [`Mm::mirror_writes`]): a hart may let the host check its stores as long as it reads
+    /// true.
+    pub fn mirroring_writes(&self) -> Arc<AtomicBool> {
+        self.mirror_writes.clone()
+    }
+
+    /// Stop mirroring the guest's reads and writes on the host: from now on pages keep the
+    /// host access they have, or gain what the guest gains (the ones hidden or write-protected
+    /// already stay so until the guest maps or unprotects them). The caller turns the harts'
+    /// host-checked loads and stores off before they run guest code again.
     pub fn stop_mirroring(&mut self) {
         self.mirror.store(false, Ordering::Release);
+        self.stop_mirroring_writes();
+    }
+
+    /// Stop mirroring the guest's writes on the host (see [`Mm::stop_mirroring`]).
+    pub fn stop_mirroring_writes(&mut self) {
+        self.mirror_writes.store(false, Ordering::Release);
     }
 
     /// The host protection of a guest mapping with protection `prot` (`shared_ro`: of a
-    /// shared file opened read-only). Execute-only memory ends the mirroring first.
+    /// shared file opened read-only). Execute-only memory ends the mirroring first, and
+    /// writable executable memory the mirroring of writes.
     fn host_prot(&mut self, prot: u8, shared_ro: bool) -> i32 {
         let p = perms_of(prot);
-        if p & PROT_READ == 0 && p & PROT_EXEC != 0 {
+        if p & PROT_EXEC != 0 && p & PROT_READ == 0 {
             self.stop_mirroring();
+        }
+        if p & PROT_EXEC != 0 && p & PROT_WRITE != 0 {
+            self.stop_mirroring_writes();
         }
         if p & PROT_READ == 0 && self.mirror.load(Ordering::Acquire) {
             libc::PROT_NONE
-        } else if shared_ro {
+        } else if shared_ro || (p & PROT_WRITE == 0 && self.mirror_writes.load(Ordering::Acquire)) {
             libc::PROT_READ
         } else {
             libc::PROT_READ | libc::PROT_WRITE
         }
+    }
+
+    /// Run `f` with `addr..addr+len` (page aligned, of mappings with guest protection `prot`)
+    /// host-writable, for the host's own writes (the loader's, mremap's copy); then give the
+    /// range its mirrored protection back.
+    fn opened<T>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: u8,
+        f: impl FnOnce(&Mm) -> T,
+    ) -> Result<T, Errno> {
+        let host = self.host_prot(prot, false);
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        if host != rw {
+            self.host_protect(addr, len, rw)?;
+        }
+        let out = f(self);
+        if host != rw {
+            self.host_protect(addr, len, host)?;
+        }
+        Ok(out)
     }
 
     /// Set the host protection of `addr..addr+len` (inside the span, page aligned).
@@ -207,20 +255,15 @@ impl Mm {
         Ok(())
     }
 
-    /// Zero `addr..addr+len` of a mapping the loader just made, whatever its protection.
-    pub fn zero(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+    /// Write `data` at `addr` of one mapping the loader just made (a private one: the host
+    /// write must not reach a file), whatever its protection.
+    pub fn poke(&mut self, addr: u64, data: &[u8]) -> Result<(), Errno> {
         let prot = self.prot_at(addr).unwrap_or(0);
-        let host = self.host_prot(prot, false);
-        let (first, end) = (page_down(addr), page_up(addr + len));
-        if host == libc::PROT_NONE {
-            self.host_protect(first, end - first, libc::PROT_READ | libc::PROT_WRITE)?;
-        }
-        // SAFETY: the range was just mapped inside the reservation, host-writable now.
-        unsafe { std::ptr::write_bytes(self.base.ptr(addr), 0, len as usize) };
-        if host == libc::PROT_NONE {
-            self.host_protect(first, end - first, host)?;
-        }
-        Ok(())
+        let (first, end) = (page_down(addr), page_up(addr + data.len() as u64));
+        self.opened(first, end - first, prot, |mm| {
+            // SAFETY: the range lies in a mapping inside the reservation, host-writable now.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mm.base.ptr(addr), data.len()) };
+        })
     }
 
     /// Whether any part of `start..end` is mapped.
@@ -561,20 +604,16 @@ impl Mm {
         }
         let new = self.find_free(new_len).ok_or(Errno(libc::ENOMEM))?;
         self.map_anon(new, new_len, prot, false)?;
-        let host_prot = self.host_prot(prot, false);
-        let hidden = host_prot == libc::PROT_NONE;
-        if hidden {
+        if self.host_prot(prot, false) == libc::PROT_NONE {
             self.host_protect(old, old_len, libc::PROT_READ)?;
-            self.host_protect(new, old_len, libc::PROT_READ | libc::PROT_WRITE)?;
         }
-        // SAFETY: both ranges are inside the reservation, host-readable (old) and writable
-        // (new), and disjoint.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.base.ptr(old), self.base.ptr(new), old_len as usize)
-        };
-        if hidden {
-            self.host_protect(new, old_len, host_prot)?;
-        }
+        self.opened(new, old_len, prot, |mm| {
+            // SAFETY: both ranges are inside the reservation, host-readable (old) and writable
+            // (new), and disjoint.
+            unsafe {
+                std::ptr::copy_nonoverlapping(mm.base.ptr(old), mm.base.ptr(new), old_len as usize)
+            };
+        })?;
         self.unmap(old, old_len)?;
         Ok(new)
     }
@@ -622,6 +661,62 @@ mod tests {
             libc::close(fds[1]);
         }
         n == 1
+    }
+
+    /// Whether the host can write the byte at guest address `g` (a pipe read writes it, and
+    /// fails with EFAULT where the host may not).
+    fn host_writable(mm: &Mm, g: u64) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two descriptors we own and close below; the byte written
+        // into the pipe comes from our own stack.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            assert_eq!(
+                libc::write(fds[1], [7u8].as_ptr() as *const libc::c_void, 1),
+                1
+            );
+        }
+        // SAFETY: read only writes the byte, or reports EFAULT.
+        let n = unsafe { libc::read(fds[0], mm.base().ptr(g) as *mut libc::c_void, 1) };
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        n == 1
+    }
+
+    #[test]
+    fn the_host_mirrors_guest_writes_until_memory_is_writable_and_executable() {
+        let (mut mm, _mem) = Mm::new(64 * MIB).unwrap();
+        let (reads, writes) = (mm.mirroring(), mm.mirroring_writes());
+        let a = mm.find_free(3 * PAGE).unwrap();
+        mm.map_anon(a, 3 * PAGE, PROT_READ | PROT_WRITE, false)
+            .unwrap();
+        mm.protect(a, PAGE, PROT_READ).unwrap();
+        mm.protect(a + PAGE, PAGE, PROT_READ | PROT_EXEC).unwrap();
+        let writable: Vec<bool> = (0..3).map(|i| host_writable(&mm, a + i * PAGE)).collect();
+        assert_eq!(writable, [false, false, true]);
+        assert!((0..3).all(|i| host_readable(&mm, a + i * PAGE)));
+        // The loader's own writes go through whatever the protection.
+        mm.poke(a + 8, b"popek").unwrap();
+        // SAFETY: the page is host-readable (checked above) and 5 bytes long enough.
+        let poked = unsafe { std::slice::from_raw_parts(mm.base().ptr(a + 8), 5) };
+        assert_eq!(poked, b"popek");
+        assert!(!host_writable(&mm, a));
+        mm.protect(a, PAGE, PROT_READ | PROT_WRITE).unwrap();
+        assert!(host_writable(&mm, a));
+        // Writable and executable: reads stay mirrored, writes no longer.
+        let x = mm.find_free(PAGE).unwrap();
+        mm.map_anon(x, PAGE, PROT_READ | PROT_WRITE | PROT_EXEC, false)
+            .unwrap();
+        assert!(reads.load(Ordering::Acquire));
+        assert!(!writes.load(Ordering::Acquire));
+        assert!(host_writable(&mm, x));
+        mm.protect(a + 2 * PAGE, PAGE, PROT_READ).unwrap();
+        assert!(host_writable(&mm, a + 2 * PAGE));
+        mm.unmap(a + 2 * PAGE, PAGE).unwrap();
+        assert!(!host_readable(&mm, a + 2 * PAGE));
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct Shared {
     pub net_warned: AtomicBool,
     /// The guest's processes: the only ones it may signal or otherwise name.
     pub pids: GuestPids,
-    /// [`Mm::mirroring`]: while set, harts let the host check their loads.
-    pub mirroring: Arc<AtomicBool>,
+    /// [`Mm::mirroring`] and [`Mm::mirroring_writes`]: while set, harts let the host check
+    /// their loads, and their stores.
+    pub mirroring: (Arc<AtomicBool>, Arc<AtomicBool>),
 }
 
 /// One guest thread: a hart and its per-thread kernel state.
@@ -232,6 +233,10 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         .unwrap_or_else(|| prog_arg.clone())];
     argv.extend(config.args.iter().map(os_bytes));
     let (mut mmv, memory) = Mm::new(config.memory_limit).map_err(Error::Host)?;
+    if config.debug.is_some() {
+        // The debugger writes breakpoints into code, which the guest may not write.
+        mmv.stop_mirroring_writes();
+    }
     let program = elf::load_program(&sb, &mut mmv, path, argv).map_err(|e| match e {
         Error::NotFound { root, .. } => Error::NotFound {
             prog: config.prog.to_string_lossy().into_owned(),
@@ -249,15 +254,13 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
         .ok_or(Error::Host(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
     mmv.map_anon(trampoline, PAGE, mm::PROT_READ | mm::PROT_EXEC, false)
         .map_err(host_err)?;
+    let words: Vec<u8> = TRAMPOLINE.iter().flat_map(|w| w.to_le_bytes()).collect();
+    mmv.poke(trampoline, &words).map_err(host_err)?;
     let base = mmv.base();
-    for (i, w) in TRAMPOLINE.iter().enumerate() {
-        // SAFETY: the page was just mapped host-RW inside the reservation.
-        unsafe { (base.ptr(trampoline + 4 * i as u64) as *mut u32).write_unaligned(*w) };
-    }
     *sb.exe.lock().unwrap_or_else(|e| e.into_inner()) = program.path.clone();
     let entry = program.interp.map_or(program.main.entry, |i| i.entry);
     let perms = mmv.perms().clone();
-    let mirroring = mmv.mirroring();
+    let mirroring = (mmv.mirroring(), mmv.mirroring_writes());
     // Dispositions start as the host's (ignored signals stay ignored across exec), except
     // SIGPIPE, which the Rust runtime ignores for itself.
     let mut actions = [Action::default(); 64];
@@ -315,6 +318,21 @@ fn user_config() -> HartConfig {
     c
 }
 
+/// Let the host check `t`'s loads and stores exactly while the memory manager mirrors the
+/// guest's reads and writes (see [`Mm::mirroring`]).
+fn follow_mirroring(t: &mut Thread) {
+    let bits = Some(mm::SPAN.trailing_zeros() as u8);
+    let (reads, writes) = &t.sh.mirroring;
+    let reads = reads.load(Ordering::Acquire).then_some(bits).flatten();
+    let writes = writes.load(Ordering::Acquire).then_some(reads).flatten();
+    if t.hart.host_checked_read_bits() != reads {
+        t.hart.let_host_check_reads(reads);
+    }
+    if t.hart.host_checked_write_bits() != writes {
+        t.hart.let_host_check_writes(writes);
+    }
+}
+
 /// Run a guest thread until it exits.
 pub fn run(mut t: Thread) {
     let mut bus = TimeBus(Instant::now());
@@ -328,11 +346,9 @@ pub fn run(mut t: Thread) {
     });
     // The address space is flat: every data TLB entry's addend is the base.
     t.hart.require_data_addend(t.sh.base.0 as u64);
-    // While the host's protection mirrors the guest's reads, it checks loads itself.
-    if t.sh.mirroring.load(Ordering::Acquire) {
-        t.hart
-            .let_host_check_reads(Some(mm::SPAN.trailing_zeros() as u8));
-    }
+    // While the host's protection mirrors the guest's reads (and writes), it checks loads
+    // (and stores) itself.
+    follow_mirroring(&mut t);
     let counts = |t: &Thread, jit: &Option<popek_jit::Jit>| {
         stats::Counts::of(t.hart.instret(), jit.as_ref().map(popek_jit::Jit::stats))
     };
@@ -359,12 +375,9 @@ pub fn run(mut t: Thread) {
             Exit::Ecall => {
                 let tid = t.tid;
                 let flow = syscall::handle(&mut t);
-                if t.hart.host_checked_read_bits().is_some()
-                    && !t.sh.mirroring.load(Ordering::Acquire)
-                {
-                    // The call ended the mirroring (execute-only memory, a second thread).
-                    t.hart.let_host_check_reads(None);
-                }
+                // The call may have ended the mirroring (a second thread, execute-only or
+                // writable executable memory).
+                follow_mirroring(&mut t);
                 if t.tid != tid {
                     // The child of a fork (the only change of tid): it counts from here.
                     counted_from = counts(&t, &jit);
@@ -720,7 +733,7 @@ impl Thread {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stop_mirroring();
-        self.hart.let_host_check_reads(None);
+        follow_mirroring(self);
         let (tx, rx) = std::sync::mpsc::channel();
         self.sh.threads.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
