@@ -368,26 +368,27 @@ fn exec_mmap_mprotect_munmap() {
 /// as strict as the guest's (the host's fault sends an access to its checked path): loads from
 /// PROT_NONE, unmapped and moved pages, across into them, from page 0 and past the address
 /// space, and stores to read-only, PROT_NONE and unmapped pages, across into one (changing
-/// nothing), to page 0 and to code raise the same SIGSEGVs as under QEMU; pages made
-/// accessible again read back their bytes; code rewritten between mprotects runs as
-/// rewritten. With a second thread, or execute-only memory, popek stops mirroring and
+/// nothing), to page 0 and to code, and runs of loads and of stores through one base faulting
+/// in their middle (the accesses before the fault done), raise the same SIGSEGVs as under
+/// QEMU; pages made accessible again read back their bytes; code rewritten between mprotects
+/// runs as rewritten. With a second thread, or execute-only memory, popek stops mirroring and
 /// accesses check its TLB; memory both writable and executable stops the mirroring of writes
 /// only: the same results, with fewer host faults.
 #[test]
 fn exec_accesses_the_host_checks_fault_like_qemu() {
     for (engine, arg, host_faults) in [
-        ("--stats", "plain", 16),
+        ("--stats", "plain", 18),
         // Verification logs stores through their helpers: only loads are direct.
-        ("--stats --engine=verify", "plain", 9),
+        ("--stats --engine=verify", "plain", 10),
         ("--stats", "thread", 0),
         ("--stats", "exec", 0),
-        ("--stats", "rwx", 9),
+        ("--stats", "rwx", 10),
         ("--stats --engine=interp", "plain", 0),
     ] {
         let p = same_as_qemu_on(engine, "hostmem", &[arg]);
         let out = text(&p.stdout);
         let faults = out.matches(": SIGSEGV at bad+0\n").count();
-        assert_eq!(faults, 16, "{engine} {arg}: {out}");
+        assert_eq!(faults, 18, "{engine} {arg}: {out}");
         for line in [
             "across into a PROT_NONE page: SIGSEGV at bad+4\n",
             "across into an unmapped page: SIGSEGV at bad+2\n",
@@ -397,6 +398,8 @@ fn exec_accesses_the_host_checks_fault_like_qemu() {
             "read-only page unchanged: 6464646464646464\n",
             "writable again: 1122334455667788\n",
             "rewritten code returned 6000\n",
+            "nothing stored: 6868686868686868\n",
+            "stored before the fault: 7777777777777777 7777777777777777\n",
         ] {
             assert!(out.contains(line), "{engine} {arg}: no {line:?} in {out}");
         }

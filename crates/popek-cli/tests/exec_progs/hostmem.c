@@ -46,6 +46,16 @@ __attribute__((noipa)) void fill(char *p, long step, int n, uint64_t v) {
     }
 }
 
+/* Three loads, then three stores, through one base register each (as in a function's prologue
+ * and epilogue), from `src` to `dst`. */
+__attribute__((noipa)) void copy3(char *dst, const char *src) {
+    __asm__ volatile("ld t0, 0(%1)\n\tld t1, 8(%1)\n\tld t2, 16(%1)\n\t"
+                     "sd t0, 0(%0)\n\tsd t1, 8(%0)\n\tsd t2, 16(%0)"
+                     :
+                     : "r"(dst), "r"(src)
+                     : "t0", "t1", "t2", "memory");
+}
+
 static char *page;
 /* Where a probe's loop accesses: [0] on all its iterations but the last, [1] on that one
  * (volatile, so the compiler cannot peel the last iteration off the hot loop). */
@@ -76,6 +86,24 @@ static void store_probe(const char *what, char *bad, uint64_t v) {
     if (sigsetjmp(env, 1) == 0) {
         for (int i = 0; i <= 2000; i++) {
             fill(target[i == 2000], 8, 16, v);
+        }
+        printf("%s: no fault\n", what);
+    } else {
+        printf("%s: SIGSEGV at bad%+ld\n", what, (long)(fault_addr - (uintptr_t)bad));
+    }
+}
+
+/* copy3 warmed up, then from `src` to `dst`: the run faults in its middle. */
+static void run_probe(const char *what, char *dst, const char *src, const char *bad) {
+    static char *volatile dsts[2], *volatile srcs[2];
+    dsts[0] = page + 7 * 4096 + 1024;
+    srcs[0] = page + 7 * 4096;
+    dsts[1] = dst;
+    srcs[1] = (char *)src;
+    fault_addr = 0;
+    if (sigsetjmp(env, 1) == 0) {
+        for (int i = 0; i <= 2000; i++) {
+            copy3(dsts[i == 2000], srcs[i == 2000]);
         }
         printf("%s: no fault\n", what);
     } else {
@@ -175,5 +203,13 @@ int main(int argc, char **argv) {
     fill(page + 3 * pg, 8, 1, 0x1122334455667788ULL);
     printf("writable again: %llx\n", (unsigned long long)sum(page + 3 * pg, 8, 1));
     rewrite_code(0);
+    /* Runs of accesses faulting in their middle: the accesses before the fault are done. */
+    memset(page + 7 * pg, 0x77, 64);
+    memset(page + 5 * pg, 0x55, pg);
+    run_probe("load run into a PROT_NONE page", page + 7 * pg + 512, page + 6 * pg - 8, page + 6 * pg);
+    printf("nothing stored: %llx\n", (unsigned long long)sum(page + 7 * pg + 512, 8, 1));
+    run_probe("store run into a PROT_NONE page", page + 6 * pg - 16, page + 7 * pg, page + 6 * pg);
+    printf("stored before the fault: %llx %llx\n", (unsigned long long)sum(page + 6 * pg - 16, 8, 1),
+           (unsigned long long)sum(page + 6 * pg - 8, 8, 1));
     return 0;
 }

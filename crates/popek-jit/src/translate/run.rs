@@ -113,15 +113,18 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
+    let host_checked = if write {
+        env.host_write_bits
+    } else {
+        env.host_read_bits
+    };
+    if let (Some(addend), Some(bits)) = (env.sole_addend, host_checked) {
+        emit_direct(ops, run, (addend, bits), stubs);
+        return;
+    }
     let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
     let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run") as i32;
-    let base = match c.operand(first.rs1) {
-        Operand::Reg(h) => h,
-        _ => {
-            ld(ops, &c, RSI, first.rs1);
-            RSI
-        }
-    };
+    let base = base_register(ops, &c, first.rs1);
     let two_pages = ops.new_dynamic_label();
     let slow = ops.new_dynamic_label();
     let checked = ops.new_dynamic_label();
@@ -140,7 +143,7 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
         if k == 1 {
             dynasm!(ops ; .arch x64 ; =>after_first);
         }
-        emit_fast(ops, stubs, &a.i, base);
+        emit_fast(ops, stubs, &a.i, base, None);
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let mut exits = Vec::new();
@@ -184,6 +187,63 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
         }));
 }
 
+/// Emit the run `run` as direct accesses (see [`super::Env::host_read_bits`]): the first
+/// byte's address checked against the span (the run covers at most 4096 bytes, and the host
+/// page past the span faults), then one host instruction per access. A host fault on access
+/// `k` (which changed nothing) resumes at a cold path doing accesses `k..` through their
+/// helpers, each with its own exact fault exit; the accesses before it are done.
+fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: &mut Stubs) {
+    let c = stubs.cache;
+    let first = run[0].i;
+    let write = is_int_store(first.op);
+    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
+    let base = base_register(ops, &c, first.rs1);
+    let done = ops.new_dynamic_label();
+    let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
+    dynasm!(ops
+        ; .arch x64
+        ; lea rax, [Rq(base) + lo]
+        ; shr rax, bits as i8
+        ; jnz =>slow[0]
+        ; mov rcx, QWORD addend as i64
+    );
+    for (a, &label) in run.iter().zip(&slow) {
+        emit_fast(ops, stubs, &a.i, base, Some(label));
+    }
+    dynasm!(ops ; .arch x64 ; =>done);
+    let mut exits = Vec::new();
+    for (a, &label) in run.iter().zip(&slow) {
+        let fault = ops.new_dynamic_label();
+        stubs.fault.push((fault, a.at.pc, a.at.n));
+        let leave = ops.new_dynamic_label();
+        if write {
+            stubs.leave.push((leave, a.next_pc(), a.at.n + 1));
+        }
+        exits.push((*a, label, fault, leave));
+    }
+    stubs
+        .cold
+        .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
+            for &(a, label, fault, leave) in &exits {
+                dynasm!(ops ; .arch x64 ; =>label);
+                emit_slow(ops, &c, env, &a.i, fault, leave);
+            }
+            dynasm!(ops ; .arch x64 ; jmp =>done);
+        }));
+}
+
+/// The host register holding the run's base register `rs1`: its cached copy, or `rsi` loaded
+/// with it.
+fn base_register(ops: &mut Asm, c: &Cache, rs1: u8) -> u8 {
+    match c.operand(rs1) {
+        Operand::Reg(h) => h,
+        _ => {
+            ld(ops, c, RSI, rs1);
+            RSI
+        }
+    }
+}
+
 /// With the run's span `base + lo .. base + hi`: jump to `miss` unless the TLB has entries for
 /// the pages of its first and of its last byte with one addend (the same entry when the span
 /// lies in one page; two pages mapped with one addend, as always in a process VM's flat memory,
@@ -217,12 +277,17 @@ fn emit_span_check(
     );
 }
 
-/// One access of a checked run: `rcx` holds the page's addend.
-fn emit_fast(ops: &mut Asm, stubs: &Stubs, i: &Insn, base: u8) {
+/// One access of a checked run: `rcx` holds the page's addend. With `slow`, the access is a
+/// direct one (see [`emit_direct`]) whose host fault resumes there.
+fn emit_fast(ops: &mut Asm, stubs: &mut Stubs, i: &Insn, base: u8, slow: Option<DynamicLabel>) {
     use Op::*;
-    let c = &stubs.cache;
+    let c = stubs.cache;
+    let c = &c;
     let imm = i.imm;
     if is_int_load(i.op) {
+        if let Some(slow) = slow {
+            stubs.direct.push((ops.offset().0, slow));
+        }
         match i.op {
             Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + rcx + imm]),
             Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + rcx + imm]),
@@ -242,6 +307,10 @@ fn emit_fast(ops: &mut Asm, stubs: &Stubs, i: &Insn, base: u8) {
             RDX
         }
     };
+    // The site is the store itself, after the value's load.
+    if let Some(slow) = slow {
+        stubs.direct.push((ops.offset().0, slow));
+    }
     match i.op {
         Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + rcx + imm], Rb(v)),
         Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + rcx + imm], Rw(v)),
