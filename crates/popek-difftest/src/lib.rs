@@ -10,6 +10,7 @@ pub mod enc;
 pub mod gen;
 pub mod layout;
 pub mod run;
+pub mod space;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -11,6 +11,7 @@ use popek_jit::{EngineConfig, EngineKind};
 
 use crate::elf::Image;
 use crate::layout::*;
+use crate::space::{Space, SPAN_BITS};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -221,15 +222,26 @@ pub fn run_popek_with(img: &Image, engine: EngineKind) -> Outcome {
 
 fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
     let len = (END - BASE) as usize;
-    let mut ram = vec![0u64; len / 8];
-    let host = ram.as_mut_ptr() as *mut u8;
-    // SAFETY: `ram` outlives the hart and is only read through `host` between runs.
+    let space = match Space::new() {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome {
+                status: Status::Error(format!("no memory for the program: {e}")),
+                stdout: vec![],
+            }
+        }
+    };
+    let host = space.host(BASE);
+    // SAFETY: `BASE..END` of the space is readable and writable, and the space outlives the
+    // hart; it is only read through `host` between runs.
     unsafe { std::ptr::copy_nonoverlapping(img.segment.as_ptr(), host, len) };
     let region = unsafe { RamRegion::new(BASE, len as u64, std::ptr::NonNull::new(host).unwrap()) };
     let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
     hart.set_pc(img.entry);
-    // One host mapping, as in `popek exec`: every page at the same addend.
-    hart.require_data_addend((host as u64).wrapping_sub(BASE));
+    // One host mapping, as in `popek exec`: every page at the same addend, and the host's
+    // protection checking loads.
+    hart.require_data_addend(space.addend());
+    hart.let_host_check_reads(Some(SPAN_BITS));
     let mem = |a: u64, n: u64| -> Option<Vec<u8>> {
         if a < BASE || a.checked_add(n)? > END {
             return None;
