@@ -416,6 +416,47 @@ fn exec_accesses_the_host_checks_fault_like_qemu() {
     }
 }
 
+/// popek started with SIGSEGV blocked (a blocked mask survives exec): a host fault of a
+/// direct access still reaches popek's handler, and the guest, which inherited the blocked
+/// signal, dies of its first fault, printing what it printed before, as under QEMU (Linux
+/// kills a thread whose fault signal is blocked). Without the handler's unblocking, the host
+/// killed popek itself, with no message.
+#[test]
+fn exec_started_with_sigsegv_blocked_dies_of_the_fault_like_qemu() {
+    use std::os::unix::process::CommandExt;
+    let block = || {
+        // SAFETY: between fork and exec, only async-signal-safe calls on a local set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSEGV);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        Ok(())
+    };
+    let mut p = common::popek();
+    p.arg("exec")
+        .arg("--root")
+        .arg(root())
+        .args(["/bin/hostmem", "plain"]);
+    let mut q = Command::new("qemu-riscv64");
+    q.arg(root().join("bin/hostmem")).arg("plain");
+    let mut outs = Vec::new();
+    for c in [&mut p, &mut q] {
+        // SAFETY: `block` only calls async-signal-safe functions.
+        unsafe { c.pre_exec(block) };
+        outs.push(c.stdin(Stdio::null()).output().expect("running hostmem"));
+    }
+    let (p, q) = (&outs[0], &outs[1]);
+    assert_eq!((status(p), status(q)), (139, 139), "{}", text(&p.stderr));
+    assert_eq!(text(&p.stdout), text(&q.stdout));
+    let err = text(&p.stderr);
+    assert!(
+        err.starts_with("popek: /bin/hostmem: segmentation fault at "),
+        "{err}"
+    );
+}
+
 #[test]
 fn exec_sigsegv_handler_recovers() {
     let p = same_as_qemu("sigsegv", &[]);

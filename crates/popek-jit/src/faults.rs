@@ -84,8 +84,30 @@ impl Drop for Running {
 /// The `SIGSEGV` action before [`install`], for faults that are not a direct access's.
 static PREVIOUS: OnceLock<Result<libc::sigaction, i32>> = OnceLock::new();
 
-/// Install the handler (once per process; later calls report the first one's outcome).
+thread_local! {
+    /// Whether this thread unblocked `SIGSEGV` (see [`install`]).
+    static UNBLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Install the handler (once per process; later calls report the first one's outcome), and
+/// unblock `SIGSEGV` on the calling thread (once per thread): a fault with the signal blocked
+/// kills the process, and popek may have been started with it blocked.
 pub(crate) fn install() -> Result<(), JitError> {
+    if !UNBLOCKED.with(|u| u.get()) {
+        // SAFETY: an emptied sigset with one signal added; pthread_sigmask only reads it.
+        let unblocked = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSEGV);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+        };
+        if unblocked != 0 {
+            return Err(JitError::FaultHandler(std::io::Error::from_raw_os_error(
+                unblocked,
+            )));
+        }
+        UNBLOCKED.with(|u| u.set(true));
+    }
     let result = PREVIOUS.get_or_init(|| {
         // SAFETY: zeroed sigaction structs are valid; the new one is filled in before use,
         // and `on_fault` only reads thread-local data and the saved action, and writes the
