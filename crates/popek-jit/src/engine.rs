@@ -644,11 +644,16 @@ impl Engine for Jit {
         let mut first = true;
         self.env.data_tlb_entries = hart.data_tlb_entries();
         let sole = hart.sole_data_addend();
-        let handled = |bits: Option<u8>| bits.filter(|_| Jit::fault_handler());
-        let host_reads = handled(hart.host_checked_read_bits());
+        let host_reads = hart.host_checked_read_bits();
         // Verification logs every store to undo it before the interpreter's run: through the
         // helpers, never directly.
-        let host_writes = handled(hart.host_checked_write_bits()).filter(|_| !self.verify);
+        let host_writes = hart.host_checked_write_bits().filter(|_| !self.verify);
+        let direct = host_reads.or(host_writes).is_some();
+        let (host_reads, host_writes) = if direct && !Jit::fault_handler() {
+            (None, None)
+        } else {
+            (host_reads, host_writes)
+        };
         let env = &self.env;
         if (sole, host_reads, host_writes)
             != (env.sole_addend, env.host_read_bits, env.host_write_bits)
@@ -663,7 +668,7 @@ impl Engine for Jit {
             self.env.host_write_bits = host_writes;
         }
         // Host faults on this JIT's direct accesses go to their slow paths until we return.
-        let _running = faults::Running::new(&self.direct);
+        let _running = direct.then(|| faults::Running::new(&self.direct));
         // The chain slot the last block left through, to point at the next block.
         let mut chain_from: Option<(*mut u8, u64)> = None;
         let prv = hart.privilege();

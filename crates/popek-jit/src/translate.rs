@@ -93,6 +93,20 @@ pub(crate) struct Env {
     pub data_tlb_entries: usize,
 }
 
+impl Env {
+    /// For a load (a store if `write`): the addend and the span bits when the host checks the
+    /// access itself ([`Env::host_read_bits`], [`Env::host_write_bits`]), so it is a direct
+    /// one; `None` when it goes through the TLB.
+    pub fn host_checked(&self, write: bool) -> Option<(u64, u8)> {
+        let bits = if write {
+            self.host_write_bits
+        } else {
+            self.host_read_bits
+        };
+        Some((self.sole_addend?, bits?))
+    }
+}
+
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
 /// indirect or cross-page jump target there without returning to the engine. 16,384 (512 KiB
 /// of address space per hart, backed only where used): sqlite3 inserting a row jumps to more
@@ -866,12 +880,7 @@ fn emit_tlb_check(
         (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
         _ => emit_address(ops, c, i),
     }
-    let host_checked = if write {
-        env.host_write_bits
-    } else {
-        env.host_read_bits
-    };
-    if let (Some(addend), Some(bits)) = (env.sole_addend, host_checked) {
+    if let Some((addend, bits)) = env.host_checked(write) {
         // Below the span the host faults where the guest may not read (write); past its end
         // lies a host page that faults too, so the first byte's address is all there is to
         // check.

@@ -113,13 +113,8 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
-    let host_checked = if write {
-        env.host_write_bits
-    } else {
-        env.host_read_bits
-    };
-    if let (Some(addend), Some(bits)) = (env.sole_addend, host_checked) {
-        emit_direct(ops, run, (addend, bits), stubs);
+    if let Some(direct) = env.host_checked(write) {
+        emit_direct(ops, run, direct, stubs);
         return;
     }
     let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
@@ -146,16 +141,7 @@ pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) 
         emit_fast(ops, stubs, &a.i, base, None);
     }
     dynasm!(ops ; .arch x64 ; =>done);
-    let mut exits = Vec::new();
-    for a in run {
-        let fault = ops.new_dynamic_label();
-        stubs.fault.push((fault, a.at.pc, a.at.n));
-        let leave = ops.new_dynamic_label();
-        if write {
-            stubs.leave.push((leave, a.next_pc(), a.at.n + 1));
-        }
-        exits.push((*a, fault, leave));
-    }
+    let exits = exits(ops, run, write, stubs);
     stubs
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
@@ -211,25 +197,37 @@ fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: 
         emit_fast(ops, stubs, &a.i, base, Some(label));
     }
     dynasm!(ops ; .arch x64 ; =>done);
-    let mut exits = Vec::new();
-    for (a, &label) in run.iter().zip(&slow) {
-        let fault = ops.new_dynamic_label();
-        stubs.fault.push((fault, a.at.pc, a.at.n));
-        let leave = ops.new_dynamic_label();
-        if write {
-            stubs.leave.push((leave, a.next_pc(), a.at.n + 1));
-        }
-        exits.push((*a, label, fault, leave));
-    }
+    let exits = exits(ops, run, write, stubs);
     stubs
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
-            for &(a, label, fault, leave) in &exits {
+            for (&(a, fault, leave), &label) in exits.iter().zip(&slow) {
                 dynasm!(ops ; .arch x64 ; =>label);
                 emit_slow(ops, &c, env, &a.i, fault, leave);
             }
             dynasm!(ops ; .arch x64 ; jmp =>done);
         }));
+}
+
+/// Each access of `run` with its exits: `fault` (the access faulted) and, for stores,
+/// `leave` (it set a request), registered with the block's exits.
+fn exits(
+    ops: &mut Asm,
+    run: &[Access],
+    write: bool,
+    stubs: &mut Stubs,
+) -> Vec<(Access, DynamicLabel, DynamicLabel)> {
+    run.iter()
+        .map(|a| {
+            let fault = ops.new_dynamic_label();
+            stubs.fault.push((fault, a.at.pc, a.at.n));
+            let leave = ops.new_dynamic_label();
+            if write {
+                stubs.leave.push((leave, a.next_pc(), a.at.n + 1));
+            }
+            (*a, fault, leave)
+        })
+        .collect()
 }
 
 /// The host register holding the run's base register `rs1`: its cached copy, or `rsi` loaded
@@ -281,8 +279,8 @@ fn emit_span_check(
 /// direct one (see [`emit_direct`]) whose host fault resumes there.
 fn emit_fast(ops: &mut Asm, stubs: &mut Stubs, i: &Insn, base: u8, slow: Option<DynamicLabel>) {
     use Op::*;
-    let c = stubs.cache;
-    let c = &c;
+    // A copy: `stubs` takes the direct sites below.
+    let c = &{ stubs.cache };
     let imm = i.imm;
     if is_int_load(i.op) {
         if let Some(slow) = slow {
