@@ -862,6 +862,49 @@ fn jumps_within_a_page_continue_the_block() {
     assert_eq!(jit_stats(&ram).blocks, 3);
 }
 
+/// `fmv.d.x fd, rs1`: an FP register write (it makes `mstatus.FS` dirty).
+fn fmv_d_x(fd: u32, rs1: u32) -> u32 {
+    0xf200_0053 | rs1 << 15 | fd << 7
+}
+
+/// Forward branches inside a loop: the block goes on past each with its fall-through path,
+/// and a taken one jumps ahead within the block, retiring exactly the instructions it did
+/// not skip. One skips an FP write, so the FP write after its target must still make
+/// `mstatus.FS` dirty (the user hart starts with it initial, and the first time round takes
+/// that branch); one targets the middle of a run of stores, which has no place to join and
+/// leaves the block. The whole loop is one block looping to itself.
+#[test]
+fn forward_branches_continue_the_block() {
+    let mut code = base_plus(11, 2 * 4096).to_vec();
+    code.push(addi(29, 0, 12));
+    let top = code.len();
+    code.extend([
+        i(1, 29, 7, 6, 0x13),      // andi x6, x29, 1
+        b(12, 0, 6, 0),            // beq x6, x0, L1 (skipping two)
+        addi(7, 7, 5),             //   x7 += 5
+        fmv_d_x(1, 7),             //   f1 = x7
+        fmv_d_x(2, 29),            // L1: f2 = x29
+        r(0, 7, 8, 0, 8, 0x33),    // add x8, x8, x7
+        i(2, 29, 7, 6, 0x13),      // andi x6, x29, 2
+        b(8, 0, 6, 1),             // bne x6, x0, L2 (skipping one)
+        addi(9, 9, 1),             //   x9 += 1
+        r(0, 29, 10, 0, 10, 0x33), // L2: add x10, x10, x29
+        i(4, 29, 7, 6, 0x13),      // andi x6, x29, 4
+        b(8, 0, 6, 1),             // bne x6, x0, into the run
+        s(0, 10, 11, 3),           //   sd x10, 0(x11)
+        s(8, 8, 11, 3),            // sd x8, 8(x11)
+        s(16, 9, 11, 3),           // sd x9, 16(x11)
+        addi(11, 11, 24),
+    ]);
+    let ram = counted_loop(code, top);
+    let out = same(&ram, 1);
+    // Odd x29 (6 of the 12) add 5 to x7; x9 counts the x29 with bit 1 clear (6 of them).
+    assert_eq!((out.x[7], out.x[9], out.x[10]), (30, 6, 78));
+    // The prologue (through the loop's first time round), the loop, the middle of the run
+    // (entered from the branch into it) and the ecall.
+    assert_eq!(jit_stats(&ram).blocks, 4);
+}
+
 /// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
 /// at exactly that instruction, as on the interpreter (a machine-mode hart with a handler).
 /// With `mstatus.FS` off, an F/D instruction traps as illegal with the exact pc and bits,
@@ -1812,9 +1855,10 @@ fn code_buffer_flushes_when_full() {
     for k in 0..1300 {
         code.push(addi(10, 10, k % 100 + 1));
         code.push(addi(12, 10, k % 7));
-        // A block of three instructions: a branch ends a block (a jump within the page would
-        // not: translation follows it).
-        code.push(b(4, 0, 0, 0));
+        // A block of three instructions: a backward branch ends a block (never taken here:
+        // bne x0, x0). A forward branch would not, nor a jump within the page: translation
+        // goes on past the one and follows the other.
+        code.push(b(-4, 0, 0, 1));
     }
     // Three times round: a1 counts down, the jump back is a jal (a branch reaches 4 KiB).
     code.push(addi(11, 11, -1));
