@@ -725,8 +725,17 @@ pub(crate) fn side_exit(i: &Insn, pc: u64) -> Option<u64> {
 /// A branch whose taken side goes to `target` after `retired` instructions, with the block
 /// going on at its fall-through: the taken side jumps to a label [`emit_sides`] fills in.
 fn emit_side_branch(ops: &mut Asm, i: &Insn, target: u64, retired: u32, stubs: &mut Stubs) {
+    if target == stubs.start {
+        // Forward to the block's start (reached through a jump back): the loop's way round
+        // falls through to its jump back, as in `emit_branch`.
+        let on = ops.new_dynamic_label();
+        emit_jcc(ops, i, &stubs.cache, on, false);
+        exit_to(ops, stubs, target, retired);
+        dynasm!(ops ; .arch x64 ; =>on);
+        return;
+    }
     let side = ops.new_dynamic_label();
-    emit_jcc(ops, i, &stubs.cache, side);
+    emit_jcc(ops, i, &stubs.cache, side, true);
     if !stubs.targets.iter().any(|t| t.0 == target) {
         let label = ops.new_dynamic_label();
         stubs.targets.push((target, label, None));
@@ -967,24 +976,37 @@ fn emit_div(ops: &mut Asm, c: &Cache, i: &Insn, env: &Env) {
 }
 
 fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
+    let next = pc.wrapping_add(i.byte_len() as u64);
+    let target = pc.wrapping_add(i.imm as i64 as u64);
+    if target == stubs.start {
+        // A loop to the block's start: the way round falls through to it (one taken jump an
+        // iteration instead of two).
+        let out = ops.new_dynamic_label();
+        emit_jcc(ops, i, &stubs.cache, out, false);
+        exit_to(ops, stubs, target, n + 1);
+        dynasm!(ops ; .arch x64 ; =>out);
+        exit_to(ops, stubs, next, n + 1);
+        return;
+    }
     let taken = ops.new_dynamic_label();
-    emit_jcc(ops, i, &stubs.cache, taken);
-    exit_to(ops, stubs, pc.wrapping_add(i.byte_len() as u64), n + 1);
+    emit_jcc(ops, i, &stubs.cache, taken, true);
+    exit_to(ops, stubs, next, n + 1);
     dynasm!(ops ; .arch x64 ; =>taken);
-    exit_to(ops, stubs, pc.wrapping_add(i.imm as i64 as u64), n + 1);
+    exit_to(ops, stubs, target, n + 1);
 }
 
-/// Compare a conditional branch's registers and jump to `taken` if it is.
-fn emit_jcc(ops: &mut Asm, i: &Insn, c: &Cache, taken: DynamicLabel) {
+/// Compare a conditional branch's registers and jump to `to` if the branch is taken (`when`
+/// true) or if it is not (`when` false).
+fn emit_jcc(ops: &mut Asm, i: &Insn, c: &Cache, to: DynamicLabel, when: bool) {
     use Op::*;
     alu::emit_compare(ops, c, i.rs1, i.rs2);
-    match i.op {
-        Beq => dynasm!(ops ; .arch x64 ; je =>taken),
-        Bne => dynasm!(ops ; .arch x64 ; jne =>taken),
-        Blt => dynasm!(ops ; .arch x64 ; jl =>taken),
-        Bge => dynasm!(ops ; .arch x64 ; jge =>taken),
-        Bltu => dynasm!(ops ; .arch x64 ; jb =>taken),
-        _ => dynasm!(ops ; .arch x64 ; jae =>taken),
+    match (i.op, when) {
+        (Beq, true) | (Bne, false) => dynasm!(ops ; .arch x64 ; je =>to),
+        (Bne, true) | (Beq, false) => dynasm!(ops ; .arch x64 ; jne =>to),
+        (Blt, true) | (Bge, false) => dynasm!(ops ; .arch x64 ; jl =>to),
+        (Bge, true) | (Blt, false) => dynasm!(ops ; .arch x64 ; jge =>to),
+        (Bltu, true) | (Bgeu, false) => dynasm!(ops ; .arch x64 ; jb =>to),
+        _ => dynasm!(ops ; .arch x64 ; jae =>to),
     }
 }
 
