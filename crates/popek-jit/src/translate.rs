@@ -564,8 +564,7 @@ pub(crate) unsafe fn translate(
     };
     // Entered from `Trampolines::enter` or a chained block, with the pinned registers loaded.
     stubs.cache.load(&mut ops, Sync::Block);
-    let l = stubs.labels;
-    dynasm!(ops ; .arch x64 ; =>l.again);
+    dynasm!(ops ; .arch x64 ; =>stubs.labels.again);
     let mut cur = pc;
     let mut n = 0u32;
     let mut terminated = false;
@@ -648,6 +647,13 @@ pub(crate) unsafe fn translate(
     if !terminated {
         exit_to(&mut ops, &stubs, cur, n);
     }
+    finish(ops, stubs, env, n)
+}
+
+/// Complete a block of `n` instructions whose straight path has been emitted: its side
+/// branches' taken sides, slow paths, fault and leave exits and the jumps to the engine's
+/// shared code, then the code and where its direct accesses' slow paths are.
+fn finish(mut ops: Asm, mut stubs: Stubs, env: &Env, n: u32) -> Translated {
     emit_sides(&mut ops, &mut stubs);
     for cold in std::mem::take(&mut stubs.cold) {
         cold(&mut ops, env, &mut stubs);
@@ -664,6 +670,7 @@ pub(crate) unsafe fn translate(
         env.epilogue, 0,
         "blocks are assembled after the trampolines"
     );
+    let l = stubs.labels;
     dynasm!(ops
         ; .arch x64
         ; =>l.second_way
