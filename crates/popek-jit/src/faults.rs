@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use crate::JitError;
 
 /// The direct accesses of one code buffer: the host address of each load or store
-/// instruction and of its slow path, in increasing order (blocks are appended front to back and the buffer is
-/// emptied whole, with this list).
+/// instruction and of its slow path, in increasing order (blocks are appended front to back
+/// and the buffer is emptied whole, with this list).
 #[derive(Default)]
 pub(crate) struct DirectSites {
     /// `(load, slow path)` host addresses.
@@ -44,11 +44,6 @@ impl DirectSites {
 
     /// The slow path of the direct access at host address `rip`, if there is one.
     fn slow_path_of(&self, rip: usize) -> Option<usize> {
-        let first = self.sites.first()?.0;
-        let last = self.sites.last()?.0;
-        if rip < first || rip > last {
-            return None;
-        }
         let i = self.sites.binary_search_by_key(&rip, |&(l, _)| l).ok()?;
         Some(self.sites[i].1)
     }
@@ -141,7 +136,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut li
     let sites = RUNNING.with(|r| r.get());
     if !sites.is_null() {
         // SAFETY: `Running` keeps the pointer valid, and unchanged while translated code runs;
-        // a fault anywhere else finds no site (`slow_path_of` looks only at its own range).
+        // a fault anywhere else finds no site (`slow_path_of` matches recorded sites only).
         let sites = unsafe { &*sites };
         if let Some(slow) = sites.slow_path_of(rip) {
             sites.redirected.set(sites.redirected.get() + 1);

@@ -587,17 +587,6 @@ pub(crate) unsafe fn translate(
             }
             continue;
         }
-        if let Some(target) = side_exit(&i, cur) {
-            // A forward branch within the page: the block goes on with its fall-through path,
-            // and its taken side leaves (or jumps ahead, see `emit_sides`).
-            emit_side_branch(&mut ops, &i, target, n + 1, &mut stubs);
-            n += 1;
-            cur = cur.wrapping_add(i.byte_len() as u64);
-            if cur & 0xfff == 0 {
-                break;
-            }
-            continue;
-        }
         if let Some(target) = followed_jump(&i, cur, pc) {
             // A `jal` to elsewhere on this page: the block goes on at its target (a loop
             // whose condition is reached by a jump becomes one block that loops to itself).
@@ -609,7 +598,12 @@ pub(crate) unsafe fn translate(
             cur = target;
             continue;
         }
-        let kind = if fp::native(&i, env) {
+        let kind = if let Some(target) = side_exit(&i, cur) {
+            // A forward branch within the page: the block goes on with its fall-through path,
+            // and its taken side leaves (or jumps ahead, see `emit_sides`).
+            emit_side_branch(&mut ops, &i, target, n + 1, &mut stubs);
+            Some(Kind::Straight)
+        } else if fp::native(&i, env) {
             fp::emit(&mut ops, &i, at, &mut stubs);
             Some(Kind::Straight)
         } else if amo::native(&i) {
@@ -733,12 +727,8 @@ pub(crate) fn side_exit(i: &Insn, pc: u64) -> Option<u64> {
 /// going on at its fall-through: the taken side jumps to a label [`emit_sides`] fills in.
 fn emit_side_branch(ops: &mut Asm, i: &Insn, target: u64, retired: u32, stubs: &mut Stubs) {
     if target == stubs.start {
-        // Forward to the block's start (reached through a jump back): the loop's way round
-        // falls through to its jump back, as in `emit_branch`.
-        let on = ops.new_dynamic_label();
-        emit_jcc(ops, i, &stubs.cache, on, false);
-        exit_to(ops, stubs, target, retired);
-        dynasm!(ops ; .arch x64 ; =>on);
+        // Forward to the block's start (reached through a jump back).
+        emit_loop_back(ops, i, retired, stubs);
         return;
     }
     let side = ops.new_dynamic_label();
@@ -986,12 +976,7 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     let next = pc.wrapping_add(i.byte_len() as u64);
     let target = pc.wrapping_add(i.imm as i64 as u64);
     if target == stubs.start {
-        // A loop to the block's start: the way round falls through to it (one taken jump an
-        // iteration instead of two).
-        let out = ops.new_dynamic_label();
-        emit_jcc(ops, i, &stubs.cache, out, false);
-        exit_to(ops, stubs, target, n + 1);
-        dynasm!(ops ; .arch x64 ; =>out);
+        emit_loop_back(ops, i, n + 1, stubs);
         exit_to(ops, stubs, next, n + 1);
         return;
     }
@@ -1000,6 +985,16 @@ fn emit_branch(ops: &mut Asm, i: &Insn, pc: u64, n: u32, stubs: &Stubs) {
     exit_to(ops, stubs, next, n + 1);
     dynasm!(ops ; .arch x64 ; =>taken);
     exit_to(ops, stubs, target, n + 1);
+}
+
+/// A branch `i` to the block's start, after `retired` instructions: the way round falls
+/// through to the loop's jump back (one taken jump an iteration instead of two), and code
+/// emitted next runs when the branch is not taken.
+fn emit_loop_back(ops: &mut Asm, i: &Insn, retired: u32, stubs: &Stubs) {
+    let out = ops.new_dynamic_label();
+    emit_jcc(ops, i, &stubs.cache, out, false);
+    exit_to(ops, stubs, stubs.start, retired);
+    dynasm!(ops ; .arch x64 ; =>out);
 }
 
 /// Compare a conditional branch's registers and jump to `to` if the branch is taken (`when`

@@ -163,19 +163,13 @@ impl Cache {
                 off = target as usize;
                 continue;
             }
-            if let Some(target) = side_exit(&i, off as u64) {
-                // The translator goes on past a forward branch within the page.
-                debug_assert!(target > off as u64);
-                off += i.byte_len() as usize;
-                if off >= 4096 {
-                    break;
-                }
-                continue;
-            }
-            if matches!(
-                i.op,
-                Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal | Jalr | Illegal
-            ) {
+            // The translator goes on past a forward branch within the page.
+            if side_exit(&i, off as u64).is_none()
+                && matches!(
+                    i.op,
+                    Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal | Jalr | Illegal
+                )
+            {
                 break;
             }
             off += i.byte_len() as usize;
