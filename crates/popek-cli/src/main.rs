@@ -300,10 +300,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("popek: error: {e:#}");
+            eprintln!("popek: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// `e` with its causes, each said once: many errors already name their cause in their own
+/// message ("cannot open disk image X: Is a directory"), and the chain would repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {

@@ -18,6 +18,10 @@ fn fails(args: &[&str]) -> (i32, String) {
         1,
         "expected one error line, got: {stderr}"
     );
+    assert!(
+        line.matches("(os error").count() <= 1,
+        "the host's error said twice: {line}"
+    );
     (code, line.to_string())
 }
 

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn scratch(name: &str) -> PathBuf {
@@ -198,6 +198,11 @@ fn disk_errors_name_the_image_and_the_fix() {
         "stderr: {err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the host's error said twice: {err}"
+    );
 
     // An image another process holds (as a second popek would) is refused.
     let img = ext4_image("locked.img", &[]);
@@ -507,24 +512,73 @@ fn ip(args: &[&str]) {
 /// A network namespace that is deleted (with its tap) when dropped.
 struct Netns(String);
 
+impl Netns {
+    /// A new namespace `PREFIX-PID` (a leftover of that name deleted first). Only root can
+    /// make one.
+    fn new(prefix: &str) -> Netns {
+        let uid = Command::new("id").arg("-u").output().unwrap().stdout;
+        assert_eq!(
+            String::from_utf8_lossy(&uid).trim(),
+            "0",
+            "this test creates a network namespace and a tap device: run the suite as root (CI does)"
+        );
+        let ns = Netns(format!("{prefix}-{}", std::process::id()));
+        let _ = Command::new("ip").args(["netns", "del", &ns.0]).status();
+        ip(&["netns", "add", &ns.0]);
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
+/// A tap another process holds (another popek, or another restore of a snapshot saved on
+/// that tap) is refused in one line naming it, instead of a hint to create it.
+#[test]
+fn a_tap_in_use_is_refused_in_one_line() {
+    let ns = Netns::new("popek-busy");
+    // The holder attaches to the tap (creating it) and says so.
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c"])
+        .arg(
+            "import fcntl, os, struct, sys, time\n\
+             fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+             fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'btap0', 0x1002))\n\
+             print('held', flush=True)\n\
+             time.sleep(60)",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut said = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said, "held\n");
+    let out = run_with_timeout(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_popek"), "run"])
+            .args(["--net", "tap=btap0", "--", "true"]),
+        Duration::from_secs(60),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("tap btap0 is in use by another process"),
+        "stderr: {err}"
+    );
+}
+
 #[test]
 fn tap_network_in_a_namespace_carries_data_both_ways() {
     guest();
-    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
-    assert_eq!(
-        String::from_utf8_lossy(&uid).trim(),
-        "0",
-        "this test creates a network namespace and a tap device: run the suite as root (CI does)"
-    );
-    let ns = Netns(format!("popek-tap-{}", std::process::id()));
-    let _ = Command::new("ip").args(["netns", "del", &ns.0]).status();
-    ip(&["netns", "add", &ns.0]);
+    let ns = Netns::new("popek-tap");
     let in_ns = |args: &[&str]| {
         let mut v = vec!["netns", "exec", &ns.0];
         v.extend_from_slice(args);

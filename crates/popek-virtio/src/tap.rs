@@ -25,6 +25,9 @@ pub enum TapError {
         /// What the host said.
         source: std::io::Error,
     },
+    /// Another process holds the interface: a tap carries one machine's frames.
+    #[error("tap {0} is in use by another process (another popek, or another restore of the same snapshot): give each machine a tap of its own")]
+    Busy(String),
     /// The kernel refused to attach to the interface.
     #[error("cannot attach to tap {name}: {source} (create it first: ip tuntap add {name} mode tap user $USER; run as root or with CAP_NET_ADMIN)")]
     Attach {
@@ -78,9 +81,13 @@ impl Tap {
         // SAFETY: TUNSETIFF reads (and may update) a `struct ifreq`, which IfReq lays out.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if rc < 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EBUSY) {
+                return Err(TapError::Busy(name.to_string()));
+            }
             return Err(TapError::Attach {
                 name: name.to_string(),
-                source: std::io::Error::last_os_error(),
+                source,
             });
         }
         Ok(Tap {
