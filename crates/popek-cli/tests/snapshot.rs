@@ -638,3 +638,105 @@ fn a_save_during_disk_writes_restores_consistently() {
         dd if=/dev/vda bs=6400 count=1 2>/dev/null > /tmp/got; cmp /tmp/want /tmp/got && echo disk-$((40+2))\n";
     shell_answers(&dir, check, "disk-42");
 }
+
+/// Kill `child` (and so end the reads of its output) if it still runs after `limit`: a guest
+/// that hangs fails the test instead of hanging the suite.
+fn kill_after(child: &std::process::Child, limit: Duration) {
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+}
+
+/// A host TCP server for the guest: each line any connection sends, as "CONNECTION:LINE" (the
+/// connections numbered from 0 in the order accepted). Returns its port.
+fn line_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(conn) = conn else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(conn).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(format!("{n}:{line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// The next line from `lines` that starts with `prefix` (within a minute).
+fn line_starting(lines: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with(prefix) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting {prefix:?} from the guest: {e}"),
+        }
+    }
+}
+
+/// Ctrl-A s while the guest has a TCP connection open through the user network. The machine
+/// runs on with the connection working. The connection's host side belonged to the saving
+/// process, so the restored guest gets a reset at its next send (not minutes of
+/// retransmissions), and its new connections work.
+#[test]
+fn a_save_with_a_tcp_connection_open_restores_with_it_reset() {
+    guest();
+    let (port, lines) = line_server();
+    let dir = scratch("open-connection");
+    let mut child = popek_on_a_terminal(&format!("run --net user --save-to {}", dir.display()));
+    kill_after(&child, Duration::from_secs(240));
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    read_until(&mut output, "popek-guest: ready");
+    let net =
+        "ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2";
+    input
+        .write_all(
+            format!(
+                "{net}; (i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done | \
+                 nc 10.0.2.2 {port}; echo nc-ended-$((40+2))) &\r"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    line_starting(&lines, "0:tick-3");
+    input.write_all(b"\x01s").unwrap();
+    read_until(&mut output, "popek: saved to");
+    // Running on: the connection still carries ticks after the save.
+    let after_save: u32 = line_starting(&lines, "0:tick-")[7..].parse().unwrap();
+    let later = format!("0:tick-{}", after_save + 3);
+    line_starting(&lines, &later);
+    input.write_all(b"poweroff -f\r").unwrap();
+    drop(input);
+    assert!(child.wait().unwrap().success());
+
+    let mut child = popek_on_a_terminal(&format!("run --restore {}", dir.display()));
+    kill_after(&child, Duration::from_secs(240));
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    read_until(&mut output, "nc-ended-42");
+    input
+        .write_all(format!("echo again | nc 10.0.2.2 {port}; echo sent-$((1+1))\r").as_bytes())
+        .unwrap();
+    read_until(&mut output, "sent-2");
+    assert_eq!(
+        line_starting(&lines, "1:"),
+        "1:again",
+        "a new connection after the restore"
+    );
+    input.write_all(b"poweroff -f\r").unwrap();
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}
