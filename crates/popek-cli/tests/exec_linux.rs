@@ -685,6 +685,21 @@ fn exec_bad_inputs() {
     assert_eq!(s, 127);
     assert!(err.contains("cannot open the root directory"), "{err}");
     assert_eq!(err.lines().count(), 1);
+    // A memory limit too small for the program's segments, or for its stack.
+    for limit in ["4K", "1M"] {
+        let o = run(common::popek()
+            .arg("exec")
+            .args(["--memory", limit, "--root"])
+            .arg(root())
+            .arg("/bin/hello"));
+        assert_eq!(
+            (status(&o), text(&o.stderr)),
+            (
+                126,
+                format!("popek: /bin/hello: its writable segments and stack do not fit in --memory {limit}: give a larger --memory\n")
+            )
+        );
+    }
 }
 
 /// Random files, with and without an ELF header: one line on stderr, never a panic.

@@ -259,10 +259,8 @@ fn load_elf(
             interp = Some(s);
         }
     }
-    let emap = |e: Errno| Error::Io {
-        prog: prog.into(),
-        source: std::io::Error::from_raw_os_error(e.0),
-    };
+    let limit = mm.limit();
+    let emap = |e: Errno| Error::mapping(prog, limit, e);
     for p in &loads {
         let prot = (if p.flags & 4 != 0 { PROT_READ } else { 0 })
             | (if p.flags & 2 != 0 { PROT_WRITE } else { 0 })

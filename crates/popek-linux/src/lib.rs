@@ -139,6 +139,14 @@ pub enum Error {
         /// The root.
         root: String,
     },
+    /// The program's writable segments and stack need more than the memory limit.
+    #[error("{prog}: its writable segments and stack do not fit in --memory {limit}: give a larger --memory")]
+    MemoryLimit {
+        /// The program.
+        prog: String,
+        /// The limit, as the user would write it ("1M", "300K").
+        limit: String,
+    },
     /// The host refused the guest address space or another resource.
     #[error("cannot set up the process: {0}")]
     Host(io::Error),
@@ -148,6 +156,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a failed mapping of `prog`'s memory when the process starts: ENOMEM is
+    /// the memory limit's doing (`limit` bytes), anything else the host's.
+    pub(crate) fn mapping(prog: &str, limit: u64, e: Errno) -> Error {
+        if e.0 != libc::ENOMEM {
+            return Error::Io {
+                prog: prog.into(),
+                source: io::Error::from_raw_os_error(e.0),
+            };
+        }
+        let limit = if limit.is_multiple_of(1 << 20) {
+            format!("{}M", limit >> 20)
+        } else {
+            format!("{}K", limit.div_ceil(1024))
+        };
+        Error::MemoryLimit {
+            prog: prog.into(),
+            limit,
+        }
+    }
+
     /// The exit status popek reports for this error: 127 for a missing file, 126 for a file that
     /// cannot be run (as shells do), 1 otherwise.
     pub fn exit_status(&self) -> u8 {
@@ -156,6 +184,7 @@ impl Error {
             Error::NotElf { .. }
             | Error::WrongArch { .. }
             | Error::BadElf { .. }
+            | Error::MemoryLimit { .. }
             | Error::Io { .. } => 126,
             Error::Host(_) | Error::Jail(_) => 1,
         }

@@ -123,6 +123,11 @@ fn perms_of(prot: u8) -> u8 {
 }
 
 impl Mm {
+    /// The most writable memory the process may map (`popek exec --memory`).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Reserve the host address space and build the hart's view of it.
     pub fn new(limit: u64) -> io::Result<(Mm, Memory)> {
         // SAFETY: a fresh anonymous PROT_NONE reservation; nothing else refers to that range.

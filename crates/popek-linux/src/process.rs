@@ -247,7 +247,8 @@ pub fn start(config: ExecConfig) -> Result<std::convert::Infallible, Error> {
     mmv.brk_start = program.main.end;
     mmv.brk = program.main.end;
     let host_err = |e: Errno| Error::Host(std::io::Error::from_raw_os_error(e.0));
-    let sp = elf::build_stack(&mut mmv, &program, &env).map_err(host_err)?;
+    let sp = elf::build_stack(&mut mmv, &program, &env)
+        .map_err(|e| Error::mapping(&config.prog.to_string_lossy(), config.memory_limit, e))?;
     start_gdb(&config, mmv.base(), sp)?;
     let trampoline = mmv
         .find_free(PAGE)
