@@ -152,6 +152,14 @@ pub enum BoardError {
     /// A copy-on-write disk's writes live only in this process: a snapshot would lose them.
     #[error("disk {} is copy-on-write: its writes live only in this process and a snapshot or migration would lose them; give the disk without ,cow (or restore with --write-disks) to save this machine", .0.display())]
     CowDiskNotSaved(PathBuf),
+    /// The snapshot directory could not be created.
+    #[error("cannot create the snapshot directory {}: {source} (give a path where popek may create a directory)", dir.display())]
+    SnapshotDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A snapshot file could not be read or written.
     #[error("snapshot {}: {source}", path.display())]
     SnapshotIo {

@@ -182,7 +182,10 @@ impl SnapshotFiles {
         config: &MachineConfig,
         runs_on: bool,
     ) -> Result<SnapshotFiles, BoardError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        std::fs::create_dir_all(dir).map_err(|source| BoardError::SnapshotDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let open = |name: &str| {
             let path = dir.join(name);
             File::create(&path).map_err(io_err(&path))

@@ -251,6 +251,18 @@ fn damaged_and_foreign_snapshots_are_refused_in_one_line() {
     let (_, e, s) = restore(snapshot(), &["-m", "1G", "--", "true"]);
     assert_eq!(s, 2, "{e}");
     assert!(e.contains("--memory") && e.contains("--restore"), "{e}");
+
+    // A snapshot popek cannot create is refused before the guest boots.
+    let out = run_with_timeout(
+        popek().args(["snapshot", "create", "/proc/popek-snapshot"]),
+        Duration::from_secs(60),
+    );
+    let (o, e) = text(&out);
+    assert_eq!((out.status.code(), o.as_str()), (Some(1), ""), "{e}");
+    assert_eq!(
+        e,
+        "popek: error: cannot create the snapshot directory /proc/popek-snapshot: No such file or directory (os error 2) (give a path where popek may create a directory)\n"
+    );
 }
 
 #[test]

@@ -164,7 +164,7 @@ impl FromStr for Publish {
                     let (a, ports) = s.split_once(':').unwrap_or(("", s));
                     (Some(a), ports)
                 }
-                0 => return Err(invalid("expected HOST_PORT:GUEST_PORT".into())),
+                0 => return Err(invalid("no ':' between the ports".into())),
                 _ => {
                     return Err(invalid(
                         "too many ':' (write an IPv6 address in brackets, e.g. [::1]:8080:80)"
@@ -181,7 +181,7 @@ impl FromStr for Publish {
         };
         let (hp, gp) = ports
             .split_once(':')
-            .ok_or_else(|| invalid("expected HOST_PORT:GUEST_PORT".into()))?;
+            .ok_or_else(|| invalid("no ':' between the ports".into()))?;
         let port = |p: &str, what: &str| -> Result<u16, UserNetError> {
             match p.parse::<u16>() {
                 Ok(0) | Err(_) => Err(invalid(format!(

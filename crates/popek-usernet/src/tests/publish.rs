@@ -27,7 +27,10 @@ fn publish_parses_docker_forms() {
 #[test]
 fn publish_rejects_bad_forms_with_clear_text() {
     for (spec, needle) in [
-        ("8080", "expected HOST_PORT:GUEST_PORT"),
+        (
+            "8080",
+            "no ':' between the ports (expected HOST_PORT:GUEST_PORT",
+        ),
         ("8080:", "guest port '' is not a number"),
         ("0:80", "host port '0'"),
         ("70000:80", "host port '70000'"),
