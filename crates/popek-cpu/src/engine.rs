@@ -213,8 +213,10 @@ impl Hart {
     /// protection checks the guest's loads below `1 << bits`: reading host `addend + a` for
     /// such an `a` faults on the host wherever the guest may not load from `a` (a process VM
     /// whose memory manager keeps the host's protection as strict as the guest's), and the
-    /// host page past the span faults too. Translated loads may then read the host directly
-    /// and let a host fault send them to their checked path. `None` withdraws it, as soon as
+    /// host page past the span faults too. The guest has no memory at or above the span: any
+    /// access there faults. Translated loads may then read the host directly and let a host
+    /// fault send them to their checked path (and, once one access through a register has
+    /// passed the span check, read near it without checking again). `None` withdraws it, as soon as
     /// the host stops mirroring the guest (a second thread, whose stale TLB entries the host
     /// must not fault on). Ignored without a required addend.
     pub fn let_host_check_reads(&mut self, bits: Option<u8>) {

@@ -203,24 +203,32 @@ pub fn run_popek(img: &Image) -> Outcome {
 
 /// [`run_popek`] with the given execution engine.
 pub fn run_popek_with(img: &Image, engine: EngineKind) -> Outcome {
+    run_popek_counting(img, engine).0
+}
+
+/// [`run_popek_with`], and how many of the JIT's direct loads took a host fault to reach
+/// their helper (its [`popek_jit::JitStats::host_faults`]; 0 without a JIT).
+pub fn run_popek_counting(img: &Image, engine: EngineKind) -> (Outcome, u64) {
     install_panic_hook();
     QUIET_PANIC.with(|q| *q.borrow_mut() = Some(String::new()));
+    let mut host_faults = 0;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_popek_inner(img, engine)
+        run_popek_inner(img, engine, &mut host_faults)
     }));
     let msg = QUIET_PANIC
         .with(|q| q.borrow_mut().take())
         .unwrap_or_default();
-    match r {
+    let outcome = match r {
         Ok(o) => o,
         Err(_) => Outcome {
             status: Status::Error(format!("popek panicked: {msg}")),
             stdout: vec![],
         },
-    }
+    };
+    (outcome, host_faults)
 }
 
-fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
+fn run_popek_inner(img: &Image, engine: EngineKind, host_faults: &mut u64) -> Outcome {
     let len = (END - BASE) as usize;
     let space = match Space::new() {
         Ok(s) => s,
@@ -269,7 +277,7 @@ fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
             }
         }
     };
-    loop {
+    let outcome = (|| loop {
         let exit = match jit.as_mut() {
             Some(j) => {
                 let exit = hart.run_with(&mut NoBus, 100_000, j);
@@ -378,7 +386,9 @@ fn run_popek_inner(img: &Image, engine: EngineKind) -> Outcome {
                 }
             }
         }
-    }
+    })();
+    *host_faults = jit.map_or(0, |j| j.stats().host_faults);
+    outcome
 }
 
 /// Describe how two outcomes differ, or None if they are identical.

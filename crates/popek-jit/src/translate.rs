@@ -469,6 +469,36 @@ struct At {
     n: u32,
 }
 
+/// Direct accesses (see [`Env::host_read_bits`]) whose span check a later access through the
+/// same base register can rely on: for each guest register, the offset of an access through
+/// it that passed the check since the register was last written, and the span's bits.
+///
+/// A passed check at offset `c` proves the register's value `x` has `x + c` below the span
+/// (an access that fails it takes its helper, which faults: the guest has no memory above the
+/// span, so only a passed check leads on). An access at `x + d` with `d` in `c..c + 4096`
+/// then lies below the span or in the host page past it, which faults: it needs no check of
+/// its own, only its slow path for a host fault, as every direct access has.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Checked([Option<(i32, u8)>; 32]);
+
+impl Checked {
+    /// Whether the bytes `lo..hi` off register `reg` lie in the window of a check it passed
+    /// with span bits `bits`.
+    pub(crate) fn covers(&self, reg: u8, (lo, hi): (i64, i64), bits: u8) -> bool {
+        matches!(self.0[reg as usize], Some((c, b)) if b == bits && c as i64 <= lo && hi <= c as i64 + 4096)
+    }
+
+    /// An access at offset `at` off `reg` passed the check of span bits `bits`.
+    pub(crate) fn passed(&mut self, reg: u8, at: i32, bits: u8) {
+        self.0[reg as usize] = Some((at, bits));
+    }
+
+    /// Register `reg` was written: its checks no longer hold.
+    pub(crate) fn written(&mut self, reg: u8) {
+        self.0[reg as usize] = None;
+    }
+}
+
 /// Pending out-of-line exits: (label, pc to store, instructions retired).
 struct Stubs<'a> {
     /// Decoded instructions the generated code passes to the step helper (kept alive by the
@@ -495,6 +525,8 @@ struct Stubs<'a> {
     fs_on: bool,
     /// At this point of the block `mstatus.FS` is known to be dirty (the block set it).
     fs_dirty: bool,
+    /// Base registers whose span check still holds at this point of the block.
+    checked: Checked,
     /// Taken sides of forward branches the block went on past: (label the branch jumps to,
     /// target, instructions retired once the branch has).
     sides: Vec<(DynamicLabel, u64, u32)>,
@@ -553,6 +585,7 @@ pub(crate) unsafe fn translate(
         cold: Vec::new(),
         fs_on: false,
         fs_dirty: false,
+        checked: Checked::default(),
         sides: Vec::new(),
         targets: Vec::new(),
         labels: Labels {
@@ -593,6 +626,7 @@ pub(crate) unsafe fn translate(
             if i.rd() != 0 {
                 dynasm!(ops ; .arch x64 ; mov rax, QWORD cur.wrapping_add(i.byte_len() as u64) as i64);
                 st_rax(&mut ops, &stubs.cache, i.rd());
+                stubs.checked.written(i.rd());
             }
             n += 1;
             cur = target;
@@ -621,6 +655,7 @@ pub(crate) unsafe fn translate(
         let Some(kind) = kind else {
             break;
         };
+        stubs.checked.written(i.rd());
         n += 1;
         cur = cur.wrapping_add(i.byte_len() as u64);
         if let Kind::Terminal = kind {
@@ -741,8 +776,8 @@ fn emit_side_branch(ops: &mut Asm, i: &Insn, target: u64, retired: u32, stubs: &
 }
 
 /// The block's straight path reaches `pc` after `n` instructions: if a side branch targets it,
-/// this is where that branch can join the path. What the block knew of `mstatus.FS` there
-/// holds only for the straight path, so it is forgotten.
+/// this is where that branch can join the path. What the block knew of `mstatus.FS` and of
+/// checked base registers there holds only for the straight path, so it is forgotten.
 fn reach_target(ops: &mut Asm, stubs: &mut Stubs, pc: u64, n: u32) {
     if let Some(t) = stubs
         .targets
@@ -753,6 +788,7 @@ fn reach_target(ops: &mut Asm, stubs: &mut Stubs, pc: u64, n: u32) {
         t.2 = Some(n);
         stubs.fs_on = false;
         stubs.fs_dirty = false;
+        stubs.checked = Checked::default();
     }
 }
 
@@ -1021,7 +1057,7 @@ fn emit_jcc(ops: &mut Asm, i: &Insn, c: &Cache, to: DynamicLabel, when: bool) {
 fn emit_tlb_check(
     ops: &mut Asm,
     env: &Env,
-    c: &Cache,
+    (c, checked): (&Cache, &mut Checked),
     i: &Insn,
     write: bool,
     slow: DynamicLabel,
@@ -1036,14 +1072,18 @@ fn emit_tlb_check(
     if let Some((addend, bits)) = env.host_checked(write) {
         // Below the span the host faults where the guest may not read (write); past its end
         // lies a host page that faults too, so the first byte's address is all there is to
-        // check.
-        dynasm!(ops
-            ; .arch x64
-            ; mov rax, rsi
-            ; shr rax, bits as i8
-            ; jnz =>slow
-            ; mov rax, QWORD addend as i64
-        );
+        // check, unless an earlier check through the base register covers it.
+        let span = (i.imm as i64, i.imm as i64 + size as i64);
+        if !checked.covers(i.rs1, span, bits) {
+            dynasm!(ops
+                ; .arch x64
+                ; mov rax, rsi
+                ; shr rax, bits as i8
+                ; jnz =>slow
+            );
+            checked.passed(i.rs1, i.imm, bits);
+        }
+        dynasm!(ops ; .arch x64 ; mov rax, QWORD addend as i64);
         return true;
     }
     if !write {
@@ -1164,7 +1204,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let c = stubs.cache;
-    let direct = emit_tlb_check(ops, env, &c, i, false, slow);
+    let direct = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, false, slow);
     // The value goes straight to the host register holding the destination, if one does
     // (else through `rax`).
     let home = if fp { None } else { c.home(i.rd()) };
@@ -1270,7 +1310,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let c = stubs.cache;
-    let direct = emit_tlb_check(ops, env, &c, i, true, slow);
+    let direct = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, true, slow);
     // The value straight from the host register caching it, if one does.
     let v = match (fp, c.operand(i.rs2)) {
         (false, Operand::Reg(h)) => h,

@@ -110,13 +110,24 @@ fn span(i: &Insn) -> (i64, i64) {
 
 /// Emit the run `run` (from [`find`]).
 pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
+    let write = is_int_store(run[0].i.op);
+    if let Some(direct) = env.host_checked(write) {
+        emit_direct(ops, run, direct, stubs);
+    } else {
+        emit_checked(ops, run, env, stubs);
+    }
+    if !write {
+        for a in run {
+            stubs.checked.written(a.i.rd());
+        }
+    }
+}
+
+/// Emit the run `run` with one TLB check for its span (see the module's comment).
+fn emit_checked(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
-    if let Some(direct) = env.host_checked(write) {
-        emit_direct(ops, run, direct, stubs);
-        return;
-    }
     let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
     let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run") as i32;
     let base = base_register(ops, &c, first.rs1);
@@ -182,17 +193,22 @@ fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: 
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
-    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
+    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run");
+    let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run");
     let base = base_register(ops, &c, first.rs1);
     let done = ops.new_dynamic_label();
     let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
-    dynasm!(ops
-        ; .arch x64
-        ; lea rax, [Rq(base) + lo]
-        ; shr rax, bits as i8
-        ; jnz =>slow[0]
-        ; mov rcx, QWORD addend as i64
-    );
+    // An earlier check through the base register may cover the run (see `Checked`).
+    if !stubs.checked.covers(first.rs1, (lo, hi), bits) {
+        dynasm!(ops
+            ; .arch x64
+            ; lea rax, [Rq(base) + lo as i32]
+            ; shr rax, bits as i8
+            ; jnz =>slow[0]
+        );
+        stubs.checked.passed(first.rs1, lo as i32, bits);
+    }
+    dynasm!(ops ; .arch x64 ; mov rcx, QWORD addend as i64);
     for (a, &label) in run.iter().zip(&slow) {
         emit_fast(ops, stubs, &a.i, base, Some(label));
     }

@@ -1,0 +1,167 @@
+//! The JIT's direct loads (the host checks them, as in `popek exec`) skip the span check when
+//! an earlier load through the same base register passed it. These programs are where that
+//! would go wrong: the base written in between, a side branch joining past a check it
+//! skipped, a load near a checked one that faults. Each must end exactly as under the
+//! interpreter (same registers, signal, faulting address and pc), and under QEMU.
+
+use popek_difftest::gen::{self, Enc, Fix, FixKind, Item, Program};
+use popek_difftest::layout::{END, GP};
+use popek_difftest::{elf, run, Flavour};
+
+const S0: u32 = 8;
+const S1: u32 = 9;
+const T0: u32 = 5;
+const A0: u32 = 10;
+const A1: u32 = 11;
+const A2: u32 = 12;
+
+fn item(w: u32, text: &str) -> Item {
+    Item {
+        enc: Enc::W(w),
+        text: text.into(),
+        fix: None,
+    }
+}
+
+/// `ld rd, off(rs1)`.
+fn ld(rd: u32, off: i32, rs1: u32) -> Item {
+    let w = ((off as u32) & 0xfff) << 20 | rs1 << 15 | 3 << 12 | rd << 7 | 0x03;
+    item(w, &format!("ld {}, {off}({})", gen::xn(rd), gen::xn(rs1)))
+}
+
+/// `addi t0, t0, 1`: between two loads, it keeps them from being one run (checked once).
+fn apart() -> Item {
+    item(1 << 20 | T0 << 15 | T0 << 7 | 0x13, "addi t0, t0, 1")
+}
+
+/// `lui rd, imm20`.
+fn lui(rd: u32, imm20: u32) -> Item {
+    item(
+        imm20 << 12 | rd << 7 | 0x37,
+        &format!("lui {}, {imm20:#x}", gen::xn(rd)),
+    )
+}
+
+/// `beq rs1, x0` to the start of the group after the next one.
+fn beq_zero_skipping_a_group(rs1: u32) -> Item {
+    Item {
+        enc: Enc::W(0),
+        text: String::new(),
+        fix: Some(Fix {
+            skip: 1,
+            kind: FixKind::Branch { f3: 0, rs1, rs2: 0 },
+        }),
+    }
+}
+
+/// A program with `groups` as its body and registers from `regs` (the rest as a generated
+/// program of `seed` has them), its faults caught by the test's signal handler.
+fn program(seed: u64, groups: Vec<Vec<Item>>, regs: &[(u32, u64)]) -> Program {
+    let mut p = gen::generate(seed, Flavour::Fault);
+    p.body = groups;
+    p.fault = Some(Vec::new());
+    p.straddle = None;
+    for &(r, v) in regs {
+        p.init_x[r as usize] = v;
+    }
+    p
+}
+
+/// The program ends the same under the interpreter, the JIT and QEMU, with `signal` (0:
+/// none) at `si_addr`, and the JIT's loads took `host_faults` host faults. (A load that skipped
+/// a check it needed would read wherever its wild address points on the host: where nothing
+/// is mapped, its host fault would still send it to its slow path and the right result.)
+fn same_everywhere(p: &Program, signal: u64, si_addr: u64, host_faults: u64) {
+    let img = elf::build(p);
+    let interp = run::run_popek_with(&img, popek_jit::EngineKind::Interp);
+    let (jit, faults) = run::run_popek_counting(&img, popek_jit::EngineKind::Jit);
+    assert_eq!(faults, host_faults, "host faults on the JIT's direct loads");
+    if let Some(d) = run::compare(&interp, &jit) {
+        panic!(
+            "JIT differs from the interpreter:\n{d}\n{}",
+            elf::listing_text(&img)
+        );
+    }
+    assert!(
+        run::qemu_available(),
+        "qemu-riscv64 is needed: apt-get install qemu-user"
+    );
+    let qemu = run::run_qemu(&img);
+    if let Some(d) = run::compare(&qemu, &interp) {
+        panic!("popek differs from QEMU:\n{d}\n{}", elf::listing_text(&img));
+    }
+    let dump = &interp.stdout;
+    let misc = (popek_difftest::layout::DUMP_MISC - popek_difftest::layout::OUT) as usize;
+    let word =
+        |k: usize| u64::from_le_bytes(dump[misc + 8 * k..misc + 8 * k + 8].try_into().unwrap());
+    assert_eq!((word(1), word(2)), (signal, si_addr), "signal and si_addr");
+}
+
+#[test]
+fn a_base_written_after_its_check_is_checked_again() {
+    // s0 points at the scratch area, then far outside the process: the second load through
+    // it must fault, not read host memory where the first one's check said it could.
+    let p = program(
+        1,
+        vec![vec![ld(A0, 0, S0), lui(S0, 0x80000), ld(A1, 8, S0)]],
+        &[(S0, GP)],
+    );
+    same_everywhere(&p, 11, 0xffff_ffff_8000_0008, 0);
+}
+
+#[test]
+fn a_side_branch_joining_past_a_check_it_skipped_is_checked() {
+    // t0 = 0: the branch skips the load that checks s0, which is wild; the load after the
+    // join must check s0 itself.
+    let p = program(
+        2,
+        vec![
+            vec![beq_zero_skipping_a_group(T0)],
+            vec![ld(A0, 0, S0)],
+            vec![apart(), ld(A1, 16, S0)],
+        ],
+        &[(T0, 0), (S0, 0x4000_0000_0000)],
+    );
+    same_everywhere(&p, 11, 0x4000_0000_0010, 0);
+}
+
+#[test]
+fn a_load_near_a_checked_one_faults_at_its_own_address() {
+    // The first load passes the check near the end of the process's memory. The next two
+    // lie in the window that check covers: the second reads, the third lies past that end
+    // and faults on the host, and its slow path makes the guest's fault at its own address.
+    let p = program(
+        3,
+        vec![vec![
+            ld(A0, -16, S0),
+            apart(),
+            ld(A1, 8, S0),
+            apart(),
+            ld(A2, 2000, S0),
+        ]],
+        &[(S0, END - 1024)],
+    );
+    same_everywhere(&p, 11, END + 2000 - 1024, 1);
+}
+
+#[test]
+fn loads_in_a_checked_window_read_what_the_interpreter_reads() {
+    // One check at -2048 covers every offset a load can have; runs and single loads after it
+    // go unchecked, and must read the same values.
+    let p = program(
+        4,
+        vec![vec![
+            ld(A0, -2048, S1),
+            apart(),
+            ld(A1, 2040, S1),
+            apart(),
+            ld(A2, -8, S1),
+            ld(T0, 0, S1),
+            ld(S0, 8, S1),
+            apart(),
+            ld(A0, 16, S1),
+        ]],
+        &[(S1, GP)],
+    );
+    same_everywhere(&p, 0, 0, 0);
+}
