@@ -93,6 +93,10 @@ pub struct MachineConfig {
     /// input piped or typed during the boot lost characters. Only for guests known to signal
     /// (the default guest); others would never get their input.
     pub hold_input_until_ready: bool,
+    /// A guest reset ends the run ([`RunOutcome::Reset`]) instead of booting again: for
+    /// `popek run -- CMD`, where a reboot means CMD will not finish (the kernel reboots on a
+    /// panic with `panic=-1` on its command line, instead of hanging).
+    pub stop_on_reset: bool,
 }
 
 /// A vsock device whose host side is a unix socket (Firecracker's convention: a host client
@@ -260,6 +264,8 @@ pub enum RunOutcome {
     Migrate,
     /// The user typed Ctrl-A s: save the machine ([`Machine::save`]) and run it again.
     Save,
+    /// The guest reset the machine and [`MachineConfig::stop_on_reset`] was set.
+    Reset,
 }
 
 /// Counters for `--stats` and benchmarks.
@@ -654,6 +660,7 @@ impl Machine {
         let retired_before: u64 = self.harts.iter().map(|h| h.instret()).sum();
         let result = loop {
             match self.run_harts() {
+                Ok(Stop::Reset) if self.config.stop_on_reset => break Ok(RunOutcome::Reset),
                 Ok(Stop::Reset) => {
                     if let Err(e) = self.reset() {
                         break Err(e);

@@ -694,5 +694,6 @@ pub(crate) fn config_from(
         restore_writes_disks: run.restore_writes_disks,
         // A restored guest was ready when it was saved.
         hold_input_until_ready: false,
+        stop_on_reset: run.stop_on_reset,
     })
 }

@@ -7,6 +7,11 @@ use crate::image::{self, ImageName};
 /// Kernel command line of the default guest.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 quiet";
 
+/// Added to the kernel command line of `popek run -- CMD` and of snapshots: a panicking kernel
+/// reboots at once instead of hanging (Debian's kernel waits forever), and a run with CMD
+/// stops on the reboot with the console's last lines.
+pub const PANIC_REBOOTS: &str = "panic=-1";
+
 /// Kernel command line of the Debian guest: the default guest's kernel and initramfs, with the
 /// root file system on the first disk.
 pub const DEBIAN_APPEND: &str = "console=ttyS0 root=/dev/vda rw";

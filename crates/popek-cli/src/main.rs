@@ -352,6 +352,7 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         engine: args.engine.config(),
         restore_writes_disks: false,
         hold_input_until_ready: false,
+        stop_on_reset: false,
     };
     if args.kernel.is_none() && args.bios.is_none() {
         let g = guest::default_guest()?;
@@ -400,9 +401,15 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
                 config.append.push_str(" quiet");
             }
         }
-        config.append = format!("{} {}", config.append, guest::command_arg(&args.command))
-            .trim()
-            .to_string();
+        config.append = format!(
+            "{} {} {}",
+            config.append,
+            guest::PANIC_REBOOTS,
+            guest::command_arg(&args.command)
+        )
+        .trim()
+        .to_string();
+        config.stop_on_reset = true;
     }
     Ok(config)
 }
@@ -667,8 +674,10 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let quiet = config.quiet_boot.is_some();
-    if quiet && !machine.guest_ready() {
-        // The guest never got to CMD: what its console said is the only clue.
+    let rebooted = matches!(outcome, Ok(RunOutcome::Reset));
+    if quiet && (!machine.guest_ready() || rebooted) {
+        // The guest never got to CMD, or its kernel gave up under it: what its console said
+        // is the only clue.
         if let Some(tail) = machine.console_tail(20).filter(|t| !t.is_empty()) {
             eprintln!("{tail}");
         }
@@ -678,6 +687,16 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
         anyhow::bail!(
             "the guest stopped ({}) before it was ready to run the command; its console's last lines are above (--verbose shows all of it)",
             describe(outcome)
+        );
+    }
+    if rebooted {
+        anyhow::bail!(
+            "the guest rebooted before the command finished (its kernel reboots when it panics); {}",
+            if quiet {
+                "its console's last lines are above (--verbose shows all of it)"
+            } else {
+                "its console is above"
+            }
         );
     }
     if args.stats {
@@ -693,7 +712,7 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
             eprintln!("popek: terminated (Ctrl-A x)");
             Ok(0)
         }
-        RunOutcome::Ready | RunOutcome::Migrate | RunOutcome::Save => Ok(0),
+        RunOutcome::Ready | RunOutcome::Migrate | RunOutcome::Save | RunOutcome::Reset => Ok(0),
     }
 }
 
@@ -705,6 +724,7 @@ pub(crate) fn describe(outcome: RunOutcome) -> String {
         RunOutcome::Ready => "ready".to_string(),
         RunOutcome::Migrate => "migrated".to_string(),
         RunOutcome::Save => "saved".to_string(),
+        RunOutcome::Reset => "rebooted".to_string(),
     }
 }
 

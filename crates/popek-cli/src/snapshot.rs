@@ -58,7 +58,11 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
         // The default guest's init waits for a command once ready; its output then goes to
         // the two output consoles, as with `popek run -- CMD`.
         config.command_output = true;
-        config.append = format!("{} {SNAPSHOT_ARG}", config.append);
+        config.append = format!(
+            "{} {} {SNAPSHOT_ARG}",
+            config.append,
+            crate::guest::PANIC_REBOOTS
+        );
         if !run.verbose {
             config.quiet_boot = Some(Duration::from_secs(run.ready_timeout));
         }
@@ -101,6 +105,7 @@ pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
         jail: true,
         engine: args.engine.config(),
         restore_writes_disks: args.write_disks,
+        stop_on_reset: !args.command.is_empty(),
         quiet_boot: (!args.command.is_empty() && !args.verbose)
             .then(|| Duration::from_secs(args.ready_timeout)),
         net: (!publish.is_empty()).then_some(NetConfig {

@@ -505,22 +505,6 @@ fn a_failed_migration_leaves_the_guest_running() {
     assert!(e.contains("migration to") && e.contains("failed"), "{e}");
 }
 
-/// Read `r` until `needle` shows up; everything read.
-fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        let n = r.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "no {needle:?} in: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
 /// Ctrl-A s on an interactive console saves the running machine and it runs on; the save
 /// restores with the guest's files as they were.
 #[test]
@@ -649,16 +633,6 @@ fn a_save_during_disk_writes_restores_consistently() {
         j=1; while [ $j -le 800 ]; do printf %08d $j; j=$((j+1)); done > /tmp/want; \
         dd if=/dev/vda bs=6400 count=1 2>/dev/null > /tmp/got; cmp /tmp/want /tmp/got && echo disk-$((40+2))\n";
     shell_answers(&dir, check, "disk-42");
-}
-
-/// Kill `child` (and so end the reads of its output) if it still runs after `limit`: a guest
-/// that hangs fails the test instead of hanging the suite.
-fn kill_after(child: &std::process::Child, limit: Duration) {
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-    });
 }
 
 /// A host TCP server for the guest: each line any connection sends, as "CONNECTION:LINE" (the

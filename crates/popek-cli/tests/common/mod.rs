@@ -160,3 +160,29 @@ pub fn popek_run(args: &[&str]) -> (String, String, i32) {
         out.status.code().expect("popek was killed by a signal"),
     )
 }
+
+/// Read `r` until `needle` appears; what was read (fails on end of output).
+pub fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = r.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "no {needle:?} in: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Kill `child` (and so end the reads of its output) if it still runs after `limit`: a guest
+/// that hangs fails the test instead of hanging the suite.
+pub fn kill_after(child: &std::process::Child, limit: Duration) {
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
+}
