@@ -26,6 +26,7 @@ const PROGS: &[&str] = &[
     "restart",
     "hostile",
     "hostmem",
+    "newer",
 ];
 
 /// The test root: a riscv64 sysroot copy (loader + libc), the test programs in /bin, and the
@@ -580,6 +581,37 @@ fn exec_unsupported_syscall() {
     assert_eq!(status(&p), 71);
     assert_eq!(text(&p.stdout), "before\n");
     assert_eq!(text(&p.stderr), "popek: unsupported syscall 0 (io_setup)\n");
+}
+
+/// fchmodat2 works as Linux 6.6 and later has it (the host kernel popek reports; QEMU 7.2
+/// answers ENOSYS): glibc 2.39 and later call it for `fchmodat(..., AT_SYMLINK_NOFOLLOW)`,
+/// and stopping the program there broke trixie's programs. Syscalls newer than those popek
+/// models, and numbers Linux does not have, answer ENOSYS as an older kernel would.
+#[test]
+fn exec_newer_syscalls() {
+    std::fs::create_dir_all(root().join("tmp/newer")).unwrap();
+    let p = popek("newer", &["/tmp/newer"]);
+    assert_eq!(
+        (
+            status(&p),
+            text(&p.stdout).as_str(),
+            text(&p.stderr).as_str()
+        ),
+        (
+            0,
+            "fchmodat2 file nofollow: 0 \n\
+             mode 640\n\
+             fchmodat2 link nofollow: -1 Operation not supported\n\
+             fchmodat2 link: 0 \n\
+             fchmodat2 bad flags: -1 Invalid argument\n\
+             mode 604\n\
+             fchmodat nofollow (libc): 0 \n\
+             cachestat: -1 Function not implemented\n\
+             mseal: -1 Function not implemented\n\
+             no such syscall: -1 Function not implemented\n",
+            ""
+        )
+    );
 }
 
 fn bad_root() -> &'static Path {
