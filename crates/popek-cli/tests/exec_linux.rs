@@ -27,6 +27,7 @@ const PROGS: &[&str] = &[
     "hostile",
     "hostmem",
     "newer",
+    "privs",
 ];
 
 /// The test root: a riscv64 sysroot copy (loader + libc), the test programs in /bin, and the
@@ -609,6 +610,34 @@ fn exec_newer_syscalls() {
              cachestat: -1 Function not implemented\n\
              mseal: -1 Function not implemented\n\
              no such syscall: -1 Function not implemented\n",
+            ""
+        )
+    );
+}
+
+/// Priorities of the program's own tasks change; other tasks' look absent (ESRCH) or are
+/// not the program's to change (EPERM); the host's kernel log is refused; supplementary
+/// groups go to the host, which decides. None of them stops the program.
+#[test]
+fn exec_priorities_groups_and_the_kernel_log() {
+    let p = popek("privs", &[]);
+    assert_eq!(
+        (
+            status(&p),
+            text(&p.stdout).as_str(),
+            text(&p.stderr).as_str()
+        ),
+        (
+            0,
+            "setpriority self: 0 \n\
+             getpriority self: 5 \n\
+             setpriority host init: -1 No such process\n\
+             setpriority user: -1 Operation not permitted\n\
+             ioprio_set self: 0 \n\
+             ioprio_get self: 24576 \n\
+             ioprio_get host init: -1 No such process\n\
+             syslog: -1 Operation not permitted\n\
+             setgroups same: ok\n",
             ""
         )
     );

@@ -788,6 +788,11 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
         147 => h!(SYS_setresuid, a[0], a[1], a[2])?,
         149 => h!(SYS_setresgid, a[0], a[1], a[2])?,
         158 => h!(SYS_getgroups, a[0], t.ptr(a[1], a[0] * 4, W)?)?,
+        159 => h!(SYS_setgroups, a[0], t.ptr(a[1], a[0] * 4, R)?)?,
+        140 | 141 | 30 | 31 => priority(t, nr, a)?,
+        // The kernel's log is the host's, not the guest's: refused, as to an unprivileged
+        // process where dmesg_restrict is set.
+        116 => return Err(Errno(EPERM).into()),
         154 => {
             t.sh.pids.check_task(a[0] as i32)?;
             h!(SYS_setpgid, a[0], a[1])?
@@ -1499,6 +1504,28 @@ fn kill_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
             }
             h!(SYS_tgkill, tgid, tid, sig)
         }
+    }
+}
+
+/// setpriority, getpriority, ioprio_set, ioprio_get: for one task, the guest's own only; a
+/// process group's or a user's (which may hold host processes) refused as if it had none
+/// there (the getters) or as not permitted (the setters).
+fn priority(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
+    use libc::*;
+    const IOPRIO_WHO_PROCESS: u64 = 1;
+    let one_task = match nr {
+        140 | 141 => a[0] == PRIO_PROCESS as u64,
+        _ => a[0] == IOPRIO_WHO_PROCESS,
+    };
+    if !one_task {
+        return Err(Errno(if nr == 140 || nr == 30 { EPERM } else { ESRCH }));
+    }
+    t.sh.pids.check_task(a[1] as i32)?;
+    match nr {
+        140 => h!(SYS_setpriority, a[0], a[1], a[2]),
+        141 => h!(SYS_getpriority, a[0], a[1]),
+        30 => h!(SYS_ioprio_set, a[0], a[1], a[2]),
+        _ => h!(SYS_ioprio_get, a[0], a[1]),
     }
 }
 
