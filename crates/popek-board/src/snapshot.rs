@@ -611,6 +611,9 @@ pub(crate) enum ConfigError {
     /// The saved MAC address is not one.
     #[error(transparent)]
     Mac(#[from] ParseError),
+    /// A network was asked of a machine saved without a network card.
+    #[error("the saved machine has no network card (the guest would not see one): drop --net and --publish")]
+    NoNetCard,
 }
 
 /// Where a manifest comes from.
@@ -656,20 +659,18 @@ pub(crate) fn config_from(
             handed_over: moved,
         });
     }
-    let net = match &m.net {
-        None => None,
-        Some((mac, backend)) => Some(NetConfig {
+    // The card is the saved one (the guest read its MAC address at boot); its backend is the
+    // run's if it names one (a clone on a tap of its own), else the saved one.
+    let net = match (&m.net, &run.net) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(ConfigError::NoNetCard),
+        (Some((mac, backend)), asked) => Some(NetConfig {
             mac: crate::machine::parse_mac(mac)?,
-            backend: match backend.strip_prefix("tap:") {
-                Some(name) => NetBackendConfig::Tap { name: name.into() },
-                None => NetBackendConfig::User {
-                    publish: match &run.net {
-                        Some(NetConfig {
-                            backend: NetBackendConfig::User { publish },
-                            ..
-                        }) => publish.clone(),
-                        _ => Vec::new(),
-                    },
+            backend: match (asked, backend.strip_prefix("tap:")) {
+                (Some(asked), _) => asked.backend.clone(),
+                (None, Some(name)) => NetBackendConfig::Tap { name: name.into() },
+                (None, None) => NetBackendConfig::User {
+                    publish: Vec::new(),
                 },
             },
         }),

@@ -239,7 +239,7 @@ pub(crate) struct RunArgs {
     /// Resume the machine saved in DIR by `popek snapshot create DIR` instead of booting one
     /// (its RAM, devices and disks come from the snapshot). With `-- CMD`, the restored default
     /// guest runs CMD; otherwise it starts a shell.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["guest", "bios", "kernel", "initrd", "append", "memory", "cpus", "disk", "net", "vsock", "no_rng"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["guest", "bios", "kernel", "initrd", "append", "memory", "cpus", "disk", "vsock", "no_rng"])]
     restore: Option<PathBuf>,
 
     /// With --restore: the guest writes the snapshot's disks in place. By default a restored
@@ -444,7 +444,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 /// The network card: --net, with --publish forwards added to (or implying) the user network.
-fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
+pub(crate) fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     let mut net = args.net.clone();
     if !args.publish.is_empty() {
         let n = net.get_or_insert(NetConfig {
@@ -597,7 +597,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 /// `popek run`: boot (or restore) a machine and run it until the guest stops.
 fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
     let mut config = match &args.restore {
-        Some(_) => snapshot::restore_config(&args),
+        Some(_) => snapshot::restore_config(&args)?,
         None => machine_config(&args)?,
     };
     start_gdb(&args, &mut config)?;

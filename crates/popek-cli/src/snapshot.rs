@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use popek_board::snapshot::SnapshotFiles;
-use popek_board::{Machine, MachineConfig, NetBackendConfig, NetConfig, RunOutcome, DEFAULT_MAC};
+use popek_board::{Machine, MachineConfig, RunOutcome, DEFAULT_MAC};
 
 use crate::{machine_config, RunArgs};
 
@@ -99,21 +99,23 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
 }
 
 /// The run-time settings of `popek run --restore` (the machine itself comes from the snapshot).
-pub(crate) fn restore_config(args: &RunArgs) -> MachineConfig {
-    let publish = args.publish.clone();
-    MachineConfig {
+pub(crate) fn restore_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
+    let net = crate::net_config(args)?;
+    if net.as_ref().is_some_and(|n| n.mac != DEFAULT_MAC) {
+        anyhow::bail!(
+            "a restored guest keeps the MAC address it read at boot: drop mac= from --net"
+        );
+    }
+    Ok(MachineConfig {
         jail: true,
         engine: args.engine.config(),
         restore_writes_disks: args.write_disks,
         stop_on_reset: !args.command.is_empty(),
         quiet_boot: (!args.command.is_empty() && !args.verbose)
             .then(|| Duration::from_secs(args.ready_timeout)),
-        net: (!publish.is_empty()).then_some(NetConfig {
-            mac: DEFAULT_MAC,
-            backend: NetBackendConfig::User { publish },
-        }),
+        net,
         ..MachineConfig::default()
-    }
+    })
 }
 
 /// The longest line a guest's terminal reads whole (Linux's canonical-mode buffer, less one).

@@ -575,6 +575,82 @@ fn a_tap_in_use_is_refused_in_one_line() {
     );
 }
 
+/// Clones of a snapshot saved on a tap each take a tap of their own with `--net tap=NAME`
+/// (the card, and the MAC address the guest read, stay the saved ones); a clone left on the
+/// saved tap while another holds it is refused in one line.
+#[test]
+fn clones_of_a_tap_snapshot_take_taps_of_their_own() {
+    guest();
+    let ns = Netns::new("popek-clones");
+    for tap in ["ctap0", "ctap1"] {
+        ip(&[
+            "netns", "exec", &ns.0, "ip", "tuntap", "add", tap, "mode", "tap",
+        ]);
+    }
+    let snap = scratch("tap-snapshot");
+    let _ = std::fs::remove_dir_all(&snap);
+    let in_ns = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_popek")])
+            .args(args);
+        c
+    };
+    let out = run_with_timeout(
+        &mut in_ns(&[
+            "snapshot",
+            "create",
+            snap.to_str().unwrap(),
+            "--net",
+            "tap=ctap0",
+        ]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    // One clone holds the saved tap while the others start.
+    let mut first = in_ns(&[
+        "run",
+        "--restore",
+        snap.to_str().unwrap(),
+        "--",
+        "sleep",
+        "20",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let own = run_with_timeout(
+        &mut in_ns(&[
+            "run",
+            "--restore",
+            snap.to_str().unwrap(),
+            "--net",
+            "tap=ctap1",
+            "--",
+            "cat",
+            "/sys/class/net/eth0/address",
+        ]),
+        Duration::from_secs(120),
+    );
+    let same = run_with_timeout(
+        &mut in_ns(&["run", "--restore", snap.to_str().unwrap(), "--", "true"]),
+        Duration::from_secs(120),
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    let (o, e) = text(&own);
+    assert_eq!(
+        (own.status.code(), o.as_str()),
+        (Some(0), "52:54:00:12:34:56\n"),
+        "{e}"
+    );
+    let (_, e) = text(&same);
+    assert_eq!(same.status.code(), Some(1), "{e}");
+    assert!(e.contains("tap ctap0 is in use by another process"), "{e}");
+}
+
 #[test]
 fn tap_network_in_a_namespace_carries_data_both_ways() {
     guest();
