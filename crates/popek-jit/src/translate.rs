@@ -1073,8 +1073,7 @@ fn emit_tlb_check(
         // Below the span the host faults where the guest may not read (write); past its end
         // lies a host page that faults too, so the first byte's address is all there is to
         // check, unless an earlier check through the base register covers it.
-        let span = (i.imm as i64, i.imm as i64 + size as i64);
-        if !checked.covers(i.rs1, span, bits) {
+        if !checked.covers(i.rs1, run::span(i), bits) {
             dynasm!(ops
                 ; .arch x64
                 ; mov rax, rsi

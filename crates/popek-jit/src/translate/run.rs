@@ -102,8 +102,15 @@ pub(super) unsafe fn find(
     run
 }
 
+/// The byte range the accesses of `run` cover, relative to their base register.
+fn run_span(run: &[Access]) -> (i64, i64) {
+    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run");
+    let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run");
+    (lo, hi)
+}
+
 /// The byte range an access covers, relative to its base register.
-fn span(i: &Insn) -> (i64, i64) {
+pub(super) fn span(i: &Insn) -> (i64, i64) {
     let size = size_index(i.op).1 as i64;
     (i.imm as i64, i.imm as i64 + size)
 }
@@ -128,8 +135,8 @@ fn emit_checked(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
-    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run") as i32;
-    let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run") as i32;
+    let (lo, hi) = run_span(run);
+    let (lo, hi) = (lo as i32, hi as i32);
     let base = base_register(ops, &c, first.rs1);
     let two_pages = ops.new_dynamic_label();
     let slow = ops.new_dynamic_label();
@@ -193,8 +200,7 @@ fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: 
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
-    let lo = run.iter().map(|a| span(&a.i).0).min().expect("a run");
-    let hi = run.iter().map(|a| span(&a.i).1).max().expect("a run");
+    let (lo, hi) = run_span(run);
     let base = base_register(ops, &c, first.rs1);
     let done = ops.new_dynamic_label();
     let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
