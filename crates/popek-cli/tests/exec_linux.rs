@@ -591,7 +591,10 @@ fn exec_unsupported_syscall() {
 #[test]
 fn exec_newer_syscalls() {
     std::fs::create_dir_all(root().join("tmp/newer")).unwrap();
+    let host_mode = || std::fs::metadata("/etc/passwd").unwrap().permissions();
+    let before = host_mode();
     let p = popek("newer", &["/tmp/newer"]);
+    assert_eq!(host_mode(), before, "the host's /etc/passwd changed");
     assert_eq!(
         (
             status(&p),
@@ -607,6 +610,8 @@ fn exec_newer_syscalls() {
              fchmodat2 bad flags: -1 Invalid argument\n\
              mode 604\n\
              fchmodat nofollow (libc): 0 \n\
+             fchmodat2 /../../etc/passwd: 0 \n\
+             mode 640\n\
              cachestat: -1 Function not implemented\n\
              mseal: -1 Function not implemented\n\
              no such syscall: -1 Function not implemented\n",
@@ -637,6 +642,9 @@ fn exec_priorities_groups_and_the_kernel_log() {
              ioprio_get self: 24576 \n\
              ioprio_get host init: -1 No such process\n\
              syslog: -1 Operation not permitted\n\
+             setgroups -1: -1 Invalid argument\n\
+             setgroups 70000: -1 Invalid argument\n\
+             getgroups -1: -1 Invalid argument\n\
              setgroups same: ok\n",
             ""
         )

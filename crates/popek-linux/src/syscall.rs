@@ -496,12 +496,7 @@ fn file_attrs(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop>
     use libc::*;
     let r: i64 = match nr {
         52 => h!(SYS_fchmod, fd(t, a[0])?, no_setid(a[1]))?,
-        53 => {
-            let abs = path_at(t, a[0], a[1])?;
-            let f = t.sh.sb.open_path(&abs, false)?;
-            let p = cs(format!("/proc/self/fd/{}", f.as_raw_fd()).as_bytes())?;
-            h!(SYS_fchmodat, AT_FDCWD, p.as_ptr(), no_setid(a[2]))?
-        }
+        53 => fchmodat2(t, [a[0], a[1], a[2], 0, 0, 0])?,
         452 => fchmodat2(t, a)?,
         55 => h!(SYS_fchown, fd(t, a[0])?, a[1], a[2])?,
         54 => {
@@ -787,8 +782,14 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
         146 => h!(SYS_setuid, a[0])?,
         147 => h!(SYS_setresuid, a[0], a[1], a[2])?,
         149 => h!(SYS_setresgid, a[0], a[1], a[2])?,
-        158 => h!(SYS_getgroups, a[0], t.ptr(a[1], a[0] * 4, W)?)?,
-        159 => h!(SYS_setgroups, a[0], t.ptr(a[1], a[0] * 4, R)?)?,
+        158 => {
+            let n = group_count(a[0], i32::MAX)?;
+            h!(SYS_getgroups, n, t.ptr(a[1], n as u64 * 4, W)?)?
+        }
+        159 => {
+            let n = group_count(a[0], NGROUPS_MAX)?;
+            h!(SYS_setgroups, n, t.ptr(a[1], n as u64 * 4, R)?)?
+        }
         140 | 141 | 30 | 31 => priority(t, nr, a)?,
         // The kernel's log is the host's, not the guest's: refused, as to an unprivileged
         // process where dmesg_restrict is set.
@@ -1429,11 +1430,9 @@ fn execve_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<i64, Stop> {
     Err(Errno::last().into())
 }
 
-/// Drop set-uid and set-gid bits from a mode the guest asks for: a set-uid file made by a guest
-/// that runs as root would be a privilege for whoever runs it on the host later.
-/// fchmodat2(dfd, path, mode, flags) (Linux 6.6; glibc's `fchmodat` calls it for
-/// AT_SYMLINK_NOFOLLOW): with AT_SYMLINK_NOFOLLOW a symlink's own mode cannot change
-/// (EOPNOTSUPP), and AT_EMPTY_PATH with an empty path means `dfd` itself.
+/// fchmodat(dfd, path, mode) and fchmodat2(dfd, path, mode, flags) (Linux 6.6; glibc's
+/// `fchmodat` calls it for AT_SYMLINK_NOFOLLOW): with AT_SYMLINK_NOFOLLOW a symlink's own mode
+/// cannot change (EOPNOTSUPP), and AT_EMPTY_PATH with an empty path means `dfd` itself.
 fn fchmodat2(t: &mut Thread, a: [u64; 6]) -> Result<i64, Errno> {
     use libc::*;
     let flags = a[3] as i32;
@@ -1444,20 +1443,25 @@ fn fchmodat2(t: &mut Thread, a: [u64; 6]) -> Result<i64, Errno> {
         return h!(SYS_fchmod, fd(t, a[0])?, no_setid(a[2]));
     }
     let abs = path_at(t, a[0], a[1])?;
-    let f = t.sh.sb.open_path(&abs, flags & AT_SYMLINK_NOFOLLOW != 0)?;
-    // SAFETY: `st` is written by fstat on a descriptor we own.
-    let mut st: stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { fstat(f.as_raw_fd(), &mut st) } != 0 {
-        return Err(Errno::last());
-    }
-    if st.st_mode & S_IFMT == S_IFLNK {
-        return Err(Errno(EOPNOTSUPP));
+    let nofollow = flags & AT_SYMLINK_NOFOLLOW != 0;
+    let f = t.sh.sb.open_path(&abs, nofollow)?;
+    if nofollow {
+        // SAFETY: `st` is written by fstat on a descriptor we own.
+        let mut st: stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { fstat(f.as_raw_fd(), &mut st) } != 0 {
+            return Err(Errno::last());
+        }
+        if st.st_mode & S_IFMT == S_IFLNK {
+            return Err(Errno(EOPNOTSUPP));
+        }
     }
     let p = cs(format!("/proc/self/fd/{}", f.as_raw_fd()).as_bytes())?;
     h!(SYS_fchmodat, AT_FDCWD, p.as_ptr(), no_setid(a[2]))
 }
 
+/// Drop set-uid and set-gid bits from a mode the guest asks for: a set-uid file made by a guest
+/// that runs as root would be a privilege for whoever runs it on the host later.
 fn no_setid(mode: u64) -> u64 {
     mode & !((libc::S_ISUID | libc::S_ISGID) as u64)
 }
@@ -1506,6 +1510,19 @@ fn kill_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
         }
     }
 }
+
+/// The size argument of getgroups or setgroups as the kernel reads it (an `int`): EINVAL
+/// when negative or above `most`, so the buffer's length never overflows.
+fn group_count(size: u64, most: i32) -> Result<i32, Errno> {
+    let n = size as i32;
+    if n < 0 || n > most {
+        return Err(Errno(libc::EINVAL));
+    }
+    Ok(n)
+}
+
+/// Linux's limit on supplementary groups.
+const NGROUPS_MAX: i32 = 65536;
 
 /// setpriority, getpriority, ioprio_set, ioprio_get: for one task, the guest's own only; a
 /// process group's or a user's (which may hold host processes) refused as if it had none

@@ -28,6 +28,11 @@ int main(int argc, char **argv) {
     stat(file, &st);
     printf("mode %o\n", st.st_mode & 0777);
     report("fchmodat nofollow (libc)", fchmodat(AT_FDCWD, file, 0644, AT_SYMLINK_NOFOLLOW));
+    /* Inside the root: its own /etc/passwd, never the host's. */
+    report("fchmodat2 /../../etc/passwd", syscall(452, AT_FDCWD, "/../../../etc/passwd", 0640, 0));
+    stat("/etc/passwd", &st);
+    printf("mode %o\n", st.st_mode & 0777);
+    chmod("/etc/passwd", 0644);
     report("cachestat", syscall(451, 0, 0, 0, 0));
     report("mseal", syscall(462, 0, 0, 0));
     report("no such syscall", syscall(999));

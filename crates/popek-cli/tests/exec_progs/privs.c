@@ -22,6 +22,9 @@ int main(void) {
     report("ioprio_get self", syscall(SYS_ioprio_get, 1, 0));
     report("ioprio_get host init", syscall(SYS_ioprio_get, 1, 1));
     report("syslog", syscall(SYS_syslog, 10, 0, 0));
+    report("setgroups -1", syscall(SYS_setgroups, -1, 0));
+    report("setgroups 70000", syscall(SYS_setgroups, 70000, 0));
+    report("getgroups -1", syscall(SYS_getgroups, -1, 0));
     gid_t groups[64];
     int n = getgroups(64, groups);
     /* Allowed to root, refused (EPERM) to others: either way the program goes on. */
