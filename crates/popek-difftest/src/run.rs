@@ -11,6 +11,7 @@ use popek_jit::{EngineConfig, EngineKind};
 
 use crate::elf::Image;
 use crate::layout::*;
+pub use crate::space::Placement;
 use crate::space::{Space, SPAN_BITS};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,13 +208,32 @@ pub fn run_popek_with(img: &Image, engine: EngineKind) -> Outcome {
 }
 
 /// [`run_popek_with`], and how many of the JIT's direct loads took a host fault to reach
-/// their helper (its [`popek_jit::JitStats::host_faults`]; 0 without a JIT).
+/// their helper (its [`popek_jit::JitStats::host_faults`]; 0 without a JIT). The memory is
+/// placed low or anywhere (see [`Placement`]) as the image's contents say, so a program that
+/// fails does so again, and about half of all programs test each placement.
 pub fn run_popek_counting(img: &Image, engine: EngineKind) -> (Outcome, u64) {
+    let hash = img.segment.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let placement = if hash & 1 == 0 {
+        Placement::Low
+    } else {
+        Placement::Anywhere
+    };
+    run_popek_counting_at(img, engine, placement)
+}
+
+/// [`run_popek_counting`] with the memory placed as `placement` says.
+pub fn run_popek_counting_at(
+    img: &Image,
+    engine: EngineKind,
+    placement: Placement,
+) -> (Outcome, u64) {
     install_panic_hook();
     QUIET_PANIC.with(|q| *q.borrow_mut() = Some(String::new()));
     let mut host_faults = 0;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_popek_inner(img, engine, &mut host_faults)
+        run_popek_inner(img, engine, placement, &mut host_faults)
     }));
     let msg = QUIET_PANIC
         .with(|q| q.borrow_mut().take())
@@ -228,9 +248,14 @@ pub fn run_popek_counting(img: &Image, engine: EngineKind) -> (Outcome, u64) {
     (outcome, host_faults)
 }
 
-fn run_popek_inner(img: &Image, engine: EngineKind, host_faults: &mut u64) -> Outcome {
+fn run_popek_inner(
+    img: &Image,
+    engine: EngineKind,
+    placement: Placement,
+    host_faults: &mut u64,
+) -> Outcome {
     let len = (END - BASE) as usize;
-    let space = match Space::new() {
+    let space = match Space::new(placement) {
         Ok(s) => s,
         Err(e) => {
             return Outcome {

@@ -14,6 +14,10 @@ const T0: u32 = 5;
 const A0: u32 = 10;
 const A1: u32 = 11;
 const A2: u32 = 12;
+/// A register the JIT keeps in a host register in every block (`s0` and `s1` it keeps only
+/// where a block uses them most): loads through it have the base folded into their
+/// displacement when the memory lies low (see `run::Placement`).
+const A5: u32 = 15;
 
 fn item(w: u32, text: &str) -> Item {
     Item {
@@ -68,19 +72,25 @@ fn program(seed: u64, groups: Vec<Vec<Item>>, regs: &[(u32, u64)]) -> Program {
 }
 
 /// The program ends the same under the interpreter, the JIT and QEMU, with `signal` (0:
-/// none) at `si_addr`, and the JIT's loads took `host_faults` host faults. (A load that skipped
-/// a check it needed would read wherever its wild address points on the host: where nothing
-/// is mapped, its host fault would still send it to its slow path and the right result.)
+/// none) at `si_addr`, and the JIT's loads took `host_faults` host faults, with the memory
+/// placed low (the addend folded into the loads) and anywhere. (A load that skipped a check
+/// it needed would read wherever its wild address points on the host: where nothing is
+/// mapped, its host fault would still send it to its slow path and the right result.)
 fn same_everywhere(p: &Program, signal: u64, si_addr: u64, host_faults: u64) {
     let img = elf::build(p);
     let interp = run::run_popek_with(&img, popek_jit::EngineKind::Interp);
-    let (jit, faults) = run::run_popek_counting(&img, popek_jit::EngineKind::Jit);
-    assert_eq!(faults, host_faults, "host faults on the JIT's direct loads");
-    if let Some(d) = run::compare(&interp, &jit) {
-        panic!(
-            "JIT differs from the interpreter:\n{d}\n{}",
-            elf::listing_text(&img)
+    for placement in [run::Placement::Low, run::Placement::Anywhere] {
+        let (jit, faults) = run::run_popek_counting_at(&img, popek_jit::EngineKind::Jit, placement);
+        assert_eq!(
+            faults, host_faults,
+            "host faults on the JIT's direct loads ({placement:?})"
         );
+        if let Some(d) = run::compare(&interp, &jit) {
+            panic!(
+                "JIT differs from the interpreter ({placement:?}):\n{d}\n{}",
+                elf::listing_text(&img)
+            );
+        }
     }
     assert!(
         run::qemu_available(),
@@ -101,28 +111,32 @@ fn same_everywhere(p: &Program, signal: u64, si_addr: u64, host_faults: u64) {
 fn a_base_written_after_its_check_is_checked_again() {
     // s0 points at the scratch area, then far outside the process: the second load through
     // it must fault, not read host memory where the first one's check said it could.
-    let p = program(
-        1,
-        vec![vec![ld(A0, 0, S0), lui(S0, 0x80000), ld(A1, 8, S0)]],
-        &[(S0, GP)],
-    );
-    same_everywhere(&p, 11, 0xffff_ffff_8000_0008, 0);
+    for base in [S0, A5] {
+        let p = program(
+            1,
+            vec![vec![ld(A0, 0, base), lui(base, 0x80000), ld(A1, 8, base)]],
+            &[(base, GP)],
+        );
+        same_everywhere(&p, 11, 0xffff_ffff_8000_0008, 0);
+    }
 }
 
 #[test]
 fn a_side_branch_joining_past_a_check_it_skipped_is_checked() {
     // t0 = 0: the branch skips the load that checks s0, which is wild; the load after the
     // join must check s0 itself.
-    let p = program(
-        2,
-        vec![
-            vec![beq_zero_skipping_a_group(T0)],
-            vec![ld(A0, 0, S0)],
-            vec![apart(), ld(A1, 16, S0)],
-        ],
-        &[(T0, 0), (S0, 0x4000_0000_0000)],
-    );
-    same_everywhere(&p, 11, 0x4000_0000_0010, 0);
+    for base in [S0, A5] {
+        let p = program(
+            2,
+            vec![
+                vec![beq_zero_skipping_a_group(T0)],
+                vec![ld(A0, 0, base)],
+                vec![apart(), ld(A1, 16, base)],
+            ],
+            &[(T0, 0), (base, 0x4000_0000_0000)],
+        );
+        same_everywhere(&p, 11, 0x4000_0000_0010, 0);
+    }
 }
 
 #[test]
@@ -130,38 +144,42 @@ fn a_load_near_a_checked_one_faults_at_its_own_address() {
     // The first load passes the check near the end of the process's memory. The next two
     // lie in the window that check covers: the second reads, the third lies past that end
     // and faults on the host, and its slow path makes the guest's fault at its own address.
-    let p = program(
-        3,
-        vec![vec![
-            ld(A0, -16, S0),
-            apart(),
-            ld(A1, 8, S0),
-            apart(),
-            ld(A2, 2000, S0),
-        ]],
-        &[(S0, END - 1024)],
-    );
-    same_everywhere(&p, 11, END + 2000 - 1024, 1);
+    for base in [S0, A5] {
+        let p = program(
+            3,
+            vec![vec![
+                ld(A0, -16, base),
+                apart(),
+                ld(A1, 8, base),
+                apart(),
+                ld(A2, 2000, base),
+            ]],
+            &[(base, END - 1024)],
+        );
+        same_everywhere(&p, 11, END + 2000 - 1024, 1);
+    }
 }
 
 #[test]
 fn loads_in_a_checked_window_read_what_the_interpreter_reads() {
     // One check at -2048 covers every offset a load can have; runs and single loads after it
     // go unchecked, and must read the same values.
-    let p = program(
-        4,
-        vec![vec![
-            ld(A0, -2048, S1),
-            apart(),
-            ld(A1, 2040, S1),
-            apart(),
-            ld(A2, -8, S1),
-            ld(T0, 0, S1),
-            ld(S0, 8, S1),
-            apart(),
-            ld(A0, 16, S1),
-        ]],
-        &[(S1, GP)],
-    );
-    same_everywhere(&p, 0, 0, 0);
+    for base in [S1, A5] {
+        let p = program(
+            4,
+            vec![vec![
+                ld(A0, -2048, base),
+                apart(),
+                ld(A1, 2040, base),
+                apart(),
+                ld(A2, -8, base),
+                ld(T0, 0, base),
+                ld(S0, 8, base),
+                apart(),
+                ld(A0, 16, base),
+            ]],
+            &[(base, GP)],
+        );
+        same_everywhere(&p, 0, 0, 0);
+    }
 }

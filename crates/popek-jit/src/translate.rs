@@ -111,6 +111,14 @@ impl Env {
         };
         Some((self.sole_addend?, bits?))
     }
+
+    /// The displacement `addend + offset` when it fits an instruction's 32 bits, so a direct
+    /// access through a host register holding its base register is one instruction with the
+    /// addend folded in (a process VM whose memory the host put below 2 GiB, see
+    /// `popek_linux::mm`); `None` when the access must add the addend from a register.
+    pub fn folded(&self, addend: u64, offset: i64) -> Option<i32> {
+        i32::try_from(i64::try_from(addend).ok()?.checked_add(offset)?).ok()
+    }
 }
 
 /// Entries of the jump cache (a power of two): generated code finds the translation of an
@@ -1048,12 +1056,56 @@ fn emit_jcc(ops: &mut Asm, i: &Insn, c: &Cache, to: DynamicLabel, when: bool) {
     }
 }
 
-/// `rsi` = effective address; jumps to `slow` unless the TLB entry for it maps the page and
-/// the access of `size` bytes stays in it. Leaves the addend in `rax` on the fast path.
+/// Where the host bytes of a checked access are (see [`emit_tlb_check`]).
+#[derive(Clone, Copy)]
+enum HostAddr {
+    /// `[rsi + rax]`: the guest address in `rsi`, the addend in `rax`. `direct` when the check
+    /// was only the span's of [`Env::host_read_bits`] (or [`Env::host_write_bits`]: an access
+    /// the host checks): the caller then records the access instruction as a direct one.
+    Indexed { direct: bool },
+    /// `[base + disp]`: a direct access through host register `base`, which holds the base
+    /// register (its cached copy, or `rsi`), with the addend folded into the displacement
+    /// ([`Env::folded`]). The slow path computes the address in `rsi` itself
+    /// ([`HostAddr::to_rsi`]), from `base`, which neither the check nor a faulting access
+    /// changed.
+    Folded { base: u8, disp: i32 },
+}
+
+impl HostAddr {
+    /// Whether the access is a direct one, whose host fault resumes at its slow path.
+    fn direct(self) -> bool {
+        matches!(
+            self,
+            HostAddr::Folded { .. } | HostAddr::Indexed { direct: true }
+        )
+    }
+
+    /// On the slow path of access `i`: put its guest address in `rsi` if the fast path did not.
+    fn to_rsi(self, ops: &mut Asm, i: &Insn) {
+        if let HostAddr::Folded { base, .. } = self {
+            dynasm!(ops ; .arch x64 ; lea rsi, [Rq(base) + i.imm]);
+        }
+    }
+}
+
+/// A host register holding guest register `r`: the one caching it, or `scratch` loaded with
+/// it (an access's base in `rsi`, a store's value in `rdx`).
+fn in_register(ops: &mut Asm, c: &Cache, r: u8, scratch: u8) -> u8 {
+    match c.operand(r) {
+        Operand::Reg(h) => h,
+        _ => {
+            ld(ops, c, scratch, r);
+            scratch
+        }
+    }
+}
+
+/// Check access `i` (a store if `write`), jumping to `slow` unless it may go ahead, and say
+/// where its bytes are on the host on the fast path.
 ///
-/// Returns whether the check was only the span's of [`Env::host_read_bits`] (or
-/// [`Env::host_write_bits`]: an access the host checks); the caller then records the access
-/// instruction, which comes next, as a direct one.
+/// A direct access, when the addend fits a displacement, is [`HostAddr::Folded`]. Otherwise `rsi` = the effective address, and the check jumps to `slow`
+/// unless the TLB entry for it maps the page and the access of `size` bytes stays in it
+/// (or only checks the span, for a direct one); it leaves the addend in `rax`.
 fn emit_tlb_check(
     ops: &mut Asm,
     env: &Env,
@@ -1061,8 +1113,25 @@ fn emit_tlb_check(
     i: &Insn,
     write: bool,
     slow: DynamicLabel,
-) -> bool {
+) -> HostAddr {
     let size = size_index(i.op).1;
+    if let Some((addend, bits)) = env.host_checked(write) {
+        let folded = env.folded(addend, i.imm as i64).filter(|_| i.rs1 != 0);
+        if let Some(disp) = folded {
+            let base = in_register(ops, c, i.rs1, RSI);
+            // As below, with the address computed in `rax` only for the check.
+            if !checked.covers(i.rs1, run::span(i), bits) {
+                dynasm!(ops
+                    ; .arch x64
+                    ; lea rax, [Rq(base) + i.imm]
+                    ; shr rax, bits as i8
+                    ; jnz =>slow
+                );
+                checked.passed(i.rs1, i.imm, bits);
+            }
+            return HostAddr::Folded { base, disp };
+        }
+    }
     match (c.operand(i.rs1), i8::try_from(i.imm)) {
         (Operand::Reg(h), Ok(0)) => dynasm!(ops ; .arch x64 ; mov rsi, Rq(h)),
         (Operand::Reg(h), Ok(b)) => dynasm!(ops ; .arch x64 ; lea rsi, [BYTE Rq(h) + b]),
@@ -1083,12 +1152,12 @@ fn emit_tlb_check(
             checked.passed(i.rs1, i.imm, bits);
         }
         dynasm!(ops ; .arch x64 ; mov rax, QWORD addend as i64);
-        return true;
+        return HostAddr::Indexed { direct: true };
     }
     if !write {
         if let Some(bounds) = ram_bounds(env, size) {
             emit_ram_check(ops, bounds, slow);
-            return false;
+            return HostAddr::Indexed { direct: false };
         }
     }
     if size > 1 {
@@ -1097,7 +1166,7 @@ fn emit_tlb_check(
         dynasm!(ops ; .arch x64 ; mov rax, rsi);
     }
     emit_tlb_lookup(ops, env, write, RSI, slow);
-    false
+    HostAddr::Indexed { direct: false }
 }
 
 /// For a load of `size` bytes under [`Env::machine_ram`]: the displacement that takes an
@@ -1191,6 +1260,53 @@ fn size_index(op: Op) -> (usize, u32) {
     }
 }
 
+/// The host load of integer (or `Flw`/`Fld`) load `op` into host register `d`, from where
+/// `at` says (`[rsi + rax]`, or `[base + disp]`).
+fn emit_load_insn(ops: &mut Asm, op: Op, d: u8, at: HostAddr) {
+    use Op::*;
+    if let HostAddr::Folded { base, disp } = at {
+        match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + disp]),
+            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + disp]),
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + disp]),
+        }
+        return;
+    }
+    match op {
+        Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
+        Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
+        Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
+        Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
+        Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
+        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
+        _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
+    }
+}
+
+/// The host store of store `op` from host register `v`, to where `at` says.
+fn emit_store_insn(ops: &mut Asm, op: Op, v: u8, at: HostAddr) {
+    use Op::*;
+    if let HostAddr::Folded { base, disp } = at {
+        match op {
+            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + disp], Rb(v)),
+            Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + disp], Rw(v)),
+            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + disp], Rd(v)),
+            _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + disp], Rq(v)),
+        }
+        return;
+    }
+    match op {
+        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
+        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
+        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
+        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
+    }
+}
+
 fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     use Op::*;
     let At { pc, n, .. } = at;
@@ -1203,31 +1319,24 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let c = stubs.cache;
-    let direct = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, false, slow);
+    let at_host = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, false, slow);
     // The value goes straight to the host register holding the destination, if one does
     // (else through `rax`).
     let home = if fp { None } else { c.home(i.rd()) };
     let d = home.unwrap_or(RAX);
-    if direct {
-        // A host fault on the next instruction resumes at `slow`, with the address still in
-        // `rsi` and `d` unchanged.
+    if at_host.direct() {
+        // A host fault on the next instruction resumes at `slow`, with `d` unchanged (and
+        // the address still in `rsi`, or its base register in `base`).
         stubs.direct.push((ops.offset().0, slow));
     }
-    match i.op {
-        Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
-        Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
-        Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
-        Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
-        Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
-        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
-        _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
-    }
+    emit_load_insn(ops, i.op, d, at_host);
     dynasm!(ops ; .arch x64 ; =>done);
-    let op = i.op;
+    let (op, insn) = (i.op, *i);
     stubs
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             dynasm!(ops ; .arch x64 ; =>slow);
+            at_host.to_rsi(ops, &insn);
             emit_load_call(ops, &c, env, op, fault);
             if d != RAX {
                 dynasm!(ops ; .arch x64 ; mov Rq(d), rax);
@@ -1309,7 +1418,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
     let fault = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let c = stubs.cache;
-    let direct = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, true, slow);
+    let at_host = emit_tlb_check(ops, env, (&c, &mut stubs.checked), i, true, slow);
     // The value straight from the host register caching it, if one does.
     let v = match (fp, c.operand(i.rs2)) {
         (false, Operand::Reg(h)) => h,
@@ -1318,23 +1427,20 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
             RDX
         }
     };
-    if direct {
+    if at_host.direct() {
         // A host fault on the next instruction writes nothing and resumes at `slow`, with
-        // the address still in `rsi` (the slow path loads the value again).
+        // the address still in `rsi` or its base register in `base` (the slow path loads the
+        // value again).
         stubs.direct.push((ops.offset().0, slow));
     }
-    match i.op {
-        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
-        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
-        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
-        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
-    }
+    emit_store_insn(ops, i.op, v, at_host);
     dynasm!(ops ; .arch x64 ; =>done);
-    let (op, value) = (i.op, i.rs2);
+    let (op, value, insn) = (i.op, i.rs2, *i);
     stubs
         .cold
         .push(Box::new(move |ops: &mut Asm, env: &Env, _: &mut Stubs| {
             dynasm!(ops ; .arch x64 ; =>slow);
+            at_host.to_rsi(ops, &insn);
             ld_value(ops, &c, value, fp);
             emit_store_call(ops, &c, env, op, fault, leave);
             dynasm!(ops ; .arch x64 ; jmp =>done);

@@ -30,6 +30,16 @@ pub const MMAP_TOP: u64 = STACK_TOP - STACK_SIZE - (1 << 30) - (128 << 12);
 /// Load address of PIE (ET_DYN) main programs, as Linux uses on riscv64.
 pub const PIE_BASE: u64 = 0x2a_aaaa_a000;
 
+/// Where the host reservation goes when that address range is free: guest address `g` is
+/// then host `PREFERRED_BASE + g`, and with the base below 2 GiB translated code folds it into
+/// a load's or store's 32-bit displacement (one host instruction, `[reg + base + offset]`,
+/// instead of adding it from a second register). x86-64 Linux puts programs, their heap and
+/// mmap far above this range, so it is normally free; if it is not, the reservation goes
+/// where the kernel chooses and only that folding is lost.
+const PREFERRED_BASE: usize = 1 << 30;
+// With an access's 12-bit offset, and the 4 KiB window past a passed check: still 32 bits.
+const _: () = assert!(PREFERRED_BASE + 4096 + 2048 <= i32::MAX as usize);
+
 /// Guest PROT_* bits (same values as PagePerms).
 pub const PROT_READ: u8 = 1;
 /// Guest PROT_WRITE.
@@ -113,6 +123,28 @@ pub struct Mm {
     mirror_writes: Arc<AtomicBool>,
 }
 
+/// Reserve the span and the page past it, PROT_NONE, at `hint` (with `flags`, e.g.
+/// `MAP_FIXED_NOREPLACE`) or where the kernel chooses (`hint` 0).
+fn reserve(hint: usize, flags: libc::c_int) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh anonymous PROT_NONE reservation; with MAP_FIXED_NOREPLACE the kernel
+    // refuses a range that holds anything, so nothing else refers to it. Its last page, past
+    // the guest's span, is never mapped (see `Mm::mirror`).
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            (SPAN + PAGE) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
 /// Translate guest PROT bits into page permissions: on RISC-V a writable page is also readable.
 fn perms_of(prot: u8) -> u8 {
     let mut p = prot & 7;
@@ -130,21 +162,11 @@ impl Mm {
 
     /// Reserve the host address space and build the hart's view of it.
     pub fn new(limit: u64) -> io::Result<(Mm, Memory)> {
-        // SAFETY: a fresh anonymous PROT_NONE reservation; nothing else refers to that range.
-        // Its last page, past the guest's span, is never mapped (see `Mm::mirror`).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                (SPAN + PAGE) as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+        let p = match reserve(PREFERRED_BASE, libc::MAP_FIXED_NOREPLACE) {
+            Ok(p) => p,
+            // Taken (EEXIST), or refused: anywhere will do.
+            Err(_) => reserve(0, 0)?,
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let base = NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
         let perms = PagePerms::new(SPAN);
         // SAFETY: the reservation stays for the life of the process (it is never unmapped), and
@@ -689,6 +711,21 @@ mod tests {
             libc::close(fds[1]);
         }
         n == 1
+    }
+
+    #[test]
+    fn the_span_lies_low_unless_that_range_is_taken() {
+        let (a, _) = Mm::new(8 * MIB).unwrap();
+        let (b, _) = Mm::new(8 * MIB).unwrap();
+        assert_ne!(a.base().0, b.base().0);
+        for mm in [&a, &b] {
+            if mm.base().0 != PREFERRED_BASE {
+                // Only because something holds the low range (one reservation per process
+                // in `popek exec`; here, another test's or `a`).
+                let err = reserve(PREFERRED_BASE, libc::MAP_FIXED_NOREPLACE).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+            }
+        }
     }
 
     #[test]

@@ -14,10 +14,10 @@
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
 
-use super::regs::{ld, Cache, Operand, RDI, RDX, RSI};
+use super::regs::{ld, Cache, RAX, RDI, RDX, RSI};
 use super::{
-    emit_address, emit_load_call, emit_store_call, emit_tlb_lookup, size_index, st_rax, Asm, At,
-    Env, Stubs,
+    emit_address, emit_load_call, emit_load_insn, emit_store_call, emit_store_insn,
+    emit_tlb_lookup, in_register, size_index, st_rax, Asm, At, Env, HostAddr, Stubs,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
@@ -119,7 +119,7 @@ pub(super) fn span(i: &Insn) -> (i64, i64) {
 pub(super) fn emit(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
     let write = is_int_store(run[0].i.op);
     if let Some(direct) = env.host_checked(write) {
-        emit_direct(ops, run, direct, stubs);
+        emit_direct(ops, run, direct, env, stubs);
     } else {
         emit_checked(ops, run, env, stubs);
     }
@@ -137,7 +137,7 @@ fn emit_checked(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
     let write = is_int_store(first.op);
     let (lo, hi) = run_span(run);
     let (lo, hi) = (lo as i32, hi as i32);
-    let base = base_register(ops, &c, first.rs1);
+    let base = in_register(ops, &c, first.rs1, RSI);
     let two_pages = ops.new_dynamic_label();
     let slow = ops.new_dynamic_label();
     let checked = ops.new_dynamic_label();
@@ -156,7 +156,7 @@ fn emit_checked(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
         if k == 1 {
             dynasm!(ops ; .arch x64 ; =>after_first);
         }
-        emit_fast(ops, stubs, &a.i, base, None);
+        emit_fast(ops, stubs, &a.i, (base, None), None);
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let exits = exits(ops, run, write, stubs);
@@ -193,15 +193,22 @@ fn emit_checked(ops: &mut Asm, run: &[Access], env: &Env, stubs: &mut Stubs) {
 
 /// Emit the run `run` as direct accesses (see [`super::Env::host_read_bits`]): the first
 /// byte's address checked against the span (the run covers at most 4096 bytes, and the host
-/// page past the span faults), then one host instruction per access. A host fault on access
-/// `k` (which changed nothing) resumes at a cold path doing accesses `k..` through their
-/// helpers, each with its own exact fault exit; the accesses before it are done.
-fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: &mut Stubs) {
+/// page past the span faults), then one host instruction per access, the addend folded into
+/// its displacement where it fits ([`Env::folded`]). A host fault on access `k` (which
+/// changed nothing) resumes at a cold path doing accesses `k..` through their helpers, each
+/// with its own exact fault exit; the accesses before it are done.
+fn emit_direct(
+    ops: &mut Asm,
+    run: &[Access],
+    (addend, bits): (u64, u8),
+    env: &Env,
+    stubs: &mut Stubs,
+) {
     let c = stubs.cache;
     let first = run[0].i;
     let write = is_int_store(first.op);
     let (lo, hi) = run_span(run);
-    let base = base_register(ops, &c, first.rs1);
+    let base = in_register(ops, &c, first.rs1, RSI);
     let done = ops.new_dynamic_label();
     let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
     // An earlier check through the base register may cover the run (see `Checked`).
@@ -214,9 +221,15 @@ fn emit_direct(ops: &mut Asm, run: &[Access], (addend, bits): (u64, u8), stubs: 
         );
         stubs.checked.passed(first.rs1, lo as i32, bits);
     }
-    dynasm!(ops ; .arch x64 ; mov rcx, QWORD addend as i64);
+    let folded = env
+        .folded(addend, lo)
+        .and(env.folded(addend, hi))
+        .map(|_| addend as i32);
+    if folded.is_none() {
+        dynasm!(ops ; .arch x64 ; mov rcx, QWORD addend as i64);
+    }
     for (a, &label) in run.iter().zip(&slow) {
-        emit_fast(ops, stubs, &a.i, base, Some(label));
+        emit_fast(ops, stubs, &a.i, (base, folded), Some(label));
     }
     dynasm!(ops ; .arch x64 ; =>done);
     let exits = exits(ops, run, write, stubs);
@@ -252,18 +265,6 @@ fn exits(
         .collect()
 }
 
-/// The host register holding the run's base register `rs1`: its cached copy, or `rsi` loaded
-/// with it.
-fn base_register(ops: &mut Asm, c: &Cache, rs1: u8) -> u8 {
-    match c.operand(rs1) {
-        Operand::Reg(h) => h,
-        _ => {
-            ld(ops, c, RSI, rs1);
-            RSI
-        }
-    }
-}
-
 /// With the run's span `base + lo .. base + hi`: jump to `miss` unless the TLB has entries for
 /// the pages of its first and of its last byte with one addend (the same entry when the span
 /// lies in one page; two pages mapped with one addend, as always in a process VM's flat memory,
@@ -297,13 +298,40 @@ fn emit_span_check(
     );
 }
 
-/// One access of a checked run: `rcx` holds the page's addend. With `slow`, the access is a
-/// direct one (see [`emit_direct`]) whose host fault resumes there.
-fn emit_fast(ops: &mut Asm, stubs: &mut Stubs, i: &Insn, base: u8, slow: Option<DynamicLabel>) {
+/// One access of a checked run through host register `base`: `rcx` holds the page's addend,
+/// unless it is `folded` into the displacement. With `slow`, the access is a direct one (see
+/// [`emit_direct`]) whose host fault resumes there.
+fn emit_fast(
+    ops: &mut Asm,
+    stubs: &mut Stubs,
+    i: &Insn,
+    (base, folded): (u8, Option<i32>),
+    slow: Option<DynamicLabel>,
+) {
     use Op::*;
     // A copy: `stubs` takes the direct sites below.
     let c = &{ stubs.cache };
     let imm = i.imm;
+    if let Some(addend) = folded {
+        let at = HostAddr::Folded {
+            base,
+            disp: addend + imm,
+        };
+        if is_int_load(i.op) {
+            if let Some(slow) = slow {
+                stubs.direct.push((ops.offset().0, slow));
+            }
+            emit_load_insn(ops, i.op, RAX, at);
+            st_rax(ops, c, i.rd());
+            return;
+        }
+        let v = in_register(ops, c, i.rs2, RDX);
+        if let Some(slow) = slow {
+            stubs.direct.push((ops.offset().0, slow));
+        }
+        emit_store_insn(ops, i.op, v, at);
+        return;
+    }
     if is_int_load(i.op) {
         if let Some(slow) = slow {
             stubs.direct.push((ops.offset().0, slow));
@@ -320,13 +348,7 @@ fn emit_fast(ops: &mut Asm, stubs: &mut Stubs, i: &Insn, base: u8, slow: Option<
         st_rax(ops, c, i.rd());
         return;
     }
-    let v = match c.operand(i.rs2) {
-        Operand::Reg(h) => h,
-        _ => {
-            ld(ops, c, RDX, i.rs2);
-            RDX
-        }
-    };
+    let v = in_register(ops, c, i.rs2, RDX);
     // The site is the store itself, after the value's load.
     if let Some(slow) = slow {
         stubs.direct.push((ops.offset().0, slow));
