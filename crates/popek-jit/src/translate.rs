@@ -1083,8 +1083,17 @@ impl HostAddr {
     /// On the slow path of access `i`: put its guest address in `rsi` if the fast path did not.
     fn to_rsi(self, ops: &mut Asm, i: &Insn) {
         if let HostAddr::Folded { base, .. } = self {
-            dynasm!(ops ; .arch x64 ; lea rsi, [Rq(base) + i.imm]);
+            emit_lea(ops, RSI, base, i.imm);
         }
+    }
+}
+
+/// Host register `dst` = `base + imm`, in the shortest form.
+fn emit_lea(ops: &mut Asm, dst: u8, base: u8, imm: i32) {
+    match i8::try_from(imm) {
+        Ok(0) => dynasm!(ops ; .arch x64 ; mov Rq(dst), Rq(base)),
+        Ok(b) => dynasm!(ops ; .arch x64 ; lea Rq(dst), [BYTE Rq(base) + b]),
+        Err(_) => dynasm!(ops ; .arch x64 ; lea Rq(dst), [Rq(base) + imm]),
     }
 }
 
@@ -1121,9 +1130,9 @@ fn emit_tlb_check(
             let base = in_register(ops, c, i.rs1, RSI);
             // As below, with the address computed in `rax` only for the check.
             if !checked.covers(i.rs1, run::span(i), bits) {
+                emit_lea(ops, RAX, base, i.imm);
                 dynasm!(ops
                     ; .arch x64
-                    ; lea rax, [Rq(base) + i.imm]
                     ; shr rax, bits as i8
                     ; jnz =>slow
                 );
@@ -1132,10 +1141,8 @@ fn emit_tlb_check(
             return HostAddr::Folded { base, disp };
         }
     }
-    match (c.operand(i.rs1), i8::try_from(i.imm)) {
-        (Operand::Reg(h), Ok(0)) => dynasm!(ops ; .arch x64 ; mov rsi, Rq(h)),
-        (Operand::Reg(h), Ok(b)) => dynasm!(ops ; .arch x64 ; lea rsi, [BYTE Rq(h) + b]),
-        (Operand::Reg(h), Err(_)) => dynasm!(ops ; .arch x64 ; lea rsi, [Rq(h) + i.imm]),
+    match c.operand(i.rs1) {
+        Operand::Reg(h) => emit_lea(ops, RSI, h, i.imm),
         _ => emit_address(ops, c, i),
     }
     if let Some((addend, bits)) = env.host_checked(write) {

@@ -16,7 +16,7 @@
 
 use super::regs::{ld, Cache, RAX, RDI, RDX, RSI};
 use super::{
-    emit_address, emit_load_call, emit_load_insn, emit_store_call, emit_store_insn,
+    emit_address, emit_lea, emit_load_call, emit_load_insn, emit_store_call, emit_store_insn,
     emit_tlb_lookup, in_register, size_index, st_rax, Asm, At, Env, HostAddr, Stubs,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
@@ -213,9 +213,9 @@ fn emit_direct(
     let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
     // An earlier check through the base register may cover the run (see `Checked`).
     if !stubs.checked.covers(first.rs1, (lo, hi), bits) {
+        emit_lea(ops, RAX, base, lo as i32);
         dynasm!(ops
             ; .arch x64
-            ; lea rax, [Rq(base) + lo as i32]
             ; shr rax, bits as i8
             ; jnz =>slow[0]
         );
