@@ -34,6 +34,7 @@ mod alu;
 mod amo;
 mod fcsr;
 mod fp;
+mod indexed;
 mod regs;
 mod run;
 
@@ -617,6 +618,17 @@ pub(crate) unsafe fn translate(
         };
         reach_target(&mut ops, &mut stubs, cur, n);
         let at = At { raw, pc: cur, n };
+        // SAFETY: as for `fetch`.
+        let room = MAX_BLOCK_INSNS - n as usize;
+        if let Some(ix) = unsafe { indexed::find(page, off, &i, at, room, env) } {
+            indexed::emit(&mut ops, &ix, env, &mut stubs);
+            n += indexed::Indexed::LEN;
+            cur = ix.next_pc();
+            if cur & 0xfff == 0 {
+                break;
+            }
+            continue;
+        }
         // SAFETY: as for `fetch`.
         let accesses = unsafe { run::find(page, off, &i, at, MAX_BLOCK_INSNS - n as usize) };
         if let Some(last) = accesses.last() {

@@ -36,7 +36,8 @@ impl Access {
     }
 }
 
-fn is_int_load(op: Op) -> bool {
+/// Whether `op` is an integer load (`lb` to `ld`, `lbu` to `lwu`).
+pub(super) fn is_int_load(op: Op) -> bool {
     use Op::*;
     matches!(op, Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu)
 }
