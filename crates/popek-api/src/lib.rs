@@ -59,6 +59,22 @@ pub struct MachineStatus {
     pub uptime_ms: u64,
     /// Guest instructions retired so far (updated at the end of each hart's run slice).
     pub instructions: u64,
+    /// The last migration asked of the machine, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+}
+
+/// How a migration goes, in [`MachineStatus`]: `popek ctl SOCKET migrate` waits on it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// `migrating`, `failed` (the machine runs on here) or `migrated` (the destination has it;
+    /// this popek exits).
+    pub state: &'static str,
+    /// The destination, as asked.
+    pub to: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The machine as the API sees it: implemented by the board's handle. Every method returns
@@ -73,7 +89,7 @@ pub trait Control: Send + Sync {
     /// Stop the machine; popek exits with status 0.
     fn shutdown(&self);
     /// Start moving the machine to another popek listening at `to` (`tcp:HOST:PORT`); the
-    /// machine stops here once the destination has it.
+    /// machine stops here once the destination has it. [`Control::status`] tells how it goes.
     fn migrate(&self, to: &str) -> Result<(), Refusal>;
 }
 

@@ -282,6 +282,7 @@ mod tests {
     struct Fake {
         paused: AtomicBool,
         shutdowns: AtomicU32,
+        migrating_to: std::sync::Mutex<Option<String>>,
     }
 
     impl Control for Fake {
@@ -296,6 +297,13 @@ mod tests {
                 memory: 1 << 20,
                 uptime_ms: 5,
                 instructions: 7,
+                migration: self.migrating_to.lock().unwrap().clone().map(|to| {
+                    crate::MigrationStatus {
+                        state: "migrating",
+                        to,
+                        error: None,
+                    }
+                }),
             }
         }
         fn pause(&self) {
@@ -309,6 +317,7 @@ mod tests {
         }
         fn migrate(&self, to: &str) -> Result<(), crate::Refusal> {
             if to.starts_with("tcp:") {
+                *self.migrating_to.lock().unwrap() = Some(to.into());
                 Ok(())
             } else {
                 Err(crate::Refusal(format!("{to}: not tcp:HOST:PORT")))
@@ -329,6 +338,14 @@ mod tests {
         );
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.contains("migrating"), "{}", r.body);
+        // The machine's state says how it goes.
+        let r = handle(&f, &stop, "GET", "/machine", b"");
+        assert!(
+            r.body
+                .contains(r#""migration":{"state":"migrating","to":"tcp:127.0.0.1:9"}"#),
+            "{}",
+            r.body
+        );
         let r = handle(&f, &stop, "PUT", "/machine/migrate", br#"{"to":"x"}"#);
         assert_eq!(
             (r.status, r.body.as_str()),

@@ -324,6 +324,8 @@ pub(crate) struct Shared {
     pub(crate) dirty_acks: Vec<AtomicU64>,
     /// A migration ready for its stop-and-copy: the connection to the destination.
     pub(crate) migration: Mutex<Option<crate::migrate::Outgoing>>,
+    /// How the last migration asked of the machine goes.
+    pub(crate) progress: crate::migrate::ProgressCell,
     /// Where [`MachineHandle::migrate`] sends requests (the migration thread).
     pub(crate) migrate_requests: Mutex<Option<std::sync::mpsc::Sender<String>>>,
     /// JIT counters, added by each hart thread as it ends.
@@ -606,6 +608,7 @@ impl Machine {
             dirty,
             dirty_acks: (0..config.cpus).map(|_| AtomicU64::new(0)).collect(),
             migration: Mutex::new(None),
+            progress: Default::default(),
             migrate_requests: Mutex::new(None),
             jit: Mutex::new(None),
         });

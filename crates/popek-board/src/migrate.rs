@@ -22,9 +22,9 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use popek_cpu::DirtyLog;
@@ -41,6 +41,65 @@ const PAGE: usize = 4096;
 /// Pre-copy stops when a round has fewer dirty pages than this (or after [`MAX_ROUNDS`]).
 const SMALL_ROUND: usize = 256;
 const MAX_ROUNDS: usize = 30;
+
+/// How the last migration asked of a machine goes: the control socket reports it, so whoever
+/// asked (`popek ctl SOCKET migrate`) learns how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrationProgress {
+    /// Copying to `to`: RAM while the guest runs, or the rest with the guest stopped.
+    Migrating {
+        /// The destination, as asked.
+        to: String,
+    },
+    /// It failed; the machine runs on here.
+    Failed {
+        /// The destination, as asked.
+        to: String,
+        /// Why.
+        error: String,
+    },
+    /// The destination has the machine; this popek exits.
+    Done {
+        /// The destination, as asked.
+        to: String,
+    },
+}
+
+/// A machine's [`MigrationProgress`], and whether anyone watched it.
+#[derive(Default)]
+pub(crate) struct ProgressCell {
+    state: Mutex<Option<MigrationProgress>>,
+    /// A migration was asked for through [`MachineHandle::migrate`] (whoever asked will ask
+    /// how it ended).
+    asked: AtomicBool,
+    /// Someone was told it is done.
+    told_done: AtomicBool,
+}
+
+impl ProgressCell {
+    fn set(&self, p: MigrationProgress) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    /// The migration under way failed for `error`.
+    fn fail(&self, error: String) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let to = match state.take() {
+            Some(MigrationProgress::Migrating { to }) => to,
+            _ => String::new(),
+        };
+        *state = Some(MigrationProgress::Failed { to, error });
+    }
+
+    /// What to report, noting that it was reported.
+    fn report(&self) -> Option<MigrationProgress> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(MigrationProgress::Done { .. }) = &state {
+            self.told_done.store(true, Ordering::SeqCst);
+        }
+        state
+    }
+}
 
 /// A migration whose pre-copy is done, waiting for the machine to stop.
 pub(crate) struct Outgoing {
@@ -108,8 +167,14 @@ fn flush_writers(shared: &Shared, log: &DirtyLog) -> bool {
 }
 
 impl MachineHandle {
+    /// How the last migration asked of this machine goes (`None`: none was asked).
+    pub fn migration(&self) -> Option<MigrationProgress> {
+        self.0.progress.report()
+    }
+
     /// Ask the migration thread to move the machine to `to` (`tcp:HOST:PORT` or `HOST:PORT`).
-    /// Returns at once; the machine stops when the destination has it.
+    /// Returns at once; the machine stops when the destination has it, and
+    /// [`MachineHandle::migration`] tells how it goes.
     pub fn migrate(&self, to: &str) -> Result<(), BoardError> {
         let requests = self
             .0
@@ -121,8 +186,17 @@ impl MachineHandle {
                 "this machine has no migration thread (popek run --api starts one)".into(),
             )
         })?;
-        tx.send(to.to_string())
-            .map_err(|_| BoardError::Migration("the migration thread is gone".into()))
+        // Before the request leaves: whoever asked sees this migration's progress from now
+        // on, not an earlier one's.
+        self.0
+            .progress
+            .set(MigrationProgress::Migrating { to: to.into() });
+        self.0.progress.asked.store(true, Ordering::SeqCst);
+        tx.send(to.to_string()).map_err(|_| {
+            let e = "the migration thread is gone";
+            self.0.progress.fail(e.into());
+            BoardError::Migration(e.into())
+        })
     }
 }
 
@@ -156,6 +230,7 @@ impl Machine {
                         Ok(m) => m,
                         Err(why) => {
                             tracing::error!("migration to {to} refused: {why}");
+                            shared.progress.fail(why.clone());
                             continue;
                         }
                     };
@@ -171,6 +246,7 @@ impl Machine {
                             eprintln!(
                                 "popek: migration to {to} failed: {e}; the machine runs on here"
                             );
+                            shared.progress.fail(e.to_string());
                         }
                     }
                 }
@@ -193,6 +269,13 @@ impl Machine {
         let stopped = Instant::now();
         let result = self.final_copy(outgoing, stopped);
         self.shared.dirty.stop();
+        match &result {
+            Ok(r) => self
+                .shared
+                .progress
+                .set(MigrationProgress::Done { to: r.to.clone() }),
+            Err(e) => self.shared.progress.fail(e.to_string()),
+        }
         if result.is_err() {
             self.take_over_disks()
                 .map_err(|e| BoardError::DiskLost(e.to_string()))?;
@@ -202,6 +285,21 @@ impl Machine {
             }
         }
         result
+    }
+
+    /// After a migration ended here: if it was asked for through [`MachineHandle::migrate`]
+    /// (the control socket) and nobody has been told it is done yet, give the asker up to
+    /// `limit` to ask (`popek ctl SOCKET migrate` asks every 20 ms), so they learn the machine
+    /// moved rather than that it vanished.
+    pub fn wait_until_migration_told(&self, limit: Duration) {
+        let p = &self.shared.progress;
+        let started = Instant::now();
+        while p.asked.load(Ordering::SeqCst)
+            && !p.told_done.load(Ordering::SeqCst)
+            && started.elapsed() < limit
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Hold every disk's lock (again): on a migration's destination before the machine runs

@@ -513,6 +513,15 @@ impl popek_api::Control for Api {
             memory: s.memory,
             uptime_ms: s.uptime.as_millis() as u64,
             instructions: s.instructions,
+            migration: self.0.migration().map(|p| {
+                use popek_board::migrate::MigrationProgress::*;
+                let (state, to, error) = match p {
+                    Migrating { to } => ("migrating", to, None),
+                    Failed { to, error } => ("failed", to, Some(error)),
+                    Done { to } => ("migrated", to, None),
+                };
+                popek_api::MigrationStatus { state, to, error }
+            }),
         }
     }
     fn pause(&self) {
@@ -575,8 +584,41 @@ fn ctl(args: CtlArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let (status, body) = popek_api::request(&args.socket, method, path, body.as_deref())?;
+    if status == 200 && args.action == "migrate" {
+        return wait_for_migration(&args.socket);
+    }
     println!("{body}");
     Ok(if status == 200 { 0 } else { 1 })
+}
+
+/// After `popek ctl SOCKET migrate`: ask how the migration goes until it ends, print its end
+/// (`{"status":"migrated",...}`, or the error) and give status 0 only if the machine moved.
+fn wait_for_migration(socket: &std::path::Path) -> anyhow::Result<u8> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (status, body) = popek_api::request(socket, "GET", "/machine", None)
+            .map_err(|e| anyhow::anyhow!("the machine stopped before its migration ended ({e})"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status != 200 {
+            println!("{body}");
+            return Ok(1);
+        }
+        let m = &v["migration"];
+        let to = m["to"].as_str().unwrap_or_default();
+        match m["state"].as_str() {
+            Some("migrating") => continue,
+            Some("migrated") => {
+                println!("{}", serde_json::json!({ "status": "migrated", "to": to }));
+                return Ok(0);
+            }
+            _ => {
+                let why = m["error"].as_str().unwrap_or("no reason given");
+                let error = format!("migration to {to} failed: {why}; the machine runs on here");
+                println!("{}", serde_json::json!({ "error": error }));
+                return Ok(1);
+            }
+        }
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -653,6 +695,8 @@ fn run_machine(args: RunArgs) -> anyhow::Result<u8> {
                             r.sent >> 20,
                             r.downtime.as_secs_f64() * 1e3
                         );
+                        // `popek ctl SOCKET migrate` learns it went through the socket.
+                        machine.wait_until_migration_told(std::time::Duration::from_secs(1));
                         return Ok(0);
                     }
                     Err(e @ popek_board::BoardError::DiskLost(_)) => return Err(e.into()),

@@ -383,7 +383,15 @@ fn migrate_midway(args: &[&str], script: &str, ready_line: &str) -> (String, Str
         popek().arg("ctl").arg(&api).args(["migrate", &to]),
         Duration::from_secs(30),
     );
-    assert!(ctl.status.success(), "{:?}", text(&ctl));
+    // It waits for the end and says the machine moved.
+    assert_eq!(
+        text(&ctl),
+        (
+            format!("{{\"status\":\"migrated\",\"to\":\"{to}\"}}\n"),
+            String::new()
+        ),
+    );
+    assert!(ctl.status.success());
     let src_done = src.wait_with_output().unwrap();
     {
         use std::io::Read;
@@ -494,7 +502,15 @@ fn a_failed_migration_leaves_the_guest_running() {
         popek().arg("ctl").arg(&api).args(["migrate", &to]),
         Duration::from_secs(30),
     );
-    assert!(ctl.status.success(), "{:?}", text(&ctl));
+    // It waits for the end and says why it failed, in one line, with status 1.
+    let (o, e) = text(&ctl);
+    assert_eq!(ctl.status.code(), Some(1), "{o}{e}");
+    assert!(
+        o.starts_with(&format!("{{\"error\":\"migration to {to} failed: "))
+            && o.ends_with("; the machine runs on here\"}\n")
+            && o.lines().count() == 1,
+        "{o}{e}"
+    );
     let out = src.wait_with_output().unwrap();
     let (o, e) = text(&out);
     assert_eq!(
