@@ -188,7 +188,7 @@ pub(crate) struct RunArgs {
     /// Give the guest a virtio-net card: `user` (popek's user-mode network: NAT, DHCP, DNS; no
     /// root needed) or `tap=NAME` (a host tap interface); `,mac=52:54:00:..` sets its address.
     #[arg(long, value_name = "user|tap=NAME[,mac=MAC]", value_parser = parse_net)]
-    net: Option<NetConfig>,
+    net: Option<NetArg>,
 
     /// Forward a host TCP port to the guest, as docker does: HOST:GUEST or ADDR:HOST:GUEST
     /// (repeatable; implies --net user).
@@ -414,8 +414,16 @@ pub(crate) fn machine_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
     Ok(config)
 }
 
+/// `--net` as given: the card, and whether `mac=` was written (a restore must refuse any,
+/// the default address included).
+#[derive(Clone, Debug)]
+pub(crate) struct NetArg {
+    config: NetConfig,
+    pub(crate) mac_given: bool,
+}
+
 /// Parse `--net user|tap=NAME[,mac=MAC]`.
-fn parse_net(s: &str) -> Result<NetConfig, String> {
+fn parse_net(s: &str) -> Result<NetArg, String> {
     let mut parts = s.split(',');
     let kind = parts.next().unwrap_or_default();
     let backend = match kind {
@@ -430,9 +438,13 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
         },
     };
     let mut mac = DEFAULT_MAC;
+    let mut mac_given = false;
     for opt in parts {
         match opt.strip_prefix("mac=") {
-            Some(m) => mac = parse_mac(m).map_err(|e| e.to_string())?,
+            Some(m) => {
+                mac = parse_mac(m).map_err(|e| e.to_string())?;
+                mac_given = true;
+            }
             None => {
                 return Err(format!(
                     "unknown network option '{opt}' (the only option is mac=)"
@@ -440,12 +452,15 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
             }
         }
     }
-    Ok(NetConfig { mac, backend })
+    Ok(NetArg {
+        config: NetConfig { mac, backend },
+        mac_given,
+    })
 }
 
 /// The network card: --net, with --publish forwards added to (or implying) the user network.
 pub(crate) fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
-    let mut net = args.net.clone();
+    let mut net = args.net.as_ref().map(|n| n.config.clone());
     if !args.publish.is_empty() {
         let n = net.get_or_insert(NetConfig {
             mac: DEFAULT_MAC,

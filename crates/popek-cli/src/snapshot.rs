@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use popek_board::snapshot::SnapshotFiles;
-use popek_board::{Machine, MachineConfig, RunOutcome, DEFAULT_MAC};
+use popek_board::{Machine, MachineConfig, RunOutcome};
 
 use crate::{machine_config, RunArgs};
 
@@ -101,7 +101,7 @@ fn create(args: CreateArgs) -> anyhow::Result<u8> {
 /// The run-time settings of `popek run --restore` (the machine itself comes from the snapshot).
 pub(crate) fn restore_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
     let net = crate::net_config(args)?;
-    if net.as_ref().is_some_and(|n| n.mac != DEFAULT_MAC) {
+    if args.net.as_ref().is_some_and(|n| n.mac_given) {
         anyhow::bail!(
             "a restored guest keeps the MAC address it read at boot: drop mac= from --net"
         );

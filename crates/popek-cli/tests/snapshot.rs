@@ -251,6 +251,12 @@ fn damaged_and_foreign_snapshots_are_refused_in_one_line() {
     let (_, e, s) = restore(snapshot(), &["-m", "1G", "--", "true"]);
     assert_eq!(s, 2, "{e}");
     assert!(e.contains("--memory") && e.contains("--restore"), "{e}");
+    // So is a MAC address, even the default one (the guest read its own at boot).
+    for mac in ["52:54:00:12:34:56", "52:54:00:00:00:07"] {
+        let net = format!("user,mac={mac}");
+        let e = refused(snapshot(), &["--net", &net, "--", "true"]);
+        assert!(e.contains("drop mac= from --net"), "{e}");
+    }
 
     // A snapshot popek cannot create is refused before the guest boots.
     let out = run_with_timeout(
