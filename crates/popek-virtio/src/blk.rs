@@ -418,6 +418,9 @@ impl Disk {
         mut offset: u64,
         to_disk: bool,
     ) -> std::io::Result<usize> {
+        if self.overlay.is_none() {
+            return self.transfer_vectored(mem, segs, offset, to_disk);
+        }
         let mut total = 0usize;
         for s in segs {
             let slice = mem
@@ -440,27 +443,105 @@ impl Disk {
                         libc::pread(fd, p, left, (offset + done as u64) as libc::off_t)
                     }
                 };
-                if n < 0 {
-                    let err = std::io::Error::last_os_error();
-                    if err.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(err);
-                }
+                let Some(n) = Self::moved(n, to_disk)? else {
+                    continue;
+                };
                 if n == 0 {
-                    if to_disk {
-                        return Err(std::io::Error::other("image accepted no more bytes"));
-                    }
                     // Past the end of a file that shrank under us: reads give zeros.
                     // SAFETY: as above.
                     unsafe { std::ptr::write_bytes(base.add(done), 0, left) };
                     break;
                 }
-                done += n as usize;
+                done += n;
             }
             offset += s.len as u64;
             total += s.len as usize;
         }
+        Ok(total)
+    }
+
+    /// What a `pread`/`pwrite`-like call's result `n` means: `None` to try again (interrupted),
+    /// the bytes moved (0 at the image's end on a read), or the error (a write that moved
+    /// nothing is one).
+    fn moved(n: isize, to_disk: bool) -> std::io::Result<Option<usize>> {
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        if n == 0 && to_disk {
+            return Err(std::io::Error::other("image accepted no more bytes"));
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// [`Self::transfer`] on the image itself (no overlay): all segments in one `preadv` or
+    /// `pwritev` (a 1 MiB read is up to 256 segments of a page), again from where a short one
+    /// stopped.
+    fn transfer_vectored(
+        &mut self,
+        mem: &GuestMem,
+        segs: &[Segment],
+        offset: u64,
+        to_disk: bool,
+    ) -> std::io::Result<usize> {
+        let mut iov = Vec::with_capacity(segs.len());
+        let mut guards = Vec::with_capacity(segs.len());
+        for s in segs {
+            let slice = mem
+                .get_slice(GuestAddress(s.addr), s.len as usize)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let guard = slice.ptr_guard_mut();
+            iov.push(libc::iovec {
+                iov_base: guard.as_ptr() as *mut libc::c_void,
+                iov_len: s.len as usize,
+            });
+            guards.push(guard);
+        }
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        let fd = self.file.as_raw_fd();
+        let (mut first, mut done) = (0usize, 0usize);
+        while first < iov.len() {
+            let count = (iov.len() - first).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+            let at = (offset + done as u64) as libc::off_t;
+            // SAFETY: every iovec is guest RAM checked by get_slice (its guard held in
+            // `guards`), mapped for the machine's lifetime; the kernel reads or writes it as
+            // plain bytes, and the driver does not touch buffers it has made available.
+            let n = unsafe {
+                if to_disk {
+                    libc::pwritev(fd, iov[first..].as_ptr(), count, at)
+                } else {
+                    libc::preadv(fd, iov[first..].as_ptr(), count, at)
+                }
+            };
+            let Some(n) = Self::moved(n, to_disk)? else {
+                continue;
+            };
+            if n == 0 {
+                // Past the end of a file that shrank under us: reads give zeros.
+                for v in &iov[first..] {
+                    // SAFETY: as above.
+                    unsafe { std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len) };
+                }
+                break;
+            }
+            // Step past what was moved: whole segments, then into the one it stopped in.
+            let mut n = n;
+            done += n;
+            while n > 0 && n >= iov[first].iov_len {
+                n -= iov[first].iov_len;
+                first += 1;
+            }
+            if n > 0 {
+                let v = &mut iov[first];
+                // SAFETY: `n` < the segment's length: still inside it.
+                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                v.iov_len -= n;
+            }
+        }
+        drop(guards);
         Ok(total)
     }
 

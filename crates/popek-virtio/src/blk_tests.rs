@@ -445,4 +445,24 @@ fn a_request_of_many_segments_moves_each_in_order() {
     assert_eq!(s, S_OK);
     assert!(data[0].iter().all(|&b| b == 8) && data[1].iter().all(|&b| b == 9));
     assert!(data[2].iter().all(|&b| b == 0) && data[3].iter().all(|&b| b == 0));
+    // Cut inside a buffer: its first 100 bytes come from the image, the rest are zeros.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(10 * 512 + 100)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[10; 100], 10 * 512)
+        })
+        .unwrap();
+    let (s, data) = request_segments(&mut d, T_IN, 9, &[512, 512, 512], 0xee);
+    assert_eq!(s, S_OK);
+    assert!(data[0].iter().all(|&b| b == 9));
+    assert!(data[1][..100].iter().all(|&b| b == 10) && data[1][100..].iter().all(|&b| b == 0));
+    assert!(data[2].iter().all(|&b| b == 0));
 }
