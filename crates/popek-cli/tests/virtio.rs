@@ -367,17 +367,41 @@ fn network_errors_are_one_line() {
     );
 }
 
-/// An ext4 image holding the guest side of the vsock test, built from tests/guest/vsock.c.
-fn vsock_tool_image() -> PathBuf {
-    ext4_image_with("vsock-tool.img", |dir| {
+/// An ext4 image holding tests/guest/NAME.c built as the static riscv64 program NAME.
+fn guest_tool_image(name: &str) -> PathBuf {
+    ext4_image_with(&format!("{name}-tool.img"), |dir| {
         let st = Command::new("riscv64-linux-gnu-gcc")
             .args(["-O2", "-static", "-o"])
-            .arg(dir.join("vsock"))
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock.c"))
+            .arg(dir.join(name))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest/{name}.c")))
             .status()
             .expect("riscv64-linux-gnu-gcc is needed (scripts/install-deps)");
-        assert!(st.success(), "building tests/guest/vsock.c failed");
+        assert!(st.success(), "building tests/guest/{name}.c failed");
     })
+}
+
+/// Pages remapped, write-protected, copied on write and replaced with new code one at a time,
+/// each followed by the kernel's sfence.vma for that one address, on two harts: every read
+/// sees the latest mapping (tests/guest/remap.c), on the JIT and on the interpreter.
+#[test]
+fn single_page_mapping_changes_reach_every_translation() {
+    let tool = guest_tool_image("remap");
+    let disk = format!("{},readonly", tool.display());
+    for engine in ["jit", "interp"] {
+        let (o, e, status) = popek_run(&[
+            "--cpus",
+            "2",
+            "--engine",
+            engine,
+            "--disk",
+            &disk,
+            "--",
+            "sh",
+            "-c",
+            "mount -o ro /dev/vda /mnt && /mnt/remap",
+        ]);
+        assert_eq!((o.as_str(), status), ("remap ok\n", 0), "{engine}: {e}");
+    }
 }
 
 /// Run popek with `args`, calling `on_line` for each line of its console output (on a reader
@@ -429,7 +453,7 @@ fn watch(
 #[test]
 fn vsock_connections_in_both_directions() {
     guest();
-    let tool = vsock_tool_image();
+    let tool = guest_tool_image("vsock");
     let sock = scratch("vm.vsock");
     let _ = std::fs::remove_file(&sock);
     // The host's listener for the guest's connection to host port 5000.

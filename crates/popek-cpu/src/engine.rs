@@ -129,6 +129,7 @@ impl Hart {
             self.forget_writes_to(ppn);
         }
         let ctx = self.mmu.ictx;
+        self.mmu.note_code_vpn(pc);
         self.mmu.mark_filled(crate::mmu::Tables::EngineExec, ctx);
         self.mmu.engine_exec[ctx][tlb_index(pc)] = EngineTlbEntry {
             tag: pc >> 12,

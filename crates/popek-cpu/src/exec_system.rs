@@ -96,7 +96,12 @@ impl Hart {
             }
             SfenceVma => {
                 self.supervisor_allowed(mstatus::TVM)?;
-                self.mmu.flush_tlb();
+                // One address (the ASID, if any, is ignored: more is dropped than asked, never
+                // less), or everything.
+                match i.rs1 {
+                    0 => self.mmu.flush_tlb(),
+                    r => self.mmu.flush_tlb_page(self.s.x[r as usize]),
+                }
                 Flow::Leave(next)
             }
             // Only system opcodes reach here (see `Hart::step`).
