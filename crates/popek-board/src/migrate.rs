@@ -125,6 +125,14 @@ pub struct MigrationReport {
     pub total: Duration,
 }
 
+/// Why a migration failed, without the "migration: " its error's message starts with.
+fn why(e: &BoardError) -> String {
+    match e {
+        BoardError::Migration(m) => m.clone(),
+        e => e.to_string(),
+    }
+}
+
 fn io_error(what: &str, e: std::io::Error) -> BoardError {
     BoardError::Migration(format!("{what}: {e}"))
 }
@@ -243,10 +251,11 @@ impl Machine {
                         }
                         Err(e) => {
                             shared.dirty.stop();
+                            let why = why(&e);
                             eprintln!(
-                                "popek: migration to {to} failed: {e}; the machine runs on here"
+                                "popek: migration to {to} failed: {why}; the machine runs on here"
                             );
-                            shared.progress.fail(e.to_string());
+                            shared.progress.fail(why);
                         }
                     }
                 }
@@ -274,7 +283,7 @@ impl Machine {
                 .shared
                 .progress
                 .set(MigrationProgress::Done { to: r.to.clone() }),
-            Err(e) => self.shared.progress.fail(e.to_string()),
+            Err(e) => self.shared.progress.fail(why(e)),
         }
         if result.is_err() {
             self.take_over_disks()
