@@ -1124,9 +1124,10 @@ fn in_register(ops: &mut Asm, c: &Cache, r: u8, scratch: u8) -> u8 {
 /// Check access `i` (a store if `write`), jumping to `slow` unless it may go ahead, and say
 /// where its bytes are on the host on the fast path.
 ///
-/// A direct access, when the addend fits a displacement, is [`HostAddr::Folded`]. Otherwise `rsi` = the effective address, and the check jumps to `slow`
-/// unless the TLB entry for it maps the page and the access of `size` bytes stays in it
-/// (or only checks the span, for a direct one); it leaves the addend in `rax`.
+/// A direct access, when the addend fits a displacement, is [`HostAddr::Folded`]. Otherwise
+/// `rsi` = the effective address, and the check jumps to `slow` unless the TLB entry for it
+/// maps the page and the access of `size` bytes stays in it (or only checks the span, for a
+/// direct one); it leaves the addend in `rax`.
 fn emit_tlb_check(
     ops: &mut Asm,
     env: &Env,
@@ -1232,9 +1233,9 @@ fn emit_address(ops: &mut Asm, c: &Cache, i: &Insn) {
 ///
 /// The entry's offset comes straight from the first byte's address (`(vaddr >> 12) %
 /// entries × entry bytes` in two operations): the access's address depends on it, the tag
-/// compare only steers a branch. The tag is compared with the page of the last byte: it matches only if
-/// that page is the entry's, which is the page of the first byte, so an access crossing into
-/// the next page takes the slow path too.
+/// compare only steers a branch. The tag is compared with the page of the last byte: it
+/// matches only if that page is the entry's, which is the page of the first byte, so an access
+/// crossing into the next page takes the slow path too.
 fn emit_tlb_lookup(ops: &mut Asm, env: &Env, write: bool, first: u8, slow: DynamicLabel) {
     let tlb = if write {
         env.ctx_tlb_write
