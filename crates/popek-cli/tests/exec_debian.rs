@@ -471,3 +471,40 @@ fn debian_python3() {
     assert!(out.contains("True 3.141592653589793\n"), "{out}");
     assert!(out.contains("ERROR 03 net down\n"), "{out}");
 }
+
+/// `popek exec` puts the guest's address space at 1 GiB on the host (where the JIT folds its
+/// base into loads' and stores' displacements): the host's map of a running popek shows the
+/// guest's busybox at 1 GiB + its guest address.
+#[test]
+fn exec_places_the_address_space_at_one_gib() {
+    let mut child = common::popek()
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(["/bin/busybox", "sleep", "5"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let maps = format!("/proc/{}/maps", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let busybox = loop {
+        let text = std::fs::read_to_string(&maps).unwrap_or_default();
+        // The first line that maps busybox (popek maps the program from the root).
+        let line = text
+            .lines()
+            .find(|l| l.ends_with("/usr/bin/busybox"))
+            .map(String::from);
+        if let Some(l) = line {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "busybox never mapped: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = u64::from_str_radix(busybox.split('-').next().unwrap(), 16).unwrap();
+    // busybox is a static non-PIE program linked at 0x10000.
+    assert_eq!(start, (1 << 30) + 0x10000, "{busybox}");
+}
