@@ -618,23 +618,27 @@ pub(crate) unsafe fn translate(
         };
         reach_target(&mut ops, &mut stubs, cur, n);
         let at = At { raw, pc: cur, n };
-        // SAFETY: as for `fetch`.
+        // Instructions emitted as one (an indexed load, a run of accesses through one base):
+        // how many, and the address after them.
         let room = MAX_BLOCK_INSNS - n as usize;
-        if let Some(ix) = unsafe { indexed::find(page, off, &i, at, room, env) } {
-            indexed::emit(&mut ops, &ix, env, &mut stubs);
-            n += indexed::Indexed::LEN;
-            cur = ix.next_pc();
-            if cur & 0xfff == 0 {
-                break;
-            }
-            continue;
-        }
         // SAFETY: as for `fetch`.
-        let accesses = unsafe { run::find(page, off, &i, at, MAX_BLOCK_INSNS - n as usize) };
-        if let Some(last) = accesses.last() {
-            run::emit(&mut ops, &accesses, env, &mut stubs);
-            n += accesses.len() as u32;
-            cur = last.next_pc();
+        let fused = match unsafe { indexed::find(page, off, &i, at, room, env) } {
+            Some(ix) => {
+                indexed::emit(&mut ops, &ix, &mut stubs);
+                Some((indexed::Indexed::LEN, ix.next_pc()))
+            }
+            None => {
+                // SAFETY: as for `fetch`.
+                let accesses = unsafe { run::find(page, off, &i, at, room) };
+                accesses.last().map(|last| {
+                    run::emit(&mut ops, &accesses, env, &mut stubs);
+                    (accesses.len() as u32, last.next_pc())
+                })
+            }
+        };
+        if let Some((len, next)) = fused {
+            n += len;
+            cur = next;
             if cur & 0xfff == 0 {
                 break;
             }
@@ -1100,6 +1104,32 @@ impl HostAddr {
     }
 }
 
+/// The span check of a direct access: unless an earlier check through guest register `reg`
+/// covers the bytes `span` off it (see [`Checked`]), jump to `slow` unless `base + off` (host
+/// register `base`: the address of the span's first byte) lies below the span of `bits`, and
+/// record the check (at the span's first byte). Below the span the
+/// host faults where the guest may not read (write); past its end lies a host page that faults
+/// too, so the first byte's address is all there is to check. Clobbers `rax`.
+fn emit_below_span(
+    ops: &mut Asm,
+    checked: &mut Checked,
+    (reg, span): (u8, (i64, i64)),
+    (base, off): (u8, i32),
+    bits: u8,
+    slow: DynamicLabel,
+) {
+    if checked.covers(reg, span, bits) {
+        return;
+    }
+    emit_lea(ops, RAX, base, off);
+    dynasm!(ops
+        ; .arch x64
+        ; shr rax, bits as i8
+        ; jnz =>slow
+    );
+    checked.passed(reg, span.0 as i32, bits);
+}
+
 /// Host register `dst` = `base + imm`, in the shortest form.
 fn emit_lea(ops: &mut Asm, dst: u8, base: u8, imm: i32) {
     match i8::try_from(imm) {
@@ -1137,20 +1167,13 @@ fn emit_tlb_check(
     slow: DynamicLabel,
 ) -> HostAddr {
     let size = size_index(i.op).1;
-    if let Some((addend, bits)) = env.host_checked(write) {
+    let direct = env.host_checked(write);
+    if let Some((addend, bits)) = direct {
         let folded = env.folded(addend, i.imm as i64).filter(|_| i.rs1 != 0);
         if let Some(disp) = folded {
             let base = in_register(ops, c, i.rs1, RSI);
-            // As below, with the address computed in `rax` only for the check.
-            if !checked.covers(i.rs1, run::span(i), bits) {
-                emit_lea(ops, RAX, base, i.imm);
-                dynasm!(ops
-                    ; .arch x64
-                    ; shr rax, bits as i8
-                    ; jnz =>slow
-                );
-                checked.passed(i.rs1, i.imm, bits);
-            }
+            let access = (i.rs1, run::span(i));
+            emit_below_span(ops, checked, access, (base, i.imm), bits, slow);
             return HostAddr::Folded { base, disp };
         }
     }
@@ -1158,19 +1181,9 @@ fn emit_tlb_check(
         Operand::Reg(h) => emit_lea(ops, RSI, h, i.imm),
         _ => emit_address(ops, c, i),
     }
-    if let Some((addend, bits)) = env.host_checked(write) {
-        // Below the span the host faults where the guest may not read (write); past its end
-        // lies a host page that faults too, so the first byte's address is all there is to
-        // check, unless an earlier check through the base register covers it.
-        if !checked.covers(i.rs1, run::span(i), bits) {
-            dynasm!(ops
-                ; .arch x64
-                ; mov rax, rsi
-                ; shr rax, bits as i8
-                ; jnz =>slow
-            );
-            checked.passed(i.rs1, i.imm, bits);
-        }
+    if let Some((addend, bits)) = direct {
+        let access = (i.rs1, run::span(i));
+        emit_below_span(ops, checked, access, (RSI, 0), bits, slow);
         dynasm!(ops ; .arch x64 ; mov rax, QWORD addend as i64);
         return HostAddr::Indexed { direct: true };
     }
@@ -1280,12 +1293,44 @@ fn size_index(op: Op) -> (usize, u32) {
     }
 }
 
-/// The host load of integer (or `Flw`/`Fld`) load `op` into host register `d`, from where
-/// `at` says (`[rsi + rax]`, or `[base + disp]`).
-fn emit_load_insn(ops: &mut Asm, op: Op, d: u8, at: HostAddr) {
+/// Where a host load or store finds its bytes.
+#[derive(Clone, Copy)]
+enum Mem {
+    /// `[rsi + rax]`: the guest address and the addend.
+    RsiRax,
+    /// `[base + disp]`: the addend folded into the displacement.
+    Disp(u8, i32),
+    /// `[base + rcx + disp]`: the addend in `rcx` (a run's).
+    Rcx(u8, i32),
+    /// `[base + index << shift + disp]` as (`base`, `index`, `shift` 0 to 3, `disp`), the
+    /// addend folded in (an indexed load's; loads only).
+    Scaled(u8, u8, u8, i32),
+}
+
+impl HostAddr {
+    /// The operand of the access `emit_tlb_check` answered with this.
+    fn mem(self) -> Mem {
+        match self {
+            HostAddr::Indexed { .. } => Mem::RsiRax,
+            HostAddr::Folded { base, disp } => Mem::Disp(base, disp),
+        }
+    }
+}
+
+/// The host load of integer (or `Flw`/`Fld`) load `op` into host register `d`, from `mem`.
+fn emit_load_insn(ops: &mut Asm, op: Op, d: u8, mem: Mem) {
     use Op::*;
-    if let HostAddr::Folded { base, disp } = at {
-        match op {
+    match mem {
+        Mem::RsiRax => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
+            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
+        },
+        Mem::Disp(base, disp) => match op {
             Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + disp]),
             Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + disp]),
             Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + disp]),
@@ -1293,37 +1338,86 @@ fn emit_load_insn(ops: &mut Asm, op: Op, d: u8, at: HostAddr) {
             Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + disp]),
             Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + disp]),
             _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + disp]),
-        }
-        return;
-    }
-    match op {
-        Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
-        Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
-        Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
-        Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
-        Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
-        Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
-        _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
+        },
+        Mem::Rcx(base, disp) => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + rcx + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + rcx + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + rcx + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + rcx + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + rcx + disp]),
+            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + rcx + disp]),
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + rcx + disp]),
+        },
+        Mem::Scaled(base, index, 0, disp) => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 1 + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 1 + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 1 + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 1 + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 1 + disp]),
+            Lwu | Flw => {
+                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 1 + disp])
+            }
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 1 + disp]),
+        },
+        Mem::Scaled(base, index, 1, disp) => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 2 + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 2 + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 2 + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 2 + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 2 + disp]),
+            Lwu | Flw => {
+                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 2 + disp])
+            }
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 2 + disp]),
+        },
+        Mem::Scaled(base, index, 2, disp) => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 4 + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 4 + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 4 + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 4 + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 4 + disp]),
+            Lwu | Flw => {
+                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 4 + disp])
+            }
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 4 + disp]),
+        },
+        Mem::Scaled(base, index, _, disp) => match op {
+            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 8 + disp]),
+            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 8 + disp]),
+            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 8 + disp]),
+            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 8 + disp]),
+            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 8 + disp]),
+            Lwu | Flw => {
+                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 8 + disp])
+            }
+            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 8 + disp]),
+        },
     }
 }
 
-/// The host store of store `op` from host register `v`, to where `at` says.
-fn emit_store_insn(ops: &mut Asm, op: Op, v: u8, at: HostAddr) {
+/// The host store of store `op` from host register `v`, to `mem` (not [`Mem::Scaled`]).
+fn emit_store_insn(ops: &mut Asm, op: Op, v: u8, mem: Mem) {
     use Op::*;
-    if let HostAddr::Folded { base, disp } = at {
-        match op {
+    match mem {
+        Mem::RsiRax => match op {
+            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
+            Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
+            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
+            _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
+        },
+        Mem::Disp(base, disp) => match op {
             Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + disp], Rb(v)),
             Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + disp], Rw(v)),
             Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + disp], Rd(v)),
             _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + disp], Rq(v)),
-        }
-        return;
-    }
-    match op {
-        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
-        Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
-        Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
-        _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
+        },
+        Mem::Rcx(base, disp) => match op {
+            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + rcx + disp], Rb(v)),
+            Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + rcx + disp], Rw(v)),
+            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + rcx + disp], Rd(v)),
+            _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + rcx + disp], Rq(v)),
+        },
+        Mem::Scaled(..) => unreachable!("indexed stores are not fused"),
     }
 }
 
@@ -1349,7 +1443,7 @@ fn emit_load(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         // the address still in `rsi`, or its base register in `base`).
         stubs.direct.push((ops.offset().0, slow));
     }
-    emit_load_insn(ops, i.op, d, at_host);
+    emit_load_insn(ops, i.op, d, at_host.mem());
     dynasm!(ops ; .arch x64 ; =>done);
     let (op, insn) = (i.op, *i);
     stubs
@@ -1453,7 +1547,7 @@ fn emit_store(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) {
         // value again).
         stubs.direct.push((ops.offset().0, slow));
     }
-    emit_store_insn(ops, i.op, v, at_host);
+    emit_store_insn(ops, i.op, v, at_host.mem());
     dynasm!(ops ; .arch x64 ; =>done);
     let (op, value, insn) = (i.op, i.rs2, *i);
     stubs

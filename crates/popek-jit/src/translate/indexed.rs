@@ -18,7 +18,9 @@
 
 use super::regs::{RAX, RDI, RSI};
 use super::run::is_int_load;
-use super::{emit_lea, emit_load_call, in_register, st_rax, Asm, At, Env, Stubs};
+use super::{
+    emit_lea, emit_load_call, emit_load_insn, in_register, st_rax, Asm, At, Env, Mem, Stubs,
+};
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
 
@@ -34,6 +36,10 @@ pub(super) struct Indexed {
     t: u8,
     /// The load.
     load: Insn,
+    /// The load's offset plus the memory's base (see [`super::Env::folded`]).
+    disp: i32,
+    /// The span bits the address is checked against.
+    bits: u8,
     /// Where the load is.
     at: At,
 }
@@ -62,7 +68,7 @@ pub(super) unsafe fn find(
     room: usize,
     env: &Env,
 ) -> Option<Indexed> {
-    let (addend, _) = env.host_checked(false)?;
+    let (addend, bits) = env.host_checked(false)?;
     let t = first.rd();
     if first.op != Op::Slli || first.imm > 3 || t == 0 || room < Indexed::LEN as usize {
         return None;
@@ -85,7 +91,7 @@ pub(super) unsafe fn find(
     if !is_int_load(load.op) || load.rs1 != t || load.rd() != t {
         return None;
     }
-    env.folded(addend, load.imm as i64)?;
+    let disp = env.folded(addend, load.imm as i64)?;
     let pc = at.pc + (off3 - off) as u64;
     Some(Indexed {
         x: first.rs1,
@@ -93,6 +99,8 @@ pub(super) unsafe fn find(
         b,
         t,
         load,
+        disp,
+        bits,
         at: At {
             raw,
             pc,
@@ -102,15 +110,9 @@ pub(super) unsafe fn find(
 }
 
 /// Emit the triple `ix` (from [`find`]).
-pub(super) fn emit(ops: &mut Asm, ix: &Indexed, env: &Env, stubs: &mut Stubs) {
-    let (addend, bits) = env
-        .host_checked(false)
-        .expect("found with host-checked loads");
+pub(super) fn emit(ops: &mut Asm, ix: &Indexed, stubs: &mut Stubs) {
     let c = stubs.cache;
     let imm = ix.load.imm;
-    let disp = env
-        .folded(addend, imm as i64)
-        .expect("found with a folding base");
     let x = in_register(ops, &c, ix.x, RSI);
     let b = in_register(ops, &c, ix.b, RDI);
     let slow = ops.new_dynamic_label();
@@ -126,14 +128,14 @@ pub(super) fn emit(ops: &mut Asm, ix: &Indexed, env: &Env, stubs: &mut Stubs) {
     }
     dynasm!(ops
         ; .arch x64
-        ; shr rax, bits as i8
+        ; shr rax, ix.bits as i8
         ; jnz =>slow
     );
     let home = c.home(ix.t);
     let d = home.unwrap_or(RAX);
     // A host fault resumes at `slow` with `d`, `x` and `b` unchanged.
     stubs.direct.push((ops.offset().0, slow));
-    emit_indexed_load(ops, ix.load.op, d, (b, x, ix.shift), disp);
+    emit_load_insn(ops, ix.load.op, d, Mem::Scaled(b, x, ix.shift, ix.disp));
     dynasm!(ops ; .arch x64 ; =>done);
     if home.is_none() {
         st_rax(ops, &c, ix.t);
@@ -161,39 +163,4 @@ pub(super) fn emit(ops: &mut Asm, ix: &Indexed, env: &Env, stubs: &mut Stubs) {
         }));
     stubs.fault.push((fault, ix.at.pc, ix.at.n));
     stubs.checked.written(ix.t);
-}
-
-/// The host load of integer load `op` into host register `d` from `[b + x << shift + disp]`.
-fn emit_indexed_load(ops: &mut Asm, op: Op, d: u8, (b, x, shift): (u8, u8, u8), disp: i32) {
-    use Op::*;
-    match (shift, op) {
-        (0, Lb) => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(b) + Rq(x) * 1 + disp]),
-        (0, Lbu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(b) + Rq(x) * 1 + disp]),
-        (0, Lh) => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(b) + Rq(x) * 1 + disp]),
-        (0, Lhu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(b) + Rq(x) * 1 + disp]),
-        (0, Lw) => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(b) + Rq(x) * 1 + disp]),
-        (0, Lwu) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(b) + Rq(x) * 1 + disp]),
-        (0, _) => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(b) + Rq(x) * 1 + disp]),
-        (1, Lb) => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(b) + Rq(x) * 2 + disp]),
-        (1, Lbu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(b) + Rq(x) * 2 + disp]),
-        (1, Lh) => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(b) + Rq(x) * 2 + disp]),
-        (1, Lhu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(b) + Rq(x) * 2 + disp]),
-        (1, Lw) => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(b) + Rq(x) * 2 + disp]),
-        (1, Lwu) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(b) + Rq(x) * 2 + disp]),
-        (1, _) => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(b) + Rq(x) * 2 + disp]),
-        (2, Lb) => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(b) + Rq(x) * 4 + disp]),
-        (2, Lbu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(b) + Rq(x) * 4 + disp]),
-        (2, Lh) => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(b) + Rq(x) * 4 + disp]),
-        (2, Lhu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(b) + Rq(x) * 4 + disp]),
-        (2, Lw) => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(b) + Rq(x) * 4 + disp]),
-        (2, Lwu) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(b) + Rq(x) * 4 + disp]),
-        (2, _) => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(b) + Rq(x) * 4 + disp]),
-        (3, Lb) => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(b) + Rq(x) * 8 + disp]),
-        (3, Lbu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(b) + Rq(x) * 8 + disp]),
-        (3, Lh) => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(b) + Rq(x) * 8 + disp]),
-        (3, Lhu) => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(b) + Rq(x) * 8 + disp]),
-        (3, Lw) => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(b) + Rq(x) * 8 + disp]),
-        (3, Lwu) => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(b) + Rq(x) * 8 + disp]),
-        (_, _) => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(b) + Rq(x) * 8 + disp]),
-    }
 }

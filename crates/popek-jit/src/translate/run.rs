@@ -16,8 +16,8 @@
 
 use super::regs::{ld, Cache, RAX, RDI, RDX, RSI};
 use super::{
-    emit_address, emit_lea, emit_load_call, emit_load_insn, emit_store_call, emit_store_insn,
-    emit_tlb_lookup, in_register, size_index, st_rax, Asm, At, Env, HostAddr, Stubs,
+    emit_address, emit_below_span, emit_load_call, emit_load_insn, emit_store_call,
+    emit_store_insn, emit_tlb_lookup, in_register, size_index, st_rax, Asm, At, Env, Mem, Stubs,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use popek_cpu::decode::{decode, raw_in_page, Insn, Op};
@@ -213,15 +213,15 @@ fn emit_direct(
     let done = ops.new_dynamic_label();
     let slow: Vec<DynamicLabel> = run.iter().map(|_| ops.new_dynamic_label()).collect();
     // An earlier check through the base register may cover the run (see `Checked`).
-    if !stubs.checked.covers(first.rs1, (lo, hi), bits) {
-        emit_lea(ops, RAX, base, lo as i32);
-        dynasm!(ops
-            ; .arch x64
-            ; shr rax, bits as i8
-            ; jnz =>slow[0]
-        );
-        stubs.checked.passed(first.rs1, lo as i32, bits);
-    }
+    let access = (first.rs1, (lo, hi));
+    emit_below_span(
+        ops,
+        &mut stubs.checked,
+        access,
+        (base, lo as i32),
+        bits,
+        slow[0],
+    );
     let folded = env
         .folded(addend, lo)
         .and(env.folded(addend, hi))
@@ -309,43 +309,17 @@ fn emit_fast(
     (base, folded): (u8, Option<i32>),
     slow: Option<DynamicLabel>,
 ) {
-    use Op::*;
     // A copy: `stubs` takes the direct sites below.
     let c = &{ stubs.cache };
-    let imm = i.imm;
-    if let Some(addend) = folded {
-        let at = HostAddr::Folded {
-            base,
-            disp: addend + imm,
-        };
-        if is_int_load(i.op) {
-            if let Some(slow) = slow {
-                stubs.direct.push((ops.offset().0, slow));
-            }
-            emit_load_insn(ops, i.op, RAX, at);
-            st_rax(ops, c, i.rd());
-            return;
-        }
-        let v = in_register(ops, c, i.rs2, RDX);
-        if let Some(slow) = slow {
-            stubs.direct.push((ops.offset().0, slow));
-        }
-        emit_store_insn(ops, i.op, v, at);
-        return;
-    }
+    let mem = match folded {
+        Some(addend) => Mem::Disp(base, addend + i.imm),
+        None => Mem::Rcx(base, i.imm),
+    };
     if is_int_load(i.op) {
         if let Some(slow) = slow {
             stubs.direct.push((ops.offset().0, slow));
         }
-        match i.op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx rax, BYTE [Rq(base) + rcx + imm]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx eax, BYTE [Rq(base) + rcx + imm]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx rax, WORD [Rq(base) + rcx + imm]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx eax, WORD [Rq(base) + rcx + imm]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd rax, DWORD [Rq(base) + rcx + imm]),
-            Lwu => dynasm!(ops ; .arch x64 ; mov eax, DWORD [Rq(base) + rcx + imm]),
-            _ => dynasm!(ops ; .arch x64 ; mov rax, QWORD [Rq(base) + rcx + imm]),
-        }
+        emit_load_insn(ops, i.op, RAX, mem);
         st_rax(ops, c, i.rd());
         return;
     }
@@ -354,12 +328,7 @@ fn emit_fast(
     if let Some(slow) = slow {
         stubs.direct.push((ops.offset().0, slow));
     }
-    match i.op {
-        Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + rcx + imm], Rb(v)),
-        Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + rcx + imm], Rw(v)),
-        Sw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + rcx + imm], Rd(v)),
-        _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + rcx + imm], Rq(v)),
-    }
+    emit_store_insn(ops, i.op, v, mem);
 }
 
 /// One access of a run whose check failed, through its helper: a fault leaves through
