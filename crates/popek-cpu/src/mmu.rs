@@ -351,10 +351,13 @@ impl Mmu {
             .insert((vaddr >> 12 >> (9 * level), level as u8));
     }
 
-    /// Note that `vaddr`'s page is in a fetch TLB.
+    /// Note that `vaddr`'s page is in a fetch TLB (only [`Mmu::flush_tlb_page`] asks, which a
+    /// flat MMU never gets to: it flushes everything there).
     #[inline]
     pub(crate) fn note_code_vpn(&mut self, vaddr: u64) {
-        self.code_vpns.insert(vaddr >> 12);
+        if !self.flat {
+            self.code_vpns.insert(vaddr >> 12);
+        }
     }
 
     /// The index of `vaddr`'s entry in a data TLB context.
