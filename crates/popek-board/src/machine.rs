@@ -13,6 +13,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use popek_cpu::{Bus, BusFault, DirtyLog, Exit, Hart, HartConfig, IrqPins, Memory, RamRegion};
+use popek_devices::boot_timer::BootTimer;
 use popek_devices::clint::MtimeClock;
 use popek_devices::finisher::FinisherRequest;
 use popek_jit::{EngineConfig, Jit};
@@ -79,8 +80,12 @@ pub struct MachineConfig {
     /// A debugger's hold on the harts (`--gdb`): the hart loops hand their slices to it while
     /// it is engaged.
     pub debug: Option<Arc<popek_gdb::DebugHub>>,
-    /// Stop with [`RunOutcome::Ready`] as soon as the guest signals it is ready (`popek snapshot
-    /// create` saves the machine then).
+    /// Stop with [`RunOutcome::Ready`] once the guest has signalled it is ready and then gone
+    /// idle (every hart waiting for an interrupt), or [`READY_SETTLE`] after the signal if it
+    /// never does: `popek snapshot create` saves the machine then. Saved idle, the guest has
+    /// finished what it did after the signal (the default guest: the program that signalled
+    /// has exited, and init waits for the command on the console), so no restored clone
+    /// repeats that work.
     pub stop_when_ready: bool,
     /// What runs guest code (`--engine`): the interpreter, or the JIT (one code cache per hart).
     pub engine: popek_jit::EngineConfig,
@@ -299,6 +304,10 @@ pub(crate) enum Stop {
     Save,
 }
 
+/// How long [`MachineConfig::stop_when_ready`] waits, after the guest's ready signal, for the
+/// guest to go idle before stopping anyway (a guest with work that never ends).
+pub const READY_SETTLE: Duration = Duration::from_millis(500);
+
 /// State shared by the hart threads and the console thread.
 pub(crate) struct Shared {
     /// The exit status `popek run -- CMD`'s guest reports on its status console.
@@ -318,6 +327,9 @@ pub(crate) struct Shared {
     cpus: u32,
     memory: u64,
     stop_when_ready: bool,
+    /// Per hart: its last slice ended waiting for an interrupt (see
+    /// [`MachineConfig::stop_when_ready`]).
+    idle: Vec<AtomicBool>,
     /// Guest RAM's dirty pages (live migration).
     pub(crate) dirty: Arc<DirtyLog>,
     /// Per hart: the dirty log's generation it has applied (see [`DirtyLog::flush_writers`]).
@@ -605,6 +617,7 @@ impl Machine {
             cpus: config.cpus,
             memory: config.memory,
             stop_when_ready: config.stop_when_ready,
+            idle: (0..config.cpus).map(|_| AtomicBool::new(false)).collect(),
             dirty,
             dirty_acks: (0..config.cpus).map(|_| AtomicU64::new(0)).collect(),
             migration: Mutex::new(None),
@@ -820,20 +833,25 @@ fn resident_bytes(ram: &GuestMemoryMmap) -> u64 {
 }
 
 /// While the harts run: stop the machine with [`BoardError::NotReady`] if the guest has not
-/// signalled its boot timer `limit` after the machine started.
+/// signalled its boot timer `limit` after the machine started. It looks every 200 ms, but
+/// sees a stop within 10 ms: the machine's run waits for this thread.
 fn watch_readiness(shared: &Shared, limit: Duration) {
+    let mut next_look = Instant::now();
     while !shared.stopping.load(Ordering::Acquire) {
-        let devices = shared.devices();
-        if devices.bus.boot_timer.ready_after().is_some() {
-            return;
+        if Instant::now() >= next_look {
+            let devices = shared.devices();
+            if devices.bus.boot_timer.ready_after().is_some() {
+                return;
+            }
+            let waited = devices.bus.boot_timer.since_start();
+            drop(devices);
+            if waited >= limit {
+                shared.stop(Err(BoardError::NotReady(limit.as_secs())));
+                return;
+            }
+            next_look = Instant::now() + Duration::from_millis(200);
         }
-        let waited = devices.bus.boot_timer.since_start();
-        drop(devices);
-        if waited >= limit {
-            shared.stop(Err(BoardError::NotReady(limit.as_secs())));
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -915,7 +933,7 @@ fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut
         if devices.bus.uart.output().holding() && devices.bus.boot_timer.ready_after().is_some() {
             devices.bus.uart.output().release();
         }
-        if shared.stop_when_ready && devices.bus.boot_timer.ready_after().is_some() {
+        if shared.stop_when_ready && ready_to_stop(shared, idx, exit, &devices.bus.boot_timer) {
             drop(devices);
             shared.stop(Ok(Stop::Ready));
             return;
@@ -977,6 +995,17 @@ fn run_slices(hart: &mut Hart, idx: usize, shared: &Shared, mut jit: Option<&mut
             std::thread::park_timeout(wait);
         }
     }
+}
+
+/// For [`MachineConfig::stop_when_ready`], after hart `idx`'s slice ended with `exit`: the
+/// guest signalled it is ready, and every hart is idle or the signal is [`READY_SETTLE`] old.
+fn ready_to_stop(shared: &Shared, idx: usize, exit: Exit, timer: &BootTimer) -> bool {
+    shared.idle[idx].store(exit == Exit::Wfi, Ordering::Relaxed);
+    let Some(ready) = timer.ready_after() else {
+        return false;
+    };
+    shared.idle.iter().all(|i| i.load(Ordering::Relaxed))
+        || timer.since_start().saturating_sub(ready) >= READY_SETTLE
 }
 
 /// Create the configured virtio devices, slot by slot: disks, the network card, the entropy

@@ -748,3 +748,106 @@ fn a_save_with_a_tcp_connection_open_restores_with_it_reset() {
     drop(input);
     assert!(child.wait().unwrap().success());
 }
+
+/// A bare-metal program that signals ready (the boot timer), prints `after`, keeps busy for
+/// `busy_ms` of guest time (mtime, 10 MHz), prints `counted`, then waits for a timer interrupt
+/// 20 ms on and prints `woke` before it exits with status 0 (the test finisher).
+fn ready_then_work(name: &str, busy_ms: u64) -> PathBuf {
+    let ticks = busy_ms * 10_000;
+    let source = format!(
+        r#"
+.globl _start
+_start:
+    la sp, stack_top
+    li t0, 0x102000
+    li t1, 1
+    sb t1, 0(t0)
+    la a0, after
+    call puts
+    li t0, 0x200bff8
+    ld s0, 0(t0)
+    li t1, {ticks}
+    add s0, s0, t1
+1:  ld t1, 0(t0)
+    bltu t1, s0, 1b
+    la a0, counted
+    call puts
+    li t0, 0x200bff8
+    ld t1, 0(t0)
+    li t2, 200000
+    add t1, t1, t2
+    li t0, 0x2004000
+    sd t1, 0(t0)
+    li t0, 0x80
+    csrs mie, t0
+2:  wfi
+    csrr t0, mip
+    andi t0, t0, 0x80
+    beqz t0, 2b
+    la a0, woke
+    call puts
+    li t0, 0x100000
+    li t1, 0x5555
+    sw t1, 0(t0)
+3:  j 3b
+puts:
+    li t0, 0x10000000
+4:  lbu t1, 0(a0)
+    beqz t1, 5f
+    sb t1, 0(t0)
+    addi a0, a0, 1
+    j 4b
+5:  ret
+after: .asciz "after\n"
+counted: .asciz "counted\n"
+woke: .asciz "woke\n"
+.align 4
+    .space 256
+stack_top:
+"#
+    );
+    build_asm(name, &source, 0x8000_0000)
+}
+
+/// `popek snapshot create` of a bare-metal program; its stdout (the UART before the save).
+fn create_bare(dir: &Path, elf: &Path) -> String {
+    let out = run_with_timeout(
+        popek()
+            .args(["snapshot", "create", "--memory", "16M"])
+            .arg(dir)
+            .arg("--bios")
+            .arg(elf),
+        Duration::from_secs(60),
+    );
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "snapshot create failed: {o}\n{e}");
+    o
+}
+
+/// The save waits for the guest to go idle after its ready signal: what it did in between
+/// is in the snapshot, and no restore does it again (the default guest's init: the program
+/// that signalled exits, the shell reaches the read that waits for the command).
+#[test]
+fn a_snapshot_is_saved_once_the_ready_guest_is_idle() {
+    let elf = ready_then_work("ready_then_idle", 50);
+    let dir = scratch("ready_then_idle");
+    let before = create_bare(&dir, &elf);
+    assert!(
+        before.contains("counted"),
+        "saved before the work after the ready signal was done: {before:?}"
+    );
+    let (o, e, status) = restore(&dir, &[]);
+    assert_eq!((o.as_str(), status), ("woke\n", 0), "stderr: {e}");
+}
+
+/// A guest that stays busy after its ready signal is saved anyway, half a second on, and
+/// the restore finishes its work.
+#[test]
+fn a_guest_busy_after_its_ready_signal_is_saved_anyway() {
+    let elf = ready_then_work("ready_then_busy", 1500);
+    let dir = scratch("ready_then_busy");
+    let before = create_bare(&dir, &elf);
+    assert_eq!(before, "after\n", "the save waited for the work to end");
+    let (o, e, status) = restore(&dir, &[]);
+    assert_eq!((o.as_str(), status), ("counted\nwoke\n", 0), "stderr: {e}");
+}
