@@ -133,6 +133,27 @@ unsafe extern "sysv64" fn step_helper(
     }
 }
 
+/// Run the instruction straddling a page end at `pc` (see [`Hart::engine_step_straddling`],
+/// `lag` as there): 0 when it ran (the hart's `pc` is where it went), 1 when it trapped (the
+/// trap in the context).
+///
+/// # Safety
+/// As for `load_helper`.
+unsafe extern "sysv64" fn straddle_helper(ctx: *mut Ctx<'_>, pc: u64, lag: u64) -> u64 {
+    // SAFETY: see `load_helper`.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: see `load_helper`.
+    let (hart, bus) = unsafe { (&mut *ctx.hart, &mut *ctx.bus) };
+    ctx.stepped += 1;
+    match hart.engine_step_straddling(bus, pc, lag) {
+        Ok(()) => 0,
+        Err(t) => {
+            ctx.trap = t;
+            1
+        }
+    }
+}
+
 /// The division helpers translated code calls (see [`muldiv`]), one per instruction.
 macro_rules! division_helpers {
     ($($name:ident: $op:ident),*) => {
@@ -473,6 +494,7 @@ impl Jit {
                 remuw as *const () as usize,
             ],
             step: step_helper as *const () as usize,
+            straddle: straddle_helper as *const () as usize,
             ctx_tlb_read,
             ctx_tlb_write,
             ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,

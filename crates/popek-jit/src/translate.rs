@@ -56,6 +56,8 @@ pub(crate) struct Env {
     pub div: [usize; 8],
     /// `step_helper`: one steppable instruction through the interpreter.
     pub step: usize,
+    /// `straddle_helper`: the instruction straddling a page end, through the interpreter.
+    pub straddle: usize,
     /// Offset in the context of the read-TLB pointer.
     pub ctx_tlb_read: i32,
     /// Offset in the context of the write-TLB pointer.
@@ -614,6 +616,11 @@ pub(crate) unsafe fn translate(
         let off = (cur & 0xfff) as usize;
         // SAFETY: the caller's page is 4096 bytes and off < 4096.
         let Some((i, raw)) = (unsafe { fetch(page, off) }) else {
+            if n == 0 {
+                // A block of the one instruction straddling the page's end.
+                emit_straddling(&mut ops, &mut stubs, env, cur);
+                return finish(ops, stubs, env, 1);
+            }
             break;
         };
         reach_target(&mut ops, &mut stubs, cur, n);
@@ -1584,32 +1591,82 @@ fn emit_step(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
         .push((leave, pc.wrapping_add(i.byte_len() as u64), n + 1));
 }
 
-/// Call the step helper for `i` (at `at`), leaving the block through a fault exit if it
-/// trapped.
-fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
-    let At { raw, pc, n } = at;
-    let insn_ptr = stubs.insns.keep(i) as i64;
+/// The block of the 4-byte instruction at `pc` that straddles its page's end: the straddle
+/// helper fetches (both halves, through the MMU: the next page may map anywhere) and runs it;
+/// the block then goes where it went, through the jump cache, or back to the engine if it left
+/// a request (a store to code or MMIO, a privilege change) or trapped.
+fn emit_straddling(ops: &mut Asm, stubs: &mut Stubs, env: &Env, pc: u64) {
     let fault = ops.new_dynamic_label();
-    // The interpreter reads and writes guest registers in the state, and may change
-    // `mstatus` (a CSR write): what the block knew of FS is forgotten.
-    spill(ops, &stubs.cache, Sync::All);
-    stubs.fs_on = false;
-    stubs.fs_dirty = false;
+    let requested = ops.new_dynamic_label();
+    call_interpreter(ops, stubs, env.straddle, fault, |ops| {
+        dynasm!(ops
+            ; .arch x64
+            ; mov rsi, QWORD pc as i64
+            // Instructions retired since the engine's call and not yet in `instret`.
+            ; mov rdx, [r12 + env.ctx_left]
+            ; sub rdx, r13
+        );
+    });
     dynasm!(ops
         ; .arch x64
-        ; mov rdi, r12
-        ; mov rsi, QWORD insn_ptr
-        ; mov rdx, QWORD pc as i64
-        ; mov ecx, raw as i32
-        ; mov rax, QWORD env.step as i64
+        ; cmp DWORD [rbx + S.requests], 0
+        ; jne =>requested
+        ; mov rax, [rbx + S.pc]
+    );
+    exit_lookup(ops, stubs, 1);
+    dynasm!(ops
+        ; .arch x64
+        ; =>requested
+        ; sub r13, 1
+        ; xor eax, eax
+        ; jmp =>stubs.labels.epilogue
+    );
+    stubs.fault.push((fault, pc, 0));
+}
+
+/// Call `helper` (the context in `rdi`, the rest of its arguments set by `args`), which runs
+/// guest code through the interpreter: guest registers go to the state before and come back
+/// after (it may have written any), and a non-zero result (a trap) jumps to `fault`.
+fn call_interpreter(
+    ops: &mut Asm,
+    stubs: &Stubs,
+    helper: usize,
+    fault: DynamicLabel,
+    args: impl FnOnce(&mut Asm),
+) {
+    spill(ops, &stubs.cache, Sync::All);
+    dynasm!(ops ; .arch x64 ; mov rdi, r12);
+    args(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, QWORD helper as i64
         ; call rax
     );
-    // The step helper may have written any guest register (its result, an AMO's old value).
     stubs.cache.load(ops, Sync::All);
     dynasm!(ops
         ; .arch x64
         ; test rax, rax
         ; jnz =>fault
     );
+}
+
+/// Call the step helper for `i` (at `at`), leaving the block through a fault exit if it
+/// trapped.
+fn emit_step_call(ops: &mut Asm, i: Insn, at: At, env: &Env, stubs: &mut Stubs) {
+    let At { raw, pc, n } = at;
+    let insn_ptr = stubs.insns.keep(i) as i64;
+    let fault = ops.new_dynamic_label();
+    // The interpreter may change `mstatus` (a CSR write): what the block knew of FS is
+    // forgotten.
+    stubs.fs_on = false;
+    stubs.fs_dirty = false;
+    call_interpreter(ops, stubs, env.step, fault, |ops| {
+        dynasm!(ops
+            ; .arch x64
+            ; mov rsi, QWORD insn_ptr
+            ; mov rdx, QWORD pc as i64
+            ; mov ecx, raw as i32
+        );
+    });
     stubs.fault.push((fault, pc, n));
 }

@@ -2125,3 +2125,143 @@ fn amos_on_two_harts_lose_no_update() {
         "no lost update"
     );
 }
+
+/// `auipc rd, imm20`.
+fn auipc(rd: u32, imm20: u32) -> u32 {
+    imm20 << 12 | rd << 7 | 0x17
+}
+
+/// Put the 4-byte instruction `insn` so that it straddles the end of page `page`.
+fn put_straddling(ram: &mut Ram, page: usize, insn: u32) {
+    let end = (page + 1) * 4096;
+    ram.put16(end - 2, insn as u16);
+    ram.put16(end, (insn >> 16) as u16);
+}
+
+/// A loop of 20 rounds through `insn`, which straddles the end of page 0 (x10 counts rounds,
+/// x20 points at page 3, a function on page 2 adds 3 to x11 and returns; an instruction
+/// after the straddling one that a branch can skip adds 1 to x15), then an `ecall`.
+fn straddling_loop(insn: u32) -> Ram {
+    let mut ram = Ram::new();
+    ram.put(
+        0,
+        &[
+            auipc(20, 3),
+            addi(28, 0, 20),
+            jal(0, 4090 - 8), // to 4090
+        ],
+    );
+    ram.put(4090, &[addi(10, 10, 1)]);
+    put_straddling(&mut ram, 0, insn);
+    ram.put(
+        4098,
+        &[
+            addi(15, 15, 1),
+            addi(28, 28, -1),
+            b(4090 - 4106, 0, 28, 1), // bne x28, x0, 4090
+            ECALL,
+        ],
+    );
+    ram.put(2 * 4096, &[addi(11, 11, 3), i(0, 1, 0, 0, 0x67)]); // jalr x0, 0(x1)
+    ram.put(3 * 4096, &[0x1234_5678, 0x9abc_def0]);
+    ram
+}
+
+/// A 4-byte instruction straddling a page end runs inside translated code (through the
+/// interpreter's code for it, both halves fetched anew each time) for every kind of
+/// instruction, with the same results, exits and traps as the interpreter: ALU, load, store,
+/// a taken branch, a call to another page, a counter read, `ecall`, a faulting load, and a
+/// second half rewritten by the loop itself.
+#[test]
+fn instructions_straddling_a_page_end_run_in_translated_code() {
+    let add = r(0, 10, 13, 0, 13, 0x33); // add x13, x13, x10
+    let cases: [(&str, u32, usize); 8] = [
+        ("alu", add, 1),
+        ("load", i(0, 20, 3, 12, 0x03), 1),   // ld x12, 0(x20)
+        ("store", s(16, 10, 20, 3), 1),       // sd x10, 16(x20)
+        ("taken branch", b(8, 0, 0, 0), 1),   // beq x0, x0, +8: skips x15's addi
+        ("call", jal(1, 2 * 4096 - 4094), 1), // jal x1, page 2
+        // csrrs x14, instret, x0: user mode may not read counters here (an illegal
+        // instruction, its bits in tval).
+        ("counter", i(0xc02, 0, 2, 14, 0x73), 1),
+        ("ecall", ECALL, 30),
+        ("faulting load", i(8, 0, 3, 12, 0x03), 1), // ld x12, 8(x0)
+    ];
+    for (what, insn, ecalls) in cases {
+        let ram = straddling_loop(insn);
+        let out = same(&ram, ecalls);
+        match what {
+            "faulting load" | "counter" => {
+                let (cause, tval) = if what == "counter" {
+                    (Exception::IllegalInstruction, insn as u64)
+                } else {
+                    (Exception::LoadAccessFault, 8)
+                };
+                assert_eq!(
+                    out.exits,
+                    vec![Exit::Trap(popek_cpu::Trap::new(cause, tval))],
+                    "{what}"
+                );
+                assert_eq!(
+                    (out.pc, out.instret),
+                    (BASE + 4094, 4),
+                    "{what}: pc at the instruction"
+                );
+                continue;
+            }
+            "taken branch" => assert_eq!(out.x[15], 0, "{what}"),
+            "alu" => assert_eq!(out.x[13], (1..=20).sum::<u64>(), "{what}"),
+            "call" => assert_eq!(out.x[11], 60, "{what}"),
+            "store" => assert_eq!(out.mem[3 * 512 + 2], 20, "{what}"),
+            _ => {}
+        }
+        assert_eq!(out.x[10], 20, "{what}: 20 rounds");
+        if what == "ecall" {
+            // Each one goes back to the engine, and on to the caller.
+            continue;
+        }
+        let stats = jit_stats(&ram);
+        assert!(
+            stats.stepped >= 20 && stats.entries < 20,
+            "{what}: the straddling instruction went back to the engine: {stats:?}"
+        );
+    }
+
+    // The loop rewrites the straddling instruction's second half: `addi x13, x13, 1` becomes
+    // `addi x13, x13, 100` after the first round (a store and fence.i on page 1).
+    let one = addi(13, 13, 1);
+    let hundred = addi(13, 13, 100);
+    let mut ram = straddling_loop(one);
+    ram.put(
+        4098,
+        &[
+            lui(6, 0),
+            addi(6, 6, (hundred >> 16) as i32),
+            auipc(7, 0),     // x7 = BASE + 4106
+            s(-10, 6, 7, 1), // sh x6, -10(x7): BASE + 4096
+            FENCE_I,
+            addi(28, 28, -1),
+            b(4090 - 4122, 0, 28, 1), // bne x28, x0, 4090
+            ECALL,
+        ],
+    );
+    let out = same(&ram, 1);
+    assert_eq!(out.x[13], 1 + 19 * 100);
+
+    // The second half lies past the end of RAM: an instruction access fault at pc + 2, with
+    // pc at the instruction.
+    let mut ram = Ram::new();
+    let last = PAGES * 4096;
+    ram.put(0, &[jal(0, (last - 6) as i32)]);
+    ram.put(last - 6, &[addi(10, 10, 1)]);
+    ram.put16(last - 2, add as u16);
+    let out = same(&ram, 1);
+    assert_eq!(
+        out.exits,
+        vec![Exit::Trap(popek_cpu::Trap::new(
+            Exception::InstructionAccessFault,
+            BASE + last as u64
+        ))]
+    );
+    assert_eq!((out.pc, out.instret), (BASE + last as u64 - 2, 2));
+}
