@@ -1020,22 +1020,22 @@ impl Hart {
     }
 
     /// Fetch and decode the 4-byte instruction that straddles a page boundary at `pc` (never
-    /// cached: each half may map anywhere).
+    /// cached: each half may map anywhere). Each half is fetched as an instruction fetch from
+    /// its page would be, through the fetch TLB: both pages are code pages from then on
+    /// (writes to either end execution of what was decoded from them). A fault reports the
+    /// half's address, with `pc` still at the instruction.
     pub(crate) fn fetch_straddling(&mut self) -> Result<u32, Trap> {
+        let pc = self.s.pc;
         let mut parcel = [0u16; 2];
         for (i, p) in parcel.iter_mut().enumerate() {
-            let va = self.s.pc.wrapping_add(2 * i as u64);
-            let pa = self.translate(va, Access::Exec, self.s.prv)?;
-            let host = self
-                .mem
-                .host_ptr(pa, 2)
-                .ok_or(Trap::new(Exception::InstructionAccessFault, va))?;
-            if i == 1 {
-                // Writes to the second page must also end execution of the cached instruction.
-                self.mark_code_page(pa >> 12);
-            }
-            // SAFETY: host_ptr checked two bytes of guest RAM.
-            *p = unsafe { (host as *const u16).read_unaligned() };
+            let va = pc.wrapping_add(2 * i as u64);
+            self.s.pc = va;
+            let fetched = self.fetch_page();
+            self.s.pc = pc;
+            let (_, host) = fetched?;
+            // SAFETY: `host` is the start of the 4 KiB page of guest RAM holding `va`, whose
+            // offset is 4094 (the first half) or 0 (the second).
+            *p = unsafe { (host.add((va & 0xfff) as usize) as *const u16).read_unaligned() };
         }
         Ok(parcel[0] as u32 | (parcel[1] as u32) << 16)
     }
