@@ -292,7 +292,13 @@ impl Hart {
                 }
                 match num {
                     CYCLE => self.s.instret.wrapping_add(c.cycle_offset),
-                    TIME => bus.time(),
+                    TIME => {
+                        // A device's clock: `--engine verify` cannot read it twice alike.
+                        if let Some(log) = &mut self.store_log {
+                            log.record_mmio();
+                        }
+                        bus.time()
+                    }
                     INSTRET => self.s.instret.wrapping_add(c.instret_offset),
                     _ => 0,
                 }

@@ -295,10 +295,42 @@ pub fn status_csr_access(i: &Insn) -> bool {
         )
 }
 
+/// Whether `i` accesses a CSR that only holds a value for the trap handlers (`sscratch`,
+/// `sepc`, `scause`, `stval` and their M-mode twins) or reads `time`: nothing about control
+/// flow, privilege, interrupts or translation changes, so translated code goes on after it.
+/// The kernel's trap entry and exit access them at every exception and interrupt, and its
+/// clock and entropy code read `time` (75,000 times in a boot of the default guest).
+pub fn quiet_csr_access(i: &Insn) -> bool {
+    use crate::csr::addr::*;
+    use Op::*;
+    let csr = i.imm as u16 & 0xfff;
+    let reads_only = match i.op {
+        Csrrs | Csrrc | Csrrsi | Csrrci => i.rs1 == 0,
+        _ => false,
+    };
+    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
+        && (matches!(
+            csr,
+            SSCRATCH | SEPC | SCAUSE | STVAL | MSCRATCH | MEPC | MCAUSE | MTVAL
+        ) || (csr == TIME && reads_only))
+}
+
+/// Whether `i` is an `sfence.vma` for one address: the kernel issues one after every
+/// single-page mapping change (120,000 in a boot of the default guest). It drops that page's
+/// translations; [`Hart::engine_step`] lets the engine leave only if the page was fetched from
+/// (its jump targets may have moved).
+pub fn page_fence(i: &Insn) -> bool {
+    i.op == Op::SfenceVma && i.rs1 != 0
+}
+
 /// Whether an engine may run `i` through [`Hart::engine_step`]: a [`steppable`] operation, an
-/// [`fp_csr_access`] or a [`status_csr_access`].
+/// [`fp_csr_access`], a [`status_csr_access`], a [`quiet_csr_access`] or a [`page_fence`].
 pub fn steppable_insn(i: &Insn) -> bool {
-    steppable(i.op) || fp_csr_access(i) || status_csr_access(i)
+    steppable(i.op)
+        || fp_csr_access(i)
+        || status_csr_access(i)
+        || quiet_csr_access(i)
+        || page_fence(i)
 }
 
 impl Hart {
@@ -316,8 +348,20 @@ impl Hart {
         debug_assert!(steppable_insn(insn));
         let status = self.s.csr.mstatus;
         let leave = self.s.requests & request::LEAVE;
+        let generation = self.mmu.tlb_gen;
         match self.step_decoded(bus, insn, pc, raw)? {
             Flow::Next(_) | Flow::Store(_) => Ok(()),
+            Flow::Leave(_) if quiet_csr_access(insn) => {
+                self.s.requests = self.s.requests & !request::LEAVE | leave;
+                Ok(())
+            }
+            Flow::Leave(_) if page_fence(insn) => {
+                if self.mmu.tlb_gen != generation {
+                    // A fetched page was dropped: the engine's jump cache must go.
+                    self.s.requests |= request::LEAVE;
+                }
+                Ok(())
+            }
             Flow::Leave(_) if status_csr_access(insn) => {
                 // The CSR write asked to leave, as every one does; stay unless it matters.
                 let changed = status ^ self.s.csr.mstatus;
@@ -445,6 +489,42 @@ mod tests {
         assert_eq!(hart.instret(), 100, "the engine counts what retired");
         assert_eq!(hart.pc(), 0x8000_1002);
         assert_ne!(hart.s.requests & request::LEAVE, 0, "a CSR access leaves");
+    }
+
+    /// `engine_step` on `raw` at the page start of `hart`'s RAM: the requests it leaves.
+    fn stepped_requests(hart: &mut Hart, raw: u32) -> u32 {
+        let i = crate::decode::decode(raw);
+        assert!(steppable_insn(&i), "{raw:#x} runs inside translated code");
+        hart.s.requests = 0;
+        hart.engine_step(&mut NoBus, &i, 0x8000_0000, raw).unwrap();
+        hart.s.requests
+    }
+
+    /// The trap handlers' CSRs and `time` reads leave no request; `sfence.vma` for one address
+    /// leaves one only if that page was fetched from (the engine's jump cache must go).
+    #[test]
+    fn quiet_csr_accesses_and_page_fences_stay_in_translated_code() {
+        let (mut hart, _ram) = straddling(0x0000_0013);
+        hart.set_xreg(5, 0x1234);
+        // csrw sscratch, x5; csrrs x6, sepc, x5; csrr x7, time
+        assert_eq!(stepped_requests(&mut hart, 0x1402_9073), 0);
+        assert_eq!(hart.s.csr.sscratch, 0x1234);
+        assert_eq!(stepped_requests(&mut hart, 0x1412_a373), 0);
+        hart.log_stores(true);
+        assert_eq!(stepped_requests(&mut hart, 0xc010_23f3), 0);
+        assert!(
+            hart.take_store_log().touched_mmio(),
+            "verify cannot read the clock twice alike"
+        );
+        hart.log_stores(false);
+        // sfence.vma x5 (a page never fetched from), then x8 (the page fetched from below).
+        assert_eq!(stepped_requests(&mut hart, 0x1202_8073), 0);
+        hart.set_pc(0x8000_1000);
+        hart.fetch_code_page().unwrap();
+        hart.set_xreg(8, 0x8000_1000);
+        assert_eq!(stepped_requests(&mut hart, 0x1204_0073), request::LEAVE);
+        // Writing `satp` is not quiet: it stays outside translated code.
+        assert!(!steppable_insn(&crate::decode::decode(0x1802_9073)));
     }
 
     /// A straddling ALU instruction goes on in sequence without a request; a jump goes where

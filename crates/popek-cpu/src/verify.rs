@@ -128,8 +128,8 @@ pub struct StoreLog {
 }
 
 impl StoreLog {
-    /// Whether a load or store reached a device (MMIO the bus accepted): the code cannot be run
-    /// a second time.
+    /// Whether a load or store reached a device (MMIO the bus accepted), or the code read the
+    /// `time` CSR: it cannot be run a second time alike.
     pub fn touched_mmio(&self) -> bool {
         self.mmio
     }

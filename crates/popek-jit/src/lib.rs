@@ -4,9 +4,9 @@
 //! Translated: RV64I and M integer operations, `lui`/`auipc`, branches, `jal`/`jalr`, integer
 //! and FP loads and stores (an inline soft-TLB hit path, a call into the hart for everything
 //! else; loads and stores access the host directly where the host's protection checks them,
-//! see `faults`), `fence`. Atomics, F/D arithmetic and accesses to the FP CSRs, `sstatus` and
-//! `mstatus` stay inside blocks but run through the interpreter
-//! ([`popek_cpu::engine::steppable_insn`]). A 4-byte instruction straddling a page end is a
+//! see `faults`), `fence`. Atomics, F/D arithmetic, accesses to the FP CSRs, `sstatus`,
+//! `mstatus` and the trap handlers' CSRs, `time` reads and `sfence.vma` for one address stay
+//! inside blocks but run through the interpreter ([`popek_cpu::engine::steppable_insn`]). A 4-byte instruction straddling a page end is a
 //! block of its own that runs it through the interpreter's code (both halves fetched anew each
 //! time) and goes on through the jump cache. Anything else (other CSRs, `ecall`, `fence.i`,
 //! system instructions) ends a block before it, and the hart interprets from there to the end
