@@ -1324,106 +1324,62 @@ impl HostAddr {
     }
 }
 
+/// The host load of load `$op` into host register `$d` from the memory operand written in
+/// the brackets (dynasm syntax): one form per width and extension.
+macro_rules! host_load {
+    ($ops:ident, $op:ident, $d:ident, [$($mem:tt)*]) => {
+        match $op {
+            Op::Lb => dynasm!($ops ; .arch x64 ; movsx Rq($d), BYTE [$($mem)*]),
+            Op::Lbu => dynasm!($ops ; .arch x64 ; movzx Rd($d), BYTE [$($mem)*]),
+            Op::Lh => dynasm!($ops ; .arch x64 ; movsx Rq($d), WORD [$($mem)*]),
+            Op::Lhu => dynasm!($ops ; .arch x64 ; movzx Rd($d), WORD [$($mem)*]),
+            Op::Lw => dynasm!($ops ; .arch x64 ; movsxd Rq($d), DWORD [$($mem)*]),
+            Op::Lwu | Op::Flw => dynasm!($ops ; .arch x64 ; mov Rd($d), DWORD [$($mem)*]),
+            _ => dynasm!($ops ; .arch x64 ; mov Rq($d), QWORD [$($mem)*]),
+        }
+    };
+}
+
+/// The host store of store `$op` from host register `$v` to the memory operand written in the
+/// brackets (dynasm syntax): one form per width.
+macro_rules! host_store {
+    ($ops:ident, $op:ident, $v:ident, [$($mem:tt)*]) => {
+        match $op {
+            Op::Sb => dynasm!($ops ; .arch x64 ; mov BYTE [$($mem)*], Rb($v)),
+            Op::Sh => dynasm!($ops ; .arch x64 ; mov WORD [$($mem)*], Rw($v)),
+            Op::Sw | Op::Fsw => dynasm!($ops ; .arch x64 ; mov DWORD [$($mem)*], Rd($v)),
+            _ => dynasm!($ops ; .arch x64 ; mov QWORD [$($mem)*], Rq($v)),
+        }
+    };
+}
+
 /// The host load of integer (or `Flw`/`Fld`) load `op` into host register `d`, from `mem`.
 fn emit_load_insn(ops: &mut Asm, op: Op, d: u8, mem: Mem) {
-    use Op::*;
     match mem {
-        Mem::RsiRax => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [rsi + rax]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [rsi + rax]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [rsi + rax]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [rsi + rax]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [rsi + rax]),
-            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [rsi + rax]),
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [rsi + rax]),
-        },
-        Mem::Disp(base, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + disp]),
-            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + disp]),
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + disp]),
-        },
-        Mem::Rcx(base, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + rcx + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + rcx + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + rcx + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + rcx + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + rcx + disp]),
-            Lwu | Flw => dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + rcx + disp]),
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + rcx + disp]),
-        },
-        Mem::Scaled(base, index, 0, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 1 + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 1 + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 1 + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 1 + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 1 + disp]),
-            Lwu | Flw => {
-                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 1 + disp])
-            }
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 1 + disp]),
-        },
-        Mem::Scaled(base, index, 1, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 2 + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 2 + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 2 + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 2 + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 2 + disp]),
-            Lwu | Flw => {
-                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 2 + disp])
-            }
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 2 + disp]),
-        },
-        Mem::Scaled(base, index, 2, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 4 + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 4 + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 4 + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 4 + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 4 + disp]),
-            Lwu | Flw => {
-                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 4 + disp])
-            }
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 4 + disp]),
-        },
-        Mem::Scaled(base, index, _, disp) => match op {
-            Lb => dynasm!(ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(base) + Rq(index) * 8 + disp]),
-            Lbu => dynasm!(ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(base) + Rq(index) * 8 + disp]),
-            Lh => dynasm!(ops ; .arch x64 ; movsx Rq(d), WORD [Rq(base) + Rq(index) * 8 + disp]),
-            Lhu => dynasm!(ops ; .arch x64 ; movzx Rd(d), WORD [Rq(base) + Rq(index) * 8 + disp]),
-            Lw => dynasm!(ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(base) + Rq(index) * 8 + disp]),
-            Lwu | Flw => {
-                dynasm!(ops ; .arch x64 ; mov Rd(d), DWORD [Rq(base) + Rq(index) * 8 + disp])
-            }
-            _ => dynasm!(ops ; .arch x64 ; mov Rq(d), QWORD [Rq(base) + Rq(index) * 8 + disp]),
-        },
+        Mem::RsiRax => host_load!(ops, op, d, [rsi + rax]),
+        Mem::Disp(base, disp) => host_load!(ops, op, d, [Rq(base) + disp]),
+        Mem::Rcx(base, disp) => host_load!(ops, op, d, [Rq(base) + rcx + disp]),
+        Mem::Scaled(base, index, 0, disp) => {
+            host_load!(ops, op, d, [Rq(base) + Rq(index) * 1 + disp])
+        }
+        Mem::Scaled(base, index, 1, disp) => {
+            host_load!(ops, op, d, [Rq(base) + Rq(index) * 2 + disp])
+        }
+        Mem::Scaled(base, index, 2, disp) => {
+            host_load!(ops, op, d, [Rq(base) + Rq(index) * 4 + disp])
+        }
+        Mem::Scaled(base, index, _, disp) => {
+            host_load!(ops, op, d, [Rq(base) + Rq(index) * 8 + disp])
+        }
     }
 }
 
 /// The host store of store `op` from host register `v`, to `mem` (not [`Mem::Scaled`]).
 fn emit_store_insn(ops: &mut Asm, op: Op, v: u8, mem: Mem) {
-    use Op::*;
     match mem {
-        Mem::RsiRax => match op {
-            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [rsi + rax], Rb(v)),
-            Sh => dynasm!(ops ; .arch x64 ; mov WORD [rsi + rax], Rw(v)),
-            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [rsi + rax], Rd(v)),
-            _ => dynasm!(ops ; .arch x64 ; mov QWORD [rsi + rax], Rq(v)),
-        },
-        Mem::Disp(base, disp) => match op {
-            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + disp], Rb(v)),
-            Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + disp], Rw(v)),
-            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + disp], Rd(v)),
-            _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + disp], Rq(v)),
-        },
-        Mem::Rcx(base, disp) => match op {
-            Sb => dynasm!(ops ; .arch x64 ; mov BYTE [Rq(base) + rcx + disp], Rb(v)),
-            Sh => dynasm!(ops ; .arch x64 ; mov WORD [Rq(base) + rcx + disp], Rw(v)),
-            Sw | Fsw => dynasm!(ops ; .arch x64 ; mov DWORD [Rq(base) + rcx + disp], Rd(v)),
-            _ => dynasm!(ops ; .arch x64 ; mov QWORD [Rq(base) + rcx + disp], Rq(v)),
-        },
+        Mem::RsiRax => host_store!(ops, op, v, [rsi + rax]),
+        Mem::Disp(base, disp) => host_store!(ops, op, v, [Rq(base) + disp]),
+        Mem::Rcx(base, disp) => host_store!(ops, op, v, [Rq(base) + rcx + disp]),
         Mem::Scaled(..) => unreachable!("indexed stores are not fused"),
     }
 }
