@@ -349,7 +349,7 @@ impl Hart {
         let status = self.s.csr.mstatus;
         let leave = self.s.requests & request::LEAVE;
         let generation = self.mmu.tlb_gen;
-        match self.step_decoded(bus, insn, pc, raw)? {
+        match self.step_decoded(bus, insn, pc, raw, 0)? {
             Flow::Next(_) | Flow::Store(_) => Ok(()),
             Flow::Leave(_) if quiet_csr_access(insn) => {
                 self.s.requests = self.s.requests & !request::LEAVE | leave;
@@ -394,22 +394,7 @@ impl Hart {
     ) -> Result<(), Trap> {
         self.s.pc = pc;
         let raw = self.fetch_straddling()?;
-        let mut i = crate::decode::decode(raw);
-        if i.rd() == 0 && writes_xreg(i.op) {
-            i.set_rd(32);
-        }
-        let mut bus = bus;
-        let mut retired = lag;
-        let flow = self.step(&mut bus, &i, pc, &mut retired);
-        // A CSR instruction adds what retired to `instret` before reading counters: the
-        // caller counts those, so they come off again.
-        self.s.instret = self.s.instret.wrapping_sub(lag - retired);
-        let flow = flow.map_err(|mut t| {
-            if t.cause == Exception::IllegalInstruction {
-                t.tval = raw as u64;
-            }
-            t
-        })?;
+        let flow = self.step_decoded(bus, &crate::decode::decode(raw), pc, raw, lag)?;
         self.s.pc = match flow {
             Flow::Next(next) | Flow::Jump(next) | Flow::Store(next) => next,
             Flow::Leave(next) => {
@@ -423,21 +408,28 @@ impl Hart {
 
     /// Execute `insn` (freshly decoded from `raw`, not from the decode cache) at `pc`, as the
     /// interpreter would, but leaving `pc` and `instret` to the caller: writes to x0 go to the
-    /// sink, and an illegal-instruction trap reports `raw`.
+    /// sink, and an illegal-instruction trap reports `raw`. `lag` instructions have retired
+    /// that `instret` does not hold yet: counter reads add them, and `instret` is left as it
+    /// was.
     pub(crate) fn step_decoded(
         &mut self,
         bus: &mut dyn Bus,
         insn: &Insn,
         pc: u64,
         raw: u32,
+        lag: u64,
     ) -> Result<Flow, Trap> {
         let mut i = *insn;
         if i.rd() == 0 && writes_xreg(i.op) {
             i.set_rd(32);
         }
         let mut bus = bus;
-        let mut retired = 0;
-        self.step(&mut bus, &i, pc, &mut retired).map_err(|mut t| {
+        let mut retired = lag;
+        let flow = self.step(&mut bus, &i, pc, &mut retired);
+        // A CSR instruction adds what retired to `instret` before reading counters: the
+        // caller counts those, so they come off again.
+        self.s.instret = self.s.instret.wrapping_sub(lag - retired);
+        flow.map_err(|mut t| {
             if t.cause == Exception::IllegalInstruction {
                 t.tval = raw as u64;
             }

@@ -300,7 +300,7 @@ impl Hart {
                 Some(raw) => raw,
                 None => self.fetch_straddling()?,
             };
-            match self.step_decoded(bus, &decode(raw), pc, raw)? {
+            match self.step_decoded(bus, &decode(raw), pc, raw, 0)? {
                 Flow::Next(next) | Flow::Jump(next) | Flow::Store(next) | Flow::Leave(next) => {
                     self.s.pc = next;
                     self.s.instret += 1;
