@@ -338,7 +338,7 @@ impl Hart {
     }
 
     /// Bytes of host memory backing this hart's decode cache (for memory accounting; its
-    /// pages are 24 KiB of address space each, backed only where instructions were decoded).
+    /// pages are 16 KiB of address space each, backed only where instructions were decoded).
     pub fn decode_cache_bytes(&self) -> u64 {
         self.mmu.decode_cache_resident()
     }

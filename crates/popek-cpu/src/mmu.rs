@@ -36,7 +36,7 @@ const CTX_NO_CACHE: usize = 4;
 /// sequential execution running off the page's end.
 pub(crate) const SLOTS: usize = 2048 + 2;
 
-/// Most decoded pages a hart keeps (24 KiB each, so 24 MiB); past this the cache starts over.
+/// Most decoded pages a hart keeps (16 KiB each, so 16 MiB); past this the cache starts over.
 const MAX_DECODED_PAGES: usize = 1024;
 
 /// A page of decoded instructions, indexed by (offset / 2).
