@@ -320,13 +320,21 @@ fn heat_slot(k: Key) -> (usize, u32) {
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
 const NO_KEY: Key = Key { host: 0, vpc: 0 };
 
-/// [`ZeroedTable::new`] of `n` entries, failing as the JIT does.
+/// [`ZeroedTable::new`] of `n` entries (or [`ZeroedTable::new_backed`] if `backed`), failing
+/// as the JIT does.
 ///
 /// # Safety
 /// All-zero bytes must be a valid `T`.
-unsafe fn table<T: Copy>(n: usize) -> Result<ZeroedTable<T>, JitError> {
+unsafe fn table<T: Copy>(n: usize, backed: bool) -> Result<ZeroedTable<T>, JitError> {
     // SAFETY: passed on from this function's contract.
-    unsafe { ZeroedTable::new(n) }.ok_or_else(|| JitError::Tables {
+    let t = unsafe {
+        if backed {
+            ZeroedTable::new_backed(n)
+        } else {
+            ZeroedTable::new(n)
+        }
+    };
+    t.ok_or_else(|| JitError::Tables {
         bytes: n * std::mem::size_of::<T>(),
         source: std::io::Error::last_os_error(),
     })
@@ -530,13 +538,13 @@ impl Jit {
             blocks: HashMap::default(),
             by_page: HashMap::default(),
             // SAFETY: an all-zero slot is `EMPTY` (a zero key, a null block).
-            fast: unsafe { table(FAST_SLOTS)? },
+            fast: unsafe { table(FAST_SLOTS, true)? },
             env,
             stats: JitStats::default(),
             epoch: 0,
             insns: InsnArena::default(),
             // SAFETY: all-zero entries are unused ones: no key is 0, as `jc_version` starts at 1.
-            jcache: unsafe { table(2 * JCACHE_ENTRIES)? },
+            jcache: unsafe { table(2 * JCACHE_ENTRIES, false)? },
             jc_version: 1,
             jc_tlb_gen: u64::MAX,
             verify: false,
@@ -545,7 +553,7 @@ impl Jit {
             bare_addend: None,
             machine_ram: None,
             // SAFETY: an all-zero slot is an empty one (tag 0).
-            heat: unsafe { table(HEAT_SLOTS)? },
+            heat: unsafe { table(HEAT_SLOTS, true)? },
             direct: DirectSites::default(),
         })
     }
