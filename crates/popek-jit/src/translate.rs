@@ -348,6 +348,8 @@ pub(crate) fn trampolines(at: usize, env: &Env) -> Trampolines {
         ; jne =>back
         ; jmp QWORD [rcx + JCACHE_WAY2 + 16]
         ; =>back
+        // The target, for the engine (see `exit_lookup`).
+        ; mov [rbx + S.pc], rax
         ; xor eax, eax
         ; jmp extern (at + epilogue)
     );
@@ -559,6 +561,8 @@ struct Labels {
     second_way: DynamicLabel,
     /// Return to the engine with status 0 (`pc` stored).
     leave: DynamicLabel,
+    /// Store `rax` as `pc`, then as `leave`.
+    leave_rax: DynamicLabel,
     /// Return to the engine with the status in `eax`.
     epilogue: DynamicLabel,
 }
@@ -603,6 +607,7 @@ pub(crate) unsafe fn translate(
             again: ops.new_dynamic_label(),
             second_way: ops.new_dynamic_label(),
             leave: ops.new_dynamic_label(),
+            leave_rax: ops.new_dynamic_label(),
             epilogue: ops.new_dynamic_label(),
         },
     };
@@ -735,6 +740,8 @@ fn finish(mut ops: Asm, mut stubs: Stubs, env: &Env, n: u32) -> Translated {
         ; .arch x64
         ; =>l.second_way
         ; jmp extern env.second_way
+        ; =>l.leave_rax
+        ; mov [rbx + S.pc], rax
         ; =>l.leave
         ; xor eax, eax
         ; =>l.epilogue
@@ -900,16 +907,16 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
 
 /// Leave the block for the guest address in `rax` after `retired` instructions: jump straight
 /// to its translation if the jump cache has one for the current context (and instructions are
-/// left), else return to the engine.
+/// left), else return to the engine. Only the way back to the engine stores `pc` (here, or in
+/// the second way's miss): translated code, like a chained jump's target, does not read it.
 fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
     spill(ops, &stubs.cache, Sync::Block);
     let mask = (JCACHE_ENTRIES - 1) as i32;
     let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
     dynasm!(ops
         ; .arch x64
-        ; mov [rbx + S.pc], rax
         ; sub r13, BYTE retired as i8
-        ; jle =>stubs.labels.leave
+        ; jle =>stubs.labels.leave_rax
         // rcx = jcache_slot(rax) * entry bytes.
         ; mov rcx, rax
         ; mov rdx, rax
@@ -989,11 +996,10 @@ fn emit(ops: &mut Asm, i: &Insn, at: At, env: &Env, stubs: &mut Stubs) -> Option
         }
         Jalr => {
             ld(ops, &c, RAX, i.rs1);
-            dynasm!(ops
-                ; .arch x64
-                ; add rax, i.imm
-                ; and rax, -2
-            );
+            if i.imm != 0 {
+                dynasm!(ops ; .arch x64 ; add rax, i.imm);
+            }
+            dynasm!(ops ; .arch x64 ; and rax, -2);
             if i.rd() != 0 {
                 dynasm!(ops
                     ; .arch x64
