@@ -12,8 +12,7 @@ use crate::faults::{self, DirectSites};
 use crate::perfmap;
 use crate::table::ZeroedTable;
 use crate::translate::{
-    jcache_second_slot, jcache_slot, trampolines, translate, Env, InsnArena, JEntry, Translated,
-    JCACHE_ENTRIES,
+    jcache_second_slot, jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
 };
 use crate::verify::Verdict;
 use crate::{Divergence, EngineConfig, JitError, JitStats};
@@ -318,42 +317,6 @@ fn heat_slot(k: Key) -> (usize, u32) {
     ((h >> 20) as usize & (HEAT_SLOTS - 1), (h >> 32) as u32 | 1)
 }
 
-/// Whether the block under `k` should go on at a forward branch's taken target `t` rather
-/// than its fall-through `f` (both on its page), judged by what the interpreter saw while the
-/// block was cold: the target has a translation (it turned hot) and the fall-through has none
-/// and started fewer than half the threshold's times, or neither has one and the target
-/// started at least twice as often (and 8 times more). Without that evidence (as with a
-/// threshold of 1) the block goes on with the fall-through, as static prediction expects.
-fn prefer_taken(
-    blocks: &HashMap<Key, Block>,
-    heat: &[Heat],
-    hot: u32,
-    k: Key,
-    t: u64,
-    f: u64,
-) -> bool {
-    // On the block's page: as far from its host address as from its virtual one.
-    let at = |vpc: u64| Key {
-        host: k.host.wrapping_add(vpc.wrapping_sub(k.vpc)),
-        vpc,
-    };
-    let starts = |key: Key| {
-        let (slot, tag) = heat_slot(key);
-        let h = heat[slot];
-        if h.tag == tag {
-            h.count
-        } else {
-            0
-        }
-    };
-    let (kt, kf) = (at(t), at(f));
-    match (blocks.contains_key(&kt), blocks.contains_key(&kf)) {
-        (true, false) => starts(kf) < hot / 2,
-        (false, false) => starts(kt) >= 2 * starts(kf) + 8,
-        _ => false,
-    }
-}
-
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
 const NO_KEY: Key = Key { host: 0, vpc: 0 };
 
@@ -653,19 +616,6 @@ impl Jit {
         }
     }
 
-    /// The code of the block under `k` at guest virtual `pc` in the page of guest RAM at host
-    /// address `page`, for the next free place in the code buffer, with what the heat table
-    /// and the translations so far say of its branches (see [`prefer_taken`]).
-    ///
-    /// # Safety
-    /// `page` must point at the 4096 bytes of a guest RAM page.
-    unsafe fn assemble(&mut self, page: *const u8, pc: u64, k: Key, env: &Env) -> Translated {
-        let (blocks, heat, hot) = (&self.blocks, &self.heat, self.hot);
-        let bias = |t, f| prefer_taken(blocks, heat, hot, k, t, f);
-        // SAFETY: per this function's contract.
-        unsafe { translate(page, pc, self.code.next_addr(), env, &mut self.insns, &bias) }
-    }
-
     /// Translate the block at guest virtual `pc` in the page of guest RAM at host address
     /// `page`, and cache it under key `k`.
     fn translate(&mut self, page: *const u8, pc: u64, k: Key) -> Block {
@@ -678,13 +628,12 @@ impl Jit {
             }
         }
         // SAFETY: `page` is the host address of a guest RAM page the hart just fetched from.
-        let mut t = unsafe { self.assemble(page, pc, k, &env) };
+        let mut t = unsafe { translate(page, pc, self.code.next_addr(), &env, &mut self.insns) };
         if t.code.len() > self.code.free() {
             self.flush();
-            // Assembled for the old address: again for the start of the emptied buffer (with
-            // no other translations left to say which branch sides are hot).
+            // Assembled for the old address: again for the start of the emptied buffer.
             // SAFETY: as above.
-            t = unsafe { self.assemble(page, pc, k, &env) };
+            t = unsafe { translate(page, pc, self.code.next_addr(), &env, &mut self.insns) };
         }
         let mut b = Block {
             chain: std::ptr::null(),
@@ -706,7 +655,6 @@ impl Jit {
         self.fast[fast_slot(k)] = (k, b);
         self.stats.blocks += 1;
         self.stats.insns += t.insns as u64;
-        self.stats.followed_branches += t.followed as u64;
         self.stats.code_bytes += t.code.len() as u64;
         self.stats.translate_ns += started.elapsed().as_nanos() as u64;
         b

@@ -107,9 +107,6 @@ pub struct JitStats {
     /// guest register stored before and loaded after): what the translator does not emit
     /// itself, such as CSR accesses other than the FP ones and `sstatus`, traps and fences.
     pub stepped: u64,
-    /// Forward branches whose block went on at the target, which the interpreter had seen
-    /// taken more often, rather than at the fall-through (see `followed_branch`).
-    pub followed_branches: u64,
 }
 
 impl JitStats {
@@ -127,7 +124,6 @@ impl JitStats {
         self.slow_accesses += other.slow_accesses;
         self.host_faults += other.host_faults;
         self.stepped += other.stepped;
-        self.followed_branches += other.followed_branches;
     }
 
     /// What was done since `earlier` (counts of the same JIT): a forked process's own work.
@@ -145,9 +141,6 @@ impl JitStats {
             slow_accesses: self.slow_accesses.saturating_sub(earlier.slow_accesses),
             host_faults: self.host_faults.saturating_sub(earlier.host_faults),
             stepped: self.stepped.saturating_sub(earlier.stepped),
-            followed_branches: self
-                .followed_branches
-                .saturating_sub(earlier.followed_branches),
         }
     }
 
@@ -167,7 +160,7 @@ impl std::fmt::Display for JitStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers ({} after a host fault); {} instructions through the step helper; {} forward branches followed to their target",
+            "translated {} blocks, {} instructions in {:.1} ms ({:.2} us per instruction); {} KiB of code; {} flushes, {} page drops; entered translated code {} times; {} loads and stores through helpers ({} after a host fault); {} instructions through the step helper",
             self.blocks,
             self.insns,
             self.translate_ns as f64 / 1e6,
@@ -178,8 +171,7 @@ impl std::fmt::Display for JitStats {
             self.entries,
             self.slow_accesses,
             self.host_faults,
-            self.stepped,
-            self.followed_branches
+            self.stepped
         )
     }
 }

@@ -270,8 +270,6 @@ pub(crate) struct Translated {
     /// Offsets in `code` of the direct loads and stores (see [`Env::host_read_bits`]) and of
     /// their slow paths, in increasing order.
     pub direct_sites: Vec<(usize, usize)>,
-    /// Forward branches the block followed to their target (see [`followed_branch`]).
-    pub followed: u32,
 }
 
 /// The code every block shares, assembled once at the front of the code buffer: entering
@@ -548,8 +546,6 @@ struct Stubs<'a> {
     /// Targets of those branches: (guest address, label, instructions the block's straight
     /// path has retired on reaching it, if it did).
     targets: Vec<(u64, DynamicLabel, Option<u32>)>,
-    /// Forward branches followed to their target so far.
-    followed: u32,
     /// The block's shared labels (dynamic ones: dynasm finds a named label by hashing its
     /// name at every use, a twentieth of translation time).
     labels: Labels,
@@ -585,7 +581,6 @@ pub(crate) unsafe fn translate(
     at: usize,
     env: &Env,
     insns: &mut InsnArena,
-    bias: &Bias,
 ) -> Translated {
     // Sized for a typical block, so assembling rarely grows a buffer (growing and copying
     // was a tenth of translation time).
@@ -601,14 +596,13 @@ pub(crate) unsafe fn translate(
         leave: Vec::new(),
         direct: Vec::new(),
         // SAFETY: the caller's page is 4096 bytes and the offset < 4096.
-        cache: unsafe { Cache::plan(page, pc, MAX_BLOCK_INSNS, bias) },
+        cache: unsafe { Cache::plan(page, (pc & 0xfff) as usize, MAX_BLOCK_INSNS) },
         cold: Vec::new(),
         fs_on: false,
         fs_dirty: false,
         checked: Checked::default(),
         sides: Vec::new(),
         targets: Vec::new(),
-        followed: 0,
         labels: Labels {
             again: ops.new_dynamic_label(),
             second_way: ops.new_dynamic_label(),
@@ -674,15 +668,6 @@ pub(crate) unsafe fn translate(
             cur = target;
             continue;
         }
-        if let Some((target, fall)) = followed_branch(&i, cur, pc, bias) {
-            // A forward branch the interpreter saw mostly taken: the block goes on at its
-            // target, and its fall-through is the side exit.
-            emit_side(&mut ops, &i, false, fall, n + 1, &mut stubs);
-            stubs.followed += 1;
-            n += 1;
-            cur = target;
-            continue;
-        }
         let kind = if let Some(target) = side_exit(&i, cur) {
             // A forward branch within the page: the block goes on with its fall-through path,
             // and its taken side leaves (or jumps ahead, see `emit_sides`).
@@ -722,7 +707,6 @@ pub(crate) unsafe fn translate(
             code: Vec::new(),
             insns: 0,
             direct_sites: Vec::new(),
-            followed: 0,
         };
     }
     if !terminated {
@@ -776,7 +760,6 @@ fn finish(mut ops: Asm, mut stubs: Stubs, env: &Env, n: u32) -> Translated {
         code,
         insns: n,
         direct_sites,
-        followed: stubs.followed,
     }
 }
 
@@ -821,32 +804,8 @@ fn emit_side_branch(ops: &mut Asm, i: &Insn, target: u64, retired: u32, stubs: &
         emit_loop_back(ops, i, retired, stubs);
         return;
     }
-    emit_side(ops, i, true, target, retired, stubs);
-}
-
-/// Which of a forward branch's sides the interpreter took more often while its block was
-/// cold: `bias(taken target, fall-through)` is true when the block should go on at the
-/// target (see `Jit::prefer_taken`).
-pub(crate) type Bias<'a> = dyn Fn(u64, u64) -> bool + 'a;
-
-/// The branch's (target, fall-through) if `i` at `pc`, in a block starting at `start`, is a
-/// forward branch within the page (see [`side_exit`]) that the block follows to its target
-/// (`bias` says it is mostly taken). gzip's match loop is two blocks otherwise: its test of
-/// one byte branches ahead to the chain step nearly every time, and each round went through
-/// both blocks' exits and entries instead of looping in one.
-pub(crate) fn followed_branch(i: &Insn, pc: u64, start: u64, bias: &Bias) -> Option<(u64, u64)> {
-    let target = side_exit(i, pc)?;
-    let fall = pc.wrapping_add(i.byte_len() as u64);
-    (target != start && fall != start && bias(target, fall)).then_some((target, fall))
-}
-
-/// Jump to a side exit to `to` after `retired` instructions if the branch is taken (`when`)
-/// or not: a label [`emit_sides`] fills in with a jump to `to` further down the block's
-/// straight path, or an exit.
-fn emit_side(ops: &mut Asm, i: &Insn, when: bool, to: u64, retired: u32, stubs: &mut Stubs) {
-    let target = to;
     let side = ops.new_dynamic_label();
-    emit_jcc(ops, i, &stubs.cache, side, when);
+    emit_jcc(ops, i, &stubs.cache, side, true);
     if !stubs.targets.iter().any(|t| t.0 == target) {
         let label = ops.new_dynamic_label();
         stubs.targets.push((target, label, None));

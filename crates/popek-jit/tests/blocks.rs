@@ -112,8 +112,6 @@ enum Eng {
     /// The JIT told to expect the addend of untranslated addresses (these harts run with
     /// `satp` Bare): the right one or a wrong one.
     JitExpectingBareAddend(bool),
-    /// The JIT translating a block at its `n`th start (the interpreter runs it before).
-    JitHot(u32),
 }
 
 /// A user-mode hart on `ram`, at `BASE`.
@@ -162,7 +160,6 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
             Some(jit)
         }
         Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
-        Eng::JitHot(n) => Some(Jit::new().unwrap().translating_after(n)),
     };
     let mut exits = Vec::new();
     let mut ecalls = 0;
@@ -906,47 +903,6 @@ fn forward_branches_continue_the_block() {
     // The prologue (through the loop's first time round), the loop, the middle of the run
     // (entered from the branch into it) and the ecall.
     assert_eq!(jit_stats(&ram).blocks, 4);
-}
-
-/// A forward branch the interpreter saw mostly taken, whose fall-through path leaves before
-/// reaching its target: once the loop turns hot, its block goes on at the branch's target (the
-/// fall-through is the side exit), so the loop is one block looping to itself. The same
-/// results as the interpreter at every budget.
-#[test]
-fn a_mostly_taken_forward_branch_is_followed_once_counted() {
-    let code = [
-        addi(29, 0, 300),
-        i(15, 29, 7, 6, 0x13),   // top: andi x6, x29, 15
-        b(16, 0, 6, 1),          // bne x6, x0, L (taken 15 times in 16)
-        addi(9, 9, 1),           //   x9 += 1
-        addi(29, 29, -1),        //   x29 -= 1
-        jal(0, -16),             //   back to top
-        r(0, 29, 8, 0, 8, 0x33), // L: add x8, x8, x29
-        addi(29, 29, -1),        // x29 -= 1
-        b(-28, 0, 29, 1),        // bne x29, x0, top
-        ECALL,
-    ];
-    let mut ram = Ram::new();
-    ram.put(0, &code);
-    let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
-    // 300 down to 1: 18 multiples of 16 take the rare path.
-    assert_eq!((want.x[9], want.x[29]), (18, 0));
-    for budget in [1, 3, 7, 1000, 1 << 20] {
-        let (got, jit) = run(&ram, Eng::JitHot(16), budget, 1);
-        assert_eq!(
-            (&got.x, got.pc, got.instret, &got.exits),
-            (&want.x, want.pc, want.instret, &want.exits),
-            "budget {budget}"
-        );
-        let stats = jit.unwrap().stats();
-        if budget >= 1000 {
-            // top, going on at L and looping to itself; L, hot in the same round as top; the
-            // rare path, a side exit now.
-            assert_eq!((stats.followed_branches, stats.blocks), (1, 3), "{stats:?}");
-        }
-    }
-    // With no counts to judge by, the block follows the fall-through (static prediction).
-    assert_eq!(jit_stats(&ram).followed_branches, 0);
 }
 
 /// An FP load in the middle of a block while `mstatus.FS` is off: an illegal-instruction trap
@@ -1802,8 +1758,7 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
             Eng::Jit
             | Eng::JitExpectingAddend(_)
             | Eng::JitExpectingBareAddend(_)
-            | Eng::JitOnHartRequiringAddend(_)
-            | Eng::JitHot(_) => {
+            | Eng::JitOnHartRequiringAddend(_) => {
                 assert!(engine.stats().insns > 0)
             }
             Eng::Verify => assert!(engine.stats().verified > 0),

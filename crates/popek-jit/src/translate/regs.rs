@@ -22,7 +22,7 @@
 // dynasm's dynamic registers (`Rq(n)`) expand to `n.into()`, which is a `u8` already.
 #![allow(clippy::useless_conversion)]
 
-use super::{foff, followed_branch, followed_jump, side_exit, xoff, Asm, Bias, Op};
+use super::{foff, followed_jump, side_exit, xoff, Asm, Op};
 use dynasmrt::{dynasm, DynasmApi};
 use popek_cpu::decode::Insn;
 use popek_cpu::decode::{decode, raw_in_page};
@@ -134,17 +134,14 @@ fn assign(
 }
 
 impl Cache {
-    /// Choose the registers to cache for the block at guest virtual `pc` in the guest page
-    /// at `page`: those read or written at least twice on the block's straight path (past
-    /// forward branches, to their target where `bias` has the translator follow them, and
-    /// along jumps within the page, as the translator goes, up to the first other branch or
-    /// jump), most used first.
+    /// Choose the registers to cache for the block at offset `off` of the guest page at
+    /// `page`: those read or written at least twice on the block's straight path (past
+    /// forward branches and along jumps within the page, as the translator goes, up to the
+    /// first other branch or jump), most used first.
     ///
     /// # Safety
-    /// `page` must point at 4096 readable bytes.
-    pub(super) unsafe fn plan(page: *const u8, pc: u64, max_insns: usize, bias: &Bias) -> Cache {
-        let page_base = pc & !0xfff;
-        let mut off = (pc & 0xfff) as usize;
+    /// `page` must point at 4096 readable bytes and `off` < 4096.
+    pub(super) unsafe fn plan(page: *const u8, mut off: usize, max_insns: usize) -> Cache {
         let start = off as u64;
         let mut reads = [0u32; 32];
         let mut writes = [0u32; 32];
@@ -164,11 +161,6 @@ impl Cache {
                 // The translator goes on at the jump's target (offsets stand for addresses:
                 // only their page-offset bits matter).
                 off = target as usize;
-                continue;
-            }
-            if let Some((target, _)) = followed_branch(&i, page_base | off as u64, pc, bias) {
-                // As the translator: on at a mostly taken branch's target.
-                off = (target & 0xfff) as usize;
                 continue;
             }
             // The translator goes on past a forward branch within the page.
