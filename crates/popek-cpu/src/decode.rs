@@ -275,6 +275,15 @@ impl Insn {
         (self.imm >> 3) as u8 & 31
     }
 
+    /// The number of the CSR a Zicsr instruction accesses, or `None` for any other: what the
+    /// engines ask to tell which CSR accesses may stay inside translated code.
+    #[inline]
+    pub fn csr(&self) -> Option<u16> {
+        use Op::*;
+        matches!(self.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
+            .then_some(self.imm as u16 & 0xfff)
+    }
+
     /// Set the rounding mode and third source of an FP operation (built with immediate 0).
     fn set_fp_fields(&mut self, rm: u32, rs3: u32) {
         debug_assert_eq!(self.imm, 0, "FP operations have no immediate");

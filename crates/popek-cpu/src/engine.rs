@@ -275,9 +275,7 @@ pub fn steppable(op: Op) -> bool {
 /// `fegetround`/`fesetround`/`feclearexcept` are such accesses, and sqlite3 and lua5.4 make
 /// them around every float conversion.
 pub fn fp_csr_access(i: &Insn) -> bool {
-    use Op::*;
-    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
-        && crate::csr::is_fp_csr(i.imm as u16 & 0xfff)
+    i.csr().is_some_and(crate::csr::is_fp_csr)
 }
 
 /// Whether `i` accesses `sstatus` or `mstatus`. The kernel saves, clears and restores
@@ -287,12 +285,8 @@ pub fn fp_csr_access(i: &Insn) -> bool {
 /// write) only if it changed more than the interrupt enables, or changed them with an
 /// interrupt now pending and enabled.
 pub fn status_csr_access(i: &Insn) -> bool {
-    use Op::*;
-    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
-        && matches!(
-            i.imm as u16 & 0xfff,
-            crate::csr::addr::SSTATUS | crate::csr::addr::MSTATUS
-        )
+    use crate::csr::addr::*;
+    matches!(i.csr(), Some(SSTATUS | MSTATUS))
 }
 
 /// Whether `i` accesses a CSR that only holds a value for the trap handlers (`sscratch`,
@@ -303,16 +297,12 @@ pub fn status_csr_access(i: &Insn) -> bool {
 pub fn quiet_csr_access(i: &Insn) -> bool {
     use crate::csr::addr::*;
     use Op::*;
-    let csr = i.imm as u16 & 0xfff;
-    let reads_only = match i.op {
-        Csrrs | Csrrc | Csrrsi | Csrrci => i.rs1 == 0,
+    let reads_only = matches!(i.op, Csrrs | Csrrc | Csrrsi | Csrrci) && i.rs1 == 0;
+    match i.csr() {
+        Some(SSCRATCH | SEPC | SCAUSE | STVAL | MSCRATCH | MEPC | MCAUSE | MTVAL) => true,
+        Some(TIME) => reads_only,
         _ => false,
-    };
-    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
-        && (matches!(
-            csr,
-            SSCRATCH | SEPC | SCAUSE | STVAL | MSCRATCH | MEPC | MCAUSE | MTVAL
-        ) || (csr == TIME && reads_only))
+    }
 }
 
 /// Whether `i` is an `sfence.vma` for one address: the kernel issues one after every

@@ -22,14 +22,7 @@ const FRM_SHIFT: i8 = 5;
 
 /// Whether [`emit`] translates `i`: a CSR instruction on `fflags`, `frm` or `fcsr`.
 pub(super) fn native(i: &Insn) -> bool {
-    use Op::*;
-    matches!(i.op, Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci)
-        && matches!(csr(i), FFLAGS | FRM | FCSR)
-}
-
-/// The CSR number of a CSR instruction.
-fn csr(i: &Insn) -> u16 {
-    i.imm as u16 & 0xfff
+    matches!(i.csr(), Some(FFLAGS | FRM | FCSR))
 }
 
 /// Emit FP CSR access `i` (at `at`), for which [`native`] said yes: `x[rd]` = the old value,
@@ -41,7 +34,7 @@ pub(super) fn emit(ops: &mut Asm, i: &Insn, at: At, stubs: &mut Stubs) {
     let done = ops.new_dynamic_label();
     // With FP off the access is illegal: the step helper raises the trap.
     emit_fs_check(ops, stubs, slow);
-    let num = csr(i);
+    let num = i.csr().expect("`native` said a CSR instruction");
     match num {
         FFLAGS => dynasm!(ops ; .arch x64 ; mov rax, [rbx + S.fflags]),
         FRM => dynasm!(ops ; .arch x64 ; mov rax, [rbx + S.frm]),
