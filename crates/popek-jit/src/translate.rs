@@ -1576,12 +1576,12 @@ fn emit_straddling(ops: &mut Asm, stubs: &mut Stubs, env: &Env, pc: u64) {
         ; mov rax, [rbx + S.pc]
     );
     exit_lookup(ops, stubs, 1);
+    // `pc` is where the instruction went: the helper stored it.
     dynasm!(ops
         ; .arch x64
         ; =>requested
         ; sub r13, 1
-        ; xor eax, eax
-        ; jmp =>stubs.labels.epilogue
+        ; jmp =>stubs.labels.leave
     );
     stubs.fault.push((fault, pc, 0));
 }
