@@ -17,7 +17,8 @@ const SNAPSHOT_ARG: &str = "popek.snapshot";
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum SnapshotCmd {
     /// Boot a machine (the options of `popek run`), wait until the guest is ready and idle
-    /// (at most half a second after its ready signal), save it to DIR and exit. `popek run --restore DIR [-- CMD]` then starts from there.
+    /// (at most half a second after its ready signal), save it to DIR and exit.
+    /// `popek run --restore DIR [-- CMD]` then starts from there.
     Create(CreateArgs),
 }
 

@@ -6,13 +6,13 @@
 //! else; loads and stores access the host directly where the host's protection checks them,
 //! see `faults`), `fence`. Atomics, F/D arithmetic, accesses to the FP CSRs, `sstatus`,
 //! `mstatus` and the trap handlers' CSRs, `time` reads and `sfence.vma` for one address stay
-//! inside blocks but run through the interpreter ([`popek_cpu::engine::steppable_insn`]). A 4-byte instruction straddling a page end is a
-//! block of its own that runs it through the interpreter's code (both halves fetched anew each
-//! time) and goes on through the jump cache. Anything else (other CSRs, `ecall`, `fence.i`,
-//! system instructions) ends a block before it, and the hart interprets from there to the end
-//! of that basic block. Blocks never cross a 4 KiB page, so
-//! translated code is keyed by the host address of the guest's physical page (plus privilege
-//! and MMU mode) and is dropped when that page is written or code is flushed
+//! inside blocks but run through the interpreter ([`popek_cpu::engine::steppable_insn`]). A
+//! 4-byte instruction straddling a page end is a block of its own that runs it through the
+//! interpreter's code (both halves fetched anew each time) and goes on through the jump cache.
+//! Anything else (other CSRs, `ecall`, `fence.i`, system instructions) ends a block before it,
+//! and the hart interprets from there to the end of that basic block. Blocks never cross a 4 KiB
+//! page, so translated code is keyed by the host address of the guest's physical page (plus
+//! privilege and MMU mode) and is dropped when that page is written or code is flushed
 //! ([`popek_cpu::engine::CodeDrop`]). Blocks of one page chain to each other through patched
 //! jumps; `jalr` and jumps to other pages go through a jump cache keyed by guest virtual pc,
 //! invalidated with the hart's TLB.
