@@ -510,7 +510,7 @@ impl Jit {
             ctx_jcache: std::mem::offset_of!(Ctx<'static>, jcache) as i32,
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
             ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
-            fma: std::arch::is_x86_feature_detected!("fma"),
+            fma: popek_cpu::fpu::host_has_fma(),
             epilogue: 0,
             second_way: 0,
             data_addend: None,

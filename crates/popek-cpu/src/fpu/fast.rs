@@ -224,7 +224,7 @@ pub(super) mod fma {
 
     #[inline(always)]
     pub(in super::super) fn available() -> bool {
-        cfg!(target_feature = "fma") || std::is_x86_feature_detected!("fma")
+        crate::fpu::host_has_fma()
     }
 
     /// # Safety

@@ -88,6 +88,34 @@ fn f64_is_snan(a: u64) -> bool {
 
 mod fast;
 
+/// Whether the host has FMA (and the OS keeps the AVX registers it works on), asked of the
+/// CPU once. The FPU's fast paths and the JIT's FMA instructions need it. Not
+/// `is_x86_feature_detected!`: that probes every feature at its first use, about ten CPUID
+/// instructions, and on a virtual machine each traps to the hypervisor (4.5 us here, a
+/// tenth of `popek exec`'s start-up for all of them).
+#[cfg(target_arch = "x86_64")]
+pub fn host_has_fma() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet; 1: no; 2: yes.
+    static FMA: AtomicU8 = AtomicU8::new(0);
+    if cfg!(target_feature = "fma") {
+        return true;
+    }
+    match FMA.load(Ordering::Relaxed) {
+        0 => {
+            let leaf1 = std::arch::x86_64::__cpuid(1);
+            let (fma, osxsave, avx) = (1 << 12, 1 << 27, 1 << 28);
+            let cpu = leaf1.ecx & (fma | osxsave | avx) == fma | osxsave | avx;
+            // SAFETY: XGETBV is available when the OS sets OSXSAVE (checked first).
+            // XCR0 bits 1 and 2: the OS saves the SSE and AVX registers.
+            let yes = cpu && unsafe { std::arch::x86_64::_xgetbv(0) } & 6 == 6;
+            FMA.store(1 + yes as u8, Ordering::Relaxed);
+            yes
+        }
+        v => v == 2,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // SoftFloat fallback (specials, extreme exponents, RMM, no host FMA).
 // ---------------------------------------------------------------------------
