@@ -10,8 +10,13 @@ use popek_board::{Machine, MachineConfig, RunOutcome};
 use crate::{machine_config, RunArgs};
 
 /// The kernel command-line word that tells the default guest's init to wait, once ready, for
-/// the command a restore types on its console.
-const SNAPSHOT_ARG: &str = "popek.snapshot";
+/// the line a restore types on its console (see [`typed_line`]). The number is the version of
+/// that line's form.
+const SNAPSHOT_ARG: &str = "popek.snapshot=2";
+
+/// What inits before version 2 were told: they read the line with `read` (one system call a
+/// character), CMD's words alone.
+const OLD_SNAPSHOT_ARG: &str = "popek.snapshot";
 
 /// `popek snapshot ...`
 #[derive(clap::Subcommand, Debug)]
@@ -125,7 +130,7 @@ const MAX_TYPED: usize = 4095;
 /// CMD as the line the restored guest's init reads: each word `$'...'`-quoted for its shell,
 /// with quotes, backslashes and every control character escaped (the terminal would act on
 /// them).
-fn typed_command(command: &[String]) -> anyhow::Result<String> {
+fn typed_command(command: &[String]) -> String {
     let mut line = String::new();
     for word in command {
         line.push_str("$'");
@@ -141,14 +146,24 @@ fn typed_command(command: &[String]) -> anyhow::Result<String> {
         }
         line.push_str("' ");
     }
-    let line = line.trim_end().to_string();
+    line.trim_end().to_string()
+}
+
+/// The line a restored default guest's init reads as shell input: `run_command` and CMD's
+/// words, or `return` (no command: it goes on to a shell).
+fn typed_line(command: &[String]) -> anyhow::Result<String> {
+    if command.is_empty() {
+        return Ok("return\n".to_string());
+    }
+    let line = format!("run_command {}", typed_command(command));
     if line.len() > MAX_TYPED {
         anyhow::bail!(
-            "the command is {} bytes quoted; a restored guest reads at most {MAX_TYPED} (put it in a script on a disk)",
-            line.len()
+            "the command is {} bytes quoted; a restored guest reads at most {} (put it in a script on a disk)",
+            line.len() - "run_command ".len(),
+            MAX_TYPED - "run_command ".len()
         );
     }
-    Ok(line)
+    Ok(line + "\n")
 }
 
 /// Build the machine saved in `dir` and type what its init waits for: CMD, or an empty line
@@ -168,14 +183,15 @@ pub(crate) fn restore(
         return Ok(Machine::receive(&listener, config)?);
     }
     let machine = Machine::restore(dir, config)?;
-    let takes_command = machine
-        .config()
-        .append
-        .split_whitespace()
-        .any(|w| w == SNAPSHOT_ARG);
-    if takes_command {
-        let line = typed_command(command)?;
-        machine.type_input(format!("{line}\n").as_bytes());
+    let words = |w: &str| machine.config().append.split_whitespace().any(|a| a == w);
+    if words(OLD_SNAPSHOT_ARG) {
+        anyhow::bail!(
+            "{} was taken of an older default guest, which waits for its command in another form: create the snapshot again",
+            dir.display()
+        );
+    }
+    if words(SNAPSHOT_ARG) {
+        machine.type_input(typed_line(command)?.as_bytes());
     } else if !command.is_empty() {
         anyhow::bail!(
             "this snapshot's guest does not take a command after a restore (only the default guest's does): drop -- CMD"
@@ -195,10 +211,26 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(
-            typed_command(&words).unwrap(),
+            typed_command(&words),
             r"$'sh' $'-c' $'echo \'a\'\x0ab\\c\x03d é'"
         );
-        assert_eq!(typed_command(&[]).unwrap(), "");
-        assert!(typed_command(&["x".repeat(5000)]).is_err());
+        assert_eq!(typed_command(&[]), "");
+    }
+
+    #[test]
+    fn typed_lines_run_a_command_or_return_to_a_shell() {
+        assert_eq!(typed_line(&[]).unwrap(), "return\n");
+        assert_eq!(
+            typed_line(&["true".to_string()]).unwrap(),
+            "run_command $'true'\n"
+        );
+        // The whole line fits the guest terminal's line buffer, or the restore refuses it.
+        let longest = "x".repeat(MAX_TYPED - "run_command $''".len());
+        assert_eq!(
+            typed_line(std::slice::from_ref(&longest)).unwrap().len(),
+            MAX_TYPED + 1
+        );
+        let err = typed_line(&[longest + "x"]).unwrap_err().to_string();
+        assert!(err.contains("reads at most"), "{err}");
     }
 }

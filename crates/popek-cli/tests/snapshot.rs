@@ -247,6 +247,22 @@ fn damaged_and_foreign_snapshots_are_refused_in_one_line() {
     let e = refused(&foreign, &["--", "true"]);
     assert!(e.contains("its format is 99"), "{e}");
 
+    // An older default guest's init read its command another way: typing this popek's line
+    // would run something else, so the restore stops first.
+    let older = copy_of("older");
+    let m = std::fs::read_to_string(older.join("manifest.json")).unwrap();
+    assert!(m.contains("popek.snapshot=2"), "{m}");
+    std::fs::write(
+        older.join("manifest.json"),
+        m.replace("popek.snapshot=2", "popek.snapshot"),
+    )
+    .unwrap();
+    let e = refused(&older, &["--", "true"]);
+    assert!(
+        e.contains("older default guest") && e.contains("create the snapshot again"),
+        "{e}"
+    );
+
     // The machine is the snapshot's: options that would change it are refused.
     let (_, e, s) = restore(snapshot(), &["-m", "1G", "--", "true"]);
     assert_eq!(s, 2, "{e}");
