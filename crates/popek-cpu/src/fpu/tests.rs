@@ -973,3 +973,13 @@ fn riscv_spec_examples() {
     assert_eq!(f64_classify(F64_CANONICAL_NAN), 1 << 9);
     assert_eq!(f64_classify(F64_SIGN), 1 << 3);
 }
+
+/// popek's own FMA probe (one CPUID, see `host_has_fma`) answers as std's full detection does,
+/// the first time and from its cache.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn host_fma_probe_agrees_with_std() {
+    let std_says = std::arch::is_x86_feature_detected!("fma");
+    assert_eq!(host_has_fma(), std_says);
+    assert_eq!(host_has_fma(), std_says);
+}
