@@ -147,6 +147,11 @@ fn boxed_table<T: Copy, const N: usize, const M: usize>(value: T) -> Box<[[T; N]
 pub(crate) struct Mmu {
     pub read: DataTable,
     pub write: DataTable,
+    /// A superset of the host pages write-TLB entries lead to, as bits indexed by
+    /// [`written_bit`]: a page that gets code and has no bit here has no write entry to drop,
+    /// so [`Hart::forget_writes_to`] skips its scan of every write table (a kernel's text is
+    /// never written). Set at each fill, cleared when every write entry is.
+    written_pages: [u64; WRITTEN_WORDS],
     /// Entries each data context uses (a power of two; see [`USER_DATA_TLB_SIZE`]).
     pub data_entries: usize,
     /// Translation is off for every access (a process VM's hart): a page's data TLB entries
@@ -239,6 +244,16 @@ fn clear_filled<T: Copy, const N: usize>(
 /// Most dropped pages remembered one by one for engines (an interpreter-only hart never drains).
 const MAX_CODE_DROPS: usize = 64;
 
+/// Words of [`Mmu::written_pages`] (4,096 bits, half a KiB to clear).
+const WRITTEN_WORDS: usize = 64;
+
+/// The word and bit of [`Mmu::written_pages`] for the host page at `host` (any address in it).
+#[inline(always)]
+fn written_bit(host: u64) -> (usize, u64) {
+    let page = (host >> 12) as usize;
+    ((page >> 6) % WRITTEN_WORDS, 1 << (page & 63))
+}
+
 #[inline(always)]
 pub(crate) fn tlb_index(vaddr: u64) -> usize {
     ((vaddr >> 12) as usize) & (TLB_SIZE - 1)
@@ -252,6 +267,7 @@ impl Mmu {
         let mut mmu = Mmu {
             read: data_table(),
             write: data_table(),
+            written_pages: [0; WRITTEN_WORDS],
             data_entries,
             flat,
             data_ready: 0,
@@ -310,6 +326,7 @@ impl Mmu {
         let used = self.data_entries;
         clear_filled(&mut *self.read, used, f, Tables::Read, EMPTY);
         clear_filled(&mut *self.write, used, f, Tables::Write, EMPTY);
+        self.written_pages = [0; WRITTEN_WORDS];
         clear_filled(&mut *self.exec, TLB_SIZE, f, Tables::Exec, IEMPTY);
         clear_filled(
             &mut *self.engine_exec,
@@ -383,6 +400,7 @@ impl Mmu {
             Tables::Write,
             EMPTY,
         );
+        self.written_pages = [0; WRITTEN_WORDS];
     }
 
     /// Whether code was dropped since an engine last looked.
@@ -791,6 +809,8 @@ impl Hart {
             match access {
                 Access::Write => {
                     self.mmu.mark_filled(Tables::Write, ctx);
+                    let (word, bit) = written_bit((vaddr & !0xfff).wrapping_add(addend));
+                    self.mmu.written_pages[word] |= bit;
                     self.mmu.write[ctx][self.mmu.data_index(vaddr)] = entry;
                 }
                 _ => {
@@ -983,6 +1003,10 @@ impl Hart {
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;
+                let (word, bit) = written_bit(host);
+                if self.mmu.written_pages[word] & bit == 0 {
+                    return;
+                }
                 // Without translation only the page's own virtual number maps it.
                 let (from, to) = if self.mmu.flat {
                     let index = self.mmu.data_index(ppn << 12);
@@ -1185,6 +1209,24 @@ mod tests {
         assert!(filled_bit(Tables::EngineExec, 3) < 1 << 31);
     }
 
+    #[test]
+    fn written_pages_hold_every_write_entry_until_a_flush() {
+        let mut mmu = Mmu::new(false);
+        mmu.set_context(Priv::S, 0);
+        fill(&mut mmu, &[5, 0x80123]);
+        for p in [5u64, 0x80123] {
+            let (word, bit) = written_bit((p << 12) + 1);
+            assert_ne!(mmu.written_pages[word] & bit, 0, "page {p:#x}");
+        }
+        let (word, bit) = written_bit(0x7000);
+        assert_eq!(mmu.written_pages[word] & bit, 0, "no entry leads to page 7");
+        mmu.flush_write_tlb();
+        assert_eq!(mmu.written_pages, [0; WRITTEN_WORDS]);
+        fill(&mut mmu, &[5]);
+        mmu.flush_tlb();
+        assert_eq!(mmu.written_pages, [0; WRITTEN_WORDS]);
+    }
+
     /// Give `pages` entries in the current data context's tables and in fetch context 0's.
     fn fill(mmu: &mut Mmu, pages: &[u64]) {
         let entry = |tag| TlbEntry { tag, addend: 1 };
@@ -1192,6 +1234,8 @@ mod tests {
             let d = mmu.data_index(p << 12);
             mmu.read[mmu.dctx][d] = entry(p);
             mmu.write[mmu.dctx][d] = entry(p);
+            let (word, bit) = written_bit((p << 12) + 1);
+            mmu.written_pages[word] |= bit;
             mmu.exec[0][tlb_index(p << 12)] = ITlbEntry {
                 tag: p,
                 addend: 1,
