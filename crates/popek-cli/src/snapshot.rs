@@ -166,8 +166,8 @@ fn typed_line(command: &[String]) -> anyhow::Result<String> {
     Ok(line + "\n")
 }
 
-/// Build the machine saved in `dir` and type what its init waits for: CMD, or an empty line
-/// for a shell.
+/// Build the machine saved in `dir` and type what its init waits for ([`typed_line`]: CMD, or
+/// a shell).
 pub(crate) fn restore(
     dir: &Path,
     config: &MachineConfig,

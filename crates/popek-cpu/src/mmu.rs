@@ -1227,6 +1227,46 @@ mod tests {
         assert_eq!(mmu.written_pages, [0; WRITTEN_WORDS]);
     }
 
+    /// Through the hart's own paths: a store fills a write entry, and the page getting code
+    /// drops it; a page no store went to skips the scan and leaves other pages' entries.
+    #[test]
+    fn a_page_that_gets_code_loses_the_write_entries_stores_made() {
+        use crate::{HartConfig, Memory, NoBus, RamRegion};
+        let mut ram = vec![0u64; 3 * 512];
+        let bytes = std::ptr::NonNull::new(ram.as_mut_ptr() as *mut u8).unwrap();
+        // SAFETY: the vector holds the region's 12 KiB and outlives the hart.
+        let region = unsafe { RamRegion::new(0x8000_0000, 3 * 4096, bytes) };
+        let mut hart = Hart::new(
+            HartConfig::machine(0, false),
+            Memory::new(vec![region]).unwrap(),
+        );
+        let write_tag =
+            |hart: &Hart, vaddr: u64| hart.mmu.write[hart.mmu.dctx][hart.mmu.data_index(vaddr)].tag;
+        let (code, data) = (0x8000_1000u64, 0x8000_2000u64);
+        hart.store::<4, _>(&mut NoBus, code + 8, 7).unwrap();
+        hart.store::<4, _>(&mut NoBus, data, 9).unwrap();
+        assert_eq!(
+            write_tag(&hart, code),
+            code >> 12,
+            "the store filled an entry"
+        );
+        hart.forget_writes_to(code >> 12);
+        assert_eq!(
+            write_tag(&hart, code),
+            u64::MAX,
+            "gone once the page holds code"
+        );
+        assert_eq!(
+            write_tag(&hart, data),
+            data >> 12,
+            "another page's entry stays"
+        );
+        // No store went to the first page since: nothing to scan for, nothing changes.
+        hart.forget_writes_to(0x8000_0000 >> 12);
+        assert_eq!(write_tag(&hart, data), data >> 12);
+        assert_eq!(ram[512 + 1], 7, "the stores reached RAM");
+    }
+
     /// Give `pages` entries in the current data context's tables and in fetch context 0's.
     fn fill(mmu: &mut Mmu, pages: &[u64]) {
         let entry = |tag| TlbEntry { tag, addend: 1 };
