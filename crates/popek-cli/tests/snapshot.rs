@@ -406,13 +406,21 @@ fn migrate_midway(args: &[&str], script: &str, ready_line: &str) -> (String, Str
         Duration::from_secs(30),
     );
     // It waits for the end and says the machine moved.
-    assert_eq!(
-        text(&ctl),
-        (
-            format!("{{\"status\":\"migrated\",\"to\":\"{to}\"}}\n"),
-            String::new()
-        ),
+    let moved = (
+        format!("{{\"status\":\"migrated\",\"to\":\"{to}\"}}\n"),
+        String::new(),
     );
+    if text(&ctl) != moved {
+        // What the source said (it has stopped, or is stopped now) explains why.
+        let _ = src.kill();
+        let src_done = src.wait_with_output().unwrap();
+        panic!(
+            "ctl migrate: {:?} (status {:?}); the source's stderr:\n{}",
+            text(&ctl),
+            ctl.status.code(),
+            text(&src_done).1
+        );
+    }
     assert!(ctl.status.success());
     let src_done = src.wait_with_output().unwrap();
     {
