@@ -149,21 +149,24 @@ fn typed_command(command: &[String]) -> String {
     line.trim_end().to_string()
 }
 
+/// What the typed line starts with to run a command: the init's function and a space.
+const RUN_COMMAND: &str = "run_command ";
+
 /// The line a restored default guest's init reads as shell input: `run_command` and CMD's
 /// words, or `return` (no command: it goes on to a shell).
 fn typed_line(command: &[String]) -> anyhow::Result<String> {
     if command.is_empty() {
         return Ok("return\n".to_string());
     }
-    let line = format!("run_command {}", typed_command(command));
-    if line.len() > MAX_TYPED {
+    let words = typed_command(command);
+    if RUN_COMMAND.len() + words.len() > MAX_TYPED {
         anyhow::bail!(
             "the command is {} bytes quoted; a restored guest reads at most {} (put it in a script on a disk)",
-            line.len() - "run_command ".len(),
-            MAX_TYPED - "run_command ".len()
+            words.len(),
+            MAX_TYPED - RUN_COMMAND.len()
         );
     }
-    Ok(line + "\n")
+    Ok(format!("{RUN_COMMAND}{words}\n"))
 }
 
 /// Build the machine saved in `dir` and type what its init waits for ([`typed_line`]: CMD, or
@@ -225,7 +228,7 @@ mod tests {
             "run_command $'true'\n"
         );
         // The whole line fits the guest terminal's line buffer, or the restore refuses it.
-        let longest = "x".repeat(MAX_TYPED - "run_command $''".len());
+        let longest = "x".repeat(MAX_TYPED - RUN_COMMAND.len() - "$''".len());
         assert_eq!(
             typed_line(std::slice::from_ref(&longest)).unwrap().len(),
             MAX_TYPED + 1

@@ -322,11 +322,10 @@ impl Mmu {
         self.tlb_gen += 1;
         self.superpages.clear();
         self.code_vpns.clear();
+        self.flush_write_tlb();
         let f = &mut self.filled;
         let used = self.data_entries;
         clear_filled(&mut *self.read, used, f, Tables::Read, EMPTY);
-        clear_filled(&mut *self.write, used, f, Tables::Write, EMPTY);
-        self.written_pages = [0; WRITTEN_WORDS];
         clear_filled(&mut *self.exec, TLB_SIZE, f, Tables::Exec, IEMPTY);
         clear_filled(
             &mut *self.engine_exec,
@@ -401,6 +400,21 @@ impl Mmu {
             EMPTY,
         );
         self.written_pages = [0; WRITTEN_WORDS];
+    }
+
+    /// Note that a write entry now leads to the host page at `host` (see
+    /// [`Mmu::written_pages`]).
+    #[inline(always)]
+    fn note_write_entry(&mut self, host: u64) {
+        let (word, bit) = written_bit(host);
+        self.written_pages[word] |= bit;
+    }
+
+    /// Whether a write entry may lead to the host page at `host`: false only if none does.
+    #[inline(always)]
+    fn may_write_to(&self, host: u64) -> bool {
+        let (word, bit) = written_bit(host);
+        self.written_pages[word] & bit != 0
     }
 
     /// Whether code was dropped since an engine last looked.
@@ -809,8 +823,8 @@ impl Hart {
             match access {
                 Access::Write => {
                     self.mmu.mark_filled(Tables::Write, ctx);
-                    let (word, bit) = written_bit((vaddr & !0xfff).wrapping_add(addend));
-                    self.mmu.written_pages[word] |= bit;
+                    self.mmu
+                        .note_write_entry((vaddr & !0xfff).wrapping_add(addend));
                     self.mmu.write[ctx][self.mmu.data_index(vaddr)] = entry;
                 }
                 _ => {
@@ -1003,8 +1017,7 @@ impl Hart {
         match self.mem.host_ptr(ppn << 12, 1) {
             Some(host) => {
                 let host = host as u64;
-                let (word, bit) = written_bit(host);
-                if self.mmu.written_pages[word] & bit == 0 {
+                if !self.mmu.may_write_to(host) {
                     return;
                 }
                 // Without translation only the page's own virtual number maps it.
@@ -1215,11 +1228,9 @@ mod tests {
         mmu.set_context(Priv::S, 0);
         fill(&mut mmu, &[5, 0x80123]);
         for p in [5u64, 0x80123] {
-            let (word, bit) = written_bit((p << 12) + 1);
-            assert_ne!(mmu.written_pages[word] & bit, 0, "page {p:#x}");
+            assert!(mmu.may_write_to((p << 12) + 1), "page {p:#x}");
         }
-        let (word, bit) = written_bit(0x7000);
-        assert_eq!(mmu.written_pages[word] & bit, 0, "no entry leads to page 7");
+        assert!(!mmu.may_write_to(0x7000), "no entry leads to page 7");
         mmu.flush_write_tlb();
         assert_eq!(mmu.written_pages, [0; WRITTEN_WORDS]);
         fill(&mut mmu, &[5]);
@@ -1274,8 +1285,7 @@ mod tests {
             let d = mmu.data_index(p << 12);
             mmu.read[mmu.dctx][d] = entry(p);
             mmu.write[mmu.dctx][d] = entry(p);
-            let (word, bit) = written_bit((p << 12) + 1);
-            mmu.written_pages[word] |= bit;
+            mmu.note_write_entry((p << 12) + 1);
             mmu.exec[0][tlb_index(p << 12)] = ITlbEntry {
                 tag: p,
                 addend: 1,
