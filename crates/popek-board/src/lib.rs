@@ -13,6 +13,7 @@ pub mod loader;
 pub mod machine;
 pub mod memmap;
 pub mod migrate;
+mod shared_decode;
 pub mod size;
 pub mod snapshot;
 

@@ -5,7 +5,7 @@
 //! thread until its timer is due or another thread (an IPI, console input) unparks it.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,6 +93,11 @@ pub struct MachineConfig {
     /// restored guest writes them copy-on-write, so the snapshot stays restorable and clones
     /// started from it do not see (or corrupt) each other's writes.
     pub restore_writes_disks: bool,
+    /// On a restore: share decoded guest code with the other restores of the same snapshot
+    /// that run at the same time with this option (see the shared_decode module): they start
+    /// faster and take less memory, but each can change the code the others run, so a guest
+    /// that broke out of one of them could take over the others. Off unless asked.
+    pub restore_shares_decode: bool,
     /// Keep console input from the UART until the guest signals it is ready (its boot timer):
     /// Linux's 8250 driver reads received bytes and drops them while it starts the port, so
     /// input piped or typed during the boot lost characters. Only for guests known to signal
@@ -507,6 +512,9 @@ pub struct Machine {
     pub(crate) config: MachineConfig,
     /// Whether the main thread entered the jail (once: the filter stays for good).
     jailed: bool,
+    /// The file of the decode cache shared with other restores of the same snapshot, if
+    /// this machine was restored with one (see the shared_decode module).
+    pub(crate) shared_decode: Option<PathBuf>,
 }
 
 fn host_memory_bytes() -> Option<u64> {
@@ -641,6 +649,7 @@ impl Machine {
             boot,
             config: config.clone(),
             jailed: false,
+            shared_decode: None,
         })
     }
 
@@ -756,6 +765,13 @@ impl Machine {
     /// What the machine was built from.
     pub fn config(&self) -> &MachineConfig {
         &self.config
+    }
+
+    /// Decoded pages taken from the cache shared with other restores of the same snapshot,
+    /// how many of them this machine decoded there, and the cache's file, if it has one.
+    pub fn shared_decode_stats(&self) -> Option<(u64, u64, &Path)> {
+        let (taken, filled) = self.harts.first()?.shared_decode_counts()?;
+        Some((taken, filled, self.shared_decode.as_deref()?))
     }
 
     /// Counters of the last run.

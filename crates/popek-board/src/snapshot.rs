@@ -495,6 +495,15 @@ impl Machine {
         }
         tracing::info!("snapshot {}: machine rebuilt", dir.display());
         machine.map_ram(&dir.join(RAM))?;
+        let shared = run.restore_shares_decode.then(|| {
+            crate::shared_decode::open(&dir.join(RAM), memmap::DRAM >> 12, machine.config.memory)
+        });
+        if let Some((shared, path)) = shared.flatten() {
+            for hart in &mut machine.harts {
+                hart.set_shared_decode(shared.clone());
+            }
+            machine.shared_decode = Some(path);
+        }
         machine
             .restore_state(&state, true)
             .map_err(|source| BoardError::SnapshotState {
@@ -693,6 +702,7 @@ pub(crate) fn config_from(
         stop_when_ready: false,
         engine: run.engine,
         restore_writes_disks: run.restore_writes_disks,
+        restore_shares_decode: run.restore_shares_decode,
         // A restored guest was ready when it was saved.
         hold_input_until_ready: false,
         stop_on_reset: run.stop_on_reset,

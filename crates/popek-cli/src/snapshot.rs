@@ -116,6 +116,7 @@ pub(crate) fn restore_config(args: &RunArgs) -> anyhow::Result<MachineConfig> {
         jail: true,
         engine: args.engine.config(),
         restore_writes_disks: args.write_disks,
+        restore_shares_decode: args.share_decode,
         stop_on_reset: !args.command.is_empty(),
         quiet_boot: (!args.command.is_empty() && !args.verbose)
             .then(|| Duration::from_secs(args.ready_timeout)),

@@ -168,6 +168,110 @@ fn shell_answers(dir: &Path, input: &[u8], expect: &str) {
     assert_eq!(out.status.code(), Some(0), "{e}");
 }
 
+/// `--stats`' line on the decode cache shared between restores: pages used from it and its
+/// file.
+fn shared_decode_line(stderr: &str) -> (u64, PathBuf) {
+    let line = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("popek: decoded pages shared with other restores of the snapshot: ")
+        })
+        .unwrap_or_else(|| panic!("no shared decode line: {stderr}"));
+    let used = line.split(' ').next().unwrap().parse().unwrap();
+    let path = line.rsplit_once('(').unwrap().1.trim_end_matches(')');
+    (used, PathBuf::from(path))
+}
+
+/// Restores of one snapshot that run at the same time with `--share-decode` share the
+/// decoded pages of the code they all run: while one waits in its shell, two more run
+/// commands with pages decoded for them by the others, and answer right; one without the
+/// option shares nothing; the last to exit empties the shared cache.
+#[test]
+fn restores_running_at_once_share_decoded_code() {
+    let dir = copy_of("shared-decode");
+    let mut holder = popek()
+        .arg("run")
+        .arg("--restore")
+        .arg(&dir)
+        .arg("--share-decode")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    stdin.write_all(b"echo holder-$((6*7))\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains("holder-42") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = holder.kill();
+                panic!("the first restore did not answer: {e}");
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for _ in 0..2 {
+        let (o, e, s) = restore(
+            &dir,
+            &[
+                "--share-decode",
+                "--stats",
+                "--",
+                "sh",
+                "-c",
+                "echo $((6*7))",
+            ],
+        );
+        assert_eq!((o.as_str(), s), ("42\n", 0), "{e}");
+        let (used, file) = shared_decode_line(&e);
+        assert!(used > 0, "no decoded page came from the shared cache: {e}");
+        files.push(file);
+    }
+    assert_eq!(files[0], files[1], "one cache for the snapshot");
+    assert!(
+        std::fs::metadata(&files[0]).unwrap().len() > 0,
+        "in use, the cache holds pages"
+    );
+    // A restore without the option shares nothing.
+    let (o, e, s) = restore(&dir, &["--stats", "--", "sh", "-c", "echo $((6*7))"]);
+    assert_eq!((o.as_str(), s), ("42\n", 0), "{e}");
+    assert!(!e.contains("decoded pages shared"), "{e}");
+    stdin.write_all(b"poweroff -f\n").unwrap();
+    drop(stdin);
+    let status = run_with_timeout_wait(&mut holder, Duration::from_secs(120));
+    assert_eq!(status, Some(0), "the first restore's exit");
+    let left = std::fs::metadata(&files[0]).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(left, 0, "the last user empties the cache");
+}
+
+/// Wait up to `limit` for `child` to exit: its status code, or `None` (killed) after it.
+fn run_with_timeout_wait(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait().unwrap().code()
+}
+
 #[test]
 fn smp_guest_restores_with_both_harts() {
     let dir = scratch("smp");

@@ -35,13 +35,22 @@ const STRIDE: usize = std::mem::size_of::<DecodedPage>().next_multiple_of(HOST_P
 /// Bytes of one chunk.
 const CHUNK_BYTES: usize = CHUNK_PAGES * STRIDE;
 
-/// One page of the pool, owned by the decode cache until it is given back.
-pub(crate) struct PooledPage(NonNull<DecodedPage>);
+/// One page of the pool, owned by the decode cache until it is given back; or a page of a
+/// [`crate::SharedDecode`] area, which is only read and never given back.
+pub(crate) struct PooledPage {
+    page: NonNull<DecodedPage>,
+    shared: bool,
+}
 
 impl PooledPage {
+    /// A complete page of a shared decode area (see the shared_decode module).
+    pub fn shared(page: NonNull<DecodedPage>) -> PooledPage {
+        PooledPage { page, shared: true }
+    }
+
     /// The page.
     pub fn as_ptr(&self) -> *mut DecodedPage {
-        self.0.as_ptr()
+        self.page.as_ptr()
     }
 }
 
@@ -110,7 +119,10 @@ impl DecodePool {
     pub fn take(&mut self) -> PooledPage {
         if let Some(p) = self.recycled.pop() {
             // Zero since `give` (a valid page: the all-zero `Insn` is the undecoded one).
-            return PooledPage(p);
+            return PooledPage {
+                page: p,
+                shared: false,
+            };
         }
         if self.fresh == 0 {
             let Some(chunk) = map_chunk() else {
@@ -124,7 +136,11 @@ impl DecodePool {
         let index = CHUNK_PAGES - self.fresh;
         self.fresh -= 1;
         // SAFETY: `index < CHUNK_PAGES`: a page inside the newest chunk, never handed out.
-        PooledPage(unsafe { newest.add(index * STRIDE) }.cast())
+        let page = unsafe { newest.add(index * STRIDE) }.cast();
+        PooledPage {
+            page,
+            shared: false,
+        }
     }
 
     /// Bytes of host memory backing the pool's chunks (what the decode cache costs: only the
@@ -141,8 +157,12 @@ impl DecodePool {
 
     /// Give `page` back; nothing may point into it any more. Its memory goes back to the
     /// kernel, which zeroes it when it is touched again.
+    /// A shared page is simply forgotten: it is not the pool's.
     pub fn give(&mut self, page: PooledPage) {
-        let p = page.0.as_ptr() as *mut u8;
+        if page.shared {
+            return;
+        }
+        let p = page.page.as_ptr() as *mut u8;
         // SAFETY: `p` starts a `STRIDE`-byte slot of one of our chunks (host-page aligned, as
         // chunks and strides are) that nobody holds any more; dropping a private anonymous
         // mapping's pages makes them read as zero. `MADV_DONTNEED` cannot fail on such a range.
@@ -151,9 +171,9 @@ impl DecodePool {
             // A host whose pages are larger than `HOST_PAGE` refuses the unaligned range:
             // clear the page by hand.
             // SAFETY: as above; zero bytes are a valid `Insn` (the undecoded one).
-            unsafe { page.0.as_ptr().write_bytes(0, 1) };
+            unsafe { page.page.as_ptr().write_bytes(0, 1) };
         }
-        self.recycled.push(page.0);
+        self.recycled.push(page.page);
     }
 }
 

@@ -384,6 +384,34 @@ impl Hart {
     ) -> Result<(), Trap> {
         self.s.pc = pc;
         let raw = self.fetch_straddling()?;
+        self.step_raw(bus, pc, raw, lag)
+    }
+
+    /// Execute the instruction at `pc` (offset `off` in the page of guest RAM at `host`)
+    /// without the decode cache, as [`Hart::engine_step_straddling`] does; for the interpreter
+    /// in a page it must not write (a shared one: see the shared_decode module), where the only
+    /// undecoded slots are those of instructions straddling the page's end.
+    ///
+    /// # Safety
+    /// `host` must be the start of the 4 KiB page of guest RAM holding `pc`, `off` < 4096
+    /// its offset there.
+    pub(crate) unsafe fn step_uncached<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        host: *const u8,
+        off: usize,
+        lag: u64,
+    ) -> Result<(), Trap> {
+        let pc = self.s.pc;
+        // SAFETY: per this function's contract.
+        match unsafe { crate::decode::raw_in_page(host, off) } {
+            Some(raw) => self.step_raw(bus, pc, raw, lag),
+            None => self.engine_step_straddling(bus, pc, lag),
+        }
+    }
+
+    /// Execute `raw`, fetched from `pc`, for [`Hart::engine_step_straddling`].
+    fn step_raw(&mut self, bus: &mut dyn Bus, pc: u64, raw: u32, lag: u64) -> Result<(), Trap> {
         let flow = self.step_decoded(bus, &crate::decode::decode(raw), pc, raw, lag)?;
         self.s.pc = match flow {
             Flow::Next(next) | Flow::Jump(next) | Flow::Store(next) => next,

@@ -109,7 +109,7 @@ fn back_for_write(slot: *mut Insn) {
 }
 
 /// Decode for the cache: writes to x0 go to the sink register 32, so execution never checks rd.
-fn decode_for_cache(raw: u32) -> Insn {
+pub(crate) fn decode_for_cache(raw: u32) -> Insn {
     let mut insn = decode(raw);
     if insn.rd() == 0 && writes_xreg(insn.op) {
         insn.set_rd(32);
@@ -297,8 +297,14 @@ impl Hart {
         let vbase = self.s.pc & !0xfff;
         let mut pc = self.s.pc;
         let mut retired = 0u64;
-        // SAFETY: the entry slot is in the page (pc is in it), which stays allocated meanwhile.
-        back_for_write(unsafe { (*page).as_mut_ptr().add(((pc - vbase) >> 1) as usize) });
+        // A page shared with other processes is complete and never written (see the
+        // shared_decode module).
+        let shared = self.mmu.shared.as_ref().is_some_and(|s| s.holds(page));
+        if !shared {
+            // SAFETY: the entry slot is in the page (pc is in it), which stays allocated
+            // meanwhile.
+            back_for_write(unsafe { (*page).as_mut_ptr().add(((pc - vbase) >> 1) as usize) });
+        }
         // The dispatch is replicated: each copy has its own indirect jump, so the host's branch
         // predictor sees consecutive guest instructions at different sites.
         macro_rules! one {
@@ -312,6 +318,20 @@ impl Hart {
                 Ok(Flow::Decode) => {
                     if off >= 4096 {
                         break $exec Ok(());
+                    }
+                    if shared {
+                        // Only an instruction straddling the page's end is undecoded in a
+                        // complete shared page: run it without caching it.
+                        self.s.pc = pc;
+                        // SAFETY: host is the start of this page of guest RAM and off < 4096.
+                        match unsafe { self.step_uncached(bus, host, off, retired) } {
+                            Ok(()) => {
+                                pc = self.s.pc;
+                                retired += 1;
+                                break $exec Ok(());
+                            }
+                            Err(t) => break $exec Err(t),
+                        }
                     }
                     // SAFETY: host is the start of this page of guest RAM and off < 4096.
                     if let Some(raw) = unsafe { raw_in_page(host, off) } {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::csr::{self, mstatus};
 use crate::memory::Memory;
 use crate::mmu::Mmu;
+use crate::shared_decode::SharedDecode;
 use crate::trap::{Exception, Trap};
 use crate::Exit;
 
@@ -341,6 +342,18 @@ impl Hart {
     /// pages are 16 KiB of address space each, backed only where instructions were decoded).
     pub fn decode_cache_bytes(&self) -> u64 {
         self.mmu.decode_cache_resident()
+    }
+
+    /// Take decoded pages from `shared` where the guest's code is still the snapshot's, from
+    /// now on (a restored hart, before it runs: see [`SharedDecode`]).
+    pub fn set_shared_decode(&mut self, shared: Arc<SharedDecode>) {
+        self.mmu.shared = Some(shared);
+    }
+
+    /// Pages this process took from its shared decode cache and how many of them it decoded
+    /// there itself (see [`SharedDecode::counts`]), if it has one.
+    pub fn shared_decode_counts(&self) -> Option<(u64, u64)> {
+        self.mmu.shared.as_ref().map(|s| s.counts())
     }
 
     /// The guest RAM this hart sees.

@@ -18,11 +18,13 @@ mod hart;
 mod memory;
 mod mmu;
 mod persist;
+mod shared_decode;
 mod trap;
 pub mod verify;
 
 pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
 pub use memory::{ChangeLog, CodePages, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};
+pub use shared_decode::{SharedDecode, SharedDecodeLayout};
 pub use trap::{Exception, Interrupt, Trap};
 
 /// Why [`Hart::run`] returned.

@@ -8,12 +8,14 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::csr::mstatus;
 use crate::decode::Insn;
 use crate::decode_pool::{DecodePool, PooledPage};
 use crate::hart::{request, Hart, Priv};
 use crate::memory::PagePerms;
+use crate::shared_decode::SharedDecode;
 use crate::trap::{Exception, Trap};
 use crate::Bus;
 
@@ -186,6 +188,9 @@ pub(crate) struct Mmu {
     dropped: Vec<PooledPage>,
     /// Where decoded pages come from (see the decode_pool module).
     pool: DecodePool,
+    /// Decoded pages shared with other processes restoring the same snapshot, if any (see
+    /// the shared_decode module): tried before the pool.
+    pub shared: Option<Arc<SharedDecode>>,
     /// Physical pages of decoded code dropped since an engine last looked (see
     /// `Hart::drain_code_drops`); bounded: past `MAX_CODE_DROPS` it becomes `code_drops_all`.
     pub code_drops: Vec<u64>,
@@ -282,6 +287,7 @@ impl Mmu {
             decoded: FxHashMap::default(),
             dropped: Vec::new(),
             pool: DecodePool::new(),
+            shared: None,
             code_drops: Vec::new(),
             // A new (or reset) hart: an engine must forget what it had.
             code_drops_all: true,
@@ -984,7 +990,7 @@ impl Hart {
             // now; the pages are freed at the next slice boundary).
             self.mmu.evict_decoded();
         }
-        let page = self.mark_code_page(ppn);
+        let page = self.mark_code_page(ppn, host);
         let ctx = self.mmu.ictx;
         self.mmu.note_code_vpn(pc);
         self.mmu.mark_filled(Tables::Exec, ctx);
@@ -1045,12 +1051,24 @@ impl Hart {
 
     /// The decoded page for physical page `ppn`, created if needed; from then on stores to the
     /// page take the slow path, which drops the decoded code.
-    fn mark_code_page(&mut self, ppn: u64) -> *mut DecodedPage {
+    /// `host` is the page's guest RAM: a shared decoded page serves it only if its bytes are
+    /// the snapshot's (checked after its write entries are gone, so this hart cannot change
+    /// them unnoticed).
+    fn mark_code_page(&mut self, ppn: u64, host: *const u8) -> *mut DecodedPage {
         if let Some(p) = self.mmu.decoded.get(&ppn) {
             return p.as_ptr();
         }
         self.forget_writes_to(ppn);
-        let page = self.mmu.pool.take();
+        let shared = self
+            .mmu
+            .shared
+            .as_ref()
+            // SAFETY: `host` is the 4 KiB of guest RAM of page `ppn` (from its translation).
+            .and_then(|s| unsafe { s.page(ppn, host) });
+        let page = match shared {
+            Some(p) => PooledPage::shared(p),
+            None => self.mmu.pool.take(),
+        };
         let p = page.as_ptr();
         self.mmu.decoded.insert(ppn, page);
         p
