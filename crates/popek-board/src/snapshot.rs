@@ -174,7 +174,8 @@ pub struct SnapshotFiles {
 
 impl SnapshotFiles {
     /// Create `dir` (if missing) and empty files for `config`'s machine. A snapshot already
-    /// there stops being one (its manifest is emptied first). With `runs_on` (the machine goes
+    /// there stops being one (its files are replaced by new ones, the manifest first;
+    /// restores of it still running keep the old ones). With `runs_on` (the machine goes
     /// on after a save, and so goes on writing its disks), each writable disk is copied into
     /// the snapshot when it is saved, so the snapshot keeps the disk as the guest saw it.
     pub fn create(
@@ -186,8 +187,17 @@ impl SnapshotFiles {
             dir: dir.to_path_buf(),
             source,
         })?;
+        // New files, not the old ones truncated: restores still running from a snapshot
+        // there map its RAM and read its disk copies, which must not change under them. The
+        // manifest goes first, so the directory stops being a snapshot at once.
         let open = |name: &str| {
             let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&path)(e));
+                }
+                _ => {}
+            }
             File::create(&path).map_err(io_err(&path))
         };
         let manifest = open(MANIFEST)?;
@@ -707,4 +717,49 @@ pub(crate) fn config_from(
         hold_input_until_ready: false,
         stop_on_reset: run.stop_on_reset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Creating a snapshot where one is leaves the old RAM image to the restores mapping it:
+    /// their guest memory does not change under them.
+    #[test]
+    fn a_new_snapshot_leaves_running_restores_their_ram() {
+        let dir = std::env::temp_dir().join(format!("popek-snapshot-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(RAM), vec![0x5au8; 8192]).unwrap();
+        let old = File::open(dir.join(RAM)).unwrap();
+        // SAFETY: a new private read-only mapping of a file we own, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                old.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let config = MachineConfig {
+            memory: 8192,
+            ..MachineConfig::default()
+        };
+        let files = SnapshotFiles::create(&dir, &config, false).unwrap();
+        // SAFETY: the mapping is 8192 readable bytes.
+        let seen = unsafe { std::slice::from_raw_parts(p as *const u8, 8192) };
+        assert!(
+            seen.iter().all(|b| *b == 0x5a),
+            "the running restore's RAM changed"
+        );
+        let new = std::fs::read(dir.join(RAM)).unwrap();
+        assert_eq!(new, vec![0u8; 8192], "the new image starts empty");
+        // SAFETY: mapped above with this length.
+        unsafe { libc::munmap(p, 8192) };
+        drop(files);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -256,7 +256,8 @@ pub(crate) struct RunArgs {
     share_decode: bool,
 
     /// Where Ctrl-A s saves the running machine (it then runs on): a snapshot directory for
-    /// `popek run --restore DIR`, created now. Each Ctrl-A s replaces the previous save.
+    /// `popek run --restore DIR`, created now. Each Ctrl-A s replaces the previous save, in
+    /// place: restores of an earlier save must not be running then.
     #[arg(long, value_name = "DIR")]
     save_to: Option<PathBuf>,
 
