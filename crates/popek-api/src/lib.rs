@@ -91,6 +91,9 @@ pub trait Control: Send + Sync {
     /// Start moving the machine to another popek listening at `to` (`tcp:HOST:PORT`); the
     /// machine stops here once the destination has it. [`Control::status`] tells how it goes.
     fn migrate(&self, to: &str) -> Result<(), Refusal>;
+    /// An answer was written and its connection closed: what the answer said has reached
+    /// the asker (a machine that moved away waits for that before it exits).
+    fn answered(&self) {}
 }
 
 /// Why the machine refused a request (the API answers 400 with it).

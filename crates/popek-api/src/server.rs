@@ -196,6 +196,8 @@ fn serve_one(mut s: UnixStream, control: &dyn Control, stopping: &AtomicBool) {
     );
     let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(resp.body.as_bytes());
+    drop(s);
+    control.answered();
 }
 
 /// Why a request could not be read; the client gets the message with a 400.

@@ -72,7 +72,9 @@ pub(crate) struct ProgressCell {
     /// A migration was asked for through [`MachineHandle::migrate`] (whoever asked will ask
     /// how it ended).
     asked: AtomicBool,
-    /// Someone was told it is done.
+    /// An answer being written says it is done.
+    reported_done: AtomicBool,
+    /// Someone was told it is done: such an answer was written.
     told_done: AtomicBool,
 }
 
@@ -91,13 +93,21 @@ impl ProgressCell {
         *state = Some(MigrationProgress::Failed { to, error });
     }
 
-    /// What to report, noting that it was reported.
+    /// What to report, noting a report that it is done (told once the answer is written:
+    /// [`ProgressCell::answered`]).
     fn report(&self) -> Option<MigrationProgress> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(MigrationProgress::Done { .. }) = &state {
-            self.told_done.store(true, Ordering::SeqCst);
+            self.reported_done.store(true, Ordering::SeqCst);
         }
         state
+    }
+
+    /// An answer was written: if it said the migration is done, someone was told.
+    fn answered(&self) {
+        if self.reported_done.load(Ordering::SeqCst) {
+            self.told_done.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -178,6 +188,13 @@ impl MachineHandle {
     /// How the last migration asked of this machine goes (`None`: none was asked).
     pub fn migration(&self) -> Option<MigrationProgress> {
         self.0.progress.report()
+    }
+
+    /// The answer that carried [`MachineHandle::migration`]'s report was written (a machine
+    /// that moved away exits once the asker has the answer, not while it is being written:
+    /// see [`Machine::wait_until_migration_told`]).
+    pub fn migration_answered(&self) {
+        self.0.progress.answered()
     }
 
     /// Ask the migration thread to move the machine to `to` (`tcp:HOST:PORT` or `HOST:PORT`).
@@ -527,4 +544,31 @@ fn precopy(
         sent,
         started,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report that the migration is done counts as told only once its answer was written:
+    /// the moved machine must not exit while the answer is still being written.
+    #[test]
+    fn done_is_told_once_its_answer_is_written() {
+        let p = ProgressCell::default();
+        p.set(MigrationProgress::Migrating { to: "x".into() });
+        assert!(matches!(
+            p.report(),
+            Some(MigrationProgress::Migrating { .. })
+        ));
+        p.answered();
+        assert!(!p.told_done.load(Ordering::SeqCst), "it said migrating");
+        p.set(MigrationProgress::Done { to: "x".into() });
+        assert!(matches!(p.report(), Some(MigrationProgress::Done { .. })));
+        assert!(
+            !p.told_done.load(Ordering::SeqCst),
+            "the answer is not written yet"
+        );
+        p.answered();
+        assert!(p.told_done.load(Ordering::SeqCst));
+    }
 }

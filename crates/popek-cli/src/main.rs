@@ -557,6 +557,9 @@ impl popek_api::Control for Api {
     fn shutdown(&self) {
         self.0.shutdown();
     }
+    fn answered(&self) {
+        self.0.migration_answered();
+    }
     fn migrate(&self, to: &str) -> Result<(), popek_api::Refusal> {
         if !to.starts_with("tcp:") {
             return Err(popek_api::Refusal(format!(
