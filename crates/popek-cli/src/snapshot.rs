@@ -181,6 +181,11 @@ pub(crate) fn restore(
         if !command.is_empty() {
             anyhow::bail!("a migrated machine goes on with what it was running: drop -- CMD");
         }
+        if config.restore_shares_decode {
+            anyhow::bail!(
+                "--share-decode shares the code of a snapshot directory's RAM, which a migrated machine has none of: drop --share-decode"
+            );
+        }
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("--restore tcp:{addr}: cannot listen"))?;
         eprintln!("popek: waiting for a migration on tcp:{addr}");

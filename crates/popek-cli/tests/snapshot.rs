@@ -246,6 +246,13 @@ fn restores_running_at_once_share_decoded_code() {
         std::fs::metadata(&files[0]).unwrap().len() > 0,
         "in use, the cache holds pages"
     );
+    // A migration's destination has no snapshot to share.
+    let (o, e, s) = restore(Path::new("tcp:127.0.0.1:1"), &["--share-decode"]);
+    assert_eq!((o.as_str(), s), ("", 1), "{e}");
+    assert_eq!(
+        e,
+        "popek: error: --share-decode shares the code of a snapshot directory's RAM, which a migrated machine has none of: drop --share-decode\n"
+    );
     // A restore without the option shares nothing.
     let (o, e, s) = restore(&dir, &["--stats", "--", "sh", "-c", "echo $((6*7))"]);
     assert_eq!((o.as_str(), s), ("42\n", 0), "{e}");
