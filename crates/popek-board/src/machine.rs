@@ -1,6 +1,6 @@
 //! A `virt` machine: RAM, devices, harts, and the loops that run them.
 //!
-//! Each hart runs on its own host thread in slices of [`SLICE`] instructions; devices sit
+//! Each hart runs on its own host thread in slices of `SLICE` (65,536) instructions; devices sit
 //! behind one lock that harts take only for MMIO and between slices. A hart in WFI parks its
 //! thread until its timer is due or another thread (an IPI, console input) unparks it.
 

@@ -5,7 +5,7 @@
 //! (pre-copy): first every page that is not all zero, then, round after round, the pages
 //! written meanwhile (the [`DirtyLog`]: harts mark pages as their stores fill the write TLB,
 //! devices through their DMA hook). When a round is small, the machine stops
-//! ([`RunOutcome::Migrate`]) and [`Machine::finish_migration`] sends the last dirty pages, the
+//! ([`crate::RunOutcome::Migrate`]) and [`Machine::finish_migration`] sends the last dirty pages, the
 //! virtqueue rings and the state file; the destination answers once restored, and the source
 //! exits. If anything fails before that answer, the source resumes as if nothing happened.
 //!

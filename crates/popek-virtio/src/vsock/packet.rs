@@ -45,9 +45,9 @@ pub struct Header {
     pub dst_port: u32,
     /// Payload length.
     pub len: u32,
-    /// Socket type (only [`TYPE_STREAM`]).
+    /// Socket type (only `TYPE_STREAM`).
     pub type_: u16,
-    /// Operation ([`op`]).
+    /// Operation (one of the `op` module's).
     pub op: u16,
     /// Operation flags (shutdown flags).
     pub flags: u32,
