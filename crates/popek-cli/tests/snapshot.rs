@@ -137,18 +137,24 @@ fn restore_without_a_command_starts_a_shell() {
     shell_answers(snapshot(), b"echo shell-$((6*7))\n", "shell-42");
 }
 
-/// Restore `dir` without a command, type `input` and then `poweroff -f` into its shell: its
-/// output must contain `expect`, and popek exit with 0.
-fn shell_answers(dir: &Path, input: &[u8], expect: &str) {
-    let mut child = popek()
+/// `popek run --restore DIR ARGS`, started with its standard streams piped.
+fn spawn_restore(dir: &Path, args: &[&str]) -> std::process::Child {
+    popek()
         .arg("run")
         .arg("--restore")
         .arg(dir)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Restore `dir` without a command, type `input` and then `poweroff -f` into its shell: its
+/// output must contain `expect`, and popek exit with 0.
+fn shell_answers(dir: &Path, input: &[u8], expect: &str) {
+    let mut child = spawn_restore(dir, &[]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
     stdin.write_all(b"poweroff -f\n").unwrap();
@@ -189,16 +195,7 @@ fn shared_decode_line(stderr: &str) -> (u64, PathBuf) {
 #[test]
 fn restores_running_at_once_share_decoded_code() {
     let dir = copy_of("shared-decode");
-    let mut holder = popek()
-        .arg("run")
-        .arg("--restore")
-        .arg(&dir)
-        .arg("--share-decode")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut holder = spawn_restore(&dir, &["--share-decode"]);
     let mut stdin = holder.stdin.take().unwrap();
     let stdout = holder.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
