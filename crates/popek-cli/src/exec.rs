@@ -7,6 +7,22 @@ use std::sync::{Arc, Mutex};
 use popek_board::size::parse_size;
 use popek_linux::ExecConfig;
 
+/// `popek exec ARGS` parsed by a parser of `exec`'s arguments alone, or `None` if the command
+/// line is not `popek exec` or that parser does not take it (help, `--version`, an error):
+/// the whole command line's parser then does what it always does. A guest's every execve
+/// starts a `popek exec`, and the whole parser builds every subcommand's arguments first.
+pub(crate) fn parse_alone() -> Option<ExecArgs> {
+    use clap::{Args, FromArgMatches};
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next()? != "exec" {
+        return None;
+    }
+    let matches = ExecArgs::augment_args(clap::Command::new("exec"))
+        .try_get_matches_from(std::iter::once(OsString::from("exec")).chain(argv))
+        .ok()?;
+    ExecArgs::from_arg_matches(&matches).ok()
+}
+
 /// Arguments of `popek exec`.
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {

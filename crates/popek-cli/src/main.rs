@@ -284,7 +284,13 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init(),
     }
-    let cli = match Cli::try_parse() {
+    let parsed = match exec::parse_alone() {
+        Some(args) => Ok(Cli {
+            command: Command::Exec(args),
+        }),
+        None => Cli::try_parse(),
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {

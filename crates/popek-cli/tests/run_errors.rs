@@ -137,6 +137,35 @@ fn version_and_help() {
     assert!(text(&out).0.contains("--bios"));
 }
 
+/// `popek exec`'s arguments are parsed by a parser of their own (it starts often); what that
+/// parser does not take still gets the whole command line's answers: help with the
+/// subcommand's description, the version, errors in one line.
+#[test]
+fn exec_help_version_and_errors() {
+    let out = run_with_timeout(popek().args(["exec", "--help"]), Duration::from_secs(10));
+    assert!(out.status.success());
+    let help = text(&out).0;
+    assert!(
+        help.starts_with("Run one riscv64 Linux program") && help.contains("exec [OPTIONS] <PROG>"),
+        "{help}"
+    );
+    let out = run_with_timeout(popek().args(["exec", "--version"]), Duration::from_secs(10));
+    assert!(out.status.success());
+    assert!(text(&out).0.starts_with("popek-exec "), "{:?}", text(&out));
+    let (code, e) = fails(&["exec"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        e,
+        "popek: the following required arguments were not provided: <PROG> (see popek --help)"
+    );
+    let (code, e) = fails(&["exec", "--memory", "12Q", "/bin/true"]);
+    assert_eq!(code, 2);
+    assert!(
+        e.contains("invalid value '12Q' for '--memory <SIZE>'"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_jit_cache_sizes() {
     let hello = baremetal_dir().join("hello.elf");
