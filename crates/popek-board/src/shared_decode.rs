@@ -28,13 +28,16 @@ use popek_cpu::SharedDecode;
 const DIR: &str = "/dev/shm";
 
 /// The shared decode cache for the machine restored from the RAM image at `ram` (`bytes` of
-/// guest RAM from guest-physical page `first_ppn`), or `None` (said in the log) if there can be
+/// guest RAM from guest-physical page `first_ppn`), or `None` (with a warning) if there can be
 /// none.
 pub(crate) fn open(ram: &Path, first_ppn: u64, bytes: u64) -> Option<(Arc<SharedDecode>, PathBuf)> {
     match try_open(ram, first_ppn, bytes) {
         Ok(shared) => shared.map(|(s, path)| (Arc::new(s), path)),
         Err(e) => {
-            tracing::info!("no decode cache shared with other restores: {e}");
+            // Asked for (--share-decode): say why there is none.
+            tracing::warn!(
+                "no decoded code shared with other restores ({e}): this one decodes its own"
+            );
             None
         }
     }
@@ -55,8 +58,9 @@ fn try_open(
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)?;
-    let meta = file.metadata()?;
+        .open(&path)
+        .map_err(at(&path))?;
+    let meta = file.metadata().map_err(at(&path))?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if !meta.is_file() || meta.uid() != euid || meta.mode() & 0o077 != 0 {
@@ -65,20 +69,20 @@ fn try_open(
             path.display()
         )));
     }
-    flock(&file, libc::LOCK_SH)?;
+    flock(&file, libc::LOCK_SH).map_err(at(&path))?;
     // Holding the lock, nobody empties the file: it is empty, or a cache of this layout.
-    let len = file.metadata()?.len();
+    let len = file.metadata().map_err(at(&path))?.len();
     if len < layout.len as u64 {
-        file.set_len(layout.len as u64)?;
+        file.set_len(layout.len as u64).map_err(at(&path))?;
     } else if len > layout.len as u64 {
         return Err(std::io::Error::other(format!(
             "{} is larger than a cache for this snapshot",
             path.display()
         )));
     }
-    let image_file = File::open(ram)?;
-    let area = map(&file, layout.len, libc::PROT_READ | libc::PROT_WRITE)?;
-    let image = match map(&image_file, bytes as usize, libc::PROT_READ) {
+    let image_file = File::open(ram).map_err(at(ram))?;
+    let area = map(&file, layout.len, libc::PROT_READ | libc::PROT_WRITE).map_err(at(&path))?;
+    let image = match map(&image_file, bytes as usize, libc::PROT_READ).map_err(at(ram)) {
         Ok(m) => m,
         Err(e) => {
             // SAFETY: the area was just mapped with this length and nothing uses it.
@@ -99,8 +103,8 @@ fn try_open(
     // does not write while restores use it; both stay mapped until `owner` is dropped.
     let shared = unsafe { SharedDecode::new(first_ppn, pages, area, image, Box::new(owner)) };
     if shared.is_none() {
-        tracing::info!(
-            "{} is a cache of another layout: not shared",
+        tracing::warn!(
+            "{} is a decode cache of another layout: no decoded code shared with other restores",
             path.display()
         );
     }
@@ -136,6 +140,11 @@ fn remove_unused(ours: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// An I/O error that names `path`.
+fn at(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// The cache's name for the image at `ram` and this executable.
