@@ -387,30 +387,25 @@ impl Hart {
         self.step_raw(bus, pc, raw, lag)
     }
 
-    /// Execute the instruction at `pc` (offset `off` in the page of guest RAM at `host`)
-    /// without the decode cache, as [`Hart::engine_step_straddling`] does; for the interpreter
-    /// in a page it must not write (a shared one: see the shared_decode module), where the only
-    /// undecoded slots are those of instructions straddling the page's end.
-    ///
-    /// # Safety
-    /// `host` must be the start of the 4 KiB page of guest RAM holding `pc`, `off` < 4096
-    /// its offset there.
-    pub(crate) unsafe fn step_uncached<B: Bus>(
+    /// Execute the instruction at `pc` without the decode cache, for the interpreter where it
+    /// must not cache it: `raw` is its bits if it lies in its page (in a shared page, which is
+    /// never written: see the shared_decode module), `None` if it straddles the page's end
+    /// (its halves are fetched now, as [`Hart::engine_step_straddling`] does).
+    pub(crate) fn step_uncached<B: Bus>(
         &mut self,
         bus: &mut B,
-        host: *const u8,
-        off: usize,
+        pc: u64,
+        raw: Option<u32>,
         lag: u64,
     ) -> Result<(), Trap> {
-        let pc = self.s.pc;
-        // SAFETY: per this function's contract.
-        match unsafe { crate::decode::raw_in_page(host, off) } {
+        match raw {
             Some(raw) => self.step_raw(bus, pc, raw, lag),
             None => self.engine_step_straddling(bus, pc, lag),
         }
     }
 
-    /// Execute `raw`, fetched from `pc`, for [`Hart::engine_step_straddling`].
+    /// Execute `raw`, fetched from `pc`, for [`Hart::step_uncached`] and
+    /// [`Hart::engine_step_straddling`].
     fn step_raw(&mut self, bus: &mut dyn Bus, pc: u64, raw: u32, lag: u64) -> Result<(), Trap> {
         let flow = self.step_decoded(bus, &crate::decode::decode(raw), pc, raw, lag)?;
         self.s.pc = match flow {
@@ -564,5 +559,30 @@ mod tests {
             (Exception::IllegalInstruction, 0xffff_ffff)
         );
         assert_eq!((hart.pc(), hart.instret()), (0x8000_0ffe, 9));
+    }
+
+    /// The interpreter runs a straddling instruction the same way, uncached: a jump goes
+    /// where it jumps, an illegal one traps with its bits at its own address, and its page's
+    /// slot stays undecoded.
+    #[test]
+    fn the_interpreter_runs_straddling_instructions_uncached() {
+        let (mut hart, _ram) = straddling(0x0100_00ef); // jal x1, +16
+        hart.set_pc(0x8000_0ffe);
+        assert_eq!(hart.single_step(&mut NoBus), crate::Exit::Budget);
+        assert_eq!(
+            (hart.xreg(1), hart.pc(), hart.instret()),
+            (0x8000_1002, 0x8000_100e, 1)
+        );
+        let page = hart.mmu.decoded[&0x80000].as_ptr();
+        // SAFETY: the hart's own decoded page, not running.
+        assert_eq!(unsafe { (*page)[2047] }, crate::decode::Insn::undecoded());
+
+        let (mut hart, _ram) = straddling(0xffff_ffff);
+        hart.set_pc(0x8000_0ffe);
+        assert_eq!(hart.single_step(&mut NoBus), crate::Exit::Budget);
+        assert_eq!(
+            (hart.s.csr.mcause, hart.s.csr.mtval, hart.s.csr.mepc),
+            (2, 0xffff_ffff, 0x8000_0ffe)
+        );
     }
 }

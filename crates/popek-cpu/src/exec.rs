@@ -3,7 +3,7 @@
 use crate::decode::{decode, raw_in_page, Insn, Op};
 use crate::engine::{Engine, Interpreter};
 use crate::hart::{request, Hart};
-use crate::mmu::{DecodedPage, UNDECODED};
+use crate::mmu::DecodedPage;
 use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
 
@@ -267,11 +267,6 @@ impl Hart {
                     Err(t) => Err(t),
                 },
             };
-            if let Some(slot) = self.straddle_slot.take() {
-                // SAFETY: the page the slot belongs to is still allocated: dropped pages are only
-                // released at the top of this loop.
-                unsafe { *slot = UNDECODED };
-            }
             if let Err(t) = result {
                 if let Some(e) = self.raise(t) {
                     return e;
@@ -310,49 +305,42 @@ impl Hart {
         macro_rules! one {
             ($exec:lifetime) => {{
             let off = pc.wrapping_sub(vbase) as usize;
-            // SAFETY: sequential flow reaches at most offset 4096 + 2 (past a straddling
-            // instruction), and the page has sentinel slots up to there; jumps out of the page
-            // leave the loop. The page stays allocated while this function runs.
+            // SAFETY: sequential flow reaches at most offset 4096 (a straddling instruction
+            // leaves the loop), and the page has sentinel slots past there; jumps out of the
+            // page leave the loop. The page stays allocated while this function runs.
             let slot = unsafe { (*page).get_unchecked_mut(off >> 1) };
             match self.step(bus, slot, pc, &mut retired) {
                 Ok(Flow::Decode) => {
                     if off >= 4096 {
                         break $exec Ok(());
                     }
-                    if shared {
-                        // Only an instruction straddling the page's end is undecoded in a
-                        // complete shared page: run it without caching it.
-                        self.s.pc = pc;
-                        // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                        match unsafe { self.step_uncached(bus, host, off, retired) } {
-                            Ok(()) => {
-                                pc = self.s.pc;
-                                retired += 1;
-                                break $exec Ok(());
-                            }
-                            Err(t) => break $exec Err(t),
-                        }
-                    }
                     // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                    if let Some(raw) = unsafe { raw_in_page(host, off) } {
-                        *slot = decode_for_cache(raw);
-                        // Sequential flow reads the next slot next, maybe on a host page of
-                        // slots not touched yet. The slot after an instruction that starts
-                        // in the page is at most a sentinel slot of the page.
-                        back_for_write((slot as *mut Insn).wrapping_add(slot.byte_len() as usize >> 1));
-                    } else {
-                        // Straddles into the next page, which may map anywhere: decode it for this visit
-                        // only (the outer loop clears the slot again).
-                        self.s.pc = pc;
-                        match self.fetch_straddling() {
-                            Ok(raw) => {
-                                *slot = decode_for_cache(raw);
-                                self.straddle_slot = Some(slot as *mut Insn);
+                    let raw = unsafe { raw_in_page(host, off) };
+                    match raw {
+                        Some(raw) if !shared => {
+                            *slot = decode_for_cache(raw);
+                            // Sequential flow reads the next slot next, maybe on a host page
+                            // of slots not touched yet. The slot after an instruction that
+                            // starts in the page is at most a sentinel slot of the page.
+                            back_for_write((slot as *mut Insn).wrapping_add(slot.byte_len() as usize >> 1));
+                            // Dispatch the freshly decoded instruction (nothing retired yet).
+                        }
+                        // An instruction straddling the page's end (the next page may map
+                        // anywhere), or one in a shared page, which is never written (only
+                        // straddling instructions are undecoded there): run it once,
+                        // uncached, and go on in the outer loop.
+                        _ => {
+                            self.s.pc = pc;
+                            match self.step_uncached(bus, pc, raw, retired) {
+                                Ok(()) => {
+                                    pc = self.s.pc;
+                                    retired += 1;
+                                    break $exec Ok(());
+                                }
+                                Err(t) => break $exec Err(t),
                             }
-                            Err(t) => break $exec Err(t),
                         }
                     }
-                    // Dispatch the freshly decoded instruction (nothing retired yet).
                 }
                 Ok(Flow::Next(next)) => {
                     pc = next;
@@ -382,13 +370,9 @@ impl Hart {
                 }
                 Err(mut t) => {
                     if t.cause == Exception::IllegalInstruction {
-                        t.tval = if off + 4 > 4096 && slot.byte_len() == 4 {
-                            self.s.pc = pc;
-                            self.fetch_straddling().map(u64::from).unwrap_or(0)
-                        } else {
-                            // SAFETY: host is the start of this page of guest RAM and off < 4096.
-                            unsafe { raw_bits(host, off) }
-                        };
+                        // SAFETY: host is the start of this page of guest RAM and off < 4096
+                        // (a decoded slot: no straddling instruction is ever decoded into one).
+                        t.tval = unsafe { raw_bits(host, off) };
                     }
                     break $exec Err(t);
                 }

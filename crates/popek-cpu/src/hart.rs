@@ -229,8 +229,6 @@ pub struct Hart {
     /// LR reservation: (physical address, value loaded). Not saved: a restored hart's SC
     /// fails once, which the ISA allows.
     pub(crate) reservation: Option<(u64, u64)>,
-    /// A decode-cache slot holding a page-straddling instruction for one visit only.
-    pub(crate) straddle_slot: Option<*mut crate::decode::Insn>,
     /// The page-permission generation this hart's caches reflect (process VMs).
     pub(crate) perms_seen: u64,
     /// Generation of the memory's DMA log last applied.
@@ -255,7 +253,6 @@ impl Hart {
             pins: Arc::new(IrqPins::default()),
             config,
             reservation: None,
-            straddle_slot: None,
             perms_seen: 0,
             dma_seen: 0,
             dirty_seen: 0,

@@ -44,8 +44,6 @@ const MAX_DECODED_PAGES: usize = 1024;
 /// A page of decoded instructions, indexed by (offset / 2).
 pub(crate) type DecodedPage = [Insn; SLOTS];
 
-pub(crate) const UNDECODED: Insn = Insn::undecoded();
-
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub(crate) struct TlbEntry {
