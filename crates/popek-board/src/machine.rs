@@ -512,9 +512,10 @@ pub struct Machine {
     pub(crate) config: MachineConfig,
     /// Whether the main thread entered the jail (once: the filter stays for good).
     jailed: bool,
-    /// The file of the decode cache shared with other restores of the same snapshot, if
-    /// this machine was restored with one (see the shared_decode module).
-    pub(crate) shared_decode: Option<PathBuf>,
+    /// The decode cache shared with other restores of the same snapshot (every hart holds
+    /// it too) and its file, if this machine was restored with one (see the shared_decode
+    /// module).
+    pub(crate) shared_decode: Option<(Arc<popek_cpu::SharedDecode>, PathBuf)>,
 }
 
 fn host_memory_bytes() -> Option<u64> {
@@ -770,8 +771,9 @@ impl Machine {
     /// Decoded pages taken from the cache shared with other restores of the same snapshot,
     /// how many of them this machine decoded there, and the cache's file, if it has one.
     pub fn shared_decode_stats(&self) -> Option<(u64, u64, &Path)> {
-        let (taken, filled) = self.harts.first()?.shared_decode_counts()?;
-        Some((taken, filled, self.shared_decode.as_deref()?))
+        let (shared, path) = self.shared_decode.as_ref()?;
+        let (taken, filled) = shared.counts();
+        Some((taken, filled, path))
     }
 
     /// Counters of the last run.

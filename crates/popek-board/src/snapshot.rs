@@ -512,7 +512,7 @@ impl Machine {
             for hart in &mut machine.harts {
                 hart.set_shared_decode(shared.clone());
             }
-            machine.shared_decode = Some(path);
+            machine.shared_decode = Some((shared, path));
         }
         machine
             .restore_state(&state, true)

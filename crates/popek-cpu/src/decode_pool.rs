@@ -27,10 +27,10 @@ const CHUNK_PAGES: usize = 1536;
 
 /// Host page size the pool aligns decoded pages to (4 KiB on x86-64 and RISC-V Linux hosts;
 /// a larger host page only makes `MADV_DONTNEED` round inwards, see [`DecodePool::give`]).
-const HOST_PAGE: usize = 4096;
+pub(crate) const HOST_PAGE: usize = 4096;
 
 /// Distance between two decoded pages in a chunk: the page rounded up to whole host pages.
-const STRIDE: usize = std::mem::size_of::<DecodedPage>().next_multiple_of(HOST_PAGE);
+pub(crate) const STRIDE: usize = std::mem::size_of::<DecodedPage>().next_multiple_of(HOST_PAGE);
 
 /// Bytes of one chunk.
 const CHUNK_BYTES: usize = CHUNK_PAGES * STRIDE;
@@ -43,6 +43,14 @@ pub(crate) struct PooledPage {
 }
 
 impl PooledPage {
+    /// A page of the pool.
+    fn pooled(page: NonNull<DecodedPage>) -> PooledPage {
+        PooledPage {
+            page,
+            shared: false,
+        }
+    }
+
     /// A complete page of a shared decode area (see the shared_decode module).
     pub fn shared(page: NonNull<DecodedPage>) -> PooledPage {
         PooledPage { page, shared: true }
@@ -119,10 +127,7 @@ impl DecodePool {
     pub fn take(&mut self) -> PooledPage {
         if let Some(p) = self.recycled.pop() {
             // Zero since `give` (a valid page: the all-zero `Insn` is the undecoded one).
-            return PooledPage {
-                page: p,
-                shared: false,
-            };
+            return PooledPage::pooled(p);
         }
         if self.fresh == 0 {
             let Some(chunk) = map_chunk() else {
@@ -136,11 +141,7 @@ impl DecodePool {
         let index = CHUNK_PAGES - self.fresh;
         self.fresh -= 1;
         // SAFETY: `index < CHUNK_PAGES`: a page inside the newest chunk, never handed out.
-        let page = unsafe { newest.add(index * STRIDE) }.cast();
-        PooledPage {
-            page,
-            shared: false,
-        }
+        PooledPage::pooled(unsafe { newest.add(index * STRIDE) }.cast())
     }
 
     /// Bytes of host memory backing the pool's chunks (what the decode cache costs: only the

@@ -347,12 +347,6 @@ impl Hart {
         self.mmu.shared = Some(shared);
     }
 
-    /// Pages this process took from its shared decode cache and how many of them it decoded
-    /// there itself (see [`SharedDecode::counts`]), if it has one.
-    pub fn shared_decode_counts(&self) -> Option<(u64, u64)> {
-        self.mmu.shared.as_ref().map(|s| s.counts())
-    }
-
     /// The guest RAM this hart sees.
     pub fn memory(&self) -> &Memory {
         &self.mem

@@ -25,11 +25,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::decode::{raw_in_page, Insn};
+use crate::decode_pool::HOST_PAGE;
 use crate::exec::decode_for_cache;
 use crate::mmu::{DecodedPage, SLOTS};
-
-/// Host page size the area's parts are aligned to.
-const HOST_PAGE: usize = 4096;
 
 /// What the area's header holds, so that an area of another layout is never used.
 const MAGIC: &[u8; 16] = b"popek-decode-v1\0";
@@ -92,8 +90,8 @@ impl std::fmt::Debug for SharedDecode {
 
 impl SharedDecode {
     /// Distance between two decoded pages in the area: a decoded page rounded up to whole
-    /// host pages.
-    pub const STRIDE: usize = std::mem::size_of::<DecodedPage>().next_multiple_of(HOST_PAGE);
+    /// host pages, as in the decode pool.
+    pub const STRIDE: usize = crate::decode_pool::STRIDE;
 
     /// The layout of an area for `pages` guest pages: a header page, the page states, the
     /// decoded pages. All zero is an empty area.
