@@ -196,30 +196,12 @@ fn shared_decode_line(stderr: &str) -> (u64, PathBuf) {
 fn restores_running_at_once_share_decoded_code() {
     let dir = copy_of("shared-decode");
     let mut holder = spawn_restore(&dir, &["--share-decode"]);
+    // A guest that hangs fails the test instead of hanging the suite.
+    kill_after(&holder, Duration::from_secs(120));
     let mut stdin = holder.stdin.take().unwrap();
-    let stdout = holder.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let mut stdout = holder.stdout.take().unwrap();
     stdin.write_all(b"echo holder-$((6*7))\n").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(l) if l.contains("holder-42") => break,
-            Ok(_) => {}
-            Err(e) => {
-                let _ = holder.kill();
-                panic!("the first restore did not answer: {e}");
-            }
-        }
-    }
+    read_until(&mut stdout, "holder-42");
     let mut files = Vec::new();
     for _ in 0..2 {
         let (o, e, s) = restore(
@@ -256,24 +238,10 @@ fn restores_running_at_once_share_decoded_code() {
     assert!(!e.contains("decoded pages shared"), "{e}");
     stdin.write_all(b"poweroff -f\n").unwrap();
     drop(stdin);
-    let status = run_with_timeout_wait(&mut holder, Duration::from_secs(120));
-    assert_eq!(status, Some(0), "the first restore's exit");
+    let status = holder.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the first restore's exit");
     let left = std::fs::metadata(&files[0]).map(|m| m.len()).unwrap_or(0);
     assert_eq!(left, 0, "the last user empties the cache");
-}
-
-/// Wait up to `limit` for `child` to exit: its status code, or `None` (killed) after it.
-fn run_with_timeout_wait(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let end = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait().unwrap().code()
 }
 
 #[test]
