@@ -50,8 +50,10 @@ fn try_open(
 ) -> std::io::Result<Option<(SharedDecode, PathBuf)>> {
     let pages = bytes / 4096;
     let layout = SharedDecode::layout(pages);
-    let path = cache_path(ram, bytes)?;
-    remove_unused(&path);
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let path = cache_path(ram, bytes, euid)?;
+    remove_unused(&path, euid);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -61,8 +63,6 @@ fn try_open(
         .open(&path)
         .map_err(at(&path))?;
     let meta = file.metadata().map_err(at(&path))?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
     if !meta.is_file() || meta.uid() != euid || meta.mode() & 0o077 != 0 {
         return Err(std::io::Error::other(format!(
             "{} is not a private file of this user",
@@ -111,11 +111,11 @@ fn try_open(
     Ok(shared.map(|s| (s, path)))
 }
 
-/// Remove this user's emptied caches other than `ours` (those of other snapshots or popek
+/// Remove the emptied caches of user `euid` other than `ours` (those of other snapshots or popek
 /// builds that nobody uses: their last user emptied them, as it cannot remove them from its
 /// jail). One that a restore is just creating may go too: that restore then shares with
 /// nobody, which is correct, only slower.
-fn remove_unused(ours: &Path) {
+fn remove_unused(ours: &Path, euid: u32) {
     let (Some(dir), Some(name)) = (ours.parent(), ours.file_name().and_then(|n| n.to_str())) else {
         return;
     };
@@ -125,8 +125,6 @@ fn remove_unused(ours: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
     for e in entries.flatten() {
         let path = e.path();
         let unused = e
@@ -147,8 +145,8 @@ fn at(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
     move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// The cache's name for the image at `ram` and this executable.
-fn cache_path(ram: &Path, bytes: u64) -> std::io::Result<PathBuf> {
+/// The cache's name for the image at `ram` and this executable, for user `euid`.
+fn cache_path(ram: &Path, bytes: u64, euid: u32) -> std::io::Result<PathBuf> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for file in [ram, Path::new("/proc/self/exe")] {
         let m = std::fs::metadata(file)?;
@@ -164,8 +162,6 @@ fn cache_path(ram: &Path, bytes: u64) -> std::io::Result<PathBuf> {
             .hash(&mut h);
     }
     (bytes, SharedDecode::STRIDE).hash(&mut h);
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
     Ok(Path::new(DIR).join(format!("popek-decode-{euid}-{:016x}", h.finish())))
 }
 
@@ -245,7 +241,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ram = dir.join("ram.img");
         std::fs::write(&ram, vec![0x13u8; 8192]).unwrap();
-        let path = cache_path(&ram, 8192).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let path = cache_path(&ram, 8192, unsafe { libc::geteuid() }).unwrap();
         let (a, at) = open(&ram, 0x80000, 8192).expect("a cache");
         let (b, bt) = open(&ram, 0x80000, 8192).expect("the same cache");
         assert_eq!((&at, &bt), (&path, &path));
