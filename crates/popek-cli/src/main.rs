@@ -45,10 +45,10 @@ pub(crate) struct EngineArgs {
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_jit_cache)]
     jit_cache: usize,
 
-    /// Translate a block when it starts for the Nth time (1: at once); until then the
-    /// interpreter runs it, which is cheaper for code that runs only a few times.
+    /// Translate a block when it starts for the Nth time (1: at once; at most 65535); until
+    /// then the interpreter runs it, which is cheaper for code that runs only a few times.
     #[arg(long, value_name = "N", default_value_t = popek_jit::EngineConfig::DEFAULT_HOT,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
     jit_hot: u32,
 }
 

@@ -2,8 +2,10 @@
 //! `popek-jit`) needs from a hart, and nothing more.
 //!
 //! The hart keeps its outer loop (interrupts, WFI, requests, budget, trap entry) for every engine:
-//! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` and, whenever the
-//! engine declines, interprets up to the end of the basic block there (the first taken jump). The engine reads and writes architectural state
+//! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` once the block there
+//! has started [`Engine::hot`] times (the hart counts block starts itself, see
+//! [`Hart::block_is_hot`]) and, until then or whenever the engine declines, interprets up to a
+//! taken jump to a block that is hot. The engine reads and writes architectural state
 //! through [`Hart::state_ptr`] at [`crate::HartState::OFFSETS`], performs memory accesses through
 //! [`Hart::engine_load`] / [`Hart::engine_store`] (same TLB, MMIO and code-protection rules as the
 //! interpreter), finds code with [`Hart::fetch_code_page`], and learns which code it must forget
@@ -28,14 +30,21 @@ pub trait Engine {
 
     /// Run code from `hart`'s current `pc` for at most about `left` instructions, stopping when a
     /// request bit is set. `None`: the engine cannot run the instruction at `pc` (the hart
-    /// interprets from there to the first taken jump and asks again). `Some(Err(trap))`: the instruction
-    /// at `pc` raised `trap`; `pc` and `instret` are exactly as the interpreter leaves them.
+    /// interprets from there to a taken jump to a hot block and asks again).
+    /// `Some(Err(trap))`: the instruction at `pc` raised `trap`; `pc` and `instret` are
+    /// exactly as the interpreter leaves them.
     fn run_code<B: Bus>(
         &mut self,
         hart: &mut Hart,
         bus: &mut B,
         left: u64,
     ) -> Option<Result<(), Trap>>;
+
+    /// How often a block must start before the engine is asked to run it (1: at every start);
+    /// until then the interpreter runs it without asking (see [`Hart::block_is_hot`]).
+    fn hot(&self) -> u32 {
+        1
+    }
 }
 
 /// The interpreter alone: the engine [`Hart::run`] uses.

@@ -218,6 +218,7 @@ impl Hart {
         engine: &mut E,
     ) -> Exit {
         let stop_at = self.s.instret.saturating_add(budget);
+        let hot = engine.hot();
         loop {
             self.sync_page_perms();
             self.sync_dma_writes();
@@ -252,7 +253,9 @@ impl Hart {
                 }
             }
             let left = stop_at - self.s.instret;
-            let ran = if E::ACTIVE {
+            // A block that has not started `hot` times yet is the interpreter's (see the heat
+            // module): the engine is not asked.
+            let ran = if E::ACTIVE && self.heat.start(self.s.pc, self.s.prv, hot) {
                 engine.run_code(self, bus, left)
             } else {
                 None
@@ -260,10 +263,14 @@ impl Hart {
             let result = match ran {
                 Some(r) => r,
                 None => match self.fetch_page() {
-                    // The engine declined this instruction: interpret up to the end of its
-                    // basic block (the first taken jump), then ask the engine again.
-                    Ok((page, host)) if E::ACTIVE => self.exec_page::<B, false>(bus, page, host, 1),
-                    Ok((page, host)) => self.exec_page::<B, STEP>(bus, page, host, left),
+                    // The engine declined this instruction, or was not asked: interpret up to
+                    // a taken jump to a hot block, then ask the engine again.
+                    Ok((page, host)) if E::ACTIVE => {
+                        self.exec_page::<B, false, true>(bus, page, host, (left, hot))
+                    }
+                    Ok((page, host)) => {
+                        self.exec_page::<B, STEP, false>(bus, page, host, (left, 0))
+                    }
                     Err(t) => Err(t),
                 },
             };
@@ -280,14 +287,16 @@ impl Hart {
 
     /// Execute from the decoded page `page` (guest RAM at `host`) starting at `self.s.pc`, until
     /// control leaves the page, `left` instructions retire, or an instruction needs the outer
-    /// loop. `self.s.pc` and `instret` are up to date when it returns.
+    /// loop; with `GATED` (an engine runs hot blocks), also at a taken jump to a block that
+    /// has started `hot` times (counting that start). `self.s.pc` and `instret` are up to date
+    /// when it returns.
     #[inline(never)]
-    fn exec_page<B: Bus, const STEP: bool>(
+    fn exec_page<B: Bus, const STEP: bool, const GATED: bool>(
         &mut self,
         bus: &mut B,
         page: *mut DecodedPage,
         host: *const u8,
-        left: u64,
+        (left, hot): (u64, u32),
     ) -> Result<(), Trap> {
         let vbase = self.s.pc & !0xfff;
         let mut pc = self.s.pc;
@@ -352,7 +361,11 @@ impl Hart {
                 Ok(Flow::Jump(target)) => {
                     pc = target;
                     retired += 1;
-                    if STEP || target.wrapping_sub(vbase) >= 4096 || retired >= left {
+                    if STEP
+                        || target.wrapping_sub(vbase) >= 4096
+                        || retired >= left
+                        || (GATED && self.heat.start(target, self.s.prv, hot))
+                    {
                         break $exec Ok(());
                     }
                 }

@@ -237,6 +237,8 @@ pub struct Hart {
     pub(crate) dirty_seen: u64,
     /// Stores logged for engine verification ([`Hart::log_stores`]); `None` almost always.
     pub(crate) store_log: Option<crate::verify::StoreLog>,
+    /// How often blocks started, for an engine (see the heat module).
+    pub(crate) heat: crate::heat::Heat,
 }
 
 // SAFETY: the raw pointers in a Hart point into its own decode cache (owned through `mmu`) and
@@ -257,6 +259,7 @@ impl Hart {
             dma_seen: 0,
             dirty_seen: 0,
             store_log: None,
+            heat: crate::heat::Heat::default(),
         }
     }
 
@@ -267,6 +270,17 @@ impl Hart {
         let pins = self.pins.clone();
         *self = fresh;
         self.pins = pins;
+    }
+
+    /// Count a start of the block at `pc` (in the current privilege): whether it has started
+    /// at least `hot` times. The interpreter counts the starts of blocks it runs with an
+    /// engine and hands a block to the engine once this holds (see [`Engine::hot`]); an
+    /// engine counts the blocks it reaches from its own code, to know whether to translate
+    /// one it has no translation of.
+    ///
+    /// [`Engine::hot`]: crate::engine::Engine::hot
+    pub fn block_is_hot(&mut self, pc: u64, hot: u32) -> bool {
+        self.heat.start(pc, self.s.prv, hot)
     }
 
     /// The architectural state (fixed layout; see [`HartState::OFFSETS`]).

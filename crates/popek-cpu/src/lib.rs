@@ -15,6 +15,7 @@ mod exec_fp;
 mod exec_system;
 pub mod fpu;
 mod hart;
+mod heat;
 mod memory;
 mod mmu;
 mod persist;

@@ -282,39 +282,8 @@ pub struct Jit {
     bare_addend: Option<u64>,
     /// See [`Jit::expect_machine_ram`].
     machine_ram: Option<(u64, u64)>,
-    /// Blocks not translated yet: how often each has started, under a 32-bit tag of the key
-    /// (direct-mapped: blocks colliding in a slot merge their counts, which only moves a
-    /// translation earlier). 8 bytes a slot: it is read at every cold block start, between
-    /// stretches of interpretation that evict it from the caches.
-    heat: ZeroedTable<Heat>,
     /// Direct loads and stores in `code` (see [`Env::host_read_bits`]), emptied with it.
     direct: DirectSites,
-}
-
-/// What [`Jit::find`] knows of a block about to start.
-enum Found {
-    /// Its translation.
-    Block(Block),
-    /// It has none yet and has just become hot: translate it.
-    Hot,
-    /// It has none and is still cold: the interpreter runs it.
-    Cold,
-}
-
-/// Entries of a JIT's table of cold blocks (see `Jit::heat`), a power of two.
-const HEAT_SLOTS: usize = 1 << 13;
-
-/// A slot of `Jit::heat`: a key's tag (0: empty) and how often its block started.
-#[derive(Clone, Copy)]
-struct Heat {
-    tag: u32,
-    count: u32,
-}
-
-/// The slot and tag of the block under `k` in `Jit::heat`.
-fn heat_slot(k: Key) -> (usize, u32) {
-    let h = (k.host ^ k.vpc.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 20) as usize & (HEAT_SLOTS - 1), (h >> 32) as u32 | 1)
 }
 
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
@@ -407,51 +376,17 @@ impl Jit {
         self.jc_version << 8 | (prv as u64) << 4 | (satp_mode & 0xf)
     }
 
-    /// The translation of the block under `k`, about to start, or whether to translate it now.
-    ///
-    /// Most starts while a guest warms up are of cold blocks, so those are answered from the
-    /// heat table alone, without the block map: a block still counting there has, as a rule,
-    /// no translation (one is made only once the count reaches `hot`). The exception, a
-    /// translated block whose slot was taken over by another key with the same tag, only means
-    /// the interpreter runs it until the count reaches `hot` again and the map is asked.
+    /// The translation of the block under `k`, if there is one (or the mark of a block found
+    /// untranslatable).
     #[inline]
-    fn find(&mut self, k: Key) -> Found {
+    fn find(&mut self, k: Key) -> Option<Block> {
         let slot = self.fast[fast_slot(k)];
         if slot.0 == k {
-            return Found::Block(slot.1);
+            return Some(slot.1);
         }
-        let (slot, tag) = heat_slot(k);
-        let heat = &mut self.heat[slot];
-        if heat.tag == tag && heat.count + 1 < self.hot {
-            heat.count += 1;
-            return Found::Cold;
-        }
-        if let Some(&b) = self.blocks.get(&k) {
-            self.fast[fast_slot(k)] = (k, b);
-            return Found::Block(b);
-        }
-        if self.hot <= 1 {
-            return Found::Hot;
-        }
-        let heat = &mut self.heat[slot];
-        if heat.tag != tag {
-            // Another block's slot. A cold block's count is merged into this one's: blocks
-            // taking turns at one slot would otherwise restart each other's counts forever and
-            // never be translated (seen in sqlite3: a third of its time interpreted). A
-            // translated block's count is dropped (it is found in the map now).
-            let count = if heat.count >= self.hot {
-                0
-            } else {
-                heat.count
-            };
-            *heat = Heat { tag, count };
-        }
-        heat.count = heat.count.saturating_add(1);
-        if heat.count >= self.hot {
-            Found::Hot
-        } else {
-            Found::Cold
-        }
+        let b = *self.blocks.get(&k)?;
+        self.fast[fast_slot(k)] = (k, b);
+        Some(b)
     }
 
     /// The first difference between the JIT and the interpreter that verification found (the
@@ -552,8 +487,6 @@ impl Jit {
             hot: 1,
             bare_addend: None,
             machine_ram: None,
-            // SAFETY: an all-zero slot is an empty one (tag 0).
-            heat: unsafe { table(HEAT_SLOTS, true)? },
             direct: DirectSites::default(),
         })
     }
@@ -664,6 +597,10 @@ impl Jit {
 impl Engine for Jit {
     const ACTIVE: bool = true;
 
+    fn hot(&self) -> u32 {
+        self.hot
+    }
+
     fn run_code<B: Bus>(
         &mut self,
         hart: &mut Hart,
@@ -735,10 +672,14 @@ impl Engine for Jit {
             let host_pc = page.host as u64 + (pc & 0xfff);
             let k = key(host_pc, pc, prv, satp_mode);
             let block = match self.find(k) {
-                Found::Block(b) => b,
-                Found::Hot => self.translate(page.host, pc, k),
-                // Still cold: the interpreter runs it (up to its first taken jump).
-                Found::Cold => return if first { None } else { Some(Ok(())) },
+                Some(b) => b,
+                // The hart asks about a block only once it is hot (see `Hart::block_is_hot`);
+                // a block reached from translated code is counted here.
+                None if first || hart.block_is_hot(pc, self.hot) => {
+                    self.translate(page.host, pc, k)
+                }
+                // Still cold: the interpreter runs it.
+                None => return Some(Ok(())),
             };
             let done = hart.instret() - start;
             if block.chain.is_null() || block.insns as u64 > left - done {
@@ -820,23 +761,24 @@ mod tests {
     }
 
     #[test]
-    fn a_block_turns_hot_at_its_nth_start_and_is_found_once_translated() {
-        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
-            .expect("code memory")
-            .translating_after(4);
+    fn a_block_is_found_once_translated_and_not_after_a_flush() {
+        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
         let k = key(0x7f00_0000_1000, 0x8000_0000, Priv::S, 8);
-        for start in 1..4 {
-            assert!(matches!(jit.find(k), Found::Cold), "start {start} is cold");
-        }
-        assert!(
-            matches!(jit.find(k), Found::Hot),
-            "the 4th start translates"
-        );
+        assert!(jit.find(k).is_none());
         jit.blocks.insert(k, untranslated());
-        assert!(matches!(jit.find(k), Found::Block(_)));
-        // Another block of the same page counts on its own.
+        assert!(jit.find(k).is_some());
+        assert!(jit.find(k).is_some(), "again, from the fast table");
         let other = key(0x7f00_0000_1010, 0x8000_0010, Priv::S, 8);
-        assert!(matches!(jit.find(other), Found::Cold));
+        assert!(jit.find(other).is_none(), "another block of the same page");
+        jit.flush();
+        assert!(jit.find(k).is_none());
+    }
+
+    #[test]
+    fn the_hart_hands_over_blocks_at_the_configured_start() {
+        let jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
+        assert_eq!(jit.hot(), 1, "at once, unless configured");
+        assert_eq!(jit.translating_after(64).hot(), 64);
     }
 
     #[test]
@@ -856,52 +798,5 @@ mod tests {
             assert!(jit.fast.iter().all(|(slot, _)| *slot != k));
         }
         assert!(jit.fast.iter().all(|(_, b)| b.chain.is_null()));
-        assert!(jit.heat.iter().all(|h| h.tag == 0 && h.count == 0));
-    }
-
-    #[test]
-    fn blocks_taking_turns_at_one_heat_slot_both_turn_hot() {
-        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
-            .expect("code memory")
-            .translating_after(8);
-        let a = key(0x7f00_0000_4000, 0x4000, Priv::U, 8);
-        let slot = heat_slot(a).0;
-        let b = (1..1 << 20)
-            .map(|n| key(0x7f00_0000_4000 + 2 * n, 0x4000 + 2 * n, Priv::U, 8))
-            .find(|&k| heat_slot(k).0 == slot && heat_slot(k).1 != heat_slot(a).1)
-            .expect("a key colliding with a");
-        let mut hot = [false; 2];
-        for _ in 0..16 {
-            for (n, k) in [a, b].into_iter().enumerate() {
-                if hot[n] {
-                    continue;
-                }
-                if let Found::Hot = jit.find(k) {
-                    hot[n] = true;
-                    jit.blocks.insert(k, untranslated());
-                }
-            }
-        }
-        assert_eq!(hot, [true, true], "each started 16 times, threshold 8");
-    }
-
-    #[test]
-    fn translating_after_one_start_translates_at_once() {
-        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
-        let k = key(0x7f00_0000_2000, 0x1000, Priv::U, 8);
-        assert!(matches!(jit.find(k), Found::Hot));
-    }
-
-    #[test]
-    fn a_flush_makes_a_once_hot_block_translate_again_at_its_next_start() {
-        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
-            .expect("code memory")
-            .translating_after(3);
-        let k = key(0x7f00_0000_3000, 0x2000, Priv::M, 0);
-        while !matches!(jit.find(k), Found::Hot) {}
-        jit.blocks.insert(k, untranslated());
-        jit.fast[fast_slot(k)] = (k, untranslated());
-        jit.flush();
-        assert!(matches!(jit.find(k), Found::Hot));
     }
 }

@@ -210,7 +210,8 @@ pub struct EngineConfig {
     /// A block is translated when it starts for this many times (1: at once); until then the
     /// interpreter runs it. Translating costs about as much as interpreting a block a few
     /// hundred times, so code that runs only a few times (start-up, a restored guest's one
-    /// command) is cheaper to interpret.
+    /// command) is cheaper to interpret. The hart counts starts up to 65,535: a larger value
+    /// acts as that.
     pub hot: u32,
 }
 

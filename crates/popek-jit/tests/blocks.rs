@@ -112,6 +112,9 @@ enum Eng {
     /// The JIT told to expect the addend of untranslated addresses (these harts run with
     /// `satp` Bare): the right one or a wrong one.
     JitExpectingBareAddend(bool),
+    /// The JIT translating a block at its nth start (the interpreter runs it until then,
+    /// counting its starts itself, and hands it over at the nth).
+    JitAfter(u32),
 }
 
 /// A user-mode hart on `ram`, at `BASE`.
@@ -159,6 +162,7 @@ fn run(ram: &Ram, eng: Eng, budget: u64, max_ecalls: usize) -> (Outcome, Option<
             jit.expect_bare_data_addend(if right { addend } else { addend ^ 1 << 40 });
             Some(jit)
         }
+        Eng::JitAfter(n) => Some(Jit::new().unwrap().translating_after(n)),
         Eng::Verify => Some(Jit::verifying(1 << 20).unwrap()),
     };
     let mut exits = Vec::new();
@@ -246,6 +250,54 @@ fn same(ram: &Ram, max_ecalls: usize) -> Outcome {
         }
     }
     want
+}
+
+/// With a block translated only at its 8th start, the interpreter runs a program's first
+/// rounds of a loop (taking its branches, stores and a call-like jump within the page)
+/// and the JIT the rest, with the same results on every budget; code that starts fewer times
+/// is never translated.
+#[test]
+fn blocks_turn_hot_at_their_nth_start_with_the_same_results() {
+    let mut ram = Ram::new();
+    let mut code = vec![
+        addi(5, 0, 0),           // x5 = 0: sum
+        addi(28, 0, 30),         // x28 = 30: loop counter
+        0x17 | 6 << 7 | 2 << 12, // auipc x6, 2: x6 = a data page
+        addi(7, 0, 0),           // x7 = 0: odd-round counter
+    ];
+    let loop_start = code.len();
+    code.extend([
+        r(0, 28, 5, 0, 5, 0x33), // add x5, x5, x28
+        i(1, 28, 7, 29, 0x13),   // andi x29, x28, 1
+        b(8, 0, 29, 0),          // beq x29, x0, +8 (even rounds skip the next)
+        addi(7, 7, 1),           // x7 += 1
+        s(0, 5, 6, 3),           // sd x5, 0(x6)
+        jal(1, 8),               // jal ra, +8 (over the next)
+        ECALL,                   // never reached
+        addi(28, 28, -1),        // x28 -= 1
+    ]);
+    let here = code.len();
+    code.push(b(((loop_start as i32) - here as i32) * 4, 0, 28, 1)); // bne x28, x0, loop
+    code.push(addi(30, 5, 1)); // after the loop: runs once
+    code.push(addi(31, 7, 2));
+    code.push(ECALL);
+    ram.put(0, &code);
+    let (want, _) = run(&ram, Eng::Interp, 1 << 20, 1);
+    for budget in [1, 3, 7, 1000, 1 << 20] {
+        let (got, jit) = run(&ram, Eng::JitAfter(8), budget, 1);
+        assert_eq!(got, want, "budget {budget}");
+        let stats = jit.expect("a JIT ran").stats();
+        if budget >= 1000 {
+            assert!(stats.insns > 0, "the loop turned hot: {stats:?}");
+        }
+        assert!(
+            stats.insns < 3 * code.len() as u64,
+            "only the loop's blocks were translated: {stats:?}"
+        );
+    }
+    assert_eq!(want.x[5], (1..=30).sum::<u64>());
+    assert_eq!(want.x[7], 15);
+    assert_eq!(want.exits, vec![Exit::Ecall]);
 }
 
 /// A loop exercising every translated ALU, M and branch operation on awkward values.
@@ -1756,6 +1808,7 @@ fn run_rig(ram: &[u64]) -> (Exit, u64, u64, u64) {
         match eng {
             Eng::Interp => {}
             Eng::Jit
+            | Eng::JitAfter(_)
             | Eng::JitExpectingAddend(_)
             | Eng::JitExpectingBareAddend(_)
             | Eng::JitOnHartRequiringAddend(_) => {
