@@ -37,16 +37,36 @@ pub(crate) struct Heat {
 impl Heat {
     /// Count a start of the block at `pc`, run at privilege `prv`: whether it has now started
     /// at least `hot` times (always, for `hot` of 1 or less; counts stop at 65,535).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn start(&mut self, pc: u64, prv: Priv, hot: u32) -> bool {
         if hot <= 1 {
             return true;
         }
-        let hot = hot.min(0xffff);
+        // The usual case inline: the block is in its first slot.
+        let i = first_slot(pc, prv, self.slots.len());
+        if let Some(slot) = self.slots.get_mut(i) {
+            if *slot >> 16 == tag(pc, prv) {
+                let hot = hot.min(0xffff);
+                let count = ((*slot & 0xffff) + 1).min(hot);
+                *slot = *slot & !0xffff | count;
+                return count >= hot;
+            }
+        }
+        self.start_elsewhere(pc, prv, hot.min(0xffff))
+    }
+
+    /// [`Heat::start`] for a block not in its first slot (or a table not allocated yet).
+    #[inline(never)]
+    fn start_elsewhere(&mut self, pc: u64, prv: Priv, hot: u32) -> bool {
         if self.slots.is_empty() {
             self.slots = vec![0; SLOTS];
         }
-        let (first, second, tag) = slots(pc, prv, self.slots.len() - 1);
+        let n = self.slots.len();
+        let (first, second, tag) = (
+            first_slot(pc, prv, n),
+            second_slot(pc, prv, n),
+            tag(pc, prv),
+        );
         let tagged = |s: u32| s >> 16 == tag;
         let at = if tagged(self.slots[first]) {
             first
@@ -71,13 +91,28 @@ impl Heat {
     }
 }
 
-/// The two slots a block at `pc` (privilege `prv`) may take in a table of `mask + 1` slots,
-/// and its tag.
-fn slots(pc: u64, prv: Priv, mask: usize) -> (usize, usize, u32) {
-    let h = (pc ^ (prv as u64) << 62).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let first = (h >> 51) as usize & mask;
-    let second = (h >> 38) as usize & mask;
-    (first, second, (h >> 8) as u32 & 0xffff | 1)
+/// The hash of a block at `pc` run at privilege `prv`, which places and tags it.
+#[inline(always)]
+fn hash(pc: u64, prv: Priv) -> u64 {
+    (pc ^ (prv as u64) << 62).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The first of the two slots a block may take in a table of `n` slots (a power of two).
+#[inline(always)]
+fn first_slot(pc: u64, prv: Priv, n: usize) -> usize {
+    (hash(pc, prv) >> 51) as usize & n.wrapping_sub(1)
+}
+
+/// The second of them.
+#[inline(always)]
+fn second_slot(pc: u64, prv: Priv, n: usize) -> usize {
+    (hash(pc, prv) >> 38) as usize & n.wrapping_sub(1)
+}
+
+/// The tag telling a block apart in its slot: 16 bits, odd (an empty slot is 0).
+#[inline(always)]
+fn tag(pc: u64, prv: Priv) -> u32 {
+    (hash(pc, prv) >> 8) as u32 & 0xffff | 1
 }
 
 #[cfg(test)]
@@ -123,9 +158,10 @@ mod tests {
     /// Blocks whose two slots in a table of 16 are those of `a` (in either order), other than
     /// `a`.
     fn sharing_both_slots(a: u64) -> impl Iterator<Item = u64> {
-        let (x, y, _) = slots(a, Priv::U, 15);
+        let slots = |pc| (first_slot(pc, Priv::U, 16), second_slot(pc, Priv::U, 16));
+        let (x, y) = slots(a);
         (1..1u64 << 20).map(move |n| a + 2 * n).filter(move |&pc| {
-            let (p, q, _) = slots(pc, Priv::U, 15);
+            let (p, q) = slots(pc);
             (p, q) == (x, y) || (p, q) == (y, x)
         })
     }
