@@ -12,7 +12,8 @@ use crate::faults::{self, DirectSites};
 use crate::perfmap;
 use crate::table::ZeroedTable;
 use crate::translate::{
-    jcache_second_slot, jcache_slot, trampolines, translate, Env, InsnArena, JEntry, JCACHE_ENTRIES,
+    jcache_fold, jcache_second_slot, jcache_slot, trampolines, translate, Env, InsnArena, JEntry,
+    JCACHE_ENTRIES, JCACHE_FIRST_ENTRIES,
 };
 use crate::verify::Verdict;
 use crate::{Divergence, EngineConfig, JitError, JitStats};
@@ -33,6 +34,10 @@ pub(crate) struct Ctx<'a> {
     exit_slot: *mut u8,
     /// The engine's jump cache.
     jcache: *const JEntry,
+    /// Its slot mask (see `Jit::jmask`).
+    jmask: u32,
+    /// `jcache_fold(jmask)`.
+    jfold: u32,
     /// The key valid jump-cache entries carry now.
     jkey: u64,
     pub(crate) hart: *mut Hart,
@@ -267,8 +272,15 @@ pub struct Jit {
     /// is valid only with the current key: `version << 8 | prv << 4 | satp mode`, where
     /// `version` changes whenever translations are dropped or the hart's TLB is flushed.
     /// Two ways: [`JCACHE_ENTRIES`] slots indexed by `jcache_slot`, then as many indexed by
-    /// `jcache_second_slot`, which get what the first way's slots lose.
+    /// `jcache_second_slot`, which get what the first way's slots lose. Only slots
+    /// `0..=jmask` of each way are used.
     jcache: ZeroedTable<JEntry>,
+    /// The jump cache's slot mask: [`JCACHE_FIRST_ENTRIES`] - 1 at first, four times as many
+    /// slots whenever the JIT has translated as many blocks as half the slots, up to
+    /// [`JCACHE_ENTRIES`]. Entries stay where they were put: one looked up under a larger
+    /// mask is missed (the engine puts it again), never wrong, since a match compares the
+    /// whole target and key.
+    jmask: u32,
     jc_version: u64,
     /// The hart TLB generation the jump cache reflects.
     jc_tlb_gen: u64,
@@ -284,6 +296,17 @@ pub struct Jit {
     machine_ram: Option<(u64, u64)>,
     /// Direct loads and stores in `code` (see [`Env::host_read_bits`]), emptied with it.
     direct: DirectSites,
+}
+
+/// The jump cache's slot mask once the JIT holds `blocks` translations, from `mask` (see
+/// `Jit::jmask`): four times as many slots once they outnumber half the slots, up to
+/// [`JCACHE_ENTRIES`].
+fn jcache_mask_for(blocks: usize, mask: u32) -> u32 {
+    if 2 * blocks > mask as usize + 1 && (mask as usize) < JCACHE_ENTRIES - 1 {
+        mask << 2 | 3
+    } else {
+        mask
+    }
 }
 
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
@@ -443,6 +466,8 @@ impl Jit {
             ctx_left: std::mem::offset_of!(Ctx<'static>, left) as i32,
             ctx_exit_slot: std::mem::offset_of!(Ctx<'static>, exit_slot) as i32,
             ctx_jcache: std::mem::offset_of!(Ctx<'static>, jcache) as i32,
+            ctx_jmask: std::mem::offset_of!(Ctx<'static>, jmask) as i32,
+            ctx_jfold: std::mem::offset_of!(Ctx<'static>, jfold) as i32,
             ctx_jkey: std::mem::offset_of!(Ctx<'static>, jkey) as i32,
             ctx_scratch: std::mem::offset_of!(Ctx<'static>, scratch) as i32,
             fma: popek_cpu::fpu::host_has_fma(),
@@ -480,6 +505,7 @@ impl Jit {
             insns: InsnArena::default(),
             // SAFETY: all-zero entries are unused ones: no key is 0, as `jc_version` starts at 1.
             jcache: unsafe { table(2 * JCACHE_ENTRIES, false)? },
+            jmask: JCACHE_FIRST_ENTRIES as u32 - 1,
             jc_version: 1,
             jc_tlb_gen: u64::MAX,
             verify: false,
@@ -587,6 +613,7 @@ impl Jit {
         self.by_page.entry(page as u64).or_default().push(k);
         self.fast[fast_slot(k)] = (k, b);
         self.stats.blocks += 1;
+        self.jmask = jcache_mask_for(self.blocks.len(), self.jmask);
         self.stats.insns += t.insns as u64;
         self.stats.code_bytes += t.code.len() as u64;
         self.stats.translate_ns += started.elapsed().as_nanos() as u64;
@@ -654,6 +681,8 @@ impl Engine for Jit {
             left: 0,
             exit_slot: std::ptr::null_mut(),
             jcache: self.jcache.as_ptr(),
+            jmask: self.jmask,
+            jfold: jcache_fold(self.jmask),
             jkey: 0,
             hart: std::ptr::null_mut(),
             bus: bus as &mut dyn Bus,
@@ -686,11 +715,11 @@ impl Engine for Jit {
                 return if first { None } else { Some(Ok(())) };
             }
             let jkey = self.jkey(prv, satp_mode);
-            let slot = jcache_slot(pc);
+            let slot = jcache_slot(pc, self.jmask);
             let old = self.jcache[slot];
             if old.vpc != pc && old.key == jkey {
                 // The first way's entry moves to the second way (see `jcache_second_slot`).
-                self.jcache[JCACHE_ENTRIES + jcache_second_slot(old.vpc)] = old;
+                self.jcache[JCACHE_ENTRIES + jcache_second_slot(old.vpc, self.jmask)] = old;
             }
             self.jcache[slot] = JEntry {
                 vpc: pc,
@@ -709,6 +738,8 @@ impl Engine for Jit {
             ctx.left = (left - done) as i64;
             ctx.exit_slot = std::ptr::null_mut();
             ctx.jkey = jkey;
+            ctx.jmask = self.jmask;
+            ctx.jfold = jcache_fold(self.jmask);
             let result = if self.verify {
                 // SAFETY: as below.
                 let (result, verdict) =
@@ -779,6 +810,22 @@ mod tests {
         let jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
         assert_eq!(jit.hot(), 1, "at once, unless configured");
         assert_eq!(jit.translating_after(64).hot(), 64);
+    }
+
+    #[test]
+    fn the_jump_cache_grows_with_the_translations_to_its_full_size() {
+        let mut mask = JCACHE_FIRST_ENTRIES as u32 - 1;
+        let mut sizes = vec![mask + 1];
+        for blocks in 0..100_000 {
+            let grown = jcache_mask_for(blocks, mask);
+            if grown != mask {
+                assert!(2 * blocks > mask as usize + 1, "{blocks} blocks");
+                sizes.push(grown + 1);
+            }
+            mask = grown;
+        }
+        assert_eq!(sizes, [1024, 4096, 16384]);
+        assert_eq!(JCACHE_ENTRIES, 16384);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub(crate) struct Env {
     pub ctx_exit_slot: i32,
     /// Offset in the context of the jump cache's address.
     pub ctx_jcache: i32,
+    /// Offset of the jump cache's current slot mask in the context.
+    pub ctx_jmask: i32,
+    /// Offset of its [`jcache_fold`] in the context.
+    pub ctx_jfold: i32,
     /// Offset in the context of the key jump-cache entries must carry to be used.
     pub ctx_jkey: i32,
     /// Offset in the context of a 4-byte scratch word (for `stmxcsr`/`ldmxcsr`).
@@ -124,12 +128,20 @@ impl Env {
     }
 }
 
-/// Entries of the jump cache (a power of two): generated code finds the translation of an
-/// indirect or cross-page jump target there without returning to the engine. 16,384 (512 KiB
-/// of address space per hart, backed only where used): sqlite3 inserting a row jumps to more
-/// distinct targets than 4,096 entries hold, and went back to the engine every 170 guest
-/// instructions (12 million times inserting 100,000 rows); with 16,384, 2-4 million times.
+/// Entries of each way of the jump cache at its largest (a power of two): generated code finds
+/// the translation of an indirect or cross-page jump target there without returning to the
+/// engine. 16,384 (512 KiB of address space per way and hart, backed only where used): sqlite3
+/// inserting a row jumps to more distinct targets than 4,096 entries hold, and went back to
+/// the engine every 170 guest instructions (12 million times inserting 100,000 rows); with
+/// 16,384, 2-4 million times.
 pub(crate) const JCACHE_ENTRIES: usize = 16384;
+
+/// Entries of each way a JIT's jump cache starts with: it grows as the JIT translates (see
+/// `Jit::jmask`). Slots are spread over the whole table, so a few hundred targets touched
+/// most of its 1 MiB, each host page faulting twice (read, then written): 300 page faults, a
+/// sixtieth of a restored guest's short command, where a table of this size takes 8 pages
+/// a way.
+pub(crate) const JCACHE_FIRST_ENTRIES: usize = 1024;
 
 /// One jump-cache entry: guest virtual pc, key (see `Jit`), chain entry of its translation.
 #[derive(Clone, Copy)]
@@ -140,9 +152,6 @@ pub(crate) struct JEntry {
     pub entry: *const u8,
 }
 
-/// How far [`jcache_slot`] shifts the address bits it folds onto the low ones.
-const JCACHE_FOLD: i8 = 1 + JCACHE_ENTRIES.trailing_zeros() as i8;
-
 /// Bits of a jump-cache slot number.
 const JCACHE_BITS: u32 = JCACHE_ENTRIES.trailing_zeros();
 
@@ -152,29 +161,39 @@ const JCACHE_MUL: u32 = 0x9e37_79b1;
 /// Byte offset of the jump cache's second way (entries `JCACHE_ENTRIES..`) in the table.
 const JCACHE_WAY2: i32 = (JCACHE_ENTRIES * std::mem::size_of::<JEntry>()) as i32;
 
-/// The jump-cache slot of guest virtual address `vpc` in the first way: its bits from 1 up,
-/// with the next as many bits folded onto them. Indexed by the low bits alone, functions at
-/// the same offset modulo the cache's span took turns at one slot: in lua5.4 (with 4,096
-/// entries, so 8 KiB), two such pairs called each other in a loop and sent 7 million jumps
-/// back to the engine.
-pub(crate) fn jcache_slot(vpc: u64) -> usize {
-    ((vpc >> 1) ^ (vpc >> JCACHE_FOLD)) as usize & (JCACHE_ENTRIES - 1)
+/// The jump-cache slot of guest virtual address `vpc` in the first way, whose slots are
+/// `0..=mask`: its bits from 1 up, with the next as many bits (from [`jcache_fold`] up)
+/// folded onto them. Indexed by the low bits alone, functions at the same offset modulo the
+/// cache's span took turns at one slot: in lua5.4 (with 4,096 entries, so 8 KiB), two such
+/// pairs called each other in a loop and sent 7 million jumps back to the engine.
+pub(crate) fn jcache_slot(vpc: u64, mask: u32) -> usize {
+    ((vpc >> 1) ^ (vpc >> jcache_fold(mask))) as usize & mask as usize
 }
 
-/// The slot of `vpc` in the jump cache's second way, which holds what the first way's slot
+/// How far [`jcache_slot`] shifts the address bits it folds onto the low ones, for slots
+/// `0..=mask`: past the bits the slot takes from 1 up.
+pub(crate) fn jcache_fold(mask: u32) -> u32 {
+    1 + mask.count_ones()
+}
+
+/// The slot of `vpc` in the jump cache's second way (slots `0..=mask`), which holds what the
+/// first way's slot
 /// held before its newest entry: the top bits of `vpc`'s low 32 bits (less bit 0) times
 /// [`JCACHE_MUL`]. A hash of another kind than the first way's, so two targets that share a
 /// slot there (the fold is linear: addresses 0x40010 apart do) rarely share one here, and
 /// take turns at the first way's slot without leaving translated code. With one way, nine such
 /// pairs in sqlite3 took turns 200,000 times each, and 2 million jumps went back to the
 /// engine.
-pub(crate) fn jcache_second_slot(vpc: u64) -> usize {
-    ((vpc as u32 >> 1).wrapping_mul(JCACHE_MUL) >> (32 - JCACHE_BITS)) as usize
+pub(crate) fn jcache_second_slot(vpc: u64, mask: u32) -> usize {
+    ((vpc as u32 >> 1).wrapping_mul(JCACHE_MUL) >> (32 - JCACHE_BITS) & mask) as usize
 }
 
 #[cfg(test)]
 mod jcache_tests {
     use super::*;
+
+    /// The mask of a full-size way.
+    const FULL: u32 = JCACHE_ENTRIES as u32 - 1;
 
     #[test]
     fn targets_a_span_apart_take_different_slots() {
@@ -182,12 +201,12 @@ mod jcache_tests {
         for base in [0x1100u64, 0x2a_aaab_6006, 0x3f_bf70_48d4] {
             for k in 1..8 {
                 assert_ne!(
-                    jcache_slot(base),
-                    jcache_slot(base + k * span),
+                    jcache_slot(base, FULL),
+                    jcache_slot(base + k * span, FULL),
                     "{base:#x} + {k} spans"
                 );
             }
-            assert_ne!(jcache_slot(base), jcache_slot(base + 2));
+            assert_ne!(jcache_slot(base, FULL), jcache_slot(base + 2, FULL));
         }
     }
 
@@ -205,13 +224,13 @@ mod jcache_tests {
         ];
         for (a, b) in pairs {
             assert_eq!(
-                jcache_slot(a),
-                jcache_slot(b),
+                jcache_slot(a, FULL),
+                jcache_slot(b, FULL),
                 "{a:#x} and {b:#x} in the first way"
             );
             assert_ne!(
-                jcache_second_slot(a),
-                jcache_second_slot(b),
+                jcache_second_slot(a, FULL),
+                jcache_second_slot(b, FULL),
                 "{a:#x} and {b:#x} in the second way"
             );
         }
@@ -223,19 +242,26 @@ mod jcache_tests {
     #[test]
     fn consecutive_targets_spread_over_all_slots() {
         for (way, slot) in [
-            (1, jcache_slot as fn(u64) -> usize),
+            (1, jcache_slot as fn(u64, u32) -> usize),
             (2, jcache_second_slot),
         ] {
-            let mut uses = vec![0u32; JCACHE_ENTRIES];
-            for k in 0..4 * JCACHE_ENTRIES as u64 {
-                uses[slot(0x2a_aaaa_a000 + 4 * k)] += 1;
+            // Every size the cache takes as it grows.
+            for n in [
+                JCACHE_FIRST_ENTRIES,
+                4 * JCACHE_FIRST_ENTRIES,
+                JCACHE_ENTRIES,
+            ] {
+                let mut uses = vec![0u32; n];
+                for k in 0..4 * n as u64 {
+                    uses[slot(0x2a_aaaa_a000 + 4 * k, n as u32 - 1)] += 1;
+                }
+                let most = *uses.iter().max().unwrap();
+                let empty = uses.iter().filter(|&&u| u == 0).count();
+                assert!(
+                    most <= 8 && empty < n / 50,
+                    "way {way}, {n} entries: most {most}, empty {empty}"
+                );
             }
-            let most = *uses.iter().max().unwrap();
-            let empty = uses.iter().filter(|&&u| u == 0).count();
-            assert!(
-                most <= 8 && empty < JCACHE_ENTRIES / 50,
-                "way {way}: most {most}, empty {empty}"
-            );
         }
     }
 }
@@ -339,6 +365,7 @@ pub(crate) fn trampolines(at: usize, env: &Env) -> Trampolines {
         ; shr ecx, 1
         ; imul ecx, ecx, JCACHE_MUL as i32
         ; shr ecx, (32 - JCACHE_BITS) as i8
+        ; and ecx, [r12 + env.ctx_jmask]
         ; shl rcx, shift
         ; add rcx, [r12 + env.ctx_jcache]
         ; cmp rax, [rcx + JCACHE_WAY2]
@@ -523,6 +550,8 @@ struct Stubs<'a> {
     start: u64,
     env_exit_slot: i32,
     env_jcache: i32,
+    env_jmask: i32,
+    env_jfold: i32,
     env_jkey: i32,
     fault: Vec<(DynamicLabel, u64, u32)>,
     leave: Vec<(DynamicLabel, u64, u32)>,
@@ -591,6 +620,8 @@ pub(crate) unsafe fn translate(
         start: pc,
         env_exit_slot: env.ctx_exit_slot,
         env_jcache: env.ctx_jcache,
+        env_jmask: env.ctx_jmask,
+        env_jfold: env.ctx_jfold,
         env_jkey: env.ctx_jkey,
         fault: Vec::new(),
         leave: Vec::new(),
@@ -911,19 +942,19 @@ fn exit_to(ops: &mut Asm, stubs: &Stubs, next: u64, retired: u32) {
 /// the second way's miss): translated code, like a chained jump's target, does not read it.
 fn exit_lookup(ops: &mut Asm, stubs: &Stubs, retired: u32) {
     spill(ops, &stubs.cache, Sync::Block);
-    let mask = (JCACHE_ENTRIES - 1) as i32;
     let shift = std::mem::size_of::<JEntry>().trailing_zeros() as i8;
     dynasm!(ops
         ; .arch x64
         ; sub r13, BYTE retired as i8
         ; jle =>stubs.labels.leave_rax
-        // rcx = jcache_slot(rax) * entry bytes.
-        ; mov rcx, rax
+        // rcx = jcache_slot(rax, mask) * entry bytes.
         ; mov rdx, rax
+        ; mov ecx, [r12 + stubs.env_jfold]
+        ; shr rdx, cl
+        ; mov rcx, rax
         ; shr rcx, 1
-        ; shr rdx, JCACHE_FOLD
         ; xor ecx, edx
-        ; and ecx, mask
+        ; and ecx, [r12 + stubs.env_jmask]
         ; shl rcx, shift
         ; add rcx, [r12 + stubs.env_jcache]
         ; cmp rax, [rcx]
