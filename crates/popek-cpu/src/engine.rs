@@ -4,7 +4,7 @@
 //! The hart keeps its outer loop (interrupts, WFI, requests, budget, trap entry) for every engine:
 //! [`Hart::run_with`] asks the [`Engine`] to run code at the current `pc` once the block there
 //! has started [`Engine::hot`] times (the hart counts block starts itself, see
-//! [`Hart::block_is_hot`]) and, until then or whenever the engine declines, interprets up to a
+//! [`Hart::block_heat`]) and, until then or whenever the engine declines, interprets up to a
 //! taken jump to a block that is hot. The engine reads and writes architectural state
 //! through [`Hart::state_ptr`] at [`crate::HartState::OFFSETS`], performs memory accesses through
 //! [`Hart::engine_load`] / [`Hart::engine_store`] (same TLB, MMIO and code-protection rules as the
@@ -41,7 +41,7 @@ pub trait Engine {
     ) -> Option<Result<(), Trap>>;
 
     /// How often a block must start before the engine is asked to run it (1: at every start);
-    /// until then the interpreter runs it without asking (see [`Hart::block_is_hot`]).
+    /// until then the interpreter runs it without asking (see [`Hart::block_heat`]).
     fn hot(&self) -> u32 {
         1
     }

@@ -3,6 +3,7 @@
 use crate::decode::{decode, raw_in_page, Insn, Op};
 use crate::engine::{Engine, Interpreter};
 use crate::hart::{request, Hart};
+use crate::heat::BlockHeat;
 use crate::mmu::DecodedPage;
 use crate::trap::{Exception, Trap};
 use crate::{Bus, Exit};
@@ -255,7 +256,8 @@ impl Hart {
             let left = stop_at - self.s.instret;
             // A block that has not started `hot` times yet is the interpreter's (see the heat
             // module): the engine is not asked.
-            let ran = if E::ACTIVE && self.heat.start(self.s.pc, self.s.prv, hot) {
+            let ran = if E::ACTIVE && self.heat.start(self.s.pc, self.s.prv, hot) != BlockHeat::Cold
+            {
                 engine.run_code(self, bus, left)
             } else {
                 None
@@ -364,7 +366,7 @@ impl Hart {
                     if STEP
                         || target.wrapping_sub(vbase) >= 4096
                         || retired >= left
-                        || (GATED && self.heat.start(target, self.s.prv, hot))
+                        || (GATED && self.heat.start(target, self.s.prv, hot) != BlockHeat::Cold)
                     {
                         break $exec Ok(());
                     }

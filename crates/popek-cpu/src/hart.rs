@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csr::{self, mstatus};
+use crate::heat::BlockHeat;
 use crate::memory::Memory;
 use crate::mmu::Mmu;
 use crate::shared_decode::SharedDecode;
@@ -273,14 +274,20 @@ impl Hart {
     }
 
     /// Count a start of the block at `pc` (in the current privilege): whether it has started
-    /// at least `hot` times. The interpreter counts the starts of blocks it runs with an
-    /// engine and hands a block to the engine once this holds (see [`Engine::hot`]); an
-    /// engine counts the blocks it reaches from its own code, to know whether to translate
-    /// one it has no translation of.
+    /// at least `hot` times, or the hart has no room to count it. The interpreter counts the
+    /// starts of blocks it runs with an engine and hands a block to the engine once it is not
+    /// [`BlockHeat::Cold`] (see [`Engine::hot`]); an engine counts the blocks it reaches from
+    /// its own code here, to know whether to translate one it has no translation of.
     ///
     /// [`Engine::hot`]: crate::engine::Engine::hot
-    pub fn block_is_hot(&mut self, pc: u64, hot: u32) -> bool {
+    pub fn block_heat(&mut self, pc: u64, hot: u32) -> BlockHeat {
         self.heat.start(pc, self.s.prv, hot)
+    }
+
+    /// What [`Hart::block_heat`] said of the block at `pc` at its last start (for the block
+    /// the hart just handed to the engine), without counting a start.
+    pub fn block_heat_now(&self, pc: u64, hot: u32) -> BlockHeat {
+        self.heat.now(pc, self.s.prv, hot)
     }
 
     /// The architectural state (fixed layout; see [`HartState::OFFSETS`]).

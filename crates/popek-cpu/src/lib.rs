@@ -24,6 +24,7 @@ mod trap;
 pub mod verify;
 
 pub use hart::{request, Hart, HartConfig, HartState, IrqPins, Priv, StateOffsets};
+pub use heat::BlockHeat;
 pub use memory::{ChangeLog, CodePages, DirtyLog, Memory, MemoryError, PagePerms, RamRegion};
 pub use shared_decode::{SharedDecode, SharedDecodeLayout};
 pub use trap::{Exception, Interrupt, Trap};

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use popek_cpu::decode::{Insn, Op};
 use popek_cpu::engine::{muldiv, CodeDrop, Engine};
-use popek_cpu::{Bus, Exception, Hart, HartState, Priv, Trap};
+use popek_cpu::{BlockHeat, Bus, Exception, Hart, HartState, Priv, Trap};
 
 use crate::code::CodeBuf;
 use crate::faults::{self, DirectSites};
@@ -290,6 +290,9 @@ pub struct Jit {
     divergence: Option<Divergence>,
     /// How often a block starts before it is translated (see [`EngineConfig::hot`]).
     hot: u32,
+    /// Starts of blocks not translated yet that the hart has no room to count
+    /// ([`BlockHeat::Crowded`]), up to [`MAX_CROWDED`] blocks (then counted afresh).
+    crowded: HashMap<Key, u32>,
     /// See [`Jit::expect_bare_data_addend`].
     bare_addend: Option<u64>,
     /// See [`Jit::expect_machine_ram`].
@@ -308,6 +311,10 @@ fn jcache_mask_for(blocks: usize, mask: u32) -> u32 {
         mask
     }
 }
+
+/// Most blocks [`Jit::crowded`] counts at once: a bound on its memory (24 bytes an entry and
+/// the map's overhead) when a guest starts many blocks the hart has no room for.
+const MAX_CROWDED: usize = 1 << 16;
 
 /// The key of an empty `fast` slot, all zero (no block's: a key holds a host address).
 const NO_KEY: Key = Key { host: 0, vpc: 0 };
@@ -412,6 +419,40 @@ impl Jit {
         Some(b)
     }
 
+    /// Whether the block under `k`, about to start at the hart's `pc` and not translated,
+    /// is to be translated now. The hart counts block starts (see `Hart::block_heat`): the
+    /// `first` block of a run is one it just counted and found not cold; a block reached
+    /// from translated code is counted here. A block the hart has no room to count is
+    /// counted in [`Jit::crowded`].
+    fn turns_hot(&mut self, hart: &mut Hart, k: Key, first: bool) -> bool {
+        let pc = hart.pc();
+        let heat = if first {
+            hart.block_heat_now(pc, self.hot)
+        } else {
+            hart.block_heat(pc, self.hot)
+        };
+        match heat {
+            BlockHeat::Cold => false,
+            BlockHeat::Hot => true,
+            BlockHeat::Crowded => self.crowded_start(k),
+        }
+    }
+
+    /// Count a start of the block under `k`, which the hart has no room to count: whether it
+    /// has now started `hot` times (and is to be translated).
+    fn crowded_start(&mut self, k: Key) -> bool {
+        if self.crowded.len() >= MAX_CROWDED {
+            self.crowded.clear();
+        }
+        let count = self.crowded.entry(k).or_insert(0);
+        *count += 1;
+        let hot = *count >= self.hot;
+        if hot {
+            self.crowded.remove(&k);
+        }
+        hot
+    }
+
     /// The first difference between the JIT and the interpreter that verification found (the
     /// hart goes on from the interpreter's results). Check after every run.
     pub fn take_divergence(&mut self) -> Option<Divergence> {
@@ -511,6 +552,7 @@ impl Jit {
             verify: false,
             divergence: None,
             hot: 1,
+            crowded: HashMap::default(),
             bare_addend: None,
             machine_ram: None,
             direct: DirectSites::default(),
@@ -702,13 +744,9 @@ impl Engine for Jit {
             let k = key(host_pc, pc, prv, satp_mode);
             let block = match self.find(k) {
                 Some(b) => b,
-                // The hart asks about a block only once it is hot (see `Hart::block_is_hot`);
-                // a block reached from translated code is counted here.
-                None if first || hart.block_is_hot(pc, self.hot) => {
-                    self.translate(page.host, pc, k)
-                }
+                None if self.turns_hot(hart, k, first) => self.translate(page.host, pc, k),
                 // Still cold: the interpreter runs it.
-                None => return Some(Ok(())),
+                None => return if first { None } else { Some(Ok(())) },
             };
             let done = hart.instret() - start;
             if block.chain.is_null() || block.insns as u64 > left - done {
@@ -810,6 +848,25 @@ mod tests {
         let jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES).expect("code memory");
         assert_eq!(jit.hot(), 1, "at once, unless configured");
         assert_eq!(jit.translating_after(64).hot(), 64);
+    }
+
+    #[test]
+    fn a_crowded_block_is_translated_at_its_nth_start_and_the_count_is_bounded() {
+        let mut jit = Jit::with_code_bytes(EngineConfig::MIN_CODE_BYTES)
+            .expect("code memory")
+            .translating_after(3);
+        let k = key(0x7f00_0000_3000, 0x2000, Priv::S, 8);
+        assert!(!jit.crowded_start(k));
+        assert!(!jit.crowded_start(k));
+        assert!(jit.crowded_start(k), "the 3rd start");
+        assert!(
+            jit.crowded.is_empty(),
+            "a block turned hot is no longer counted"
+        );
+        for n in 0..MAX_CROWDED as u64 + 10 {
+            jit.crowded_start(key(0x7f00_0001_0000 + 2 * n, 0x1_0000 + 2 * n, Priv::S, 8));
+        }
+        assert!(jit.crowded.len() <= MAX_CROWDED);
     }
 
     #[test]
