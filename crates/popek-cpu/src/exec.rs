@@ -256,8 +256,7 @@ impl Hart {
             let left = stop_at - self.s.instret;
             // A block that has not started `hot` times yet is the interpreter's (see the heat
             // module): the engine is not asked.
-            let ran = if E::ACTIVE && self.heat.start(self.s.pc, self.s.prv, hot) != BlockHeat::Cold
-            {
+            let ran = if E::ACTIVE && self.block_heat(self.s.pc, hot) != BlockHeat::Cold {
                 engine.run_code(self, bus, left)
             } else {
                 None
@@ -366,7 +365,7 @@ impl Hart {
                     if STEP
                         || target.wrapping_sub(vbase) >= 4096
                         || retired >= left
-                        || (GATED && self.heat.start(target, self.s.prv, hot) != BlockHeat::Cold)
+                        || (GATED && self.block_heat(target, hot) != BlockHeat::Cold)
                     {
                         break $exec Ok(());
                     }

@@ -58,17 +58,13 @@ impl Heat {
         if hot <= 1 {
             return BlockHeat::Hot;
         }
+        let hot = hot.min(0xffff);
         // The usual case inline: the block is in its first slot.
-        let i = first_slot(pc, prv, self.slots.len());
-        if let Some(slot) = self.slots.get_mut(i) {
-            if *slot >> 16 == tag(pc, prv) {
-                let hot = hot.min(0xffff);
-                let count = ((*slot & 0xffff) + 1).min(hot);
-                *slot = *slot & !0xffff | count;
-                return hot_if(count >= hot);
-            }
+        let (i, tag) = (first_slot(pc, prv, self.slots.len()), tag(pc, prv));
+        match self.slots.get_mut(i) {
+            Some(slot) if *slot >> 16 == tag => bump(slot, tag, hot),
+            _ => self.start_elsewhere(pc, prv, hot),
         }
-        self.start_elsewhere(pc, prv, hot.min(0xffff))
     }
 
     /// What [`Heat::start`] said of the block at `pc` (privilege `prv`) at its last start,
@@ -78,16 +74,13 @@ impl Heat {
             return BlockHeat::Hot;
         }
         let hot = hot.min(0xffff);
-        let n = self.slots.len();
-        if n == 0 {
+        if self.slots.is_empty() {
             return BlockHeat::Cold;
         }
-        let tag = tag(pc, prv);
-        let slots = [first_slot(pc, prv, n), second_slot(pc, prv, n)].map(|i| self.slots[i]);
-        match slots.iter().find(|&&s| s >> 16 == tag) {
-            Some(s) => hot_if(s & 0xffff >= hot),
-            None if slots.iter().all(|&s| s & 0xffff >= hot) => BlockHeat::Crowded,
-            None => BlockHeat::Cold,
+        match self.place(pc, prv, hot) {
+            Place::Own(i) => hot_if(self.slots[i] & 0xffff >= hot),
+            Place::Free(_) => BlockHeat::Cold,
+            Place::Full => BlockHeat::Crowded,
         }
     }
 
@@ -97,34 +90,58 @@ impl Heat {
         if self.slots.is_empty() {
             self.slots = vec![0; SLOTS];
         }
+        match self.place(pc, prv, hot) {
+            Place::Own(i) | Place::Free(i) => bump(&mut self.slots[i], tag(pc, prv), hot),
+            Place::Full => BlockHeat::Crowded,
+        }
+    }
+
+    /// Where the block at `pc` (privilege `prv`) stands in the (allocated) table.
+    fn place(&self, pc: u64, prv: Priv, hot: u32) -> Place {
         let n = self.slots.len();
         let (first, second, tag) = (
             first_slot(pc, prv, n),
             second_slot(pc, prv, n),
             tag(pc, prv),
         );
-        let tagged = |s: u32| s >> 16 == tag;
-        let at = if tagged(self.slots[first]) {
-            first
-        } else if tagged(self.slots[second]) {
+        let tagged = |i: usize| self.slots[i] >> 16 == tag;
+        let count = |i: usize| self.slots[i] & 0xffff;
+        if tagged(first) {
+            return Place::Own(first);
+        }
+        if tagged(second) {
+            return Place::Own(second);
+        }
+        let colder = if count(second) < count(first) {
             second
         } else {
-            // Neither holds it: the colder slot's count goes on as its own.
-            let count = |i: usize| self.slots[i] & 0xffff;
-            let colder = if count(second) < count(first) {
-                second
-            } else {
-                first
-            };
-            if count(colder) >= hot {
-                return BlockHeat::Crowded;
-            }
-            colder
+            first
         };
-        let count = ((self.slots[at] & 0xffff) + 1).min(hot);
-        self.slots[at] = tag << 16 | count;
-        hot_if(count >= hot)
+        if count(colder) >= hot {
+            Place::Full
+        } else {
+            Place::Free(colder)
+        }
     }
+}
+
+/// Where a block stands in the table (see the module's comment).
+enum Place {
+    /// This slot is the block's.
+    Own(usize),
+    /// Neither slot is, and this is the colder one, not hot: the block takes it and goes on
+    /// from its count.
+    Free(usize),
+    /// Neither slot is, and both hold hot blocks ([`BlockHeat::Crowded`]).
+    Full,
+}
+
+/// Count a start in `slot`, the block's (under `tag`) from now on.
+#[inline(always)]
+fn bump(slot: &mut u32, tag: u32, hot: u32) -> BlockHeat {
+    let count = ((*slot & 0xffff) + 1).min(hot);
+    *slot = tag << 16 | count;
+    hot_if(count >= hot)
 }
 
 /// [`BlockHeat::Hot`] if `hot`, else [`BlockHeat::Cold`].

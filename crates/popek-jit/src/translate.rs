@@ -177,13 +177,12 @@ pub(crate) fn jcache_fold(mask: u32) -> u32 {
 }
 
 /// The slot of `vpc` in the jump cache's second way (slots `0..=mask`), which holds what the
-/// first way's slot
-/// held before its newest entry: the top bits of `vpc`'s low 32 bits (less bit 0) times
-/// [`JCACHE_MUL`]. A hash of another kind than the first way's, so two targets that share a
-/// slot there (the fold is linear: addresses 0x40010 apart do) rarely share one here, and
-/// take turns at the first way's slot without leaving translated code. With one way, nine such
-/// pairs in sqlite3 took turns 200,000 times each, and 2 million jumps went back to the
-/// engine.
+/// first way's slot held before its newest entry: the top bits of `vpc`'s low 32 bits (less
+/// bit 0) times [`JCACHE_MUL`], masked. A hash of another kind than the first way's, so two
+/// targets that share a slot there (the fold is linear: addresses 0x40010 apart do) rarely
+/// share one here, and take turns at the first way's slot without leaving translated code.
+/// With one way, nine such pairs in sqlite3 took turns 200,000 times each, and 2 million
+/// jumps went back to the engine.
 pub(crate) fn jcache_second_slot(vpc: u64, mask: u32) -> usize {
     ((vpc as u32 >> 1).wrapping_mul(JCACHE_MUL) >> (32 - JCACHE_BITS) & mask) as usize
 }
