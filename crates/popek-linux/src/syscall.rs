@@ -832,7 +832,7 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
         179 => h!(SYS_sysinfo, t.ptr(a[0], 112, W)?)?,
         163 => h!(SYS_getrlimit, a[0], t.ptr(a[1], 16, W)?)?,
         164 => {
-            if matches!(a[0] as u32, RLIMIT_AS | RLIMIT_DATA | RLIMIT_STACK) {
+            if kept_limit(a[0]) {
                 0
             } else {
                 h!(SYS_setrlimit, a[0], t.ptr(a[1], 16, R)?)?
@@ -840,7 +840,7 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
         }
         261 => {
             t.sh.pids.check_task(a[0] as i32)?;
-            let new = if matches!(a[1] as u32, RLIMIT_AS | RLIMIT_DATA | RLIMIT_STACK) {
+            let new = if kept_limit(a[1]) {
                 std::ptr::null_mut()
             } else {
                 t.opt_ptr(a[2], 16, R)?
@@ -855,6 +855,15 @@ fn process_info(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Sto
 }
 
 /// Processes: scheduling, randomness, threads and children (`clone`, `execve`, waits), futexes.
+/// Whether a guest's setrlimit of `resource` is taken without reaching the host: the address
+/// space, data and stack limits describe the guest's own memory, which popek lays out itself
+/// (the host's limits on them would bind popek, not the guest).
+fn kept_limit(resource: u64) -> bool {
+    [libc::RLIMIT_AS, libc::RLIMIT_DATA, libc::RLIMIT_STACK]
+        .map(i64::from)
+        .contains(&(resource as i64))
+}
+
 fn process_control(t: &mut Thread, nr: u64, a: [u64; 6]) -> Result<Option<i64>, Stop> {
     use libc::*;
     let r: i64 = match nr {
@@ -1636,9 +1645,9 @@ fn msg_(t: &mut Thread, nr: u64, a: [u64; 6]) -> Res {
         namelen as u32
     };
     hdr.msg_iov = v.as_ptr() as *mut libc::iovec;
-    hdr.msg_iovlen = v.len();
+    hdr.msg_iovlen = v.len() as _;
     hdr.msg_control = t.opt_ptr(ctl, ctllen, need)? as *mut libc::c_void;
-    hdr.msg_controllen = ctllen as usize;
+    hdr.msg_controllen = ctllen as _;
     let n = if send {
         h!(libc::SYS_sendmsg, f, &hdr as *const libc::msghdr, a[2])?
     } else {
