@@ -16,8 +16,9 @@ pub struct RawTerminal {
 impl RawTerminal {
     /// Enter raw mode if stdin is a terminal.
     pub fn enter() -> RawTerminal {
-        // SAFETY: isatty and tcgetattr only read the descriptor's state into `t`.
+        // SAFETY: all-zero bytes are a valid termios (plain integers and arrays).
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: isatty and tcgetattr only read the descriptor's state into `t`.
         let is_tty = unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 };
         if !is_tty {
             return RawTerminal { active: false };

@@ -879,9 +879,9 @@ fn exec_execve_keeps_loader_variables_from_the_host() {
 #[test]
 fn exec_signals_stay_inside_the_guest() {
     // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "this test needs root for its PID namespace (CI runs as root)"
     );
     let popek_bin = env!("CARGO_BIN_EXE_popek");

@@ -1098,11 +1098,15 @@ impl Hart {
 /// `p` must point at `N` readable bytes.
 #[inline(always)]
 unsafe fn read_host<const N: usize>(p: *const u8) -> u64 {
-    match N {
-        1 => *p as u64,
-        2 => (p as *const u16).read_unaligned() as u64,
-        4 => (p as *const u32).read_unaligned() as u64,
-        _ => (p as *const u64).read_unaligned(),
+    // SAFETY: `p` points at `N` readable bytes (this function's contract); the reads are
+    // unaligned ones.
+    unsafe {
+        match N {
+            1 => *p as u64,
+            2 => (p as *const u16).read_unaligned() as u64,
+            4 => (p as *const u32).read_unaligned() as u64,
+            _ => (p as *const u64).read_unaligned(),
+        }
     }
 }
 
@@ -1110,33 +1114,43 @@ unsafe fn read_host<const N: usize>(p: *const u8) -> u64 {
 /// `p` must point at `N` writable bytes.
 #[inline(always)]
 unsafe fn write_host<const N: usize>(p: *mut u8, v: u64) {
-    match N {
-        1 => *p = v as u8,
-        2 => (p as *mut u16).write_unaligned(v as u16),
-        4 => (p as *mut u32).write_unaligned(v as u32),
-        _ => (p as *mut u64).write_unaligned(v),
+    // SAFETY: `p` points at `N` writable bytes (this function's contract); the writes are
+    // unaligned ones.
+    unsafe {
+        match N {
+            1 => *p = v as u8,
+            2 => (p as *mut u16).write_unaligned(v as u16),
+            4 => (p as *mut u32).write_unaligned(v as u32),
+            _ => (p as *mut u64).write_unaligned(v),
+        }
     }
 }
 
 /// # Safety
 /// `p` must point at `size` readable bytes.
 unsafe fn read_dyn(p: *const u8, size: u64) -> u64 {
-    match size {
-        1 => read_host::<1>(p),
-        2 => read_host::<2>(p),
-        4 => read_host::<4>(p),
-        _ => read_host::<8>(p),
+    // SAFETY: `p` points at `size` readable bytes, as many as each arm reads.
+    unsafe {
+        match size {
+            1 => read_host::<1>(p),
+            2 => read_host::<2>(p),
+            4 => read_host::<4>(p),
+            _ => read_host::<8>(p),
+        }
     }
 }
 
 /// # Safety
 /// `p` must point at `size` writable bytes.
 unsafe fn write_dyn(p: *mut u8, size: u64, v: u64) {
-    match size {
-        1 => write_host::<1>(p, v),
-        2 => write_host::<2>(p, v),
-        4 => write_host::<4>(p, v),
-        _ => write_host::<8>(p, v),
+    // SAFETY: `p` points at `size` writable bytes, as many as each arm writes.
+    unsafe {
+        match size {
+            1 => write_host::<1>(p, v),
+            2 => write_host::<2>(p, v),
+            4 => write_host::<4>(p, v),
+            _ => write_host::<8>(p, v),
+        }
     }
 }
 

@@ -319,10 +319,8 @@ mod tests {
         let b = shared(&area, &img);
         let live = img.clone();
         // SAFETY: `live` holds both pages.
-        assert!(
-            unsafe { a.page(0x80000, live.as_ptr()) }.is_none(),
-            "the first use marks it"
-        );
+        let first = unsafe { a.page(0x80000, live.as_ptr()) };
+        assert!(first.is_none(), "the first use marks it");
         // SAFETY: as above.
         let pa = unsafe { a.page(0x80000, live.as_ptr()) }.expect("the second use fills it");
         assert!(a.holds(pa.as_ptr()));
@@ -365,6 +363,7 @@ mod tests {
         assert!(unsafe { a.page(0x80000, live.as_ptr()) }.is_none());
         // SAFETY: as above; pages outside the image.
         assert!(unsafe { a.page(0x7ffff, live.as_ptr()) }.is_none());
+        // SAFETY: as above.
         assert!(unsafe { a.page(0x80002, live.as_ptr()) }.is_none());
         assert_eq!(a.counts(), (0, 0));
     }
@@ -432,26 +431,22 @@ mod tests {
         // Nothing writes a complete shared page, not even for a moment: run from it read-only.
         let len = SharedDecode::layout(2).len;
         // SAFETY: the area's own (page-aligned) allocation; made writable again below.
-        assert_eq!(
-            unsafe { libc::mprotect(area.ptr.as_ptr().cast(), len, libc::PROT_READ) },
-            0
-        );
+        let protected = unsafe { libc::mprotect(area.ptr.as_ptr().cast(), len, libc::PROT_READ) };
+        assert_eq!(protected, 0);
         assert_eq!(
             run_program(&mut hart),
             end,
             "from the read-only shared pages"
         );
         // SAFETY: as above.
-        assert_eq!(
-            unsafe {
-                libc::mprotect(
-                    area.ptr.as_ptr().cast(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                )
-            },
-            0
-        );
+        let unprotected = unsafe {
+            libc::mprotect(
+                area.ptr.as_ptr().cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        assert_eq!(unprotected, 0);
         assert_eq!(shared.counts(), (4, 2));
 
         // The guest changes its second page: addi a0, a0, 2 at 4098.

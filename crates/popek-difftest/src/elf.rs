@@ -11,6 +11,7 @@ pub const HANDLED_SIGNALS: [u64; 4] = [4, 5, 7, 11];
 pub struct Image {
     /// Segment contents, loaded at [`BASE`].
     pub segment: Vec<u8>,
+    /// The entry point.
     pub entry: u64,
     /// Listing of the body (and fault) instructions: address, encoding, text.
     pub listing: Vec<(u64, Enc, String)>,

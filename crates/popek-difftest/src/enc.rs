@@ -1,26 +1,47 @@
 //! RISC-V instruction encoders (RV64GC). Plain functions from fields to bits; no validation beyond
 //! debug assertions, the generator is responsible for legal field values.
 
+/// Major opcode LOAD (bits 6:0).
 pub const LOAD: u32 = 0x03;
+/// Major opcode LOAD_FP (bits 6:0).
 pub const LOAD_FP: u32 = 0x07;
+/// Major opcode MISC_MEM (bits 6:0).
 pub const MISC_MEM: u32 = 0x0f;
+/// Major opcode OP_IMM (bits 6:0).
 pub const OP_IMM: u32 = 0x13;
+/// Major opcode AUIPC (bits 6:0).
 pub const AUIPC: u32 = 0x17;
+/// Major opcode OP_IMM_32 (bits 6:0).
 pub const OP_IMM_32: u32 = 0x1b;
+/// Major opcode STORE (bits 6:0).
 pub const STORE: u32 = 0x23;
+/// Major opcode STORE_FP (bits 6:0).
 pub const STORE_FP: u32 = 0x27;
+/// Major opcode AMO (bits 6:0).
 pub const AMO: u32 = 0x2f;
+/// Major opcode OP (bits 6:0).
 pub const OP: u32 = 0x33;
+/// Major opcode LUI (bits 6:0).
 pub const LUI: u32 = 0x37;
+/// Major opcode OP_32 (bits 6:0).
 pub const OP_32: u32 = 0x3b;
+/// Major opcode MADD (bits 6:0).
 pub const MADD: u32 = 0x43;
+/// Major opcode MSUB (bits 6:0).
 pub const MSUB: u32 = 0x47;
+/// Major opcode NMSUB (bits 6:0).
 pub const NMSUB: u32 = 0x4b;
+/// Major opcode NMADD (bits 6:0).
 pub const NMADD: u32 = 0x4f;
+/// Major opcode OP_FP (bits 6:0).
 pub const OP_FP: u32 = 0x53;
+/// Major opcode BRANCH (bits 6:0).
 pub const BRANCH: u32 = 0x63;
+/// Major opcode JALR (bits 6:0).
 pub const JALR: u32 = 0x67;
+/// Major opcode JAL (bits 6:0).
 pub const JAL: u32 = 0x6f;
+/// Major opcode SYSTEM (bits 6:0).
 pub const SYSTEM: u32 = 0x73;
 
 fn r5(x: u32) -> u32 {
@@ -28,15 +49,18 @@ fn r5(x: u32) -> u32 {
     x & 31
 }
 
+/// R-type: register-register operations (OP, OP-32, OP-FP, AMO).
 pub fn r_type(op: u32, rd: u32, f3: u32, rs1: u32, rs2: u32, f7: u32) -> u32 {
     op | r5(rd) << 7 | (f3 & 7) << 12 | r5(rs1) << 15 | r5(rs2) << 20 | (f7 & 0x7f) << 25
 }
 
+/// I-type: a 12-bit signed immediate (OP-IMM, loads, JALR, SYSTEM).
 pub fn i_type(op: u32, rd: u32, f3: u32, rs1: u32, imm: i32) -> u32 {
     debug_assert!((-2048..2048).contains(&imm), "imm {imm}");
     op | r5(rd) << 7 | (f3 & 7) << 12 | r5(rs1) << 15 | ((imm as u32) & 0xfff) << 20
 }
 
+/// S-type: stores, the 12-bit offset split around rs2.
 pub fn s_type(op: u32, f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
     debug_assert!((-2048..2048).contains(&imm), "imm {imm}");
     let imm = imm as u32;
@@ -47,6 +71,7 @@ pub fn s_type(op: u32, f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
         | ((imm >> 5) & 0x7f) << 25
 }
 
+/// B-type: conditional branches, `off` bytes from the branch (even, within 4 KiB).
 pub fn b_type(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
     debug_assert!(off % 2 == 0 && (-4096..4096).contains(&off));
     let o = off as u32;
@@ -60,10 +85,12 @@ pub fn b_type(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
         | ((o >> 12) & 1) << 31
 }
 
+/// U-type: LUI and AUIPC with a 20-bit upper immediate.
 pub fn u_type(op: u32, rd: u32, imm20: u32) -> u32 {
     op | r5(rd) << 7 | (imm20 & 0xfffff) << 12
 }
 
+/// J-type: JAL, `off` bytes from the jump (even, within 1 MiB).
 pub fn j_type(rd: u32, off: i32) -> u32 {
     debug_assert!(off % 2 == 0 && (-(1 << 20)..(1 << 20)).contains(&off));
     let o = off as u32;
@@ -89,6 +116,8 @@ pub fn fp_type(funct5: u32, fmt: u32, rd: u32, rm: u32, rs1: u32, rs2: u32) -> u
     r_type(OP_FP, rd, rm, rs1, rs2, funct5 << 2 | fmt)
 }
 
+/// An atomic (A extension): `funct5` picks the operation, `aq`/`rl` the ordering, `f3` the
+/// width (2: word, 3: doubleword).
 pub fn amo(funct5: u32, aq: bool, rl: bool, f3: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
     r_type(
         AMO,
@@ -100,13 +129,18 @@ pub fn amo(funct5: u32, aq: bool, rl: bool, f3: u32, rd: u32, rs1: u32, rs2: u32
     )
 }
 
+/// A CSR instruction: `f3` picks csrrw/s/c and their immediate forms.
 pub fn csr(f3: u32, rd: u32, rs1_or_uimm: u32, csr: u32) -> u32 {
     SYSTEM | r5(rd) << 7 | (f3 & 7) << 12 | r5(rs1_or_uimm) << 15 | (csr & 0xfff) << 20
 }
 
+/// `ecall`: the generated programs' way to exit.
 pub const ECALL: u32 = 0x0000_0073;
+/// `ebreak`.
 pub const EBREAK: u32 = 0x0010_0073;
+/// `fence iorw, iorw`.
 pub const FENCE: u32 = 0x0ff0_000f;
+/// `fence.i`: makes stores to code visible to instruction fetch (self-modifying tests).
 pub const FENCE_I: u32 = 0x0000_100f;
 
 // ---------------------------------------------------------------- compressed
@@ -156,6 +190,7 @@ pub fn c_ci(f3: u32, quadrant: u32, rd: u32, imm: i32) -> u16 {
     (f3 << 13 | bit(i, 5) << 12 | r5(rd) << 7 | bits(i, 4, 0) << 2 | quadrant) as u16
 }
 
+/// c.addi16sp: `sp += imm` (a nonzero multiple of 16 in -512..512).
 pub fn c_addi16sp(imm: i32) -> u16 {
     debug_assert!(imm != 0 && imm % 16 == 0 && (-512..512).contains(&imm));
     let i = imm as u32;
@@ -186,6 +221,7 @@ pub fn c_alu(w: u32, kind: u32, rd: u32, rs2: u32) -> u16 {
     (4 << 13 | w << 12 | 3 << 10 | cr(rd) << 7 | kind << 5 | cr(rs2) << 2 | 1) as u16
 }
 
+/// c.j: a jump `off` bytes away (even, within 2 KiB).
 pub fn c_j(off: i32) -> u16 {
     debug_assert!(off % 2 == 0 && (-2048..2048).contains(&off));
     let o = off as u32;
@@ -245,7 +281,9 @@ pub fn c_cr(hi: bool, rd: u32, rs2: u32) -> u16 {
     (4 << 13 | (hi as u32) << 12 | r5(rd) << 7 | r5(rs2) << 2 | 2) as u16
 }
 
+/// c.nop.
 pub const C_NOP: u16 = 0x0001;
+/// c.ebreak.
 pub const C_EBREAK: u16 = 0x9002;
 
 #[cfg(test)]

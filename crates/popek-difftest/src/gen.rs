@@ -8,9 +8,11 @@ use crate::layout::*;
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator for `seed`: the same seed, the same program.
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x005e_ed0f_90be_c0de)
     }
+    /// The next 64 random bits.
     #[allow(clippy::should_implement_trait)] // an infinite generator, not an iterator
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -23,12 +25,15 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         (self.next() >> 11) % n
     }
+    /// Uniform in `lo..=hi_incl`.
     pub fn range(&mut self, lo: i64, hi_incl: i64) -> i64 {
         lo + self.below((hi_incl - lo + 1) as u64) as i64
     }
+    /// True `percent` times in a hundred.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
+    /// One of `xs`, uniformly.
     pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
@@ -50,6 +55,7 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    /// Every flavour, in the order `--flavour all` cycles through them by seed.
     pub const ALL: [Flavour; 5] = [
         Flavour::Int,
         Flavour::Fp,
@@ -57,6 +63,7 @@ impl Flavour {
         Flavour::Fault,
         Flavour::FpMove,
     ];
+    /// The name `--flavour` takes and reports print.
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Int => "int",
@@ -66,18 +73,23 @@ impl Flavour {
             Flavour::FpMove => "fpmove",
         }
     }
+    /// The flavour named `s` (see [`Flavour::name`]).
     pub fn parse(s: &str) -> Option<Flavour> {
         Flavour::ALL.into_iter().find(|f| f.name() == s)
     }
 }
 
+/// One encoded instruction: programs mix 32-bit and compressed ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enc {
+    /// A 32-bit instruction.
     W(u32),
+    /// A compressed (16-bit) one.
     H(u16),
 }
 
 impl Enc {
+    /// Its length in bytes.
     #[allow(clippy::len_without_is_empty)] // an encoding is never empty
     pub fn len(self) -> u64 {
         match self {
@@ -90,57 +102,84 @@ impl Enc {
 /// A control transfer whose offset is known once the code is laid out.
 #[derive(Clone, Copy, Debug)]
 pub enum FixKind {
+    /// A conditional branch (`f3` picks the condition) comparing `rs1` and `rs2`.
     Branch {
+        /// The branch's funct3.
         f3: u32,
+        /// First register compared.
         rs1: u32,
+        /// Second register compared.
         rs2: u32,
     },
+    /// `jal rd, off`.
     Jal {
+        /// Link register.
         rd: u32,
     },
+    /// `c.j off`.
     CJ,
+    /// `c.beqz`/`c.bnez rs1, off`.
     CBz {
+        /// `c.bnez` rather than `c.beqz`.
         bnez: bool,
+        /// Register tested (x8-x15).
         rs1: u32,
     },
     /// `jalr rd, off(rs1)` where rs1 was set by the `auipc rs1, 0` opening the group.
     Jalr {
+        /// Link register.
         rd: u32,
+        /// Base register (the `auipc`'s).
         rs1: u32,
     },
     /// `addi rd, rs1, off` where rs1 was set by the `auipc` opening the group.
     Addi {
+        /// Destination.
         rd: u32,
+        /// Source (the `auipc`'s).
         rs1: u32,
     },
 }
 
+/// An instruction's control transfer, fixed up at layout.
 #[derive(Clone, Copy, Debug)]
 pub struct Fix {
     /// Target: the start of group (this group + 1 + skip), clamped to the end of the body.
     pub skip: usize,
+    /// The instruction to encode once the offset is known.
     pub kind: FixKind,
 }
 
+/// One instruction of a program: its encoding, its assembly text (for reports and QEMU
+/// logs), and the fix-up its offset needs, if any.
 #[derive(Clone, Debug)]
 pub struct Item {
+    /// Its bits (provisional until layout for a control transfer).
     pub enc: Enc,
+    /// Its assembly, as reports print it.
     pub text: String,
+    /// Set for control transfers whose offset layout decides.
     pub fix: Option<Fix>,
 }
 
 /// A generated test program (before layout).
 #[derive(Clone, Debug)]
 pub struct Program {
+    /// The seed it was generated from.
     pub seed: u64,
+    /// What it exercises.
     pub flavour: Flavour,
     /// Body groups: a branch target is always the start of a group.
     pub body: Vec<Vec<Item>>,
     /// The faulting group (fault flavour only); branches never skip it.
     pub fault: Option<Vec<Item>>,
+    /// Integer registers on entry to the body.
     pub init_x: [u64; 32],
+    /// FP registers (raw bits) on entry to the body.
     pub init_f: [u64; 32],
+    /// `fcsr` on entry to the body.
     pub init_fcsr: u64,
+    /// The scratch memory's initial bytes (loads and stores use it).
     pub scratch: Vec<u8>,
     /// Bytes before the next page boundary where the body starts (None: right after the prologue),
     /// so that instructions straddle a page boundary.
@@ -157,12 +196,15 @@ const FNAMES: [&str; 32] = [
     "fa3", "fa4", "fa5", "fa6", "fa7", "fs2", "fs3", "fs4", "fs5", "fs6", "fs7", "fs8", "fs9",
     "fs10", "fs11", "ft8", "ft9", "ft10", "ft11",
 ];
+/// The ABI name of integer register `r`.
 pub fn xn(r: u32) -> &'static str {
     XNAMES[r as usize]
 }
+/// The ABI name of FP register `r`.
 pub fn fname(r: u32) -> &'static str {
     FNAMES[r as usize]
 }
+/// The assembler's name of rounding mode `rm`.
 pub fn rmn(rm: u32) -> &'static str {
     ["rne", "rtz", "rdn", "rup", "rmm", "rm5", "rm6", "dyn"][rm as usize]
 }
@@ -267,6 +309,7 @@ const F32_SPECIALS: [u32; 30] = [
 ];
 
 impl Rng {
+    /// An integer register value, often an edge case (0, ±1, extremes, powers of two).
     pub fn int_value(&mut self) -> u64 {
         match self.below(8) {
             0..=2 => self.pick(&INT_SPECIALS),
@@ -279,6 +322,7 @@ impl Rng {
             _ => self.next(),
         }
     }
+    /// A single's bits, often a special (NaNs, infinities, subnormals, conversion limits).
     pub fn f32_value(&mut self) -> u32 {
         match self.below(6) {
             0..=2 => self.pick(&F32_SPECIALS),
@@ -287,6 +331,7 @@ impl Rng {
             _ => self.next() as u32,
         }
     }
+    /// A double's bits, often a special (as for [`Rng::f32_value`]).
     pub fn f64_value(&mut self) -> u64 {
         match self.below(6) {
             0..=2 => self.pick(&F64_SPECIALS),
@@ -308,7 +353,9 @@ impl Rng {
 
 // ---------------------------------------------------------------- generator
 
+/// Builds one program from a seed: the random source and what the body may contain.
 pub struct Gen {
+    /// The seed's random source.
     pub rng: Rng,
     flavour: Flavour,
     /// Whether F/D instructions may appear in the body.

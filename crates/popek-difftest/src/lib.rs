@@ -20,7 +20,9 @@ pub use gen::Flavour;
 /// A seed whose results differ.
 #[derive(Clone, Debug)]
 pub struct Divergence {
+    /// The seed.
     pub seed: u64,
+    /// The flavour it ran.
     pub flavour: Flavour,
     /// Full report: what differs and the listing.
     pub report: String,
@@ -140,7 +142,9 @@ pub fn check_qemu_only(seed: u64, flavour: Flavour) -> Result<(), Divergence> {
 pub struct Summary {
     /// Executed seeds per flavour (index = Flavour as usize).
     pub executed: [u64; 5],
+    /// Seeds whose results agreed, per flavour.
     pub passed: [u64; 5],
+    /// The seeds whose results differed.
     pub failed: Vec<Divergence>,
 }
 

@@ -14,6 +14,7 @@ use crate::layout::*;
 pub use crate::space::Placement;
 use crate::space::{Space, SPAN_BITS};
 
+/// How a run of a test program ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
     /// exit_group(code).
@@ -26,12 +27,17 @@ pub enum Status {
     Error(String),
 }
 
+/// What a run of a test program left: how it ended and what it wrote (scratch memory and
+/// the register dump), compared between the emulators.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// How it ended.
     pub status: Status,
+    /// What it wrote to stdout.
     pub stdout: Vec<u8>,
 }
 
+/// The reference emulator's command.
 pub const QEMU: &str = "qemu-riscv64";
 
 /// Whether qemu-riscv64 can be run.
@@ -268,6 +274,7 @@ fn run_popek_inner(
     // SAFETY: `BASE..END` of the space is readable and writable, and the space outlives the
     // hart; it is only read through `host` between runs.
     unsafe { std::ptr::copy_nonoverlapping(img.segment.as_ptr(), host, len) };
+    // SAFETY: as above: the region's bytes stay mapped while the hart runs on them.
     let region = unsafe { RamRegion::new(BASE, len as u64, std::ptr::NonNull::new(host).unwrap()) };
     let mut hart = Hart::new(HartConfig::user(), Memory::new(vec![region]).unwrap());
     hart.set_pc(img.entry);

@@ -130,11 +130,12 @@ pub fn report() {
         total.add(c);
     }
     let secs = b.started.elapsed().as_secs_f64();
-    // SAFETY: getpid has no preconditions.
     let who = if b.first {
         "popek: ".to_string()
     } else {
-        format!("popek: pid {}: ", unsafe { libc::getpid() })
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        format!("popek: pid {pid}: ")
     };
     eprintln!(
         "{who}executed {} instructions in {secs:.3} s ({:.1} MIPS)",
