@@ -664,19 +664,62 @@ fn decode_fp(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
 
 /// Expand a 16-bit RVC instruction to its 32-bit equivalent operation.
 pub fn decode_compressed(c: u16) -> Insn {
+    let f = CFields::of(c);
+    match c & 3 {
+        0 => compressed_q0(f),
+        1 => compressed_q1(f),
+        2 => compressed_q2(f),
+        _ => Insn::illegal(f.c, 2),
+    }
+}
+
+/// A compressed instruction's bits and the fields its formats share.
+#[derive(Clone, Copy)]
+struct CFields {
+    /// The instruction.
+    c: u32,
+    /// x8..x15 in bits 4:2 (CIW, CL, CS, CA formats).
+    rdp: u32,
+    /// x8..x15 in bits 9:7 (CL, CS, CA, CB formats).
+    rs1p: u32,
+    /// A full register number in bits 11:7 (CR, CI formats).
+    rd: u32,
+    /// A full register number in bits 6:2 (CR, CSS formats).
+    rs2: u32,
+    /// funct3, bits 15:13.
+    f3: u32,
+}
+
+impl CFields {
+    #[inline]
+    fn of(c: u16) -> CFields {
+        let c = c as u32;
+        CFields {
+            c,
+            rdp: bits(c, 4, 2) + 8,
+            rs1p: bits(c, 9, 7) + 8,
+            rd: bits(c, 11, 7),
+            rs2: bits(c, 6, 2),
+            f3: bits(c, 15, 13),
+        }
+    }
+}
+
+/// A compressed instruction's expansion, marked compressed (2 bytes long).
+#[inline]
+fn mk(op: Op, rd: u32, rs1: u32, rs2: u32, imm: i32) -> Insn {
+    Insn::new(op, rd, rs1, rs2, imm).compressed()
+}
+
+/// Quadrant 0: loads and stores through x8-x15, and `c.addi4spn`.
+fn compressed_q0(f: CFields) -> Insn {
     use Op::*;
-    let c = c as u32;
+    let CFields {
+        c, rdp, rs1p, f3, ..
+    } = f;
     let ill = Insn::illegal(c, 2);
-    let mk =
-        |op, rd: u32, rs1: u32, rs2: u32, imm: i32| Insn::new(op, rd, rs1, rs2, imm).compressed();
-    // Registers x8..x15 in the 3-bit fields.
-    let rdp = bits(c, 4, 2) + 8;
-    let rs1p = bits(c, 9, 7) + 8;
-    let rd = bits(c, 11, 7);
-    let rs2 = bits(c, 6, 2);
-    let f3 = bits(c, 15, 13);
-    match (c & 3, f3) {
-        (0, 0) => {
+    match f3 {
+        0 => {
             // c.addi4spn
             let imm = (bits(c, 10, 7) << 6)
                 | (bits(c, 12, 11) << 4)
@@ -687,54 +730,71 @@ pub fn decode_compressed(c: u16) -> Insn {
             }
             mk(Addi, rdp, 2, 0, imm as i32)
         }
-        (0, 1) => mk(
+        1 => mk(
             Fld,
             rdp,
             rs1p,
             0,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
         ),
-        (0, 2) => mk(
+        2 => mk(
             Lw,
             rdp,
             rs1p,
             0,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 6) << 2) | (bits(c, 5, 5) << 6)) as i32,
         ),
-        (0, 3) => mk(
+        3 => mk(
             Ld,
             rdp,
             rs1p,
             0,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
         ),
-        (0, 5) => mk(
+        5 => mk(
             Fsd,
             0,
             rs1p,
             rdp,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
         ),
-        (0, 6) => mk(
+        6 => mk(
             Sw,
             0,
             rs1p,
             rdp,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 6) << 2) | (bits(c, 5, 5) << 6)) as i32,
         ),
-        (0, 7) => mk(
+        7 => mk(
             Sd,
             0,
             rs1p,
             rdp,
             ((bits(c, 12, 10) << 3) | (bits(c, 6, 5) << 6)) as i32,
         ),
-        (1, 0) => {
+        _ => ill,
+    }
+}
+
+/// Quadrant 1: immediates, ALU operations on x8-x15, jumps and branches.
+fn compressed_q1(f: CFields) -> Insn {
+    use Op::*;
+    let CFields {
+        c,
+        rdp,
+        rs1p,
+        rd,
+        f3,
+        ..
+    } = f;
+    let ill = Insn::illegal(c, 2);
+    match f3 {
+        0 => {
             // c.addi (c.nop when rd = 0)
             let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
             mk(Addi, rd, rd, 0, imm)
         }
-        (1, 1) => {
+        1 => {
             // c.addiw
             if rd == 0 {
                 return ill;
@@ -742,11 +802,11 @@ pub fn decode_compressed(c: u16) -> Insn {
             let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
             mk(Addiw, rd, rd, 0, imm)
         }
-        (1, 2) => {
+        2 => {
             let imm = sext((bits(c, 12, 12) << 5) | bits(c, 6, 2), 6);
             mk(Addi, rd, 0, 0, imm) // c.li
         }
-        (1, 3) => {
+        3 => {
             if rd == 2 {
                 // c.addi16sp
                 let imm = sext(
@@ -769,7 +829,7 @@ pub fn decode_compressed(c: u16) -> Insn {
                 mk(Lui, rd, 0, 0, imm)
             }
         }
-        (1, 4) => {
+        4 => {
             let shamt = ((bits(c, 12, 12) << 5) | bits(c, 6, 2)) as i32;
             match bits(c, 11, 10) {
                 0 => mk(Srli, rs1p, rs1p, 0, shamt),
@@ -795,7 +855,7 @@ pub fn decode_compressed(c: u16) -> Insn {
                 }
             }
         }
-        (1, 5) => {
+        5 => {
             let imm = sext(
                 (bits(c, 12, 12) << 11)
                     | (bits(c, 8, 8) << 10)
@@ -809,7 +869,7 @@ pub fn decode_compressed(c: u16) -> Insn {
             );
             mk(Jal, 0, 0, 0, imm)
         }
-        (1, 6) | (1, 7) => {
+        6 | 7 => {
             let imm = sext(
                 (bits(c, 12, 12) << 8)
                     | (bits(c, 6, 5) << 6)
@@ -820,18 +880,28 @@ pub fn decode_compressed(c: u16) -> Insn {
             );
             mk(if f3 == 6 { Beq } else { Bne }, 0, rs1p, 0, imm)
         }
-        (2, 0) => {
+        _ => ill,
+    }
+}
+
+/// Quadrant 2: shifts, stack-relative loads and stores, and `c.jr`/`c.mv`/`c.jalr`/`c.add`/`c.ebreak`.
+fn compressed_q2(f: CFields) -> Insn {
+    use Op::*;
+    let CFields { c, rd, rs2, f3, .. } = f;
+    let ill = Insn::illegal(c, 2);
+    match f3 {
+        0 => {
             let shamt = ((bits(c, 12, 12) << 5) | bits(c, 6, 2)) as i32;
             mk(Slli, rd, rd, 0, shamt)
         }
-        (2, 1) => mk(
+        1 => mk(
             Fld,
             rd,
             2,
             0,
             ((bits(c, 12, 12) << 5) | (bits(c, 6, 5) << 3) | (bits(c, 4, 2) << 6)) as i32,
         ),
-        (2, 2) => {
+        2 => {
             if rd == 0 {
                 return ill;
             }
@@ -843,7 +913,7 @@ pub fn decode_compressed(c: u16) -> Insn {
                 ((bits(c, 12, 12) << 5) | (bits(c, 6, 4) << 2) | (bits(c, 3, 2) << 6)) as i32,
             )
         }
-        (2, 3) => {
+        3 => {
             if rd == 0 {
                 return ill;
             }
@@ -855,7 +925,7 @@ pub fn decode_compressed(c: u16) -> Insn {
                 ((bits(c, 12, 12) << 5) | (bits(c, 6, 5) << 3) | (bits(c, 4, 2) << 6)) as i32,
             )
         }
-        (2, 4) => match (bits(c, 12, 12), rd, rs2) {
+        4 => match (bits(c, 12, 12), rd, rs2) {
             (0, 0, 0) => ill,
             (0, _, 0) => mk(Jalr, 0, rd, 0, 0),   // c.jr
             (0, _, _) => mk(Add, rd, 0, rs2, 0),  // c.mv
@@ -863,21 +933,21 @@ pub fn decode_compressed(c: u16) -> Insn {
             (1, _, 0) => mk(Jalr, 1, rd, 0, 0),   // c.jalr
             (_, _, _) => mk(Add, rd, rd, rs2, 0), // c.add
         },
-        (2, 5) => mk(
+        5 => mk(
             Fsd,
             0,
             2,
             rs2,
             ((bits(c, 12, 10) << 3) | (bits(c, 9, 7) << 6)) as i32,
         ),
-        (2, 6) => mk(
+        6 => mk(
             Sw,
             0,
             2,
             rs2,
             ((bits(c, 12, 9) << 2) | (bits(c, 8, 7) << 6)) as i32,
         ),
-        (2, 7) => mk(
+        7 => mk(
             Sd,
             0,
             2,
