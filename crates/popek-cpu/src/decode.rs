@@ -372,7 +372,6 @@ fn decode32(i: u32) -> Insn {
         21,
     );
     let ill = Insn::illegal(i, 4);
-    let r = |op| Insn::new(op, rd, rs1, rs2, 0);
     let iimm = |op| Insn::new(op, rd, rs1, 0, imm_i);
     match i & 0x7f {
         0x37 => Insn::new(Lui, rd, 0, 0, imm_u),
@@ -433,46 +432,7 @@ fn decode32(i: u32) -> Insn {
             (5, 0x20) => Insn::new(Sraiw, rd, rs1, 0, rs2 as i32),
             _ => ill,
         },
-        0x33 => {
-            let op = match (f7, f3) {
-                (0, 0) => Add,
-                (0x20, 0) => Sub,
-                (0, 1) => Sll,
-                (0, 2) => Slt,
-                (0, 3) => Sltu,
-                (0, 4) => Xor,
-                (0, 5) => Srl,
-                (0x20, 5) => Sra,
-                (0, 6) => Or,
-                (0, 7) => And,
-                (1, 0) => Mul,
-                (1, 1) => Mulh,
-                (1, 2) => Mulhsu,
-                (1, 3) => Mulhu,
-                (1, 4) => Div,
-                (1, 5) => Divu,
-                (1, 6) => Rem,
-                (1, 7) => Remu,
-                _ => return ill,
-            };
-            r(op)
-        }
-        0x3b => {
-            let op = match (f7, f3) {
-                (0, 0) => Addw,
-                (0x20, 0) => Subw,
-                (0, 1) => Sllw,
-                (0, 5) => Srlw,
-                (0x20, 5) => Sraw,
-                (1, 0) => Mulw,
-                (1, 4) => Divw,
-                (1, 5) => Divuw,
-                (1, 6) => Remw,
-                (1, 7) => Remuw,
-                _ => return ill,
-            };
-            r(op)
-        }
+        0x33 | 0x3b => decode_op(i, rd, rs1, rs2, f3, f7),
         0x0f => match f3 {
             0 => Insn::new(Fence, 0, 0, 0, 0),
             1 => Insn::new(FenceI, 0, 0, 0, 0),
@@ -490,28 +450,80 @@ fn decode32(i: u32) -> Insn {
             3 => Insn::new(Fsd, 0, rs1, rs2, imm_s),
             _ => ill,
         },
-        0x43 | 0x47 | 0x4b | 0x4f => {
-            let fmt = bits(i, 26, 25);
-            let op = match (i & 0x7f, fmt) {
-                (0x43, 0) => FmaddS,
-                (0x47, 0) => FmsubS,
-                (0x4b, 0) => FnmsubS,
-                (0x4f, 0) => FnmaddS,
-                (0x43, 1) => FmaddD,
-                (0x47, 1) => FmsubD,
-                (0x4b, 1) => FnmsubD,
-                (0x4f, 1) => FnmaddD,
-                _ => return ill,
-            };
-            let mut insn = Insn::new(op, rd, rs1, rs2, 0);
-            insn.set_fp_fields(f3, bits(i, 31, 27));
-            insn
-        }
+        0x43 | 0x47 | 0x4b | 0x4f => decode_fma(i, rd, rs1, rs2, f3),
         0x53 => decode_fp(i, rd, rs1, rs2, f3, f7),
         _ => ill,
     }
 }
 
+/// OP and OP-32: register-register integer operations (RV64I and M), picked by funct7 and
+/// funct3.
+fn decode_op(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
+    use Op::*;
+    let ill = Insn::illegal(i, 4);
+    let op = if i & 0x7f == 0x33 {
+        match (f7, f3) {
+            (0, 0) => Add,
+            (0x20, 0) => Sub,
+            (0, 1) => Sll,
+            (0, 2) => Slt,
+            (0, 3) => Sltu,
+            (0, 4) => Xor,
+            (0, 5) => Srl,
+            (0x20, 5) => Sra,
+            (0, 6) => Or,
+            (0, 7) => And,
+            (1, 0) => Mul,
+            (1, 1) => Mulh,
+            (1, 2) => Mulhsu,
+            (1, 3) => Mulhu,
+            (1, 4) => Div,
+            (1, 5) => Divu,
+            (1, 6) => Rem,
+            (1, 7) => Remu,
+            _ => return ill,
+        }
+    } else {
+        match (f7, f3) {
+            (0, 0) => Addw,
+            (0x20, 0) => Subw,
+            (0, 1) => Sllw,
+            (0, 5) => Srlw,
+            (0x20, 5) => Sraw,
+            (1, 0) => Mulw,
+            (1, 4) => Divw,
+            (1, 5) => Divuw,
+            (1, 6) => Remw,
+            (1, 7) => Remuw,
+            _ => return ill,
+        }
+    };
+    Insn::new(op, rd, rs1, rs2, 0)
+}
+
+/// The fused multiply-adds (MADD, MSUB, NMSUB, NMADD), single or double by fmt.
+fn decode_fma(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32) -> Insn {
+    use Op::*;
+    let ill = Insn::illegal(i, 4);
+    let fmt = bits(i, 26, 25);
+    let op = match (i & 0x7f, fmt) {
+        (0x43, 0) => FmaddS,
+        (0x47, 0) => FmsubS,
+        (0x4b, 0) => FnmsubS,
+        (0x4f, 0) => FnmaddS,
+        (0x43, 1) => FmaddD,
+        (0x47, 1) => FmsubD,
+        (0x4b, 1) => FnmsubD,
+        (0x4f, 1) => FnmaddD,
+        _ => return ill,
+    };
+    let mut insn = Insn::new(op, rd, rs1, rs2, 0);
+    insn.set_fp_fields(f3, bits(i, 31, 27));
+    insn
+}
+
+/// SYSTEM: `ecall`, `ebreak`, the privileged returns, `wfi`, `sfence.vma` and the CSR
+/// instructions.
 fn decode_system(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
     use Op::*;
     let ill = Insn::illegal(i, 4);
@@ -541,6 +553,7 @@ fn decode_system(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn 
     }
 }
 
+/// AMO: LR/SC and the atomic memory operations, word or doubleword.
 fn decode_amo(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32) -> Insn {
     use Op::*;
     let f5 = bits(i, 31, 27);
@@ -572,6 +585,7 @@ fn decode_amo(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32) -> Insn {
     Insn::new(op, rd, rs1, rs2, 0)
 }
 
+/// OP-FP: the F and D extensions' arithmetic, comparisons, conversions and moves.
 fn decode_fp(i: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Insn {
     use Op::*;
     let op = match f7 {
