@@ -157,6 +157,17 @@ fn bad(prog: &str, why: &str) -> Error {
     }
 }
 
+/// An ELF file's header fields popek uses and its program headers, checked against the file.
+struct Headers {
+    /// ET_EXEC (2) or ET_DYN (3).
+    e_type: u16,
+    entry: u64,
+    phoff: u64,
+    phnum: u64,
+    phdrs: Vec<Phdr>,
+    file_size: u64,
+}
+
 /// Map one ELF file; `want_base` is where an ET_DYN image goes (None: pick a free range).
 fn load_elf(
     mm: &mut Mm,
@@ -164,48 +175,8 @@ fn load_elf(
     prog: &str,
     want_base: Option<u64>,
 ) -> Result<(Loaded, Option<Vec<u8>>), Error> {
-    let io = |source| Error::Io {
-        prog: prog.into(),
-        source,
-    };
-    let h = pread(fd, 0, 64).map_err(io)?;
-    if !check_header(&h, prog)? {
-        return Err(Error::NotElf { prog: prog.into() });
-    }
-    // SAFETY: fstat writes into the zeroed struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
-    let file_size = st.st_size.max(0) as u64;
-    let e_type = u16_at(&h, 16);
-    let entry = u64_at(&h, 24);
-    let phoff = u64_at(&h, 32);
-    let phentsize = u16_at(&h, 54) as u64;
-    let phnum = u16_at(&h, 56) as u64;
-    if phentsize != 56 || phnum == 0 || phnum > 256 {
-        return Err(bad(prog, "bad program header table"));
-    }
-    if phoff.checked_add(phnum * 56).is_none_or(|e| e > file_size) {
-        return Err(bad(prog, "program headers past the end of the file"));
-    }
-    let table = pread(fd, phoff, (phnum * 56) as usize).map_err(io)?;
-    if table.len() as u64 != phnum * 56 {
-        return Err(bad(prog, "program headers past the end of the file"));
-    }
-    let phdrs: Vec<Phdr> = (0..phnum as usize)
-        .map(|i| {
-            let b = &table[i * 56..];
-            Phdr {
-                p_type: u32_at(b, 0),
-                flags: u32_at(b, 4),
-                offset: u64_at(b, 8),
-                vaddr: u64_at(b, 16),
-                filesz: u64_at(b, 32),
-                memsz: u64_at(b, 40),
-            }
-        })
-        .collect();
-    let loads: Vec<&Phdr> = phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
+    let h = read_headers(fd, prog)?;
+    let loads: Vec<&Phdr> = h.phdrs.iter().filter(|p| p.p_type == PT_LOAD).collect();
     if loads.is_empty() {
         return Err(bad(prog, "no loadable segments"));
     }
@@ -217,7 +188,9 @@ fn load_elf(
             .checked_add(p.memsz)
             .ok_or_else(|| bad(prog, "segment wraps around"))?;
         if p.filesz > p.memsz
-            || p.offset.checked_add(p.filesz).is_none_or(|e| e > file_size)
+            || p.offset
+                .checked_add(p.filesz)
+                .is_none_or(|e| e > h.file_size)
             || p.vaddr % PAGE != p.offset % PAGE
         {
             return Err(bad(prog, "segment does not fit the file"));
@@ -226,7 +199,7 @@ fn load_elf(
         hi = hi.max(page_up(end));
     }
     let span = hi - lo;
-    let bias = if e_type == 3 {
+    let bias = if h.e_type == 3 {
         let base = match want_base {
             Some(b) => b,
             None => mm
@@ -240,80 +213,147 @@ fn load_elf(
     if lo.wrapping_add(bias) < PAGE || hi.wrapping_add(bias) > mm::MMAP_TOP || span > mm::MMAP_TOP {
         return Err(bad(prog, "segments outside the address space"));
     }
-    let mut interp = None;
-    for p in &phdrs {
-        if p.p_type == PT_INTERP {
-            if p.filesz == 0
-                || p.filesz > 4096
-                || p.offset.checked_add(p.filesz).is_none_or(|e| e > file_size)
-            {
-                return Err(bad(prog, "bad PT_INTERP"));
-            }
-            let mut s = pread(fd, p.offset, p.filesz as usize).map_err(io)?;
-            while s.last() == Some(&0) {
-                s.pop();
-            }
-            if s.is_empty() || s.contains(&0) {
-                return Err(bad(prog, "PT_INTERP names no interpreter"));
-            }
-            interp = Some(s);
-        }
-    }
-    let limit = mm.limit();
-    let emap = |e: Errno| Error::mapping(prog, limit, e);
+    let interp = read_interp(fd, prog, &h)?;
     for p in &loads {
-        let prot = (if p.flags & 4 != 0 { PROT_READ } else { 0 })
-            | (if p.flags & 2 != 0 { PROT_WRITE } else { 0 })
-            | (if p.flags & 1 != 0 { PROT_EXEC } else { 0 });
-        let vaddr = p.vaddr + bias;
-        let start = page_down(vaddr);
-        let file_end = vaddr + p.filesz;
-        let mem_end = page_up(vaddr + p.memsz);
-        if p.filesz > 0 {
-            let len = page_up(file_end) - start;
-            mm.map_file(
-                start,
-                len,
-                prot,
-                fd.as_raw_fd(),
-                p.offset - (vaddr - start),
-                false,
-            )
-            .map_err(emap)?;
-            // Zero the rest of the last file page (it holds the start of .bss).
-            let tail = page_up(file_end) - file_end;
-            if tail > 0 && p.memsz > p.filesz {
-                mm.poke(file_end, &vec![0; tail as usize]).map_err(emap)?;
-            }
-        }
-        let anon_start = if p.filesz > 0 {
-            page_up(file_end)
-        } else {
-            start
-        };
-        if mem_end > anon_start {
-            mm.map_anon(anon_start, mem_end - anon_start, prot, false)
-                .map_err(emap)?;
-        }
+        map_segment(mm, fd, prog, p, bias)?;
     }
-    let phdr = match phdrs.iter().find(|p| p.p_type == PT_PHDR) {
+    let phdr = match h.phdrs.iter().find(|p| p.p_type == PT_PHDR) {
         Some(p) => p.vaddr + bias,
         None => loads
             .iter()
-            .find(|p| p.offset <= phoff && phoff < p.offset + p.filesz)
-            .map(|p| p.vaddr + (phoff - p.offset) + bias)
+            .find(|p| p.offset <= h.phoff && h.phoff < p.offset + p.filesz)
+            .map(|p| p.vaddr + (h.phoff - p.offset) + bias)
             .unwrap_or(0),
     };
     Ok((
         Loaded {
-            entry: entry.wrapping_add(bias),
+            entry: h.entry.wrapping_add(bias),
             phdr,
-            phnum,
+            phnum: h.phnum,
             bias,
             end: hi + bias,
         },
         interp,
     ))
+}
+
+/// Read and check the ELF header and the program header table of `fd`.
+fn read_headers(fd: &OwnedFd, prog: &str) -> Result<Headers, Error> {
+    let io = |source| Error::Io {
+        prog: prog.into(),
+        source,
+    };
+    let h = pread(fd, 0, 64).map_err(io)?;
+    if !check_header(&h, prog)? {
+        return Err(Error::NotElf { prog: prog.into() });
+    }
+    // SAFETY: fstat writes into the zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    let file_size = st.st_size.max(0) as u64;
+    let phoff = u64_at(&h, 32);
+    let phentsize = u16_at(&h, 54) as u64;
+    let phnum = u16_at(&h, 56) as u64;
+    if phentsize != 56 || phnum == 0 || phnum > 256 {
+        return Err(bad(prog, "bad program header table"));
+    }
+    if phoff.checked_add(phnum * 56).is_none_or(|e| e > file_size) {
+        return Err(bad(prog, "program headers past the end of the file"));
+    }
+    let table = pread(fd, phoff, (phnum * 56) as usize).map_err(io)?;
+    if table.len() as u64 != phnum * 56 {
+        return Err(bad(prog, "program headers past the end of the file"));
+    }
+    let phdrs = (0..phnum as usize)
+        .map(|i| {
+            let b = &table[i * 56..];
+            Phdr {
+                p_type: u32_at(b, 0),
+                flags: u32_at(b, 4),
+                offset: u64_at(b, 8),
+                vaddr: u64_at(b, 16),
+                filesz: u64_at(b, 32),
+                memsz: u64_at(b, 40),
+            }
+        })
+        .collect();
+    Ok(Headers {
+        e_type: u16_at(&h, 16),
+        entry: u64_at(&h, 24),
+        phoff,
+        phnum,
+        phdrs,
+        file_size,
+    })
+}
+
+/// The interpreter a PT_INTERP header names, if the file has one.
+fn read_interp(fd: &OwnedFd, prog: &str, h: &Headers) -> Result<Option<Vec<u8>>, Error> {
+    let mut interp = None;
+    for p in h.phdrs.iter().filter(|p| p.p_type == PT_INTERP) {
+        if p.filesz == 0
+            || p.filesz > 4096
+            || p.offset
+                .checked_add(p.filesz)
+                .is_none_or(|e| e > h.file_size)
+        {
+            return Err(bad(prog, "bad PT_INTERP"));
+        }
+        let mut s = pread(fd, p.offset, p.filesz as usize).map_err(|source| Error::Io {
+            prog: prog.into(),
+            source,
+        })?;
+        while s.last() == Some(&0) {
+            s.pop();
+        }
+        if s.is_empty() || s.contains(&0) {
+            return Err(bad(prog, "PT_INTERP names no interpreter"));
+        }
+        interp = Some(s);
+    }
+    Ok(interp)
+}
+
+/// Map PT_LOAD segment `p` at its address plus `bias`: its file bytes, the rest of its last
+/// file page zeroed (the start of .bss), and anonymous pages for the rest of its memory size.
+fn map_segment(mm: &mut Mm, fd: &OwnedFd, prog: &str, p: &Phdr, bias: u64) -> Result<(), Error> {
+    let limit = mm.limit();
+    let emap = |e: Errno| Error::mapping(prog, limit, e);
+    let prot = (if p.flags & 4 != 0 { PROT_READ } else { 0 })
+        | (if p.flags & 2 != 0 { PROT_WRITE } else { 0 })
+        | (if p.flags & 1 != 0 { PROT_EXEC } else { 0 });
+    let vaddr = p.vaddr + bias;
+    let start = page_down(vaddr);
+    let file_end = vaddr + p.filesz;
+    let mem_end = page_up(vaddr + p.memsz);
+    if p.filesz > 0 {
+        let len = page_up(file_end) - start;
+        mm.map_file(
+            start,
+            len,
+            prot,
+            fd.as_raw_fd(),
+            p.offset - (vaddr - start),
+            false,
+        )
+        .map_err(emap)?;
+        // Zero the rest of the last file page (it holds the start of .bss).
+        let tail = page_up(file_end) - file_end;
+        if tail > 0 && p.memsz > p.filesz {
+            mm.poke(file_end, &vec![0; tail as usize]).map_err(emap)?;
+        }
+    }
+    let anon_start = if p.filesz > 0 {
+        page_up(file_end)
+    } else {
+        start
+    };
+    if mem_end > anon_start {
+        mm.map_anon(anon_start, mem_end - anon_start, prot, false)
+            .map_err(emap)?;
+    }
+    Ok(())
 }
 
 fn is_regular(fd: &OwnedFd) -> bool {
