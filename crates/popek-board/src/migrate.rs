@@ -6,8 +6,8 @@
 //! written meanwhile (the [`DirtyLog`]: harts mark pages as their stores fill the write TLB,
 //! devices through their DMA hook). Each round ends with a sync: the source waits until the
 //! destination has taken in everything sent so far, so that what the socket buffers still held
-//! is never copied with the guest stopped (a slow destination once stretched an idle guest's
-//! stop from under 1 ms to 45). When a round is small, the machine stops
+//! is never copied with the guest stopped (with the destination held to 5 % of a CPU, an idle
+//! guest stopped for 90 ms instead of under 1). When a round is small, the machine stops
 //! ([`crate::RunOutcome::Migrate`]) and [`Machine::finish_migration`] sends the last dirty pages, the
 //! virtqueue rings and the state file; the destination answers once restored, and the source
 //! exits. If anything fails before that answer, the source resumes as if nothing happened.
@@ -607,6 +607,7 @@ mod tests {
         p.answered();
         assert!(p.told_done.load(Ordering::SeqCst));
     }
+
     /// A destination that reads `before` bytes of the stream, then the sync record, and
     /// answers `reply`; what it read, for the test to check.
     fn destination(
