@@ -157,6 +157,14 @@ fn bad(prog: &str, why: &str) -> Error {
     }
 }
 
+/// The error for a failed read of `prog`, for `map_err`.
+fn io(prog: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        prog: prog.into(),
+        source,
+    }
+}
+
 /// An ELF file's header fields popek uses and its program headers, checked against the file.
 struct Headers {
     /// ET_EXEC (2) or ET_DYN (3).
@@ -239,11 +247,7 @@ fn load_elf(
 
 /// Read and check the ELF header and the program header table of `fd`.
 fn read_headers(fd: &OwnedFd, prog: &str) -> Result<Headers, Error> {
-    let io = |source| Error::Io {
-        prog: prog.into(),
-        source,
-    };
-    let h = pread(fd, 0, 64).map_err(io)?;
+    let h = pread(fd, 0, 64).map_err(io(prog))?;
     if !check_header(&h, prog)? {
         return Err(Error::NotElf { prog: prog.into() });
     }
@@ -261,7 +265,7 @@ fn read_headers(fd: &OwnedFd, prog: &str) -> Result<Headers, Error> {
     if phoff.checked_add(phnum * 56).is_none_or(|e| e > file_size) {
         return Err(bad(prog, "program headers past the end of the file"));
     }
-    let table = pread(fd, phoff, (phnum * 56) as usize).map_err(io)?;
+    let table = pread(fd, phoff, (phnum * 56) as usize).map_err(io(prog))?;
     if table.len() as u64 != phnum * 56 {
         return Err(bad(prog, "program headers past the end of the file"));
     }
@@ -300,10 +304,7 @@ fn read_interp(fd: &OwnedFd, prog: &str, h: &Headers) -> Result<Option<Vec<u8>>,
         {
             return Err(bad(prog, "bad PT_INTERP"));
         }
-        let mut s = pread(fd, p.offset, p.filesz as usize).map_err(|source| Error::Io {
-            prog: prog.into(),
-            source,
-        })?;
+        let mut s = pread(fd, p.offset, p.filesz as usize).map_err(io(prog))?;
         while s.last() == Some(&0) {
             s.pop();
         }
@@ -391,10 +392,7 @@ pub fn load_program(
     for _ in 0..5 {
         let prog = String::from_utf8_lossy(&path).into_owned();
         let fd = open_exec(sb, &path, &prog)?;
-        let head = pread(&fd, 0, 256).map_err(|source| Error::Io {
-            prog: prog.clone(),
-            source,
-        })?;
+        let head = pread(&fd, 0, 256).map_err(io(&prog))?;
         // SAFETY: fstat on our descriptor.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
