@@ -173,23 +173,37 @@ fn send_pages(
 /// Wait until the destination has read everything sent so far: a sync record, answered once
 /// the destination reaches it (or `F` and why, if it gave up).
 fn sync(out: &mut BufWriter<TcpStream>) -> Result<(), BoardError> {
-    let err = |e| io_error("waiting for the destination to catch up", e);
+    let waiting = "waiting for the destination to catch up";
+    let err = |e| io_error(waiting, e);
     out.write_all(b"Q").map_err(err)?;
     out.flush().map_err(err)?;
+    read_answer(out.get_mut(), b'A', "a sync", waiting)
+}
+
+/// Read the destination's one-byte answer to `what`: `want`, or `F` and why it gave up (the
+/// rest of the stream), or anything else, an error too.
+fn read_answer(
+    stream: &mut TcpStream,
+    want: u8,
+    what: &str,
+    waiting: &str,
+) -> Result<(), BoardError> {
     let mut answer = [0u8; 1];
-    out.get_mut().read_exact(&mut answer).map_err(err)?;
+    stream
+        .read_exact(&mut answer)
+        .map_err(|e| io_error(waiting, e))?;
     match answer[0] {
-        b'A' => Ok(()),
+        a if a == want => Ok(()),
         b'F' => {
             let mut why = String::new();
-            let _ = out.get_mut().read_to_string(&mut why);
+            let _ = stream.read_to_string(&mut why);
             Err(BoardError::Migration(format!(
                 "the destination refused the machine: {}",
                 why.trim()
             )))
         }
         other => Err(BoardError::Migration(format!(
-            "the destination answered {other:#x} to a sync"
+            "the destination answered {other:#x} to {what}"
         ))),
     }
 }
@@ -400,19 +414,12 @@ impl Machine {
         }
         o.out.write_all(b"E").map_err(err)?;
         o.out.flush().map_err(err)?;
-        let mut answer = [0u8; 1];
-        o.out
-            .get_mut()
-            .read_exact(&mut answer)
-            .map_err(|e| io_error("waiting for the destination", e))?;
-        if answer[0] != b'K' {
-            let mut why = String::new();
-            let _ = o.out.get_mut().read_to_string(&mut why);
-            return Err(BoardError::Migration(format!(
-                "the destination refused the machine: {}",
-                why.trim()
-            )));
-        }
+        read_answer(
+            o.out.get_mut(),
+            b'K',
+            "the machine",
+            "waiting for the destination",
+        )?;
         Ok(MigrationReport {
             to: o.to,
             rounds: o.rounds,
